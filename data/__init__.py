@@ -1,0 +1,42 @@
+"""Data: NIfTI I/O and validation, pair datasets, the offline MNI152 subjects, DataModules.
+
+Every dataset item follows the batch contract: ``fixed``, ``moving`` float32 ``(1, *S)`` in
+[0, 1]; optional ``fixed_label``, ``moving_label`` int64 ``(1, *S)``; ``spacing`` float32
+``(3,)`` mm of the fixed image; ``fixed_id``, ``moving_id`` str. Bad input data raise
+:class:`DataError` with a one-line message naming the file or key at fault.
+"""
+
+from data.datamodule import MNIDataModule, PairsCSVDataModule
+from data.io import DataError, Volume, load_volume, normalize_intensity, read_header, save_nifti_atomic, volume_id
+from data.mni import (
+    LABEL_NAMES,
+    MNIPairDataset,
+    MNISubjects,
+    MNITemplate,
+    RandomPairSampler,
+    all_pairs,
+    consecutive_pairs,
+    load_mni_template,
+)
+from data.pairs_csv import PairsCSVDataset
+
+__all__ = [
+    "DataError",
+    "Volume",
+    "load_volume",
+    "read_header",
+    "normalize_intensity",
+    "save_nifti_atomic",
+    "volume_id",
+    "PairsCSVDataset",
+    "LABEL_NAMES",
+    "MNITemplate",
+    "load_mni_template",
+    "MNISubjects",
+    "MNIPairDataset",
+    "RandomPairSampler",
+    "consecutive_pairs",
+    "all_pairs",
+    "MNIDataModule",
+    "PairsCSVDataModule",
+]

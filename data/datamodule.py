@@ -1,0 +1,299 @@
+"""Lightning DataModules, built by Hydra from ``_target_`` with plain keyword arguments.
+
+Both modules expose ``train_dataloader``/``val_dataloader``/``test_dataloader``, the grid's
+``spacing`` (mm, tuple) and ``shape`` (tuple, or None when pairs differ), ``num_labels``
+(largest label + 1, None without labels) and ``validate()``, the full data check to run
+before any result is written.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from data.io import DataError
+from data.mni import (
+    DEFAULT_BIAS,
+    DEFAULT_DEFORMATION_SCALE,
+    DEFAULT_DEFORMATION_SMOOTHNESS,
+    DEFAULT_GAMMA,
+    DEFAULT_NOISE,
+    LABEL_NAMES,
+    MNIPairDataset,
+    MNISubjects,
+    RandomPairSampler,
+    all_pairs,
+    consecutive_pairs,
+)
+from data.pairs_csv import PairsCSVDataset
+
+__all__ = ["MNIDataModule", "PairsCSVDataModule"]
+
+_PAIR_SCHEMES = {"consecutive": consecutive_pairs, "all": all_pairs}
+
+
+def _loader(dataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        sampler=sampler,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
+
+
+def _check_loader_args(batch_size, num_workers, owner: str) -> tuple[int, int]:
+    if int(batch_size) < 1:
+        raise ValueError(f"{owner}() 'batch_size' must be >= 1, got {batch_size!r}")
+    if int(num_workers) < 0:
+        raise ValueError(f"{owner}() 'num_workers' must be >= 0, got {num_workers!r}")
+    return int(batch_size), int(num_workers)
+
+
+class MNIDataModule(L.LightningDataModule):
+    """Pairs of deformed MNI152 "subjects" (:mod:`data.mni`): real anatomy, no download.
+
+    Subjects ``0 .. n_train-1`` train, the next ``n_val`` validate, the next ``n_test`` test
+    (disjoint by construction). Training draws ``pairs_per_epoch`` ordered pairs of distinct
+    training subjects per epoch (:class:`data.mni.RandomPairSampler`, seeded by ``(seed, epoch)``);
+    validation and test use a fixed list: ``"consecutive"`` ``(k, k+1)`` (fixed k, moving k+1)
+    or ``"all"`` ordered pairs.
+
+    Args:
+        resolution: 1 or 2 mm. shape: grid (None: (96, 112, 96) at 2 mm, (192, 224, 192) at 1 mm).
+        n_train, n_val, n_test: subject counts (n_train >= 2; n_val/n_test 0 or >= 2).
+        pairs_per_epoch: training pairs per epoch.
+        seed: subjects and training pairs depend only on it.
+        batch_size, num_workers: DataLoader settings.
+        deformation_scale, deformation_smoothness, bias, gamma, noise: see :class:`MNISubjects`.
+        with_labels: put ``fixed_label``/``moving_label`` (0 bg, 1 CSF, 2 GM, 3 WM) in batches.
+        val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 2,
+        shape: Sequence[int] | None = None,
+        n_train: int = 16,
+        n_val: int = 4,
+        n_test: int = 4,
+        pairs_per_epoch: int = 32,
+        seed: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        deformation_scale: float = DEFAULT_DEFORMATION_SCALE,
+        deformation_smoothness: float = DEFAULT_DEFORMATION_SMOOTHNESS,
+        bias: float = DEFAULT_BIAS,
+        gamma: float = DEFAULT_GAMMA,
+        noise: float = DEFAULT_NOISE,
+        with_labels: bool = True,
+        val_pairs: str = "consecutive",
+        test_pairs: str = "consecutive",
+    ):
+        super().__init__()
+        shape = None if shape is None else tuple(int(s) for s in shape)
+        self.save_hyperparameters()
+        if int(n_train) < 2:
+            raise ValueError(f"MNIDataModule() 'n_train' must be >= 2 to form pairs, got {n_train!r}")
+        for name, n in (("n_val", n_val), ("n_test", n_test)):
+            if int(n) == 1 or int(n) < 0:
+                raise ValueError(f"MNIDataModule() '{name}' must be 0 or >= 2 to form pairs, got {n!r}")
+        for name, scheme in (("val_pairs", val_pairs), ("test_pairs", test_pairs)):
+            if scheme not in _PAIR_SCHEMES:
+                raise ValueError(f"MNIDataModule() '{name}' must be one of {sorted(_PAIR_SCHEMES)}, got {scheme!r}")
+        if int(pairs_per_epoch) < 1:
+            raise ValueError(f"MNIDataModule() 'pairs_per_epoch' must be >= 1, got {pairs_per_epoch!r}")
+        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, "MNIDataModule")
+        self.n_train, self.n_val, self.n_test = int(n_train), int(n_val), int(n_test)
+        self.pairs_per_epoch = int(pairs_per_epoch)
+        self.seed = int(seed)
+        self.with_labels = bool(with_labels)
+        self.subjects = MNISubjects(
+            resolution=resolution,
+            shape=shape,
+            seed=seed,
+            deformation_scale=deformation_scale,
+            deformation_smoothness=deformation_smoothness,
+            bias=bias,
+            gamma=gamma,
+            noise=noise,
+        )
+        self.train_ids = list(range(self.n_train))
+        self.val_ids = list(range(self.n_train, self.n_train + self.n_val))
+        self.test_ids = list(range(self.n_train + self.n_val, self.n_train + self.n_val + self.n_test))
+        self.train_set = MNIPairDataset(self.subjects, all_pairs(self.train_ids), self.with_labels)
+        self.val_set = (
+            MNIPairDataset(self.subjects, _PAIR_SCHEMES[val_pairs](self.val_ids), self.with_labels)
+            if self.val_ids
+            else None
+        )
+        self.test_set = (
+            MNIPairDataset(self.subjects, _PAIR_SCHEMES[test_pairs](self.test_ids), self.with_labels)
+            if self.test_ids
+            else None
+        )
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return self.subjects.spacing
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.subjects.shape
+
+    @property
+    def num_labels(self) -> int | None:
+        return len(LABEL_NAMES) if self.with_labels else None
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return dict(LABEL_NAMES)
+
+    def prepare_data(self) -> None:
+        """Loads the template once (from the nilearn package; no download)."""
+        self.subjects.template
+
+    def setup(self, stage: str | None = None) -> None:
+        self.subjects.template
+
+    def validate(self) -> None:
+        """Generated data need no file checks; loads the template so that failures come early."""
+        self.subjects.template
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = RandomPairSampler(len(self.train_set), self.pairs_per_epoch, seed=self.seed)
+        return _loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            raise DataError("data.n_val is 0: no validation subjects; set data.n_val >= 2")
+        return _loader(self.val_set, self.batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        if self.test_set is None:
+            raise DataError("data.n_test is 0: no test subjects; set data.n_test >= 2")
+        return _loader(self.test_set, self.batch_size, self.num_workers)
+
+
+class PairsCSVDataModule(L.LightningDataModule):
+    """Your own pairs, listed in CSV files (:class:`data.PairsCSVDataset`).
+
+    ``csv`` alone is a test-only module (evaluation); ``train_csv``/``val_csv``/``test_csv``
+    give each stage its own list (``csv`` and ``test_csv`` together are ambiguous). Asking
+    for a stage whose CSV is missing raises DataError naming the config key, e.g.
+    ``data.train_csv is not set``. Without ``val_csv`` fitting runs with no validation.
+
+    Construction checks headers only (cheap); :meth:`validate` loads every file of the
+    test, train and val sets once. ``batch_size > 1`` needs every pair of a set to share
+    one shape.
+    """
+
+    def __init__(
+        self,
+        csv: str | None = None,
+        train_csv: str | None = None,
+        val_csv: str | None = None,
+        test_csv: str | None = None,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        normalize: bool = True,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        if csv is not None and test_csv is not None:
+            raise DataError("data.csv and data.test_csv are both set; give the test pairs once")
+        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, "PairsCSVDataModule")
+        self.normalize = bool(normalize)
+        self._paths = {
+            "train": (train_csv, "data.train_csv"),
+            "val": (val_csv, "data.val_csv"),
+            "test": (csv if csv is not None else test_csv, "data.csv (or data.test_csv)"),
+        }
+        if all(p is None for p, _ in self._paths.values()):
+            raise DataError("data.csv is not set: give data.csv (test only) or data.train_csv/val_csv/test_csv")
+        self._sets: dict[str, PairsCSVDataset] = {}
+
+    def has(self, split: str) -> bool:
+        """Whether a CSV is configured for ``split`` (``"train"``, ``"val"``, ``"test"``)."""
+        return self._paths[split][0] is not None
+
+    def dataset(self, split: str) -> PairsCSVDataset:
+        """The (header-checked) dataset of ``split``; DataError naming the key if not configured."""
+        if split not in self._paths:
+            raise ValueError(f"PairsCSVDataModule.dataset() 'split' must be train, val or test, got {split!r}")
+        if split not in self._sets:
+            path, key = self._paths[split]
+            if path is None:
+                raise DataError(f"{key} is not set; the {split} stage needs a pairs CSV")
+            ds = PairsCSVDataset(os.path.expanduser(str(path)), normalize=self.normalize, check="header")
+            if self.batch_size > 1 and len(set(ds.shapes)) > 1:
+                raise DataError(
+                    f"{ds.csv_path}: batch_size={self.batch_size} needs one shape for all pairs, "
+                    f"found {sorted(set(ds.shapes))}; use data.batch_size=1"
+                )
+            self._sets[split] = ds
+        return self._sets[split]
+
+    def _first(self) -> PairsCSVDataset:
+        for split in ("test", "train", "val"):
+            if self.has(split):
+                return self.dataset(split)
+        raise AssertionError("unreachable: at least one CSV is set")
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """Spacing (mm) shared by every pair of the configured sets, or None if they differ."""
+        values = {sp for split in self._paths if self.has(split) for sp in self.dataset(split).spacings}
+        return next(iter(values)) if len(values) == 1 else None
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """Shape shared by every pair of the configured sets, or None if they differ."""
+        values = {s for split in self._paths if self.has(split) for s in self.dataset(split).shapes}
+        return next(iter(values)) if len(values) == 1 else None
+
+    @property
+    def num_labels(self) -> int | None:
+        """Largest label + 1 over the configured sets (None if a set has no labels); reads labels once."""
+        counts = [self.dataset(split).num_labels for split in self._paths if self.has(split)]
+        if any(c is None for c in counts):
+            return None
+        return max(counts)
+
+    def setup(self, stage: str | None = None) -> None:
+        needed = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in needed.get(stage, ()) if stage else ():
+            self.dataset(split)
+        if stage == "fit" and self.has("val"):
+            self.dataset("val")
+
+    def validate(self) -> None:
+        """Full check (every file loaded once) of the test, train and val sets that are configured."""
+        for split in ("test", "train", "val"):
+            if self.has(split):
+                ds = self.dataset(split)
+                if not ds.validated:
+                    ds.validate()
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        return DataLoader(
+            ds,
+            batch_size=self.batch_size,
+            shuffle=True,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def val_dataloader(self):
+        if not self.has("val"):
+            return []  # Lightning runs no validation loop for an empty list
+        return _loader(self.dataset("val"), self.batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.dataset("test"), self.batch_size, self.num_workers)

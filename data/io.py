@@ -1,0 +1,363 @@
+"""NIfTI input/output with validation that fails early, in one line, naming the file.
+
+Every problem with input data raises :class:`DataError` (a ``ValueError``) whose message
+names the file (or CSV row / config key) at fault and says what was expected, e.g.::
+
+    DataError: /data/s1.nii.gz: expected a 3-D volume, got shape (160, 192, 224, 2)
+
+Arrays are returned in the file's voxel order (no reorientation); ``affine`` and
+``spacing`` come from the header so callers can check or convert spaces themselves.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import tempfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import nibabel as nib
+import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
+from nibabel.wrapstruct import WrapStructError
+
+__all__ = [
+    "DataError",
+    "Volume",
+    "load_volume",
+    "read_header",
+    "normalize_intensity",
+    "save_nifti_atomic",
+    "volume_id",
+]
+
+# Everything nibabel, gzip and zlib raise on unreadable or corrupt files.
+_READ_ERRORS = (
+    ImageFileError,
+    HeaderDataError,
+    WrapStructError,
+    OSError,  # includes gzip.BadGzipFile
+    EOFError,  # truncated gzip stream
+    zlib.error,
+    struct.error,
+    ValueError,  # nibabel: "mmap length is greater than file size", bad header values
+    MemoryError,  # absurd header dims in a garbage file
+)
+
+_KINDS = ("image", "label")
+
+
+class DataError(ValueError):
+    """Bad input data. The message names the file (or key) at fault and what was expected."""
+
+
+@dataclass
+class Volume:
+    """A loaded 3-D volume.
+
+    Attributes:
+        array: ``(X, Y, Z)`` numpy array, ``float32`` for images, ``int64`` for labels,
+            in the file's voxel order.
+        spacing: voxel size in mm along the three array axes (header zooms).
+        affine: ``(4, 4)`` voxel-to-world matrix of the file.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+
+
+def volume_id(path: str | os.PathLike) -> str:
+    """File name without ``.nii.gz`` / ``.nii`` (or any other last suffix): the item id."""
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return os.path.splitext(name)[0]
+
+
+def _one_line(err: BaseException) -> str:
+    msg = " ".join(str(err).split())
+    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
+
+
+def _open(path: str | os.PathLike) -> nib.spatialimages.SpatialImage:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if not path.is_file():
+        raise DataError(f"{path}: expected a NIfTI file, got a directory or special file")
+    try:
+        return nib.load(str(path))
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: unreadable or corrupt image file ({_one_line(err)})") from err
+
+
+def _spatial_shape(path: Path | str, shape: Sequence[int]) -> tuple[int, int, int]:
+    """3-D shape, allowing trailing singleton dimensions (``(X, Y, Z, 1)``)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 3 or any(s != 1 for s in shape[3:]):
+        raise DataError(f"{path}: expected a 3-D volume, got shape {shape}")
+    if any(s < 1 for s in shape[:3]):
+        raise DataError(f"{path}: expected a 3-D volume with positive sizes, got shape {shape}")
+    return shape[:3]  # type: ignore[return-value]
+
+
+def _spacing(path: Path | str, header) -> tuple[float, float, float]:
+    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise DataError(f"{path}: expected three positive voxel sizes in the header, got {zooms}")
+    return zooms  # type: ignore[return-value]
+
+
+def _expected_data_end(img) -> int | None:
+    """Byte offset where the voxel data of a single-file NIfTI ends, or None if unknown."""
+    header = img.header
+    try:
+        offset = int(header.get_data_offset())
+        nbytes = int(np.prod(header.get_data_shape(), dtype=np.int64)) * header.get_data_dtype().itemsize
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return offset + nbytes
+
+
+def _check_complete(path: Path, img) -> None:
+    """Cheap truncation check without decompressing: file size, or the gzip ISIZE trailer.
+
+    A gzip member ends with its uncompressed size mod 2**32. When that trailer differs from
+    what the header implies (a truncated file ends in arbitrary bytes), the file is streamed
+    once to decide: multi-member gzip files, or files with bytes after the voxel data, have
+    an honest trailer that differs too and pass after the stream check.
+    """
+    end = _expected_data_end(img)
+    if end is None:
+        return
+    name = path.name.lower()
+    size = path.stat().st_size
+    if name.endswith(".nii"):
+        if size < end:
+            raise DataError(f"{path}: truncated file, header needs {end} bytes but the file has {size}")
+        return
+    if not name.endswith(".gz"):
+        return
+    if size >= 18:  # gzip header (10) + trailer (8)
+        with open(path, "rb") as fh:
+            fh.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", fh.read(4))[0]
+        if isize == end % 2**32:
+            return
+    total = 0
+    try:
+        with gzip.open(path, "rb") as fh:
+            while chunk := fh.read(1 << 22):
+                total += len(chunk)
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: unreadable or corrupt image file ({_one_line(err)})") from err
+    if total < end:
+        raise DataError(f"{path}: truncated file, header needs {end} bytes of data but it holds {total}")
+
+
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Validate a file cheaply from its header and return ``(shape, spacing)``.
+
+    Checks that the file exists, nibabel can parse its header, it is 3-D (a trailing
+    singleton 4th dimension is allowed) and is not obviously truncated (file size for
+    ``.nii``, the gzip size trailer for ``.nii.gz``). Voxel values are not read: NaNs or
+    non-integer labels are only found by :func:`load_volume`.
+
+    Raises:
+        DataError: naming ``path`` and what was expected.
+    """
+    path = Path(path)
+    img = _open(path)
+    shape = _spatial_shape(path, img.shape)
+    spacing = _spacing(path, img.header)
+    _check_complete(path, img)
+    return shape, spacing
+
+
+def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
+    """Load and validate a 3-D NIfTI (or any nibabel-readable) volume.
+
+    Args:
+        path: file path.
+        kind: ``"image"`` -> ``float32`` array (header scaling applied); ``"label"`` ->
+            ``int64`` array; values must be whole numbers (an integer stored as float is
+            fine) and non-negative.
+
+    Raises:
+        DataError: missing, unreadable, corrupt or truncated file; not 3-D (a trailing
+            singleton 4th dimension is squeezed); NaN or infinite voxels; for labels,
+            non-integer or negative values. The message names ``path``.
+    """
+    if kind not in _KINDS:
+        raise ValueError(f"load_volume() 'kind' must be one of {_KINDS}, got {kind!r}")
+    path = Path(path)
+    img = _open(path)
+    shape = _spatial_shape(path, img.shape)
+    spacing = _spacing(path, img.header)
+    try:
+        if kind == "image":
+            data = np.asarray(img.get_fdata(dtype=np.float32))
+        else:
+            data = np.asanyarray(img.dataobj)
+    except _READ_ERRORS as err:
+        raise DataError(f"{path}: unreadable or corrupt image data ({_one_line(err)})") from err
+    data = data.reshape(shape)
+    if data.dtype.kind == "c":
+        raise DataError(f"{path}: expected real-valued voxels, got complex dtype {data.dtype}")
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        if not finite.all():
+            n_nan = int(np.isnan(data).sum())
+            n_inf = int((~finite).sum()) - n_nan
+            raise DataError(f"{path}: expected finite voxel values, found {n_nan} NaN and {n_inf} inf voxels")
+    if kind == "label":
+        data = _as_labels(path, data)
+    else:
+        data = np.ascontiguousarray(data, dtype=np.float32)
+    return Volume(array=data, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64))
+
+
+def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
+    if data.dtype.kind == "b":
+        return data.astype(np.int64)
+    if data.dtype.kind == "f":
+        frac = data != np.round(data)
+        if frac.any():
+            value = float(data[frac].flat[0])
+            raise DataError(
+                f"{path}: expected integer labels, found {int(frac.sum())} non-integer voxels "
+                f"(e.g. {value:g}); is this an intensity image?"
+            )
+    if data.dtype.kind not in "biuf":
+        raise DataError(f"{path}: expected numeric labels, got dtype {data.dtype}")
+    if data.size and data.min() < 0:
+        raise DataError(f"{path}: expected non-negative labels, found minimum {data.min():g}")
+    if data.size and data.max() > np.iinfo(np.int64).max:
+        raise DataError(f"{path}: label values too large for int64 (max {data.max():g})")
+    return np.ascontiguousarray(data, dtype=np.int64)
+
+
+def normalize_intensity(
+    array: np.ndarray,
+    lower: float = 0.5,
+    upper: float = 99.5,
+    nonzero: bool = True,
+) -> np.ndarray:
+    """Percentile clip, then rescale linearly to [0, 1]: ``(clip(x, lo, hi) - lo) / (hi - lo)``.
+
+    Args:
+        array: finite image of any shape.
+        lower, upper: percentiles (0-100) giving ``lo`` and ``hi``.
+        nonzero: compute the percentiles over voxels ``!= 0`` only (default), so that a
+            skull-stripped image's zero background does not drag them down; zero background
+            then maps to 0 as long as ``lo >= 0``. Falls back to all voxels when every voxel is 0.
+
+    Returns:
+        ``float32`` array of the same shape in [0, 1]. A constant image (``hi <= lo``)
+        returns all zeros: the caller decides whether that is an error
+        (:meth:`data.PairsCSVDataset.validate` treats it as one).
+    """
+    if not 0.0 <= lower < upper <= 100.0:
+        raise ValueError(f"normalize_intensity() needs 0 <= lower < upper <= 100, got {lower}, {upper}")
+    x = np.asarray(array, dtype=np.float32)
+    sample = x[x != 0] if nonzero else x.reshape(-1)
+    if sample.size == 0:
+        sample = x.reshape(-1)
+    if sample.size == 0:
+        return np.zeros_like(x)
+    lo, hi = (np.float32(p) for p in np.percentile(sample, [lower, upper]))
+    if not hi > lo:
+        return np.zeros_like(x)
+    out = (np.clip(x, lo, hi) - lo) / (hi - lo)
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def _nifti_dtype(array: np.ndarray) -> np.dtype:
+    kind = array.dtype.kind
+    if kind == "b":
+        return np.dtype(np.uint8)
+    if kind in "iu":
+        if array.size == 0:
+            return np.dtype(np.int16)
+        lo, hi = int(array.min()), int(array.max())
+        for dt in (np.uint8, np.int16, np.int32):
+            info = np.iinfo(dt)
+            if info.min <= lo and hi <= info.max:
+                return np.dtype(dt)
+        return np.dtype(np.int64)
+    if kind == "f":
+        return np.dtype(np.float32)
+    raise ValueError(f"save_nifti_atomic() cannot store an array of dtype {array.dtype}")
+
+
+def _file_mode(path: Path) -> int:
+    """Mode of an existing target, else 0o666 minus the process umask."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0)
+        os.umask(mask)
+        return 0o666 & ~mask
+
+
+def save_nifti_atomic(
+    array,
+    affine,
+    path: str | os.PathLike,
+    description: str | None = None,
+) -> Path:
+    """Write a NIfTI file atomically: a temporary file in the target folder, then ``os.replace``.
+
+    Readers never see a half-written file: on any error the temporary file is removed and
+    an existing ``path`` is left untouched.
+
+    Args:
+        array: numpy array or torch tensor (``(X, Y, Z)`` or any nibabel-storable shape).
+            Floats are stored as ``float32``; integers in the smallest of uint8/int16/int32
+            that holds their range; booleans as uint8.
+        affine: ``(4, 4)`` voxel-to-world matrix (identity if None); written as sform and qform.
+        path: target file; ``.nii.gz`` compresses, ``.nii`` does not.
+        description: stored in the header's ``descrip`` field, cut to its 80 bytes
+            (non-ASCII characters replaced by ``?``).
+
+    Returns:
+        The target path.
+    """
+    path = Path(path)
+    if not path.name:
+        raise ValueError("save_nifti_atomic() 'path' must name a file")
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    dtype = _nifti_dtype(array)
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"save_nifti_atomic() 'affine' must be 4x4, got shape {affine.shape}")
+    img = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
+    img.header.set_data_dtype(dtype)
+    img.set_sform(affine, code=2)
+    img.set_qform(affine, code=2)
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii", "replace")[:80]
+    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+    os.close(fd)
+    try:
+        img.to_filename(tmp)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path

@@ -1,0 +1,272 @@
+"""Bring your own data: a CSV of image pairs.
+
+CSV format (header row required, column order free, extra columns ignored)::
+
+    fixed,moving,fixed_label,moving_label
+    sub01.nii.gz,sub02.nii.gz,sub01_seg.nii.gz,sub02_seg.nii.gz
+
+``fixed`` and ``moving`` are required; ``fixed_label`` and ``moving_label`` are optional
+but come together (both columns, and a value in both for every row). Relative paths are
+resolved against the CSV's folder. Item ids are the file names without ``.nii``/``.nii.gz``.
+
+Validation happens in two steps so that a run never stops half-way with partial results:
+
+* construction checks every row from the headers only (cheap): files exist and parse, are
+  3-D, fixed and moving share shape and spacing (within ``1e-3`` mm), each label map has its
+  image's shape;
+* :meth:`PairsCSVDataset.validate` loads each distinct file once and checks the voxels
+  (NaN/inf, whole non-negative labels, a non-constant image, the [0, 1] range when
+  ``normalize=False``). ``check="full"`` (the default) runs it in the constructor.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.io import DataError, load_volume, normalize_intensity, read_header, volume_id
+
+__all__ = ["PairsCSVDataset", "SPACING_TOLERANCE"]
+
+REQUIRED_COLUMNS = ("fixed", "moving")
+LABEL_COLUMNS = ("fixed_label", "moving_label")
+SPACING_TOLERANCE = 1e-3  # mm
+_CHECKS = ("full", "header")
+_RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
+
+
+class PairsCSVDataset(Dataset):
+    """Image pairs listed in a CSV file; items follow the batch contract.
+
+    Args:
+        csv_path: the CSV file (see module docstring for the format).
+        normalize: rescale each image with :func:`data.io.normalize_intensity` (percentiles
+            0.5/99.5 over nonzero voxels). With ``False`` images are used as stored and must
+            already lie in [0, 1] (checked by :meth:`validate` and on loading).
+        check: ``"full"`` validates headers and voxel values at construction;
+            ``"header"`` only headers (call :meth:`validate` before producing results).
+
+    Item ``i`` is a dict: ``fixed``, ``moving`` float32 ``(1, X, Y, Z)`` in [0, 1]; with label
+    columns ``fixed_label``, ``moving_label`` int64 ``(1, X, Y, Z)``; ``spacing`` float32 ``(3,)``
+    (the fixed image's, mm); ``fixed_id``, ``moving_id`` str.
+
+    Raises:
+        DataError: on any problem, naming the CSV, its row (1-based data row, with the file
+            line) and the files involved.
+    """
+
+    def __init__(self, csv_path: str | os.PathLike, normalize: bool = True, check: str = "full"):
+        if check not in _CHECKS:
+            raise ValueError(f"PairsCSVDataset() 'check' must be one of {_CHECKS}, got {check!r}")
+        self.csv_path = Path(csv_path)
+        self.normalize = bool(normalize)
+        self.rows: list[dict[str, Path]] = []
+        self.has_labels = False
+        self._headers: dict[Path, tuple[tuple[int, int, int], tuple[float, float, float]]] = {}
+        self._validated = False
+        self._max_label: int | None = None
+        self._read_csv()
+        self._check_headers()
+        if check == "full":
+            self.validate()
+
+    # ------------------------------------------------------------------ reading
+    def _read_csv(self) -> None:
+        path = self.csv_path
+        if not path.is_file():
+            raise DataError(f"{path}: pairs CSV not found")
+        try:
+            with open(path, newline="", encoding="utf-8-sig") as fh:
+                reader = csv.reader(fh)
+                lines = [(reader.line_num, row) for row in reader]
+        except (OSError, UnicodeDecodeError, csv.Error) as err:
+            raise DataError(f"{path}: unreadable pairs CSV ({type(err).__name__}: {err})") from err
+        lines = [(n, row) for n, row in lines if any(cell.strip() for cell in row)]
+        if not lines:
+            raise DataError(f"{path}: empty pairs CSV, expected a header row with columns fixed,moving")
+        header_line, header = lines[0]
+        columns = [c.strip() for c in header]
+        for col in REQUIRED_COLUMNS:
+            if col not in columns:
+                raise DataError(
+                    f"{path}: missing required column '{col}' (header has {columns}; expected "
+                    f"fixed,moving[,fixed_label,moving_label])"
+                )
+        present = [c for c in LABEL_COLUMNS if c in columns]
+        if len(present) == 1:
+            missing = LABEL_COLUMNS[1 - LABEL_COLUMNS.index(present[0])]
+            raise DataError(f"{path}: has column '{present[0]}' but not '{missing}'; give both label columns or neither")
+        self.has_labels = len(present) == 2
+        wanted = REQUIRED_COLUMNS + (LABEL_COLUMNS if self.has_labels else ())
+        index = {col: columns.index(col) for col in wanted}
+        if len(lines) == 1:
+            raise DataError(f"{path}: pairs CSV has a header but no rows, expected at least one pair")
+        folder = path.parent
+        for number, (line, row) in enumerate(lines[1:], start=1):
+            entry: dict[str, Path] = {}
+            for col, j in index.items():
+                value = row[j].strip() if j < len(row) else ""
+                if not value:
+                    raise DataError(f"{path}: row {number} (line {line}): empty value in column '{col}'")
+                file = Path(os.path.expanduser(value))
+                entry[col] = file if file.is_absolute() else folder / file
+            entry["_row"] = number  # type: ignore[assignment]
+            entry["_line"] = line  # type: ignore[assignment]
+            self.rows.append(entry)
+
+    def _where(self, row: dict) -> str:
+        return f"{self.csv_path}: row {row['_row']} (line {row['_line']})"
+
+    def _header(self, path: Path, row: dict, col: str):
+        if path not in self._headers:
+            try:
+                self._headers[path] = read_header(path)
+            except DataError as err:
+                raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
+        return self._headers[path]
+
+    def _check_headers(self) -> None:
+        for row in self.rows:
+            f_shape, f_spacing = self._header(row["fixed"], row, "fixed")
+            m_shape, m_spacing = self._header(row["moving"], row, "moving")
+            where = self._where(row)
+            if f_shape != m_shape:
+                raise DataError(
+                    f"{where}: fixed {row['fixed']} has shape {f_shape} but moving {row['moving']} has "
+                    f"shape {m_shape}; a pair must share one grid (resample first)"
+                )
+            if not np.allclose(f_spacing, m_spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+                raise DataError(
+                    f"{where}: fixed {row['fixed']} has spacing {_fmt(f_spacing)} mm but moving {row['moving']} "
+                    f"has {_fmt(m_spacing)} mm (tolerance {SPACING_TOLERANCE} mm); a pair must share one grid"
+                )
+            if self.has_labels:
+                for img_col, lab_col in zip(REQUIRED_COLUMNS, LABEL_COLUMNS):
+                    l_shape, _ = self._header(row[lab_col], row, lab_col)
+                    i_shape = self._headers[row[img_col]][0]
+                    if l_shape != i_shape:
+                        raise DataError(
+                            f"{where}: {lab_col} {row[lab_col]} has shape {l_shape} but {img_col} "
+                            f"{row[img_col]} has shape {i_shape}; expected equal shapes"
+                        )
+
+    # --------------------------------------------------------------- validation
+    def validate(self) -> None:
+        """Load every distinct file once and check voxel values; raise DataError on the first problem.
+
+        Checks, beyond the header checks of construction: finite voxels; labels whole and
+        non-negative; images not constant; with ``normalize=False`` images within [0, 1].
+        Also records the largest label (:attr:`num_labels`). Run it before writing any result.
+        """
+        max_label = -1
+        seen: set[Path] = set()
+        for row in self.rows:
+            cols = REQUIRED_COLUMNS + (LABEL_COLUMNS if self.has_labels else ())
+            for col in cols:
+                path = row[col]
+                if path in seen:
+                    continue
+                seen.add(path)
+                kind = "label" if col in LABEL_COLUMNS else "image"
+                try:
+                    vol = load_volume(path, kind=kind)
+                    if kind == "image":
+                        self._check_image_values(path, vol.array)
+                    elif vol.array.size:
+                        max_label = max(max_label, int(vol.array.max()))
+                except DataError as err:
+                    raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
+        self._max_label = max_label if self.has_labels else None
+        self._validated = True
+
+    def _check_image_values(self, path: Path, array: np.ndarray) -> None:
+        lo, hi = float(array.min()), float(array.max())
+        if hi <= lo:
+            raise DataError(f"{path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+        if not self.normalize and (lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
+            raise DataError(
+                f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
+                f"set normalize=True or rescale the file"
+            )
+
+    @property
+    def validated(self) -> bool:
+        """Whether :meth:`validate` has run successfully."""
+        return self._validated
+
+    @property
+    def num_labels(self) -> int | None:
+        """Largest label value + 1 over all label files (None without labels); loads labels once."""
+        if not self.has_labels:
+            return None
+        if self._max_label is None:
+            max_label = 0
+            seen: set[Path] = set()
+            for row in self.rows:
+                for col in LABEL_COLUMNS:
+                    if row[col] not in seen:
+                        seen.add(row[col])
+                        arr = load_volume(row[col], kind="label").array
+                        if arr.size:
+                            max_label = max(max_label, int(arr.max()))
+            self._max_label = max_label
+        return self._max_label + 1
+
+    # ------------------------------------------------------------------ access
+    @property
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """Spatial shape of each pair (from headers)."""
+        return [self._headers[row["fixed"]][0] for row in self.rows]
+
+    @property
+    def spacings(self) -> list[tuple[float, float, float]]:
+        """Fixed-image spacing (mm) of each pair (from headers)."""
+        return [self._headers[row["fixed"]][1] for row in self.rows]
+
+    def pair_paths(self, index: int) -> dict[str, Path]:
+        """The resolved file paths of pair ``index`` (keys: the CSV columns used)."""
+        return {k: v for k, v in self.rows[index].items() if not k.startswith("_")}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _image(self, path: Path) -> torch.Tensor:
+        return self._image_and_affine(path)[0]
+
+    def _image_and_affine(self, path: Path) -> tuple[torch.Tensor, np.ndarray]:
+        vol = load_volume(path, kind="image")
+        arr = vol.array
+        if self.normalize:
+            arr = normalize_intensity(arr)
+        else:
+            self._check_image_values(path, arr)
+            arr = np.clip(arr, 0.0, 1.0)
+        tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).unsqueeze(0)
+        return tensor, np.asarray(vol.affine, dtype=np.float64)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.rows[index]
+        try:
+            fixed, fixed_affine = self._image_and_affine(row["fixed"])
+            item = {"fixed": fixed, "moving": self._image(row["moving"]), "fixed_affine": torch.from_numpy(fixed_affine)}
+            if self.has_labels:
+                for col in LABEL_COLUMNS:
+                    item[col] = torch.from_numpy(load_volume(row[col], kind="label").array).unsqueeze(0)
+        except DataError as err:
+            raise DataError(f"{self._where(row)}: {err}") from err
+        item["spacing"] = torch.tensor(self._headers[row["fixed"]][1], dtype=torch.float32)
+        item["fixed_id"] = volume_id(row["fixed"])
+        item["moving_id"] = volume_id(row["moving"])
+        return item
+
+    def __repr__(self) -> str:
+        return f"PairsCSVDataset({str(self.csv_path)!r}, pairs={len(self)}, labels={self.has_labels})"
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

@@ -1,0 +1,207 @@
+"""Shared plumbing of the entry points (``train.py``, ``eval.py``, experiment scripts).
+
+* building objects from config with errors that name the config key at fault;
+* loading self-describing checkpoints;
+* running the test phase into the results contract (:mod:`metrics.results`);
+* :func:`guarded`: bad input ends with ONE line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+__all__ = [
+    "ConfigError",
+    "guarded",
+    "build",
+    "build_datamodule",
+    "build_model",
+    "load_model_from_checkpoint",
+    "build_trainer",
+    "run_test",
+]
+
+
+class ConfigError(ValueError):
+    """A config value or key is wrong; the message names the key."""
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    seen = set()
+    while exc.__cause__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__cause__
+    return exc
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn expected user errors into one ``error: ...`` line and exit status 1.
+
+    Expected errors: :class:`data.io.DataError` and :class:`ConfigError` (both ValueErrors),
+    ``FileNotFoundError``, and Hydra / OmegaConf errors (unknown keys, bad overrides).
+    Anything else is a bug and keeps its traceback.
+    Set ``HYDRA_FULL_ERROR=1`` to see the traceback instead.
+    """
+
+    @functools.wraps(main)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - filtered below
+            from hydra.errors import HydraException
+            from omegaconf.errors import OmegaConfBaseException
+
+            cause = _root_cause(exc)
+            expected = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (
+                isinstance(exc, expected) or isinstance(cause, expected)
+            ):
+                raise
+            print(f"error: {_one_line(cause)}", file=sys.stderr)
+            sys.exit(1)
+
+    return wrapper
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node)``; a failure is re-raised naming ``key``.
+
+    A :class:`data.io.DataError` raised inside a constructor is re-raised as is (it already
+    names the file at fault); other errors become :class:`ConfigError` ``"<key>: <cause>"``.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from data.io import DataError
+
+    if node is None:
+        raise ConfigError(f"config key '{key}' is not set")
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = _root_cause(exc)
+        if isinstance(cause, DataError):
+            raise cause from None
+        if cause is exc:
+            raise ConfigError(f"{key}: {_one_line(exc)}") from exc
+        raise ConfigError(f"{key}: {_one_line(cause)}") from exc
+    except DataError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {_one_line(exc)}") from exc
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate ``cfg.data`` and validate every file the run will read (before any output)."""
+    dm = build(cfg.data, "data")
+    validate = getattr(dm, "validate", None)
+    if callable(validate):
+        validate()
+    return dm
+
+
+def build_model(cfg: DictConfig):
+    """Instantiate ``cfg.model``; records the resolved model and data configs for checkpoints."""
+    model = build(cfg.model, "model")
+    model.model_config = OmegaConf.to_container(cfg.model, resolve=True)
+    model.data_config = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") is not None else None
+    return model
+
+
+def load_model_from_checkpoint(path: str | os.PathLike):
+    """Rebuild a model from a checkpoint written by ``train.py`` without being told its config."""
+    import torch
+    from hydra.utils import instantiate
+
+    from metrics.results import DISPLACEMENT_CONVENTION
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path: no checkpoint file at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file
+        raise ConfigError(f"ckpt_path: cannot read checkpoint {path}: {_one_line(exc)}") from exc
+    meta = ckpt.get("registration") if isinstance(ckpt, dict) else None
+    if not meta or not meta.get("model_config"):
+        raise ConfigError(f"ckpt_path: {path} is not a checkpoint written by this project's train.py "
+                          "(no 'registration' model config inside)")
+    if meta.get("displacement_convention") != DISPLACEMENT_CONVENTION:
+        raise ConfigError(f"ckpt_path: {path} uses another displacement convention "
+                          f"({meta.get('displacement_convention')!r}); expected {DISPLACEMENT_CONVENTION!r}")
+    model = instantiate(OmegaConf.create(meta["model_config"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        raise ConfigError(f"ckpt_path: {path} does not match its stored model config: {_one_line(exc)}") from exc
+    model.model_config = meta["model_config"]
+    model.data_config = meta.get("data_config")
+    return model
+
+
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
+    """Instantiate ``cfg.trainer`` with the configured loggers and callbacks."""
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and "_target_" in node:
+            loggers.append(build(node, f"logger.{name}"))
+    callbacks = []
+    if with_callbacks:
+        for name, node in (cfg.get("callbacks") or {}).items():
+            if node is not None and "_target_" in node:
+                callbacks.append(build(node, f"callbacks.{name}"))
+    return build(cfg.trainer, "trainer", logger=loggers if loggers else False, callbacks=callbacks)
+
+
+def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_outputs: bool = False,
+             ckpt_path: str | None = None) -> dict[str, Any]:
+    """Evaluate ``model`` on the datamodule's test pairs into ``out_dir`` (results contract).
+
+    Pairs already present in ``out_dir`` are skipped (resume). Returns the summary dict.
+    """
+    from metrics.results import ResultsWriter
+
+    writer = ResultsWriter(out_dir, method=model.method, save_outputs=save_outputs,
+                           label_interp=getattr(model, "label_interp", "nearest"))
+    model.results = writer
+    try:
+        trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    finally:
+        model.results = None
+    if trainer.is_global_zero:
+        summary = writer.finalize()
+        _print_summary(summary, out_dir)
+        return summary
+    return {}
+
+
+def _fmt(x: Any) -> str:
+    return "nan" if x is None else f"{x:.4f}"
+
+
+def _print_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> None:
+    before, after = summary.get("dice_identity_mean"), summary.get("dice_mean")
+    gain = (after - before) if isinstance(before, float) and isinstance(after, float) else None
+    print(
+        f"[{summary['method']}] {summary['n_pairs']} pairs: Dice before {_fmt(before)} -> after {_fmt(after)}"
+        + (f" ({gain:+.4f})" if gain is not None else "")
+        + f", HD95 {_fmt(summary.get('hd95_mean'))} mm, SDlogJ {_fmt(summary.get('sdlogj_mean'))}, "
+        f"folding {_fmt(summary.get('folding_pct_mean'))} %, {_fmt(summary.get('seconds_mean'))} s/pair"
+    )
+    print(f"results: {Path(out_dir).resolve()} (pairs.csv, labels.csv, summary.json)")
+    sys.stdout.flush()
+
+
+def dump_json(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=str)

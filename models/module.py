@@ -1,0 +1,319 @@
+"""The shared LightningModule: every method turns a batch of pairs into a displacement.
+
+``RegistrationModule.register(batch)`` returns the FINAL displacement ``u`` ``(B, D, *S)``
+from fixed to moving in voxel units (``moved = warp(moving, u)``); a velocity never leaves
+it. Validation and test run the one metric code path (:func:`metrics.evaluate_pair`) on that
+displacement, so a learned network and a classical optimiser are scored identically.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Mapping
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from losses import build_regulariser, build_similarity, dice_loss, one_hot
+from metrics import dice as dice_metric
+from metrics import evaluate_pair
+from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter
+from spatial import integrate, warp
+
+__all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS"]
+
+FIELDS = ("displacement", "velocity")
+LABEL_INTERPS = ("nearest", "linear")
+
+_LOSS_DEFAULTS = {
+    "sim": "lncc",
+    "sim_kwargs": {"window": 9},
+    "reg": "diffusion",
+    "reg_kwargs": {},
+    "reg_weight": 1.0,
+    "dice_weight": 0.0,
+}
+
+
+def LossConfig(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Fill a ``model.loss`` mapping with defaults and reject unknown keys (naming them)."""
+    cfg = _to_plain(cfg or {})
+    unknown = sorted(set(cfg) - set(_LOSS_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(_LOSS_DEFAULTS)}")
+    out = {**_LOSS_DEFAULTS, **cfg}
+    out["sim_kwargs"] = dict(out["sim_kwargs"] or {})
+    out["reg_kwargs"] = dict(out["reg_kwargs"] or {})
+    for key in ("reg_weight", "dice_weight"):
+        if not isinstance(out[key], (int, float)) or out[key] < 0:
+            raise ValueError(f"model.loss.{key} must be a number >= 0, got {out[key]!r}")
+    return out
+
+
+def _to_plain(obj: Any) -> Any:
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(obj, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(obj, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return obj
+
+
+class RegistrationModule(L.LightningModule):
+    """Trains and evaluates a network ``net(moving, fixed) -> field``.
+
+    Args:
+        net: an ``nn.Module`` returning ``(B, D, *S)``; ``None`` for methods that override
+            :meth:`register` (classical optimisers, identity).
+        method: name written in result files (``method`` column) and logs.
+        field: ``"displacement"`` (the net predicts ``u``) or ``"velocity"`` (it predicts a
+            stationary velocity integrated by scaling and squaring with ``integration_steps``).
+        loss: ``{sim, sim_kwargs, reg, reg_kwargs, reg_weight, dice_weight}``; loss =
+            sim(fixed, moved) + reg_weight·reg(net output) + dice_weight·Dice loss of the
+            moving one-hot labels warped linearly (needs labels when ``dice_weight > 0``).
+        optimizer: a partial ``torch.optim`` constructor taking the parameters (Hydra
+            ``_partial_: true``); default Adam(lr=1e-4).
+        scheduler: optional partial LR scheduler taking the optimiser.
+        label_interp: how evaluation warps the moving label: ``"nearest"`` (default) or
+            ``"linear"`` (one-hot, linear interpolation, argmax).
+        hd95: compute HD95 at validation (test always computes it).
+    """
+
+    def __init__(
+        self,
+        net: nn.Module | None = None,
+        method: str = "model",
+        field: str = "displacement",
+        integration_steps: int = 7,
+        loss: Mapping[str, Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        label_interp: str = "nearest",
+        hd95: bool = True,
+    ) -> None:
+        super().__init__()
+        if field not in FIELDS:
+            raise ValueError(f"model.field must be one of {list(FIELDS)}, got {field!r}")
+        if label_interp not in LABEL_INTERPS:
+            raise ValueError(f"model.label_interp must be one of {list(LABEL_INTERPS)}, got {label_interp!r}")
+        self.net = net
+        self.method = str(method)
+        self.field = field
+        self.integration_steps = int(integration_steps)
+        self.loss_cfg = LossConfig(loss)
+        self.similarity = build_similarity(self.loss_cfg["sim"], **self.loss_cfg["sim_kwargs"])
+        self.regulariser = build_regulariser(self.loss_cfg["reg"], **self.loss_cfg["reg_kwargs"])
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.label_interp = label_interp
+        self.hd95_at_val = bool(hd95)
+        # set by train.py / eval.py; stored in checkpoints so they describe themselves
+        self.model_config: dict[str, Any] | None = None
+        self.data_config: dict[str, Any] | None = None
+        self.results: ResultsWriter | None = None
+        self._val_best = -math.inf
+        self._val_rows: list[dict[str, float]] = []
+
+    # ------------------------------------------------------------------ core API
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """The raw network output (a displacement or a velocity, see ``field``)."""
+        if self.net is None:
+            raise NotImplementedError(f"{type(self).__name__} has no network; override register()")
+        return self.net(moving, fixed)
+
+    def to_displacement(self, out: torch.Tensor) -> torch.Tensor:
+        """Network output -> final displacement (integrates a velocity)."""
+        return integrate(out, self.integration_steps) if self.field == "velocity" else out
+
+    def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
+        return self.to_displacement(self(batch["moving"], batch["fixed"]))
+
+    # ------------------------------------------------------------------ training
+    def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
+        out = self(batch["moving"], batch["fixed"])
+        u = self.to_displacement(out)
+        moved = warp(batch["moving"], u)
+        parts = {"sim": self.similarity(batch["fixed"], moved), "reg": self.regulariser(out)}
+        loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
+        if self.loss_cfg["dice_weight"] > 0:
+            if "moving_label" not in batch or "fixed_label" not in batch:
+                raise ValueError(
+                    "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
+                    "use a dataset with labels or set model.loss.dice_weight=0"
+                )
+            n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
+            moved_oh = warp(one_hot(batch["moving_label"], n), u)
+            parts["dice_loss"] = dice_loss(moved_oh, one_hot(batch["fixed_label"], n))
+            loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
+        parts["loss"] = loss
+        return parts
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        parts = self.compute_loss(batch)
+        bs = batch["fixed"].shape[0]
+        for k, v in parts.items():
+            self.log(f"train/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=bs, on_step=True, on_epoch=True)
+        return parts["loss"]
+
+    def configure_optimizers(self):
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            return None
+        factory = self.optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4))
+        opt = factory(params)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ evaluation
+    def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``)."""
+        if self.label_interp == "nearest":
+            return warp(label, u, mode="nearest")
+        n = int(label.max()) + 1
+        return warp(one_hot(label, n), u).argmax(dim=1, keepdim=True)
+
+    def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
+        has_labels = "fixed_label" in batch and "moving_label" in batch
+        moved_label = self.warp_label(batch["moving_label"], u) if has_labels else None
+        rows = []
+        for i in range(u.shape[0]):
+            spacing = _spacing_of(batch, i, u.shape[1])
+            res = evaluate_pair(
+                batch["fixed_label"][i] if has_labels else None,
+                moved_label[i] if has_labels else None,
+                u[i : i + 1],
+                spacing,
+                hd95_enabled=with_hd95,
+            )
+            if has_labels:
+                res["dice_identity"] = dice_metric(batch["fixed_label"][i], batch["moving_label"][i]).mean
+            else:
+                res["dice_identity"] = float("nan")
+            res["moved_label"] = moved_label[i] if has_labels else None
+            rows.append(res)
+        return rows
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        u = self.register(batch)
+        bs = u.shape[0]
+        if self.net is not None and self.loss_cfg is not None:
+            with torch.no_grad():
+                parts = self.compute_loss(batch) if self._can_compute_loss(batch) else {}
+            for k, v in parts.items():
+                self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
+        for res in self._evaluate_batch(batch, u, self.hd95_at_val):
+            self._val_rows.append({k: res[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity")})
+
+    def _can_compute_loss(self, batch: Mapping[str, Any]) -> bool:
+        return self.loss_cfg["dice_weight"] == 0 or ("fixed_label" in batch and "moving_label" in batch)
+
+    def on_validation_epoch_end(self) -> None:
+        rows, self._val_rows = self._val_rows, []
+        if not rows:
+            return
+        means = {k: _nanmean([r[k] for r in rows]) for k in rows[0]}
+        for k, v in means.items():
+            self.log(f"val/{k}", v, sync_dist=True)
+        if not self.trainer.sanity_checking and math.isfinite(means["dice"]):
+            self._val_best = max(self._val_best, means["dice"])
+        if math.isfinite(self._val_best):
+            self.log("val/dice_best", self._val_best, sync_dist=True)
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        ids = list(zip(batch["fixed_id"], batch["moving_id"]))
+        if self.results is not None and all(self.results.is_done(f, m) for f, m in ids):
+            return  # resumed: every pair of this batch is already in the results folder
+        start = time.perf_counter()
+        u = self.register(batch)
+        if u.device.type == "cuda":
+            torch.cuda.synchronize(u.device)
+        seconds = (time.perf_counter() - start) / u.shape[0]
+        for i, res in enumerate(self._evaluate_batch(batch, u.detach(), with_hd95=True)):
+            fixed_id, moving_id = ids[i]
+            row = {
+                "fixed_id": fixed_id,
+                "moving_id": moving_id,
+                "dice": res["dice"],
+                "hd95": res["hd95"],
+                "sdlogj": res["sdlogj"],
+                "sdlogj_l2r": res["sdlogj_l2r"],
+                "folding_pct": res["folding_pct"],
+                "seconds": seconds,
+                "dice_identity": res["dice_identity"],
+            }
+            for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity"):
+                self.log(f"test/{k}", float(row[k]) if row[k] is not None else float("nan"), batch_size=1)
+            if self.results is not None:
+                if self.results.save_outputs:
+                    self._save_outputs(batch, i, u, res["moved_label"], fixed_id, moving_id)
+                self.results.add(row, res["dice_per_label"])
+
+    def _save_outputs(self, batch, i, u, moved_label, fixed_id, moving_id) -> None:
+        from data.io import save_nifti_atomic
+
+        affine = _affine_of(batch, i, u.shape[1])
+        moved = warp(batch["moving"][i : i + 1], u[i : i + 1].to(batch["moving"].dtype))
+        writer = self.results
+        save_nifti_atomic(moved[0, 0].detach().cpu().numpy().astype(np.float32), affine,
+                          writer.moved_path(fixed_id, moving_id, "image"))
+        if moved_label is not None:
+            save_nifti_atomic(moved_label[0].detach().cpu().numpy().astype(np.int16), affine,
+                              writer.moved_path(fixed_id, moving_id, "label"))
+        disp = u[i].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
+        save_nifti_atomic(np.moveaxis(disp, 0, -1), affine, writer.moved_path(fixed_id, moving_id, "disp"),
+                          description="disp vox fixed->moving; moved(x)=moving(x+u(x))")
+
+    # ------------------------------------------------------------------ checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["registration"] = {
+            "method": self.method,
+            "model_config": self.model_config,
+            "data_config": self.data_config,
+            "field": self.field,
+            "displacement_convention": DISPLACEMENT_CONVENTION,
+        }
+
+
+class IdentityRegistration(RegistrationModule):
+    """No registration: ``u = 0``. The baseline every method must beat (``model=identity``)."""
+
+    def __init__(self, method: str = "identity", **kwargs: Any) -> None:
+        super().__init__(net=None, method=method, **kwargs)
+
+    def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        fixed = batch["fixed"]
+        return torch.zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:], device=fixed.device, dtype=fixed.dtype)
+
+
+def _spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:
+    sp = batch.get("spacing")
+    if sp is None:
+        return (1.0,) * ndim
+    sp = torch.as_tensor(sp)
+    row = sp[i] if sp.dim() == 2 else sp
+    return tuple(float(s) for s in row[:ndim])
+
+
+def _affine_of(batch: Mapping[str, Any], i: int, ndim: int) -> np.ndarray:
+    aff = batch.get("fixed_affine")
+    if aff is not None:
+        aff = torch.as_tensor(aff)
+        return (aff[i] if aff.dim() == 3 else aff).cpu().numpy().astype(np.float64)
+    out = np.eye(4)
+    for k, s in enumerate(_spacing_of(batch, i, ndim)):
+        out[k, k] = s
+    return out
+
+
+def _nanmean(values: list[Any]) -> float:
+    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
+    arr = arr[np.isfinite(arr)]
+    return float(arr.mean()) if arr.size else float("nan")

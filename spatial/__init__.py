@@ -1,0 +1,29 @@
+"""Dense spatial transforms in the project's one displacement convention.
+
+See :mod:`spatial.functional` for the convention; :mod:`spatial.layers` wraps it as modules.
+"""
+
+from spatial.functional import (
+    check_field,
+    compose,
+    identity_grid,
+    integrate,
+    jacobian_determinant,
+    jacobian_matrix,
+    resize_field,
+    warp,
+)
+from spatial.layers import IntegrateVelocity, SpatialTransformer
+
+__all__ = [
+    "check_field",
+    "compose",
+    "identity_grid",
+    "integrate",
+    "jacobian_determinant",
+    "jacobian_matrix",
+    "resize_field",
+    "warp",
+    "IntegrateVelocity",
+    "SpatialTransformer",
+]

@@ -1,0 +1,237 @@
+"""Functional core for dense spatial transforms.
+
+The one displacement convention of the project (see README, "Conventions"):
+
+* ``u`` has shape ``(B, D, *S)`` with ``D = len(S)`` (2 or 3), in **voxel units**;
+  channel ``i`` is the displacement along spatial axis ``i`` (the axis of ``S[i]``).
+* ``warp(img, u)(x) = img(x + u(x))`` — a pull-back from the fixed image's grid,
+  sampled with ``align_corners=True`` (voxel centres at integer coordinates).
+* ``compose(u1, u2) = u2 + warp(u1, u2)`` — the displacement of the map
+  ``x -> x + u2(x) -> (x + u2(x)) + u1(x + u2(x))``: "apply u2's map, then u1's".
+
+Every function follows its input's device and dtype; nothing here calls ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "identity_grid",
+    "warp",
+    "compose",
+    "integrate",
+    "resize_field",
+    "jacobian_matrix",
+    "jacobian_determinant",
+    "check_field",
+]
+
+_MODES = {"bilinear", "nearest"}
+_PADDING = {"zeros", "border", "reflection"}
+
+
+def check_field(u: torch.Tensor, name: str = "u", fn: str = "spatial") -> int:
+    """Validate a displacement field ``(B, D, *S)`` and return its dimension ``D``.
+
+    Raises ``ValueError`` naming the function and argument when the shape is not
+    ``(B, D, *S)`` with ``D == len(S)`` in (2, 3), or the dtype is not floating point.
+    """
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"{fn}() '{name}' must be a torch.Tensor, got {type(u).__name__}")
+    if u.dim() not in (4, 5):
+        raise ValueError(
+            f"{fn}() '{name}' must have shape (B, D, *spatial) with 2 or 3 spatial dims, "
+            f"got shape {tuple(u.shape)}"
+        )
+    ndim = u.dim() - 2
+    if u.shape[1] != ndim:
+        raise ValueError(
+            f"{fn}() '{name}' has {u.shape[1]} channels but {ndim} spatial dims; a displacement "
+            f"field needs one channel per spatial axis, got shape {tuple(u.shape)}"
+        )
+    if not u.is_floating_point():
+        raise ValueError(f"{fn}() '{name}' must be floating point, got {u.dtype}")
+    return ndim
+
+
+def identity_grid(
+    shape: Sequence[int], device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Voxel coordinates of a grid: returns ``(D, *shape)`` with ``grid[i][x] = x_i``."""
+    axes = [torch.arange(s, device=device, dtype=dtype) for s in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def _normalised_sampling_grid(u: torch.Tensor) -> torch.Tensor:
+    """``(B, D, *S)`` voxel displacement -> ``(B, *S, D)`` grid_sample coordinates in [-1, 1].
+
+    grid_sample wants the last axis ordered (x, y, z) = (last spatial axis, ..., first),
+    so the channels are reversed after normalising ``x + u`` by ``(S_i - 1) / 2``.
+    """
+    shape = u.shape[2:]
+    ndim = len(shape)
+    loc = identity_grid(shape, u.device, u.dtype).unsqueeze(0) + u
+    scale = torch.tensor(
+        [2.0 / max(s - 1, 1) for s in shape], device=u.device, dtype=u.dtype
+    ).view(1, ndim, *([1] * ndim))
+    loc = loc * scale - 1.0
+    return loc.movedim(1, -1).flip(-1)
+
+
+def warp(
+    img: torch.Tensor,
+    u: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Pull-back warp: ``out(x) = img(x + u(x))``.
+
+    Args:
+        img: ``(B, C, *S_in)`` image (any C); labels should be warped as one-hot with
+            ``bilinear`` or directly with ``nearest``.
+        u: ``(B, D, *S)`` displacement in voxel units of ``img``'s grid; ``S`` may differ
+            from ``S_in`` only if the caller knows what it does (voxel units are ``img``'s).
+        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+        padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
+
+    Returns:
+        ``(B, C, *S)`` warped image, same dtype as ``img`` for floating inputs; integer
+        inputs are only allowed with ``mode="nearest"`` and keep their dtype.
+    """
+    ndim = check_field(u, "u", "warp")
+    if mode not in _MODES:
+        raise ValueError(f"warp() 'mode' must be one of {sorted(_MODES)}, got {mode!r}")
+    if padding_mode not in _PADDING:
+        raise ValueError(f"warp() 'padding_mode' must be one of {sorted(_PADDING)}, got {padding_mode!r}")
+    if img.dim() != ndim + 2:
+        raise ValueError(
+            f"warp() 'img' must be (B, C, *spatial) with {ndim} spatial dims to match 'u' "
+            f"{tuple(u.shape)}, got {tuple(img.shape)}"
+        )
+    if img.shape[0] != u.shape[0] and img.shape[0] != 1 and u.shape[0] != 1:
+        raise ValueError(f"warp() batch sizes differ: img {tuple(img.shape)} vs u {tuple(u.shape)}")
+    integer = not img.is_floating_point()
+    if integer and mode != "nearest":
+        raise ValueError("warp() integer images (labels) need mode='nearest' or a one-hot float input")
+    batch = max(img.shape[0], u.shape[0])
+    if u.shape[2:] != img.shape[2:]:
+        # voxel units refer to img's grid: normalise with img's shape
+        grid = _sampling_grid_for(img.shape[2:], u)
+    else:
+        grid = _normalised_sampling_grid(u)
+    src = img.to(u.dtype) if integer else img
+    if src.shape[0] != batch:
+        src = src.expand(batch, *src.shape[1:])
+    if grid.shape[0] != batch:
+        grid = grid.expand(batch, *grid.shape[1:])
+    out = F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    return out.round().to(img.dtype) if integer else out
+
+
+def _sampling_grid_for(img_shape: Sequence[int], u: torch.Tensor) -> torch.Tensor:
+    """Sampling grid when ``u`` lives on a grid of another shape than the image.
+
+    Output voxel ``x`` of ``u``'s grid maps to image coordinate ``x * (S_img - 1) / (S_u - 1)
+    + u(x)``, i.e. both grids span the same field of view (align_corners=True).
+    """
+    shape = u.shape[2:]
+    ndim = len(shape)
+    base = identity_grid(shape, u.device, u.dtype)
+    ratio = torch.tensor(
+        [(si - 1) / max(so - 1, 1) for si, so in zip(img_shape, shape)], device=u.device, dtype=u.dtype
+    ).view(ndim, *([1] * ndim))
+    loc = (base * ratio).unsqueeze(0) + u
+    scale = torch.tensor([2.0 / max(s - 1, 1) for s in img_shape], device=u.device, dtype=u.dtype).view(
+        1, ndim, *([1] * ndim)
+    )
+    return (loc * scale - 1.0).movedim(1, -1).flip(-1)
+
+
+def compose(u1: torch.Tensor, u2: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:
+    """Compose two displacements: ``w = u2 + u1 o (x + u2)`` — apply u2's map, then u1's.
+
+    ``warp(warp(img, u1), u2) == warp(img, compose(u1, u2))`` up to interpolation.
+    Both are ``(B, D, *S)`` on the same grid.
+    """
+    check_field(u1, "u1", "compose")
+    check_field(u2, "u2", "compose")
+    if u1.shape[1:] != u2.shape[1:]:
+        raise ValueError(f"compose() fields differ in shape: u1 {tuple(u1.shape)} vs u2 {tuple(u2.shape)}")
+    return u2 + warp(u1, u2, padding_mode=padding_mode)
+
+
+def integrate(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Scaling and squaring: displacement of ``exp(v)`` for a stationary velocity ``v``.
+
+    ``u_0 = v / 2**steps``; ``u_{k+1} = compose(u_k, u_k)``; returns ``u_steps``, ``(B, D, *S)``.
+    ``steps=0`` returns ``v`` itself (the small-deformation approximation).
+    """
+    check_field(v, "v", "integrate")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"integrate() 'steps' must be a non-negative int, got {steps!r}")
+    u = v / (2.0**steps)
+    for _ in range(steps):
+        u = u + warp(u, u, padding_mode="border")
+    return u
+
+
+def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Resample a voxel-unit displacement to grid ``shape`` and rescale its magnitudes.
+
+    Channel ``i`` is multiplied by ``(shape[i] - 1) / (S[i] - 1)`` so that the field keeps
+    describing the same physical map (align_corners=True grids spanning the same extent).
+    Returns ``(B, D, *shape)``.
+    """
+    ndim = check_field(u, "u", "resize_field")
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != ndim:
+        raise ValueError(f"resize_field() 'shape' must have {ndim} entries, got {shape}")
+    if shape == tuple(u.shape[2:]):
+        return u
+    mode = "trilinear" if ndim == 3 else "bilinear"
+    out = F.interpolate(u, size=shape, mode=mode, align_corners=True)
+    factors = torch.tensor(
+        [(n - 1) / max(o - 1, 1) for n, o in zip(shape, u.shape[2:])], device=u.device, dtype=u.dtype
+    ).view(1, ndim, *([1] * ndim))
+    return out * factors
+
+
+def jacobian_matrix(u: torch.Tensor, spacing: Sequence[float] | None = None) -> torch.Tensor:
+    """Jacobian of the map ``x -> x + u(x)`` by finite differences.
+
+    Central differences inside, one-sided at the border (``torch.gradient``), the
+    same scheme as ``numpy.gradient`` used by the Learn2Reg scorer. ``spacing`` only
+    matters when ``u`` is expressed in physical units; for voxel-unit fields leave it None.
+    Returns ``(B, D, D, *S)`` with ``J[:, i, j] = d(x_i + u_i) / d x_j``.
+    """
+    ndim = check_field(u, "u", "jacobian_matrix")
+    for s in u.shape[2:]:
+        if s < 2:
+            raise ValueError(f"jacobian_matrix() needs at least 2 voxels per axis, got {tuple(u.shape)}")
+    dims = tuple(range(2, 2 + ndim))
+    if spacing is None:
+        grads = torch.gradient(u, dim=dims)
+    else:
+        grads = torch.gradient(u, spacing=[float(s) for s in spacing], dim=dims)
+    jac = torch.stack(grads, dim=2)  # (B, D(i), D(j), *S)
+    eye = torch.eye(ndim, device=u.device, dtype=u.dtype).view(1, ndim, ndim, *([1] * ndim))
+    return jac + eye
+
+
+def jacobian_determinant(u: torch.Tensor) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x -> x + u(x)``: ``(B, D, *S) -> (B, *S)``.
+
+    The identity has determinant 1 everywhere; ``x -> 2x`` (``u = x``) has ``2**D``.
+    """
+    j = jacobian_matrix(u)
+    if j.shape[1] == 2:
+        return j[:, 0, 0] * j[:, 1, 1] - j[:, 0, 1] * j[:, 1, 0]
+    return (
+        j[:, 0, 0] * (j[:, 1, 1] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 1])
+        - j[:, 0, 1] * (j[:, 1, 0] * j[:, 2, 2] - j[:, 1, 2] * j[:, 2, 0])
+        + j[:, 0, 2] * (j[:, 1, 0] * j[:, 2, 1] - j[:, 1, 1] * j[:, 2, 0])
+    )

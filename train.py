@@ -1,0 +1,60 @@
+"""Train a learned registration method, then test it into the results contract.
+
+    python train.py                                  # CPU quickstart: VoxelMorph on offline MNI data
+    python train.py experiment=mni_sup_voxelmorph    # an experiment file from configs/experiment/
+    python train.py model.loss.dice_weight=1 logger=csv trainer.max_epochs=5
+
+Outputs (``paths.output_dir``, by default ``logs/train/runs/<time>``): ``checkpoints/``,
+logger files, and ``test/`` with ``pairs.csv``, ``labels.csv``, ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from experiments.runtime import build_datamodule, build_model, build_trainer, guarded, run_test  # noqa: E402
+
+
+@guarded
+def train(cfg: DictConfig) -> dict:
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg)
+    trainer = build_trainer(cfg)
+    if cfg.train:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    summary: dict = {}
+    if cfg.test:
+        ckpt = None
+        if cfg.train and trainer.checkpoint_callback is not None:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            ckpt = best or None
+        out_dir = os.path.join(cfg.paths.output_dir, "test")
+        summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs,
+                           ckpt_path=ckpt if ckpt else None)
+    _finish_loggers(trainer)
+    return summary
+
+
+def _finish_loggers(trainer) -> None:
+    for logger in trainer.loggers:
+        experiment_finish = getattr(getattr(logger, "experiment", None), "finish", None)
+        if type(logger).__name__ == "WandbLogger" and callable(experiment_finish):
+            experiment_finish()
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="train")
+def main(cfg: DictConfig) -> None:
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
