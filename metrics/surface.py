@@ -15,8 +15,13 @@ with its default euclidean distance, re-implemented here):
 Labels: foreground only (0 never scored); a label absent from either image is skipped
 (Learn2Reg convention) and listed in ``LabelScores.skipped``.
 
+Each label is processed inside the bounding box of its union in both images (exact, see
+``_label_hd95``), labels in parallel threads. Nearest surface voxels come from a k-d tree
+(default) or a Euclidean distance transform; both are exact and give the same values.
+
 Note: the Learn2Reg scorer computes HD95 with DeepMind's ``surface-distance`` package
-(surfels weighted by area), which differs slightly from this voxel-surface definition.
+(surfels weighted by area, unit spacing), which differs slightly from this voxel-surface
+definition.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ from scipy.spatial import cKDTree
 from metrics._inputs import label_pair, label_subset, spacing_tuple, spatial_ndim_from_spacing
 from metrics.overlap import _MAX_DIRECT_LABEL, LabelScores, _mean
 
-_METHODS = ("edt", "kdtree")
+_METHODS = ("kdtree", "edt")
 
 
 def _surface(mask: np.ndarray) -> np.ndarray:
@@ -88,7 +93,9 @@ def _label_hd95(
     #    border of the erosion treats it as outside, just as on the full image.
     #  * distances: both surfaces lie entirely inside the box, and the nearest surface voxel
     #    of the other mask is searched among exactly those voxels; the distance transform of
-    #    the box therefore equals that of the full image at every box voxel.
+    #    the box therefore equals that of the full image at every box voxel ("edt"), and
+    #    distances between box-local coordinates equal those between image coordinates
+    #    ("kdtree": a translation changes no distance).
     box = []
     for sf, sm, n in zip(box_f, box_m, f.shape):
         box.append(slice(max(min(sf.start, sm.start) - 1, 0), min(max(sf.stop, sm.stop) + 1, n)))
@@ -111,7 +118,7 @@ def _hd95_arrays(
     m: np.ndarray,
     spacing: Sequence[float],
     labels: list[int] | None,
-    method: str = "edt",
+    method: str = "kdtree",
     workers: int | None = None,
     fn: str = "hd95",
 ) -> LabelScores:
@@ -192,7 +199,7 @@ def hd95(
     spacing,
     labels: Iterable[int] | None = None,
     *,
-    method: str = "edt",
+    method: str = "kdtree",
     workers: int | None = None,
 ) -> LabelScores:
     """95th-percentile symmetric Hausdorff distance between label surfaces, in mm.
@@ -206,8 +213,11 @@ def hd95(
             or ``(1, 1, *S)``; for 2-D maps pass a length-2 ``spacing``.
         spacing: mm per voxel along each spatial axis (scalar = isotropic).
         labels: optional subset of foreground labels (each >= 1).
-        method: ``"edt"`` (exact distance transform on each label's cropped box, default) or
-            ``"kdtree"`` (exact nearest surface voxel by k-d tree); same values.
+        method: ``"kdtree"`` (default: exact nearest surface voxel by a k-d tree over the
+            surface voxels, cost ~ surface area) or ``"edt"`` (exact Euclidean distance
+            transform, ``scipy.ndimage.distance_transform_edt(sampling=spacing)``, on each
+            label's cropped box, cost ~ box volume). Both give the same values; k-d trees
+            measured 1.6-4x faster on 35-label brain-sized maps.
         workers: threads over labels (default ``torch.get_num_threads()``).
 
     Returns:

@@ -26,7 +26,7 @@ from losses import (
     mutual_information,
     one_hot,
 )
-from losses.similarity import _VAR_FLOOR_EPS, _box_sum
+from losses.similarity import _VAR_FLOOR_EPS, _box_sum, _box_sum_conv
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -142,15 +142,25 @@ def test_lncc_matches_bruteforce_with_constant_regions():
     )
 
 
-def test_box_sum_is_separable_box_and_self_adjoint():
-    x = _rand(1, 2, 5, 6, 7, seed=7, dtype=torch.float64)
-    out = _box_sum(x, 3)
-    # direct 3x3x3 sum with zero padding
-    pad = torch.nn.functional.pad(x, (1, 1, 1, 1, 1, 1))
+@pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (1, 2, 9, 4), (1, 5, 1, 6, 3)])
+@pytest.mark.parametrize("window", [1, 3, 5])
+@pytest.mark.parametrize("channels_last", [True, False])  # the CPU path and the other devices' path
+def test_box_sum_conv_equals_direct_window_sum(shape, window, channels_last):
+    x = _rand(*shape, seed=7, dtype=torch.float64)
+    ndim = x.dim() - 2
+    r = window // 2
+    pad = torch.nn.functional.pad(x, [r] * (2 * ndim))
     direct = sum(
-        pad[:, :, a : a + 5, b : b + 6, c : c + 7] for a in range(3) for b in range(3) for c in range(3)
+        pad[(..., *[slice(o, o + n) for o, n in zip(off, shape[2:])])]
+        for off in itertools.product(range(window), repeat=ndim)
     )
+    out = _box_sum_conv(x, window, channels_last=channels_last)
+    assert out.shape == x.shape
     torch.testing.assert_close(out, direct)
+
+
+def test_box_sum_is_self_adjoint():
+    x = _rand(1, 2, 5, 6, 7, seed=7, dtype=torch.float64)
     # custom backward (the same filter) agrees with finite differences, also twice
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: _box_sum(t, 3), (x,))
@@ -473,6 +483,8 @@ _IMG = _rand(1, 1, 8, 8, 8, seed=40)
         (lambda: lncc(_IMG[None], _IMG[None]), "lncc"),
         (lambda: lncc(_IMG, _IMG[..., :7]), "lncc"),
         (lambda: lncc(_IMG, _IMG, 3, eps=-1.0), "lncc"),
+        (lambda: lncc(_IMG, _IMG, 3, eps=0.0), "lncc"),
+        (lambda: lncc(_IMG, _IMG.double()), "lncc"),
         (lambda: lncc(_IMG.long(), _IMG.long()), "lncc"),
         (lambda: LNCC(window=8), "LNCC"),
         (lambda: mse(_IMG, _IMG[:, :, :4]), "mse"),

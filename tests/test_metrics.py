@@ -173,11 +173,12 @@ def test_hd95_matches_monai(seed, spacing, shifted):
             assert v == pytest.approx(float(ref[lab - 1]), abs=0.01)
 
 
-def test_hd95_crop_is_exact_against_full_image_brute_force():
+@pytest.mark.parametrize("method", ["kdtree", "edt"])
+def test_hd95_crop_is_exact_against_full_image_brute_force(method):
     spacing = (1.0, 2.0, 0.6)
     f = smooth_labels((16, 14, 18), 5, seed=3)
     m = smooth_labels((16, 14, 18), 5, seed=4)
-    ours = hd95(f, m, spacing)
+    ours = hd95(f, m, spacing, method=method)
     assert len(ours.per_label) >= 3
     for lab, v in ours.per_label.items():
         assert v == pytest.approx(brute_force_hd95(f, m, lab, spacing), abs=1e-9)
