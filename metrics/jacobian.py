@@ -20,8 +20,6 @@ Conventions:
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import torch
 
 from metrics._inputs import displacement
@@ -29,40 +27,12 @@ from spatial.functional import jacobian_determinant
 
 _CLIP_MIN = 1e-9
 _CLIP_MAX = 1e9
-# CPU fields larger than this (voxels) get their Jacobian in slabs along the first spatial axis.
-_SLAB_MIN_VOXELS = 1 << 21
-_SLAB = 4
 
 
 def _jacobian_det(u: torch.Tensor) -> torch.Tensor:
-    """``(1, D, *S) -> (*S)`` determinant by :func:`spatial.jacobian_determinant`.
-
-    Large CPU fields are processed in slabs of ``_SLAB`` slices along axis 0, each with a
-    one-voxel halo: the finite differences are local (one neighbour per side), so every voxel
-    sees the same stencil as on the full field and the result is bit-identical. Slabs keep the
-    temporaries in cache and run in a thread pool whose threads use single-threaded torch ops
-    (``torch.set_num_threads(1)`` in a pool thread only affects that thread with torch's OpenMP
-    backend). Measured on 2 shared cores for 160x192x224: 0.3-0.6 s instead of 1.1-1.6 s for
-    one call on the whole field, ~1/5 of its peak memory (~180 MB vs ~900 MB), and no collapse
-    when the CPU is oversubscribed (many small OpenMP regions do collapse then: 7-12 s).
-    Other devices use one call.
-    """
-    shape = tuple(u.shape[2:])
-    n0 = shape[0]
+    """``(1, D, *S) -> (*S)`` determinant by :func:`spatial.jacobian_determinant` (no autograd)."""
     with torch.no_grad():
-        if u.device.type != "cpu" or u[0, 0].numel() < _SLAB_MIN_VOXELS or n0 <= 2 * _SLAB:
-            return jacobian_determinant(u)[0]
-        out = torch.empty(shape, dtype=u.dtype, device=u.device)
-
-        def slab(a: int) -> None:
-            b = min(a + _SLAB, n0)
-            lo, hi = max(a - 1, 0), min(b + 1, n0)
-            out[a:b] = jacobian_determinant(u[:, :, lo:hi])[0, a - lo : b - lo]
-
-        workers = max(torch.get_num_threads(), 1)
-        with ThreadPoolExecutor(workers, initializer=torch.set_num_threads, initargs=(1,)) as pool:
-            list(pool.map(slab, range(0, n0, _SLAB)))
-        return out
+        return jacobian_determinant(u)[0]
 
 
 def _crop(x: torch.Tensor, crop: int, fn: str) -> torch.Tensor:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from torch import nn
+import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
 from metrics import dice as dice_metric
 from metrics import evaluate_pair
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter
-from spatial import integrate, warp
+from spatial import integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS"]
 
@@ -82,6 +83,11 @@ class RegistrationModule(L.LightningModule):
         label_interp: how evaluation warps the moving label: ``"nearest"`` (default) or
             ``"linear"`` (one-hot, linear interpolation, argmax).
         hd95: compute HD95 at validation (test always computes it).
+        downsize: the network sees both images resampled to ``S // downsize`` (trilinear,
+            align_corners=True) and predicts its field on that coarse grid; a velocity is
+            integrated there, then the displacement is brought to full resolution by
+            :func:`spatial.resize_field` (magnitudes rescaled). Losses and metrics stay at full
+            resolution. ``1`` (default) = full resolution. A cheap way to train on CPUs.
     """
 
     def __init__(
@@ -95,6 +101,7 @@ class RegistrationModule(L.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         label_interp: str = "nearest",
         hd95: bool = True,
+        downsize: int = 1,
     ) -> None:
         super().__init__()
         if field not in FIELDS:
@@ -112,6 +119,9 @@ class RegistrationModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.label_interp = label_interp
         self.hd95_at_val = bool(hd95)
+        if isinstance(downsize, bool) or not isinstance(downsize, int) or downsize < 1:
+            raise ValueError(f"model.downsize must be an int >= 1, got {downsize!r}")
+        self.downsize = downsize
         # set by train.py / eval.py; stored in checkpoints so they describe themselves
         self.model_config: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None
@@ -121,24 +131,33 @@ class RegistrationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ core API
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        """The raw network output (a displacement or a velocity, see ``field``)."""
+        """The raw network output (a displacement or a velocity, see ``field``), on the
+        network's grid (``S // downsize``)."""
         if self.net is None:
             raise NotImplementedError(f"{type(self).__name__} has no network; override register()")
+        if self.downsize > 1:
+            moving, fixed = self._coarse(moving), self._coarse(fixed)
         return self.net(moving, fixed)
 
-    def to_displacement(self, out: torch.Tensor) -> torch.Tensor:
-        """Network output -> final displacement (integrates a velocity)."""
-        return integrate(out, self.integration_steps) if self.field == "velocity" else out
+    def _coarse(self, img: torch.Tensor) -> torch.Tensor:
+        shape = tuple(s // self.downsize for s in img.shape[2:])
+        mode = "trilinear" if img.dim() == 5 else "bilinear"
+        return F.interpolate(img, size=shape, mode=mode, align_corners=True)
+
+    def to_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """Network output -> final displacement on grid ``shape`` (integrates a velocity first)."""
+        u = integrate(out, self.integration_steps) if self.field == "velocity" else out
+        return u if shape is None else resize_field(u, shape)
 
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
-        return self.to_displacement(self(batch["moving"], batch["fixed"]))
+        return self.to_displacement(self(batch["moving"], batch["fixed"]), batch["fixed"].shape[2:])
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
         out = self(batch["moving"], batch["fixed"])
-        u = self.to_displacement(out)
+        u = self.to_displacement(out, batch["fixed"].shape[2:])
         moved = warp(batch["moving"], u)
         parts = {"sim": self.similarity(batch["fixed"], moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]

@@ -13,7 +13,6 @@ from scipy import ndimage as ndi
 from scipy.spatial.distance import cdist
 
 import metrics
-import metrics.jacobian as mjac
 from metrics import (
     LabelScores,
     dice,
@@ -268,14 +267,6 @@ def test_sdlogj_and_l2r_match_numpy_definitions():
     jm = jacobian_metrics(u)
     assert jm["sdlogj"] == sdlogj(u) and jm["sdlogj_l2r"] == sdlogj_l2r(u)
     assert jm["folding_pct"] == folding_pct(u)
-
-
-def test_slab_jacobian_is_identical_to_full(monkeypatch):
-    u = smooth_field((23, 12, 10), amplitude=4.0, seed=8, dtype=torch.float32)
-    full = jacobian_determinant(u)[0]
-    monkeypatch.setattr(mjac, "_SLAB_MIN_VOXELS", 0)
-    monkeypatch.setattr(mjac, "_SLAB", 3)
-    assert torch.equal(mjac._jacobian_det(u), full)
 
 
 def test_jacobian_input_checks():

@@ -135,3 +135,19 @@ def test_follows_dtype_and_device_of_input():
     u = torch.zeros(1, 3, 4, 4, 4, dtype=torch.float64)
     assert integrate(u).dtype == torch.float64
     assert warp(torch.zeros(1, 1, 4, 4, 4, dtype=torch.float64), u).dtype == torch.float64
+
+
+@pytest.mark.parametrize("shape", [(7, 8, 9), (9, 10)])
+def test_jacobian_matches_numpy_gradient_and_linalg_det(shape):
+    import numpy as np
+
+    torch.manual_seed(3)
+    u = torch.randn(1, len(shape), *shape, dtype=torch.float64)
+    jm = __import__("spatial").jacobian_matrix(u)
+    for i in range(len(shape)):
+        grads = np.gradient(u[0, i].numpy())
+        for j in range(len(shape)):
+            expected = grads[j] + (1.0 if i == j else 0.0)
+            assert np.allclose(jm[0, i, j].numpy(), expected, atol=1e-12)
+    det = torch.linalg.det(jm[0].movedim((0, 1), (-2, -1)))
+    assert torch.allclose(jacobian_determinant(u)[0], det, atol=1e-10)
