@@ -86,14 +86,15 @@ def _csv_text(columns: list[str], rows: Iterable[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def _nanmean(values: list[float]) -> float:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
+def nanmean(values: list[float]) -> float:
+    """Mean over the finite values (None / NaN / inf dropped); NaN when none is left."""
+    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
     arr = arr[np.isfinite(arr)]
     return float(arr.mean()) if arr.size else float("nan")
 
 
 def _nanstd(values: list[float]) -> float:
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
     arr = arr[np.isfinite(arr)]
     return float(arr.std()) if arr.size else float("nan")
 
@@ -171,14 +172,14 @@ class ResultsWriter:
         summary: dict[str, Any] = {
             "method": self.method,
             "n_pairs": len(pairs),
-            "dice_mean": _nanmean([p["dice"] for p in pairs]),
+            "dice_mean": nanmean([p["dice"] for p in pairs]),
             "dice_std": _nanstd([p["dice"] for p in pairs]),
-            "dice_identity_mean": _nanmean([p["dice_identity"] for p in pairs]),
-            "hd95_mean": _nanmean([p["hd95"] for p in pairs]),
-            "sdlogj_mean": _nanmean([p["sdlogj"] for p in pairs]),
-            "sdlogj_l2r_mean": _nanmean([p["sdlogj_l2r"] for p in pairs]),
-            "folding_pct_mean": _nanmean([p["folding_pct"] for p in pairs]),
-            "seconds_mean": _nanmean([p["seconds"] for p in pairs]),
+            "dice_identity_mean": nanmean([p["dice_identity"] for p in pairs]),
+            "hd95_mean": nanmean([p["hd95"] for p in pairs]),
+            "sdlogj_mean": nanmean([p["sdlogj"] for p in pairs]),
+            "sdlogj_l2r_mean": nanmean([p["sdlogj_l2r"] for p in pairs]),
+            "folding_pct_mean": nanmean([p["folding_pct"] for p in pairs]),
+            "seconds_mean": nanmean([p["seconds"] for p in pairs]),
             "label_interp": self.label_interp,
             "displacement_convention": DISPLACEMENT_CONVENTION,
         }

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
 from metrics import dice as dice_metric
 from metrics import evaluate_pair
-from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter
+from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS"]
@@ -31,7 +31,7 @@ LABEL_INTERPS = ("nearest", "linear")
 
 _LOSS_DEFAULTS = {
     "sim": "lncc",
-    "sim_kwargs": {"window": 9},
+    "sim_kwargs": {},
     "reg": "diffusion",
     "reg_kwargs": {},
     "reg_weight": 1.0,
@@ -330,9 +330,3 @@ def _affine_of(batch: Mapping[str, Any], i: int, ndim: int) -> np.ndarray:
     for k, s in enumerate(_spacing_of(batch, i, ndim)):
         out[k, k] = s
     return out
-
-
-def _nanmean(values: list[Any]) -> float:
-    arr = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
-    arr = arr[np.isfinite(arr)]
-    return float(arr.mean()) if arr.size else float("nan")

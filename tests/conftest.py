@@ -16,9 +16,9 @@ CONFIGS = ROOT / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# Small, fast MNI data for entry-point tests (2 mm template cropped to 48x64x48).
+# Small, fast MNI data for entry-point tests (2 mm template cropped to 64^3).
 FAST_MNI = [
-    "data.shape=[48,64,48]",
+    "data.shape=[64,64,64]",
     "data.n_train=2",
     "data.n_val=2",
     "data.n_test=2",
