@@ -105,7 +105,7 @@ def test_training_raises_dice_over_identity(tmp_path):
     d = tmp_path / "data"
     train_csv, val_csv, test_csv = _shift_csv(d, [0, 1, 2, 3]), _shift_csv(d, [4]), _shift_csv(d, [5, 6])
     cfg = compose("train", [f"paths.output_dir={tmp_path}", "logger=csv", "trainer.accelerator=cpu",
-                            "trainer.enable_progress_bar=false", "~experiment", "data=pairs_csv",
+                            "trainer.enable_progress_bar=false", "data=pairs_csv",
                             f"data.train_csv={train_csv}", f"data.val_csv={val_csv}", f"data.test_csv={test_csv}",
                             "model.optimizer.lr=3e-3", "model.loss.sim=mse", "trainer.max_epochs=30"])
     summary = train_entry.train(cfg)

@@ -1,0 +1,1 @@
+"""Entry-point plumbing (:mod:`experiments.runtime`), benchmarks and the paper's experiments."""
