@@ -38,16 +38,17 @@ import functools
 import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset
 
 from data.io import DataError
+from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs  # noqa: F401 (re-exported)
 from spatial.functional import integrate, resize_field, warp
 
 __all__ = [
@@ -366,18 +367,6 @@ class MNISubjects:
         )
 
 
-def consecutive_pairs(subject_ids: Sequence[int]) -> list[tuple[int, int]]:
-    """``[(s0, s1), (s1, s2), ...]``: fixed ``k``, moving ``k+1`` (the OASIS validation scheme)."""
-    ids = list(subject_ids)
-    return [(ids[i], ids[i + 1]) for i in range(len(ids) - 1)]
-
-
-def all_pairs(subject_ids: Sequence[int]) -> list[tuple[int, int]]:
-    """All ordered pairs ``(a, b)`` with ``a != b`` (the Klein-set scheme), row-major order."""
-    ids = list(subject_ids)
-    return [(a, b) for a in ids for b in ids if a != b]
-
-
 class MNIPairDataset(Dataset):
     """Pairs of MNI subjects as batch-contract dicts.
 
@@ -416,42 +405,3 @@ class MNIPairDataset(Dataset):
         item["fixed_id"] = fixed["id"]
         item["moving_id"] = moving["id"]
         return item
-
-
-class RandomPairSampler(Sampler[int]):
-    """Draws ``num_samples`` dataset indices per epoch, re-drawn every epoch from ``(seed, epoch)``.
-
-    Without replacement while ``num_samples <= len(dataset)`` (further draws start a new
-    permutation). The epoch is the one given to :meth:`set_epoch` (Lightning calls it before
-    each epoch, also under DDP where every rank must draw the same list); each ``__iter__``
-    also advances it by one, so plain PyTorch loops see fresh pairs every epoch too.
-    """
-
-    def __init__(self, data_source_len: int, num_samples: int, seed: int = 0):
-        if data_source_len < 1:
-            raise ValueError(f"RandomPairSampler() needs a non-empty dataset, got length {data_source_len}")
-        if num_samples < 1:
-            raise ValueError(f"RandomPairSampler() 'num_samples' must be >= 1, got {num_samples}")
-        self.data_source_len = int(data_source_len)
-        self.num_samples = int(num_samples)
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def indices(self, epoch: int) -> list[int]:
-        """The indices drawn for ``epoch``."""
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + int(epoch))
-        out: list[int] = []
-        while len(out) < self.num_samples:
-            out.extend(torch.randperm(self.data_source_len, generator=gen).tolist())
-        return out[: self.num_samples]
-
-    def __iter__(self) -> Iterator[int]:
-        idx = self.indices(self.epoch)
-        self.epoch += 1
-        return iter(idx)
-
-    def __len__(self) -> int:
-        return self.num_samples

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import os
 import sys
 from pathlib import Path
@@ -201,7 +200,3 @@ def _print_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> None:
     )
     print(f"results: {Path(out_dir).resolve()} (pairs.csv, labels.csv, summary.json)")
     sys.stdout.flush()
-
-
-def dump_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=str)

@@ -157,7 +157,10 @@ class RegistrationModule(L.LightningModule):
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
         out = self(batch["moving"], batch["fixed"])
-        u = self.to_displacement(out, batch["fixed"].shape[2:])
+        return self._loss_parts(batch, out, self.to_displacement(out, batch["fixed"].shape[2:]))
+
+    def _loss_parts(self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Loss parts from the network output ``out`` and its final displacement ``u``."""
         moved = warp(batch["moving"], u)
         parts = {"sim": self.similarity(batch["fixed"], moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
@@ -221,13 +224,14 @@ class RegistrationModule(L.LightningModule):
         return rows
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        u = self.register(batch)
-        bs = u.shape[0]
-        if self.net is not None and self.loss_cfg is not None:
-            with torch.no_grad():
-                parts = self.compute_loss(batch) if self._can_compute_loss(batch) else {}
-            for k, v in parts.items():
-                self.log(f"val/{k}", v, batch_size=bs, sync_dist=True)
+        if self.net is None:
+            u = self.register(batch)
+        else:  # one forward pass serves both the loss and the metrics
+            out = self(batch["moving"], batch["fixed"])
+            u = self.to_displacement(out, batch["fixed"].shape[2:])
+            if self._can_compute_loss(batch):
+                for k, v in self._loss_parts(batch, out, u).items():
+                    self.log(f"val/{k}", v, batch_size=u.shape[0], sync_dist=True)
         for res in self._evaluate_batch(batch, u, self.hd95_at_val):
             self._val_rows.append({k: res[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity")})
 

@@ -9,7 +9,7 @@ The one displacement convention of the project (see README, "Conventions"):
 * ``compose(u1, u2) = u2 + warp(u1, u2)`` — the displacement of the map
   ``x -> x + u2(x) -> (x + u2(x)) + u1(x + u2(x))``: "apply u2's map, then u1's".
 
-Every function follows its input's device and dtype; nothing here calls ``.cuda()``.
+Every function follows its input's device and dtype; no device is ever chosen here.
 """
 
 from __future__ import annotations
@@ -66,20 +66,23 @@ def identity_grid(
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-def _normalised_sampling_grid(u: torch.Tensor) -> torch.Tensor:
+def _sampling_grid(u: torch.Tensor, img_shape: Sequence[int]) -> torch.Tensor:
     """``(B, D, *S)`` voxel displacement -> ``(B, *S, D)`` grid_sample coordinates in [-1, 1].
 
-    grid_sample wants the last axis ordered (x, y, z) = (last spatial axis, ..., first),
-    so the channels are reversed after normalising ``x + u`` by ``(S_i - 1) / 2``.
+    Output voxel ``x`` of ``u``'s grid samples the image at ``x * (S_img - 1) / (S - 1) + u(x)``
+    (voxel units of the image; both grids span the same extent, align_corners=True; the ratio
+    is 1 when the grids match). grid_sample wants the last axis ordered (x, y, z) = (last
+    spatial axis, ..., first), so the channels are reversed after normalising.
     """
     shape = u.shape[2:]
     ndim = len(shape)
-    loc = identity_grid(shape, u.device, u.dtype).unsqueeze(0) + u
-    scale = torch.tensor(
-        [2.0 / max(s - 1, 1) for s in shape], device=u.device, dtype=u.dtype
-    ).view(1, ndim, *([1] * ndim))
-    loc = loc * scale - 1.0
-    return loc.movedim(1, -1).flip(-1)
+    view = (1, ndim, *([1] * ndim))
+    loc = identity_grid(shape, u.device, u.dtype).unsqueeze(0)
+    if tuple(img_shape) != tuple(shape):
+        ratio = [(si - 1) / max(so - 1, 1) for si, so in zip(img_shape, shape)]
+        loc = loc * torch.tensor(ratio, device=u.device, dtype=u.dtype).view(view)
+    scale = torch.tensor([2.0 / max(s - 1, 1) for s in img_shape], device=u.device, dtype=u.dtype).view(view)
+    return ((loc + u) * scale - 1.0).movedim(1, -1).flip(-1)
 
 
 def warp(
@@ -118,11 +121,7 @@ def warp(
     if integer and mode != "nearest":
         raise ValueError("warp() integer images (labels) need mode='nearest' or a one-hot float input")
     batch = max(img.shape[0], u.shape[0])
-    if u.shape[2:] != img.shape[2:]:
-        # voxel units refer to img's grid: normalise with img's shape
-        grid = _sampling_grid_for(img.shape[2:], u)
-    else:
-        grid = _normalised_sampling_grid(u)
+    grid = _sampling_grid(u, img.shape[2:])
     src = img.to(u.dtype) if integer else img
     if src.shape[0] != batch:
         src = src.expand(batch, *src.shape[1:])
@@ -130,25 +129,6 @@ def warp(
         grid = grid.expand(batch, *grid.shape[1:])
     out = F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
     return out.round().to(img.dtype) if integer else out
-
-
-def _sampling_grid_for(img_shape: Sequence[int], u: torch.Tensor) -> torch.Tensor:
-    """Sampling grid when ``u`` lives on a grid of another shape than the image.
-
-    Output voxel ``x`` of ``u``'s grid maps to image coordinate ``x * (S_img - 1) / (S_u - 1)
-    + u(x)``, i.e. both grids span the same field of view (align_corners=True).
-    """
-    shape = u.shape[2:]
-    ndim = len(shape)
-    base = identity_grid(shape, u.device, u.dtype)
-    ratio = torch.tensor(
-        [(si - 1) / max(so - 1, 1) for si, so in zip(img_shape, shape)], device=u.device, dtype=u.dtype
-    ).view(ndim, *([1] * ndim))
-    loc = (base * ratio).unsqueeze(0) + u
-    scale = torch.tensor([2.0 / max(s - 1, 1) for s in img_shape], device=u.device, dtype=u.dtype).view(
-        1, ndim, *([1] * ndim)
-    )
-    return (loc * scale - 1.0).movedim(1, -1).flip(-1)
 
 
 def compose(u1: torch.Tensor, u2: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:

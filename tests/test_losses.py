@@ -26,7 +26,7 @@ from losses import (
     mutual_information,
     one_hot,
 )
-from losses.similarity import _VAR_FLOOR_EPS, _box_sum, _box_sum_conv
+from losses.lncc import _VAR_FLOOR_EPS, _box_sum, _box_sum_conv
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -218,7 +218,7 @@ def test_lncc_half_precision_computed_in_float32():
 
 def test_lncc_agrees_with_monai_rectangular_in_interior():
     monai_losses = pytest.importorskip("monai.losses")
-    from losses.similarity import _lncc_map
+    from losses.lncc import _lncc_map
 
     fixed = _rand(1, 1, 14, 15, 16, seed=16)
     moving = 0.5 * fixed + _rand(1, 1, 14, 15, 16, seed=17)
