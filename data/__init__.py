@@ -1,4 +1,5 @@
-"""Data: NIfTI I/O and validation, pair datasets, the offline MNI152 subjects, DataModules.
+"""Data: NIfTI I/O and validation, pair datasets, the offline MNI152 subjects, the public
+datasets (OASIS, Learn2Reg OASIS, IBSR18, CUMC12, MGH10, LPBA40), DataModules.
 
 Every dataset item follows the batch contract: ``fixed``, ``moving`` float32 ``(1, *S)`` in
 [0, 1]; optional ``fixed_label``, ``moving_label`` int64 ``(1, *S)``; ``spacing`` float32
@@ -7,6 +8,8 @@ Every dataset item follows the batch contract: ``fixed``, ``moving`` float32 ``(
 """
 
 from data.datamodule import MNIDataModule, PairsCSVDataModule
+from data.datasets_module import DatasetDataModule, Layout, PairDataset, VolumeRef
+from data.klein import KleinDataModule
 from data.io import DataError, Volume, load_volume, normalize_intensity, read_header, save_nifti_atomic, volume_id
 from data.mni import (
     LABEL_NAMES,
@@ -18,7 +21,9 @@ from data.mni import (
     consecutive_pairs,
     load_mni_template,
 )
+from data.oasis import OASISDataModule, OASISL2RDataModule
 from data.pairs_csv import PairsCSVDataset
+from data.preprocess import LabelMapping, PreprocessConfig, VolumeAugmentation, VolumeStore
 
 __all__ = [
     "DataError",
@@ -39,4 +44,15 @@ __all__ = [
     "all_pairs",
     "MNIDataModule",
     "PairsCSVDataModule",
+    "VolumeRef",
+    "Layout",
+    "PairDataset",
+    "DatasetDataModule",
+    "OASISDataModule",
+    "OASISL2RDataModule",
+    "KleinDataModule",
+    "PreprocessConfig",
+    "VolumeStore",
+    "LabelMapping",
+    "VolumeAugmentation",
 ]

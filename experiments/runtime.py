@@ -179,6 +179,9 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     finally:
         model.results = None
     if trainer.is_global_zero:
+        save_label_map = getattr(datamodule, "save_label_map", None)
+        if save_label_map is not None:  # remapped label ids: results name which original label each is
+            save_label_map(out_dir)
         summary = writer.finalize()
         _print_summary(summary, out_dir)
         return summary

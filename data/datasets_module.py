@@ -1,0 +1,636 @@
+"""Public brain MRI datasets on disk: layouts, pair datasets and their shared DataModule.
+
+A *layout* (:class:`Layout`; :mod:`data.oasis`, :mod:`data.klein`) knows one dataset's file
+tree: where each volume's image and label map are, and which ``(fixed, moving)`` pairs each
+split registers. It never opens a NIfTI file: discovery only looks at names, so a wrong
+tree fails at once with one :class:`~data.io.DataError` line naming the root and the layout
+expected (and the layout the tree looks like, when it is another known one).
+
+:class:`DatasetDataModule` turns a layout into the batch contract: it preprocesses each volume
+(:mod:`data.preprocess`: torchio reorientation, isotropic resampling, crop/pad, intensity
+normalisation; optional on-disk cache), maps labels (subset, contiguous remap), augments
+training volumes independently, and draws random training pairs per epoch
+(:class:`data.pairs.RandomPairSampler`). Items::
+
+    fixed, moving            float32 (1, *S) in [0, 1]
+    fixed_label, moving_label int64 (1, *S)        (mapped ids)
+    spacing                  float32 (3,)  mm of the preprocessed grid (what metrics use)
+    fixed_affine             float64 (4, 4) voxel-to-world of the preprocessed fixed grid
+    fixed_id, moving_id      str
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Mapping, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from data.io import DataError, volume_id
+from data.pairs import RandomPairSampler, all_pairs
+from data.datamodule import _check_loader_args
+from data.pairs_csv import SPACING_TOLERANCE
+from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeAugmentation, VolumeStore, load_source
+
+__all__ = [
+    "NIFTI_EXTENSIONS",
+    "VolumeRef",
+    "Layout",
+    "LAYOUTS",
+    "register_layout",
+    "layout_class",
+    "detect_layouts",
+    "find_image",
+    "numbered",
+    "PairDataset",
+    "DatasetDataModule",
+]
+
+# tried in this order for every expected file; .img = Analyze/NIfTI pair (the original Klein release)
+NIFTI_EXTENSIONS = (".nii.gz", ".nii", ".img")
+
+
+@dataclass(frozen=True)
+class VolumeRef:
+    """One volume on disk: ``id`` (used as ``fixed_id``/``moving_id``), image and label paths."""
+
+    id: str
+    image: Path
+    label: Path | None
+
+    @property
+    def key(self) -> str:
+        """Unique readable name of the files (cache file names): ``<id>__<image file stem>``."""
+        return f"{self.id}__{volume_id(self.image)}"
+
+
+Pair = tuple[VolumeRef, VolumeRef]
+
+
+def find_image(stem: Path) -> Path:
+    """``stem`` + the first of :data:`NIFTI_EXTENSIONS` that exists (``.nii.gz`` if none does)."""
+    for ext in NIFTI_EXTENSIONS:
+        candidate = stem.parent / (stem.name + ext)
+        if candidate.is_file():
+            return candidate
+    return stem.parent / (stem.name + NIFTI_EXTENSIONS[0])
+
+
+def _strip_ext(name: str) -> str | None:
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            return name[: -len(ext)]
+    return None
+
+
+def numbered(folder: Path, pattern: str, files: bool = True) -> dict[tuple[int, ...], str]:
+    """Names in ``folder`` fully matching regex ``pattern`` (files: without NIfTI extension),
+    keyed by the tuple of their integer groups, e.g. ``{(1,): "m1", (10,): "m10"}``."""
+    out: dict[tuple[int, ...], str] = {}
+    if not folder.is_dir():
+        return out
+    regex = re.compile(pattern)
+    for entry in folder.iterdir():
+        if files:
+            if not entry.is_file():
+                continue
+            name = _strip_ext(entry.name)
+        else:
+            name = entry.name if entry.is_dir() else None
+        if name is None:
+            continue
+        m = regex.fullmatch(name)
+        if m:
+            out.setdefault(tuple(int(g) for g in m.groups()), name)
+    return dict(sorted(out.items()))
+
+
+LAYOUTS: dict[str, type["Layout"]] = {}
+
+
+def register_layout(cls: type["Layout"]) -> type["Layout"]:
+    """Class decorator: make a layout known to ``python -m data.check`` and to error hints."""
+    LAYOUTS[cls.name] = cls
+    return cls
+
+
+def layout_class(name: str) -> type["Layout"]:
+    import data.klein  # noqa: F401  (registers the layouts)
+    import data.oasis  # noqa: F401
+
+    key = str(name).lower()
+    if key not in LAYOUTS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {sorted(LAYOUTS)}")
+    return LAYOUTS[key]
+
+
+def detect_layouts(root: Path) -> list[str]:
+    """Names of the known layouts whose marker files ``root`` holds."""
+    import data.klein  # noqa: F401
+    import data.oasis  # noqa: F401
+
+    return [name for name, cls in LAYOUTS.items() if cls.looks_like(root)]
+
+
+class Layout:
+    """A dataset's file tree. Subclasses set the class attributes and implement the methods.
+
+    Attributes (class): ``name`` (``data=`` config and ``data.check`` name), ``title``,
+    ``expected`` (one line describing the tree, used in errors), ``paper_subjects`` and
+    ``paper_pairs`` (the counts in ``PAPER.md``, for checks), ``grid`` (the dataset's default
+    preprocessing: :class:`~data.preprocess.PreprocessConfig` fields).
+    """
+
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""
+    expected: ClassVar[str] = ""
+    paper_subjects: ClassVar[int | None] = None
+    paper_pairs: ClassVar[dict[str, int]] = {}
+    # default preprocessing of this dataset (DataModule defaults; data.check's crop estimate)
+    grid: ClassVar[dict[str, Any]] = dict(orientation="RAS", spacing=1.0, shape=None, crop_center="volume",
+                                          normalize="percentile")
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(os.path.expanduser(str(root)))
+        self.check_root()
+
+    # -------------------------------------------------------------- discovery
+    @classmethod
+    def looks_like(cls, root: Path) -> bool:
+        """Whether ``root`` holds this layout's marker files (cheap, names only)."""
+        raise NotImplementedError
+
+    def volumes(self) -> list[VolumeRef]:
+        """Every distinct volume of the dataset, in the dataset's order."""
+        raise NotImplementedError
+
+    def subjects(self) -> list[str]:
+        """Subject ids in the dataset's order (what the counts in PAPER.md count)."""
+        return [v.id for v in self.volumes()]
+
+    def pairs(self) -> list[Pair]:
+        """The evaluated pairs of the paper's scheme (all ordered pairs for the Klein sets)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- errors
+    def check_root(self) -> None:
+        """Root exists, is a non-empty directory, and holds this layout (else one DataError line)."""
+        root = self.root
+        if not root.exists():
+            raise DataError(
+                f"{root}: {self.title} data directory not found (set paths.data_dir or REGISTRATION_DATA_DIR, "
+                f"or data.root); expected {self.expected}"
+            )
+        if not root.is_dir():
+            raise DataError(f"{root}: expected the {self.title} data directory, got a file")
+        if not any(root.iterdir()):
+            raise DataError(f"{root}: directory is empty; expected the {self.title} layout {self.expected}")
+        if not self.looks_like(root):
+            raise DataError(self.wrong_layout_message())
+
+    def wrong_layout_message(self) -> str:
+        others = [n for n in detect_layouts(self.root) if n != self.name]
+        hint = ""
+        if others:
+            names = ", ".join(f"{LAYOUTS[n].title} (data={n})" for n in others)
+            hint = f"; this looks like {names}"
+        return f"{self.root}: no {self.title} files found; expected {self.expected}{hint}"
+
+    def missing_files(self, volumes: Sequence[VolumeRef] | None = None) -> list[Path]:
+        """Expected image/label files that do not exist (or are not files)."""
+        out = []
+        for v in self.volumes() if volumes is None else volumes:
+            for p in (v.image, v.label):
+                if p is not None and not p.is_file():
+                    out.append(p)
+        return out
+
+    def require_files(self, volumes: Sequence[VolumeRef] | None = None) -> None:
+        """DataError naming the first expected file that is missing."""
+        missing = self.missing_files(volumes)
+        if missing:
+            more = f" (and {len(missing) - 1} more missing files)" if len(missing) > 1 else ""
+            raise DataError(f"{missing[0]}: file not found; expected {self.expected}{more}")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+
+class PairDataset(Dataset):
+    """``(fixed, moving)`` volume pairs as batch-contract dicts (see the module docstring).
+
+    Args:
+        pairs: list of ``(fixed VolumeRef, moving VolumeRef)``.
+        store: the :class:`~data.preprocess.VolumeStore` that loads/preprocesses/caches volumes.
+        mapping: the :class:`~data.preprocess.LabelMapping` applied to label maps, or None to
+            keep the stored label ids.
+        augment: a :class:`~data.preprocess.VolumeAugmentation`, applied to the fixed and to
+            the moving volume in two separate calls (independent random draws), or None.
+        with_labels: put label maps in items.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        store: VolumeStore,
+        mapping: LabelMapping | None = None,
+        augment: VolumeAugmentation | None = None,
+        with_labels: bool = True,
+    ):
+        if not pairs:
+            raise DataError("PairDataset: 'pairs' is empty, expected at least one (fixed, moving) pair")
+        self.pairs = list(pairs)
+        self.store = store
+        self.mapping = mapping
+        self.augment = augment
+        self.with_labels = bool(with_labels)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def volume(self, ref: VolumeRef) -> Prepared:
+        return self.store.get(ref.key, ref.image, ref.label if self.with_labels else None)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        fref, mref = self.pairs[index]
+        fixed, moving = self.volume(fref), self.volume(mref)
+        if fixed.image.shape != moving.image.shape:
+            raise DataError(
+                f"{mref.image}: preprocessed shape {moving.image.shape} differs from its fixed image {fref.image} "
+                f"{fixed.image.shape}; set data.shape to crop/pad both to one grid"
+            )
+        if not np.allclose(fixed.spacing, moving.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+            raise DataError(
+                f"{mref.image}: preprocessed spacing {moving.spacing} mm differs from its fixed image {fref.image} "
+                f"{fixed.spacing} mm; set data.spacing to resample both to one grid"
+            )
+        mapping = self.mapping if self.with_labels else None
+        item: dict[str, Any] = {}
+        for key, prep in (("fixed", fixed), ("moving", moving)):
+            img = torch.from_numpy(np.ascontiguousarray(prep.image)).unsqueeze(0)
+            lab = None
+            if self.with_labels and prep.label is not None:
+                arr = mapping.apply(prep.label) if mapping is not None else prep.label
+                lab = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).unsqueeze(0)
+            if self.augment is not None:
+                img, lab = self.augment(img, lab)  # one call per volume: independent draws
+            item[key] = img
+            if lab is not None:
+                item[f"{key}_label"] = lab
+        item["spacing"] = torch.tensor(fixed.spacing, dtype=torch.float32)
+        item["fixed_affine"] = torch.from_numpy(np.asarray(fixed.affine, dtype=np.float64))
+        item["fixed_id"] = fref.id
+        item["moving_id"] = mref.id
+        return item
+
+
+class _VolumeCheck(Dataset):
+    """Validation work items for DataLoader workers: returns a summary dict or the error line."""
+
+    def __init__(self, volumes: Sequence[VolumeRef], store: VolumeStore, with_labels: bool):
+        self.volumes = list(volumes)
+        self.store = store
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ref = self.volumes[i]
+        label = ref.label if self.with_labels else None
+        try:
+            if self.store.cache_dir is None:
+                img, lab = load_source(ref.image, label)
+                return {
+                    "id": ref.id,
+                    "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],
+                    "shape": None,
+                    "spacing": None,
+                }
+            p = self.store.get(ref.key, ref.image, label)  # checks, preprocesses and fills the cache
+            return {
+                "id": ref.id,
+                "labels": None if p.source_labels is None else list(p.source_labels),
+                "shape": list(p.image.shape),
+                "spacing": list(p.spacing),
+            }
+        except DataError as err:
+            return {"id": ref.id, "error": str(err)}
+
+
+def _plain(value):
+    """DictConfig/ListConfig (Hydra) -> plain Python containers; anything else unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(value, (DictConfig, ListConfig)):
+            return OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+class DatasetDataModule(L.LightningDataModule):
+    """Shared DataModule of the on-disk datasets (subclasses: OASIS, Learn2Reg OASIS, Klein sets).
+
+    Subclasses build ``self.layout`` and the pair lists (``train_volumes``, ``val_pairs``,
+    ``test_pairs``) in :meth:`_build`; this class does preprocessing, labels, loaders, checks.
+
+    Common keyword arguments (all plain values, set from ``configs/data/*.yaml``):
+        root: the dataset folder (``${paths.data_dir}/<NAME>`` in the configs).
+        orientation, spacing, shape, crop_center, normalize: :class:`data.preprocess.PreprocessConfig`.
+        cache_dir: on-disk cache of preprocessed volumes (None: no cache).
+        labels_subset: original label ids to keep (others -> 0), or None for all.
+        remap_labels: renumber the kept ids to 1..K (the mapping is saved with results:
+            :meth:`save_label_map`, ``label_map_file``, and in checkpoints via :meth:`state_dict`).
+        label_map_file: if set, :meth:`validate` writes the label mapping JSON there.
+        augment: None, or keyword arguments of :class:`data.preprocess.VolumeAugmentation`
+            (training pairs only; fixed and moving drawn independently).
+        pairs_per_epoch: random training pairs per epoch (None: the number of training subjects).
+        seed: training pairs depend only on it and the epoch.
+        batch_size, num_workers: DataLoader settings (``num_workers`` also parallelises
+            :meth:`validate`).
+        with_labels: put label maps in batches.
+    """
+
+    layout_cls: ClassVar[type[Layout]]
+
+    def __init__(
+        self,
+        root: str,
+        orientation: str | None = "RAS",
+        spacing: float | Sequence[float] | None = 1.0,
+        shape: Sequence[int] | None = None,
+        crop_center: str = "volume",
+        normalize: str = "percentile",
+        cache_dir: str | None = None,
+        labels_subset: Sequence[int] | None = None,
+        remap_labels: bool = False,
+        label_map_file: str | None = None,
+        augment: Mapping[str, Any] | None = None,
+        pairs_per_epoch: int | None = None,
+        seed: int = 0,
+        batch_size: int = 1,
+        num_workers: int = 0,
+        with_labels: bool = True,
+    ):
+        super().__init__()
+        owner = type(self).__name__
+        if root is None or str(root).strip() == "":
+            raise DataError(f"data.root is not set; expected the {self.layout_cls.title} folder")
+        self.root = Path(os.path.expanduser(str(root)))
+        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, owner)
+        self.preprocess_config = PreprocessConfig(
+            orientation=orientation,
+            spacing=_plain(spacing),
+            shape=_plain(shape),
+            crop_center=crop_center,
+            normalize=normalize,
+        )
+        self.store = VolumeStore(self.preprocess_config, cache_dir)
+        subset = _plain(labels_subset)
+        self.labels_subset = None if subset is None else sorted({int(v) for v in subset})
+        if self.labels_subset is not None and any(v < 0 for v in self.labels_subset):
+            raise ValueError(f"{owner}() 'labels_subset' must hold non-negative label ids, got {labels_subset!r}")
+        self.remap_labels = bool(remap_labels)
+        self.label_map_file = label_map_file
+        self.augment = VolumeAugmentation.from_config(_plain(augment))
+        if pairs_per_epoch is not None and int(pairs_per_epoch) < 1:
+            raise ValueError(f"{owner}() 'pairs_per_epoch' must be >= 1 or None, got {pairs_per_epoch!r}")
+        self.pairs_per_epoch = None if pairs_per_epoch is None else int(pairs_per_epoch)
+        self.seed = int(seed)
+        self.with_labels = bool(with_labels)
+        self._mapping: LabelMapping | None = None
+        self._mapping_ready = False
+        self._label_values: list[int] | None = None
+        self._grids: set[tuple] | None = None
+        self._validated = False
+        self.train_volumes: list[VolumeRef] = []
+        self.val_pairs: list[Pair] = []
+        self.test_pairs: list[Pair] = []
+        self._build()
+        self.layout.require_files(self.used_volumes())
+
+    # ------------------------------------------------------------------ subclass API
+    def _build(self) -> None:
+        """Set ``self.layout``, ``self.train_volumes``, ``self.val_pairs``, ``self.test_pairs``."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ pairs and sets
+    @property
+    def train_pairs(self) -> list[tuple[int, int]]:
+        """All ordered pairs of training volume indices (random ones are drawn per epoch)."""
+        return all_pairs(range(len(self.train_volumes)))
+
+    def used_volumes(self) -> list[VolumeRef]:
+        """Distinct volumes of the train, val and test sets, in first-use order."""
+        seen: dict[tuple, VolumeRef] = {}
+        refs = list(self.train_volumes) + [v for pairs in (self.val_pairs, self.test_pairs) for p in pairs for v in p]
+        for v in refs:
+            seen.setdefault((v.id, v.image, v.label), v)
+        return list(seen.values())
+
+    def _dataset(self, pairs: Sequence[Pair], augment: bool = False) -> PairDataset:
+        return PairDataset(pairs, self.store, mapping=self.label_mapping_or_none(),
+                           augment=self.augment if augment else None, with_labels=self.with_labels)
+
+    def dataset(self, split: str) -> PairDataset:
+        """The :class:`PairDataset` of ``"train"`` (all ordered training pairs), ``"val"`` or ``"test"``."""
+        if split == "train":
+            if len(self.train_volumes) < 2:
+                raise DataError(self._no_train_message())
+            vols = self.train_volumes
+            return self._dataset([(vols[a], vols[b]) for a, b in self.train_pairs], augment=True)
+        if split == "val":
+            if not self.val_pairs:
+                raise DataError(f"{self.layout_cls.title}: no validation pairs configured")
+            return self._dataset(self.val_pairs)
+        if split == "test":
+            if not self.test_pairs:
+                raise DataError(f"{self.layout_cls.title}: no test pairs configured")
+            return self._dataset(self.test_pairs)
+        raise ValueError(f"{type(self).__name__}.dataset() 'split' must be train, val or test, got {split!r}")
+
+    def _no_train_message(self) -> str:
+        return f"{self.layout_cls.title}: fewer than 2 training subjects; nothing to train on"
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.dataset("train")
+        n = self.pairs_per_epoch or len(self.train_volumes)
+        sampler = RandomPairSampler(len(ds), n, seed=self.seed)
+        return self._loader(ds, sampler=sampler)
+
+    def val_dataloader(self):
+        if not self.val_pairs:
+            return []  # Lightning runs no validation loop for an empty list
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"))
+
+    def _loader(self, dataset, sampler=None) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    # ------------------------------------------------------------------ labels
+    @property
+    def label_values(self) -> list[int]:
+        """Sorted original label ids found in the label files of every used volume (scans once)."""
+        if self._label_values is None:
+            self._scan()
+        return list(self._label_values or [])
+
+    def label_mapping_or_none(self) -> LabelMapping | None:
+        """The label mapping, or None when labels are used as stored (no subset, no remap)."""
+        if not self._mapping_ready:
+            if self.labels_subset is None and not self.remap_labels:
+                self._mapping = None
+            else:
+                values = self.labels_subset if self.labels_subset is not None else self.label_values
+                self._mapping = LabelMapping(values, remap=self.remap_labels)
+            self._mapping_ready = True
+        return self._mapping
+
+    @property
+    def label_mapping(self) -> LabelMapping | None:
+        """:class:`~data.preprocess.LabelMapping` in use (None without labels); identity if no subset/remap."""
+        if not self.with_labels:
+            return None
+        mapping = self.label_mapping_or_none()
+        return mapping if mapping is not None else LabelMapping(self.label_values, remap=False)
+
+    @property
+    def num_labels(self) -> int | None:
+        """Largest label id in batches + 1 (None without labels)."""
+        mapping = self.label_mapping
+        return None if mapping is None else mapping.num_labels
+
+    def save_label_map(self, out_dir: str | os.PathLike) -> Path | None:
+        """Write ``out_dir/label_map.json`` (the mapping from batch ids to original ids)."""
+        mapping = self.label_mapping
+        if mapping is None:
+            return None
+        return mapping.save(Path(out_dir) / "label_map.json")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Stored in checkpoints by Lightning: the label mapping, when it is known."""
+        if self.with_labels and self._mapping_ready and self._mapping is not None:
+            return {"label_map": self._mapping.to_dict()}
+        return {}
+
+    # ------------------------------------------------------------------ grid
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """Voxel size (mm) of the batches (the preprocessed grid the metrics use); None if it varies."""
+        if self.preprocess_config.spacing is not None:  # Resample's output spacing, array-axis order
+            return self.preprocess_config.spacing
+        grids = self._grid_values()
+        spacings = {g[1] for g in grids}
+        return next(iter(spacings)) if len(spacings) == 1 else None
+
+    @property
+    def shape(self) -> tuple[int, int, int] | None:
+        """Spatial shape of the batches; None if it varies (``shape: null`` and volumes differ)."""
+        if self.preprocess_config.shape is not None:
+            return self.preprocess_config.shape
+        shapes = {g[0] for g in self._grid_values()}
+        return next(iter(shapes)) if len(shapes) == 1 else None
+
+    def _grid_values(self) -> set[tuple]:
+        if self._grids is None:
+            grids = set()
+            for ref in self.used_volumes():
+                p = self.store.get(ref.key, ref.image, ref.label if self.with_labels else None)
+                grids.add((tuple(p.image.shape), tuple(round(s, 6) for s in p.spacing)))
+            self._grids = grids
+        return self._grids
+
+    # ------------------------------------------------------------------ checks
+    def _scan(self) -> None:
+        """Load every used volume once (in ``num_workers`` processes): the full data check."""
+        volumes = self.used_volumes()
+        work = _VolumeCheck(volumes, self.store, self.with_labels)
+        if self.num_workers > 0 and len(volumes) > 1:
+            loader = DataLoader(work, batch_size=None, shuffle=False, num_workers=self.num_workers,
+                                collate_fn=_as_is)
+            results = list(loader)
+        else:
+            results = [work[i] for i in range(len(work))]
+        labels: set[int] = set()
+        grids = set()
+        for res in results:
+            if "error" in res:
+                raise DataError(res["error"])
+            if res["labels"] is not None:
+                labels.update(res["labels"])
+            if res["shape"] is not None:
+                grids.add((tuple(res["shape"]), tuple(round(s, 6) for s in res["spacing"])))
+        self._label_values = sorted(labels)
+        if grids:
+            self._grids = grids
+
+    def validate(self) -> None:
+        """The full data check, run before any result is written; raises DataError on the first problem.
+
+        Every volume of the train/val/test sets is loaded once and checked (readable, 3-D,
+        finite, non-constant image, whole non-negative labels with the image's shape and
+        spacing). With ``cache_dir`` it is also preprocessed into the cache (a later run
+        trusts cache entries whose source files are unchanged). Then: ``labels_subset`` ids
+        must occur in the data, and with ``label_map_file`` the mapping is written there.
+        """
+        self._scan()
+        if self.with_labels and self.labels_subset is not None:
+            absent = [v for v in self.labels_subset if v not in set(self._label_values or [])]
+            if absent:
+                raise DataError(
+                    f"{self.root}: data.labels_subset ids {absent} occur in no label file of {self.layout_cls.title} "
+                    f"(found ids {_short(self._label_values or [])})"
+                )
+        self._mapping_ready = False
+        mapping = self.label_mapping
+        if self.label_map_file and mapping is not None:
+            mapping.save(os.path.expanduser(str(self.label_map_file)))
+        self._validated = True
+
+    @property
+    def validated(self) -> bool:
+        return self._validated
+
+    def summary(self) -> dict[str, Any]:
+        """Counts and settings, for logs."""
+        return {
+            "dataset": self.layout_cls.name,
+            "root": str(self.root),
+            "train_subjects": len(self.train_volumes),
+            "val_pairs": len(self.val_pairs),
+            "test_pairs": len(self.test_pairs),
+            "preprocess": self.preprocess_config.to_dict(),
+            "cache": None if self.store.cache_folder is None else str(self.store.cache_folder),
+        }
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({json.dumps(self.summary())})"
+
+
+def _as_is(x):
+    return x
+
+
+def _short(values: Sequence[int], n: int = 12) -> str:
+    values = list(values)
+    text = ", ".join(str(v) for v in values[:n])
+    return f"[{text}{', ...' if len(values) > n else ''}] ({len(values)} ids)"

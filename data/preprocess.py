@@ -1,0 +1,521 @@
+"""Preprocessing of dataset volumes with torchio, its on-disk cache, label mapping, augmentation.
+
+One volume (an image and its label map) goes through, in this order:
+
+1. :func:`data.io.load_volume` for both files (every input check of ``data/io.py``), then the
+   label map must have its image's shape and spacing (:class:`~data.io.DataError` otherwise);
+   it is then placed on the image's voxel-to-world matrix (tiny header differences ignored);
+2. ``orientation``: :class:`torchio.ToOrientation` (``"RAS"`` = canonical; ``None`` keeps the
+   file's voxel order, as the OASIS sets do so that their grid matches the literature);
+3. ``spacing``: :class:`torchio.Resample` to that spacing in mm (a number = isotropic;
+   ``None`` keeps the native grid). Images are interpolated linearly, labels with nearest
+   neighbour; skipped when the volume already has the target spacing (within 1e-3 mm);
+4. ``shape``: :class:`torchio.CropOrPad` to a fixed shape (zero padding), centred on the
+   volume (``crop_center="volume"``) or on the bounding box of the brain, the voxels with
+   intensity > 0 (``"foreground"``; skull-stripped images have a zero background);
+5. ``normalize``: ``"percentile"`` = :func:`data.io.normalize_intensity` (0.5/99.5
+   percentiles of the nonzero voxels), ``"minmax"`` = ``(x - min) / (max - min)`` over all
+   voxels, ``"none"`` = the file must already hold [0, 1] intensities (clipped to it).
+
+The result (:class:`Prepared`) carries the spacing and affine of the *preprocessed* grid: the
+spacing the metrics use (the voxels the network and the metrics see have that size) and the
+affine written into saved outputs. The label values found in the source file are recorded
+too (before any crop), for label mapping and checks.
+
+Cache (:class:`VolumeStore` with ``cache_dir``): each prepared volume is one uncompressed
+``.npz`` in ``cache_dir/<config key>/``, where the key hashes the preprocessing config (and
+``CACHE_VERSION``); the file name holds the volume id and a hash of the source files' paths,
+sizes and modification times, so an edited source file or another config never reads a stale
+entry. Files are written atomically (temporary file + ``os.replace``), so DataLoader workers
+can fill the cache concurrently. ``cache_dir/<key>/config.json`` says which config made it.
+
+Labels (:class:`LabelMapping`): optionally keep a subset of label ids (others become 0,
+background) and remap the kept ids to ``1..K`` in increasing order of the original id; the
+mapping is saved as JSON next to results (:meth:`LabelMapping.save`).
+
+Augmentation (:class:`VolumeAugmentation`): torchio draws ONE random transform per call and
+applies it to every image of the Subject it is given. A fixed/moving pair put into one
+Subject would get identical augmentation (the pair's relative deformation unchanged), so
+here each volume (an image with its own label map) is its own Subject and the dataset calls
+the augmentation once for the fixed and once for the moving volume: independent draws,
+while an image and its label still move together.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from data.io import DataError, Volume, load_volume, normalize_intensity
+from data.pairs_csv import SPACING_TOLERANCE  # one tolerance (mm) for "same grid" everywhere
+
+__all__ = [
+    "CACHE_VERSION",
+    "NORMALIZATIONS",
+    "CROP_CENTERS",
+    "PreprocessConfig",
+    "Prepared",
+    "load_source",
+    "preprocess",
+    "VolumeStore",
+    "LabelMapping",
+    "VolumeAugmentation",
+]
+
+CACHE_VERSION = 1  # bump when the preprocessing code changes what it produces
+NORMALIZATIONS = ("percentile", "minmax", "none")
+CROP_CENTERS = ("volume", "foreground")
+_PERCENTILES = (0.5, 99.5)
+
+
+def _triple(value, name: str, kind=float) -> tuple | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        values = (value,) * 3
+    else:
+        values = tuple(value)
+    if len(values) != 3:
+        raise ValueError(f"PreprocessConfig() '{name}' must be one number or three, got {value!r}")
+    try:
+        out = tuple(kind(v) for v in values)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"PreprocessConfig() '{name}' must hold numbers, got {value!r}") from err
+    if any(not v > 0 for v in out):
+        raise ValueError(f"PreprocessConfig() '{name}' must be positive, got {value!r}")
+    if kind is int and any(float(v) != float(w) for v, w in zip(out, values)):
+        raise ValueError(f"PreprocessConfig() '{name}' must hold whole numbers, got {value!r}")
+    return out
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """What :func:`preprocess` does (see the module docstring for the order).
+
+    Attributes:
+        orientation: 3-letter orientation code (``"RAS"`` = canonical) or None (keep).
+        spacing: target voxel size in mm (one number = isotropic, or three) or None (keep).
+        shape: target grid ``(X, Y, Z)`` (crop or zero-pad) or None (keep).
+        crop_center: ``"volume"`` or ``"foreground"`` (the bounding box of intensity > 0).
+        normalize: ``"percentile"``, ``"minmax"`` or ``"none"``.
+    """
+
+    orientation: str | None = "RAS"
+    spacing: tuple[float, float, float] | None = (1.0, 1.0, 1.0)
+    shape: tuple[int, int, int] | None = None
+    crop_center: str = "volume"
+    normalize: str = "percentile"
+
+    def __post_init__(self):
+        orientation = self.orientation
+        if orientation is not None:
+            orientation = str(orientation).upper()
+            axes = [set(orientation) & set(pair) for pair in ("RL", "AP", "IS")]
+            if len(orientation) != 3 or not set(orientation) <= set("RLAPIS") or any(len(a) != 1 for a in axes):
+                raise ValueError(
+                    f"PreprocessConfig() 'orientation' must be a code such as 'RAS' (one of R/L, A/P, I/S each) "
+                    f"or None, got {self.orientation!r}"
+                )
+        object.__setattr__(self, "orientation", orientation)
+        object.__setattr__(self, "spacing", _triple(self.spacing, "spacing", float))
+        object.__setattr__(self, "shape", _triple(self.shape, "shape", int))
+        if self.crop_center not in CROP_CENTERS:
+            raise ValueError(f"PreprocessConfig() 'crop_center' must be one of {CROP_CENTERS}, got {self.crop_center!r}")
+        if self.normalize not in NORMALIZATIONS:
+            raise ValueError(f"PreprocessConfig() 'normalize' must be one of {NORMALIZATIONS}, got {self.normalize!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("spacing", "shape"):
+            d[k] = None if d[k] is None else list(d[k])
+        return d
+
+    def key(self) -> str:
+        """Cache key: a hash of this config and :data:`CACHE_VERSION` (16 hex digits)."""
+        text = json.dumps({"version": CACHE_VERSION, **self.to_dict()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Prepared:
+    """One preprocessed volume.
+
+    Attributes:
+        image: ``(X, Y, Z)`` float32 in [0, 1].
+        label: ``(X, Y, Z)`` int64 (original label ids; mapping happens later) or None.
+        affine: ``(4, 4)`` voxel-to-world matrix of the preprocessed grid.
+        spacing: voxel size (mm) of the preprocessed grid, along the array axes.
+        source_labels: sorted label ids present in the source label file (None without labels).
+        source_shape, source_spacing: the grid of the source image file.
+    """
+
+    image: np.ndarray
+    label: np.ndarray | None
+    affine: np.ndarray
+    spacing: tuple[float, float, float]
+    source_labels: tuple[int, ...] | None = None
+    source_shape: tuple[int, int, int] | None = None
+    source_spacing: tuple[float, float, float] | None = None
+
+
+def load_source(image_path: str | os.PathLike, label_path: str | os.PathLike | None) -> tuple[Volume, Volume | None]:
+    """Load an image and its label map with every check of :mod:`data.io`, plus pair checks.
+
+    Raises:
+        DataError: a file is missing/unreadable/invalid (named by :func:`load_volume`); the
+            image is constant; the label map's shape or spacing differs from its image's.
+    """
+    image = load_volume(image_path, kind="image")
+    lo, hi = float(image.array.min()), float(image.array.max())
+    if not hi > lo:
+        raise DataError(f"{image_path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+    if label_path is None:
+        return image, None
+    label = load_volume(label_path, kind="label")
+    if label.array.shape != image.array.shape:
+        raise DataError(
+            f"{label_path}: label map has shape {label.array.shape} but its image {image_path} has shape "
+            f"{image.array.shape}; expected equal shapes"
+        )
+    if not np.allclose(label.spacing, image.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+        raise DataError(
+            f"{label_path}: label map has spacing {_fmt(label.spacing)} mm but its image {image_path} has "
+            f"{_fmt(image.spacing)} mm; expected the same grid"
+        )
+    return image, label
+
+
+def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) -> Prepared:
+    """Reorient, resample, crop/pad and normalise one volume (module docstring); labels nearest."""
+    import torchio as tio
+
+    affine = np.asarray(image.affine, dtype=np.float64)
+    images = {"image": tio.ScalarImage(tensor=torch.from_numpy(image.array[None]), affine=affine)}
+    if label is not None:
+        # int32: nibabel (inside torchio's reorientation) refuses int64 without a header
+        lab = label.array
+        if lab.size and lab.max() > np.iinfo(np.int32).max:
+            raise DataError(f"expected label ids <= {np.iinfo(np.int32).max}, found {lab.max()}")
+        images["label"] = tio.LabelMap(tensor=torch.from_numpy(lab.astype(np.int32)[None]), affine=affine)
+    use_mask = config.shape is not None and config.crop_center == "foreground"
+    if use_mask:
+        brain = torch.from_numpy((image.array > 0).astype(np.uint8)[None])
+        images["brain"] = tio.LabelMap(tensor=brain, affine=affine)
+    subject = tio.Subject(**images)  # one Subject per volume: every transform here is deterministic
+    if config.orientation is not None:
+        subject = tio.ToOrientation(config.orientation)(subject)
+    if config.spacing is not None and not np.allclose(
+        subject.spacing, config.spacing, rtol=0.0, atol=SPACING_TOLERANCE
+    ):
+        subject = tio.Resample(config.spacing, image_interpolation="linear", label_interpolation="nearest")(subject)
+    if config.shape is not None and tuple(subject.spatial_shape) != tuple(config.shape):
+        crop = tio.CropOrPad(config.shape, padding_mode=0, mask_name="brain" if use_mask else None)
+        if use_mask and not subject["brain"].data.any():
+            crop = tio.CropOrPad(config.shape, padding_mode=0)
+        subject = crop(subject)
+    arr = subject["image"].data[0].numpy()
+    if config.normalize == "percentile":
+        arr = normalize_intensity(arr, *_PERCENTILES, nonzero=True)
+    elif config.normalize == "minmax":
+        arr = normalize_intensity(arr, 0.0, 100.0, nonzero=False)
+    else:
+        arr = np.clip(arr, 0.0, 1.0)
+    out_label = None
+    if label is not None:
+        out_label = subject["label"].data[0].numpy().astype(np.int64)
+    return Prepared(
+        image=np.ascontiguousarray(arr, dtype=np.float32),
+        label=out_label,
+        affine=np.asarray(subject["image"].affine, dtype=np.float64),
+        spacing=tuple(float(s) for s in subject["image"].spacing),
+        source_labels=None if label is None else tuple(int(v) for v in np.unique(label.array)),
+        source_shape=tuple(int(s) for s in image.array.shape),
+        source_spacing=tuple(float(s) for s in image.spacing),
+    )
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+def _file_signature(path: Path | None) -> list:
+    if path is None:
+        return [None]
+    path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return [str(path.absolute()), None, None]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _label_dtype(label: np.ndarray) -> np.dtype:
+    hi = int(label.max()) if label.size else 0
+    for dt in (np.uint8, np.uint16, np.int32):
+        if hi <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    return np.dtype(np.int64)
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
+
+
+class VolumeStore:
+    """Prepared volumes on demand: load + :func:`preprocess`, through an optional disk cache.
+
+    Args:
+        config: the :class:`PreprocessConfig`.
+        cache_dir: folder of the cache (created when first written), or None for no cache.
+    """
+
+    def __init__(self, config: PreprocessConfig, cache_dir: str | os.PathLike | None = None):
+        self.config = config
+        self.cache_dir = None if cache_dir is None else Path(os.path.expanduser(str(cache_dir)))
+
+    @property
+    def cache_folder(self) -> Path | None:
+        """``cache_dir/<config key>``, or None without a cache."""
+        return None if self.cache_dir is None else self.cache_dir / self.config.key()
+
+    def cache_path(self, volume_id: str, image: Path, label: Path | None) -> Path | None:
+        """Where the cache keeps this volume (None without a cache)."""
+        if self.cache_folder is None:
+            return None
+        sig = json.dumps([_file_signature(image), _file_signature(label)])
+        digest = hashlib.sha256(sig.encode()).hexdigest()[:16]
+        return self.cache_folder / f"{_safe(volume_id)}-{digest}.npz"
+
+    def cached(self, volume_id: str, image: Path, label: Path | None) -> bool:
+        path = self.cache_path(volume_id, image, label)
+        return path is not None and path.is_file()
+
+    def get(self, volume_id: str, image: Path, label: Path | None) -> Prepared:
+        """The prepared volume: from the cache when present, else loaded, preprocessed and cached."""
+        path = self.cache_path(volume_id, image, label)
+        if path is not None and path.is_file():
+            prepared = self._read(path)
+            if prepared is not None:
+                return prepared
+        img, lab = load_source(image, label)
+        try:
+            prepared = preprocess(img, lab, self.config)
+        except DataError as err:
+            raise DataError(f"{label if label is not None else image}: {err}") from err
+        if path is not None:
+            self._write(path, prepared, volume_id, image, label)
+        return prepared
+
+    # --------------------------------------------------------------- cache files
+    def _read(self, path: Path) -> Prepared | None:
+        """A cache entry, or None when it is unreadable (then it is rebuilt and overwritten)."""
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                label = z["label"].astype(np.int64) if "label" in z.files else None
+                src = z["source_labels"] if "source_labels" in z.files else None
+                return Prepared(
+                    image=z["image"],
+                    label=label,
+                    affine=z["affine"].astype(np.float64),
+                    spacing=tuple(float(s) for s in z["spacing"]),
+                    source_labels=None if src is None else tuple(int(v) for v in src),
+                    source_shape=tuple(int(s) for s in z["source_shape"]),
+                    source_spacing=tuple(float(s) for s in z["source_spacing"]),
+                )
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None
+
+    def _write(self, path: Path, p: Prepared, volume_id: str, image: Path, label: Path | None) -> None:
+        folder = path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        config_file = folder / "config.json"
+        if not config_file.exists():
+            _atomic_bytes(
+                config_file,
+                json.dumps({"version": CACHE_VERSION, **self.config.to_dict()}, indent=2).encode(),
+            )
+        arrays = {
+            "image": p.image.astype(np.float32, copy=False),
+            "affine": p.affine,
+            "spacing": np.asarray(p.spacing, dtype=np.float64),
+            "source_shape": np.asarray(p.source_shape, dtype=np.int64),
+            "source_spacing": np.asarray(p.source_spacing, dtype=np.float64),
+        }
+        if p.label is not None:
+            arrays["label"] = p.label.astype(_label_dtype(p.label))
+            arrays["source_labels"] = np.asarray(p.source_labels, dtype=np.int64)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+class LabelMapping:
+    """Keep a subset of label ids and/or renumber them ``1..K`` (background stays 0).
+
+    Args:
+        values: the foreground label ids kept (original ids; 0 is ignored), e.g. the union of
+            the ids found in a dataset, or a configured subset.
+        remap: renumber ``values`` in increasing order to ``1..K``; with ``False`` the kept
+            ids keep their value.
+
+    Ids not in ``values`` become 0. :attr:`num_labels` is ``K + 1`` with ``remap``, else
+    ``max(values) + 1``.
+    """
+
+    def __init__(self, values: Sequence[int], remap: bool):
+        kept = sorted({int(v) for v in values if int(v) != 0})
+        if any(v < 0 for v in kept):
+            raise ValueError(f"LabelMapping() label ids must be non-negative, got {kept}")
+        self.values = kept
+        self.remap = bool(remap)
+        size = (kept[-1] + 1) if kept else 1
+        lut = np.zeros(size, dtype=np.int64)
+        for new, old in enumerate(kept, start=1):
+            lut[old] = new if self.remap else old
+        self._lut = lut
+
+    @property
+    def num_labels(self) -> int:
+        if not self.values:
+            return 1
+        return len(self.values) + 1 if self.remap else self.values[-1] + 1
+
+    @property
+    def new_to_original(self) -> dict[int, int]:
+        """``{new id: original id}`` for the kept labels (identity without remap)."""
+        return {int(self._lut[v]): v for v in self.values}
+
+    def apply(self, label: np.ndarray) -> np.ndarray:
+        """Map an int label array (any shape); ids outside :attr:`values` become 0."""
+        label = np.asarray(label)
+        out = np.zeros(label.shape, dtype=np.int64)
+        inside = label < self._lut.size
+        out[inside] = self._lut[label[inside]]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "remap": self.remap,
+            "num_labels": self.num_labels,
+            "original_ids": self.values,
+            "new_to_original": {str(k): v for k, v in self.new_to_original.items()},
+            "note": "label ids in results are the 'new' ids; 0 is background; other original ids were set to 0",
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write :meth:`to_dict` as JSON (atomically); returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _atomic_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
+        return path
+
+    def __repr__(self) -> str:
+        return f"LabelMapping({len(self.values)} labels, remap={self.remap})"
+
+
+class VolumeAugmentation:
+    """Random augmentation of ONE volume (an image with its own label map).
+
+    Call it separately for the fixed and the moving volume of a pair: each call draws its own
+    random parameters (see the module docstring for why a shared torchio Subject is wrong).
+
+    Args:
+        degrees: max rotation (deg) about each axis (``torchio.RandomAffine``); 0 = none.
+        scales: max relative scaling, e.g. 0.05 for [0.95, 1.05]; 0 = none.
+        translation: max shift in mm; 0 = none.
+        gamma: ``log(gamma)`` range of ``torchio.RandomGamma``; 0 = none.
+        bias_field: coefficient range of ``torchio.RandomBiasField``; 0 = none.
+        noise_std: max std of ``torchio.RandomNoise`` (intensities in [0, 1]); 0 = none.
+        p: probability of applying each of the above.
+
+    Spatial transforms move the image (linear) and its label (nearest) together, padding
+    with 0. Intensities are clipped to [0, 1] afterwards.
+    """
+
+    def __init__(
+        self,
+        degrees: float = 0.0,
+        scales: float = 0.0,
+        translation: float = 0.0,
+        gamma: float = 0.0,
+        bias_field: float = 0.0,
+        noise_std: float = 0.0,
+        p: float = 1.0,
+    ):
+        import torchio as tio
+
+        values = dict(degrees=degrees, scales=scales, translation=translation, gamma=gamma,
+                      bias_field=bias_field, noise_std=noise_std)
+        for name, v in values.items():
+            if float(v) < 0:
+                raise ValueError(f"VolumeAugmentation() '{name}' must be >= 0, got {v!r}")
+        if not 0.0 <= float(p) <= 1.0:
+            raise ValueError(f"VolumeAugmentation() 'p' must be in [0, 1], got {p!r}")
+        self.params = {**{k: float(v) for k, v in values.items()}, "p": float(p)}
+        transforms = []
+        if degrees or scales or translation:
+            transforms.append(tio.RandomAffine(scales=float(scales), degrees=float(degrees),
+                                               translation=float(translation), default_pad_value=0.0, p=float(p)))
+        if bias_field:
+            transforms.append(tio.RandomBiasField(coefficients=float(bias_field), p=float(p)))
+        if gamma:
+            transforms.append(tio.RandomGamma(log_gamma=float(gamma), p=float(p)))
+        if noise_std:
+            transforms.append(tio.RandomNoise(std=(0.0, float(noise_std)), p=float(p)))
+        self.transform = tio.Compose(transforms) if transforms else None
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> "VolumeAugmentation | None":
+        """None/empty/``{enabled: false}`` -> None; otherwise ``cls(**cfg)`` (``enabled`` dropped)."""
+        if cfg is None or cfg is False:
+            return None
+        cfg = dict(cfg)
+        if not cfg.pop("enabled", True):
+            return None
+        aug = cls(**cfg)
+        return aug if aug.transform is not None else None
+
+    def __call__(self, image: torch.Tensor, label: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``image`` float32 ``(1, *S)``, ``label`` int64 ``(1, *S)`` or None -> the same, augmented."""
+        if self.transform is None:
+            return image, label
+        import torchio as tio
+
+        images = {"image": tio.ScalarImage(tensor=image)}
+        if label is not None:
+            images["label"] = tio.LabelMap(tensor=label.to(torch.int32))
+        subject = tio.Subject(**images)  # this volume only: its own random draw
+        out = self.transform(subject)
+        img = out["image"].data.to(torch.float32).clamp_(0.0, 1.0)
+        lab = None if label is None else out["label"].data.to(torch.int64)
+        return img.contiguous(), lab
+
+    def __repr__(self) -> str:
+        return f"VolumeAugmentation({self.params})"
