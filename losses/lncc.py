@@ -7,10 +7,10 @@ definition (squared form, clipped border windows, flat windows score 1).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from losses._common import _check_pair, _full_precision
+from spatial.filters import separable_filter
 
 __all__ = ["lncc", "LNCC"]
 
@@ -29,40 +29,12 @@ def _check_window(window: int, fn: str) -> int:
 def _box_sum_conv(x: torch.Tensor, window: int, channels_last: bool | None = None) -> torch.Tensor:
     """Separable box sum with zero padding to 'same' size: ``(B, K, *S) -> (B, K, *S)``.
 
-    ``out[x] = sum_{|y - x|_inf <= window // 2, y inside the image} x[y]``, computed as one
-    grouped (depthwise) 1-D convolution per spatial axis (kernel ``(1, 1, window)``,
-    ``(1, window, 1)``, ``(window, 1, 1)``), i.e. ``D * window`` additions per voxel instead of
-    ``window ** D``.
-
-    On CPU the passes run in channels-last layout, where oneDNN's depthwise kernels are several
-    times faster, and the first-axis pass is a 2-D convolution with kernel ``(window, 1)`` on
-    the ``(B, K, S0, S1 * S2)`` view (a view in that layout): a 3-D kernel ``(window, 1, 1)``
-    falls back to PyTorch's slow reference convolution when single-threaded (its "1x1 filter"
-    heuristic). Other devices use the plain grouped convolutions (``channels_last=None`` picks
-    by device; True/False forces a path). Same sums either way.
+    ``out[x] = sum_{|y - x|_inf <= window // 2, y inside the image} x[y]``: one 1-D all-ones
+    kernel per axis through :func:`spatial.filters.separable_filter`, i.e. ``D * window``
+    additions per voxel instead of ``window ** D``.
     """
-    if channels_last is None:
-        channels_last = x.device.type == "cpu"
-    ndim = x.dim() - 2
-    k = x.shape[1]
-    r = window // 2
-    shapes = [[1] * ndim for _ in range(ndim)]
-    pads = [[0] * ndim for _ in range(ndim)]
-    for axis in range(ndim):
-        shapes[axis][axis] = window
-        pads[axis][axis] = r
-    conv = F.conv2d if ndim == 2 else F.conv3d
-    if not channels_last:
-        for axis in range(ndim):
-            x = conv(x, x.new_ones((k, 1, *shapes[axis])), padding=tuple(pads[axis]), groups=k)
-        return x
-    x = x.contiguous(memory_format=torch.channels_last if ndim == 2 else torch.channels_last_3d)
-    for axis in range(ndim - 1, 0, -1):  # last axis first; the first axis below
-        x = conv(x, x.new_ones((k, 1, *shapes[axis])), padding=tuple(pads[axis]), groups=k)
-    shape = x.shape
-    flat = x.reshape(shape[0], k, shape[2], -1)
-    flat = F.conv2d(flat, x.new_ones((k, 1, window, 1)), padding=(r, 0), groups=k)
-    return flat.reshape(shape)
+    ones = x.new_ones(window)
+    return separable_filter(x, [ones] * (x.dim() - 2), padding="zeros", channels_last=channels_last)
 
 
 class _BoxSum(torch.autograd.Function):

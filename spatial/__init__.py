@@ -8,11 +8,13 @@ from spatial.functional import (
     compose,
     identity_grid,
     integrate,
+    invert,
     jacobian_determinant,
     jacobian_matrix,
     resize_field,
     warp,
 )
+from spatial.filters import gaussian_blur, gaussian_kernel1d, separable_filter
 from spatial.layers import IntegrateVelocity, SpatialTransformer
 
 __all__ = [
@@ -20,10 +22,14 @@ __all__ = [
     "compose",
     "identity_grid",
     "integrate",
+    "invert",
     "jacobian_determinant",
     "jacobian_matrix",
     "resize_field",
     "warp",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "separable_filter",
     "IntegrateVelocity",
     "SpatialTransformer",
 ]

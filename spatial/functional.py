@@ -24,6 +24,7 @@ __all__ = [
     "warp",
     "compose",
     "integrate",
+    "invert",
     "resize_field",
     "jacobian_matrix",
     "jacobian_determinant",
@@ -157,6 +158,22 @@ def integrate(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
     for _ in range(steps):
         u = u + warp(u, u, padding_mode="border")
     return u
+
+
+def invert(u: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+    """Numerical inverse of a displacement by fixed-point iteration: ``(B, D, *S) -> (B, D, *S)``.
+
+    Finds ``w`` with ``compose(u, w) = w + u o (x + w) = 0`` (apply w, then u: identity) by
+    ``w_{k+1} = -u o (x + w_k)``, ``w_0 = -u``; converges when the map is invertible with
+    ``|grad u| < 1`` (smooth, moderate fields). ``compose(w, u)`` is then ~0 as well.
+    """
+    check_field(u, "u", "invert")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"invert() 'iterations' must be a positive int, got {iterations!r}")
+    w = -u
+    for _ in range(iterations):
+        w = -warp(u, w, padding_mode="border")
+    return w
 
 
 def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

@@ -39,6 +39,12 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
                                        f"paths.output_dir={tmp_path}"])
     if cfg.data._target_.endswith("MNIDataModule"):
         assert cfg.data.shape == [64, 64, 64]
+    from classical.external import missing_requirement
+
+    if reason := missing_requirement(cfg.model.get("_target_", "")):
+        pytest.skip(reason)  # an optional baseline (requirements-baselines.txt) is not installed
+    if "iterations" in cfg.model:  # classical optimisers: a couple of iterations per level
+        cfg.model.iterations = [2] * len(cfg.model.iterations)
     summary = train_entry.train(cfg)
     assert summary["n_pairs"] >= 1
     assert (tmp_path / "test" / "pairs.csv").exists()
@@ -117,6 +123,13 @@ def test_training_raises_dice_over_identity(tmp_path):
     s2 = _run_eval([f"ckpt_path={ckpt}", "data=pairs_csv", f"data.csv={test_csv}"], out)
     assert s2["method"] == "voxelmorph" and s2["n_pairs"] == 2
     assert s2["dice_mean"] == pytest.approx(summary["dice_mean"], abs=1e-6)
+    # hybrid: the network's prediction initialises the classical optimiser (one tiny step here,
+    # so the result is the network's, far above what one step from zero gives)
+    s3 = _run_eval(["model=greedy", f"model.init_from={ckpt}", "model.scales=[1]", "model.iterations=[1]",
+                    "model.lr=0.01", "data=pairs_csv", f"data.csv={test_csv}"], tmp_path / "refine")
+    assert s3["method"] == "greedy"
+    assert s3["dice_mean"] == pytest.approx(s2["dice_mean"], abs=0.02)
+    assert s3["dice_mean"] > s3["dice_identity_mean"] + 0.05
 
 
 # --------------------------------------------------------------------------- bad input

@@ -1,0 +1,104 @@
+"""``InstanceOptimisationModule``: a classical optimiser that Lightning evaluates like a checkpoint.
+
+``trainer.test`` (``python eval.py model=greedy data=...``) calls :meth:`register` for each batch;
+it optimises every pair with gradients enabled (Lightning runs test steps under inference mode,
+so the pair is copied out of it first), and the shared test step then scores the final
+displacement through the one metric path and writes the results contract. Under DDP the test
+sampler splits the pairs across devices. There is nothing to train: ``configure_optimizers``
+returns None, and ``train.py`` with such a model only tests.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+
+from classical.api import RegistrationResult, register
+from classical.config import ALGORITHMS, config_from_dict
+from models.module import RegistrationModule, _to_plain
+
+__all__ = ["InstanceOptimisationModule"]
+
+
+class InstanceOptimisationModule(RegistrationModule):
+    """Per-pair optimisation (affine, greedy or SyN) as a :class:`RegistrationModule`.
+
+    Args:
+        algorithm: ``"affine"``, ``"greedy"`` or ``"syn"``.
+        method: name in result files (default: the algorithm).
+        init_from: path of a checkpoint written by ``train.py``: its network's prediction
+            initialises the optimisation (test-time refinement of a learned method).
+        label_interp, hd95: as :class:`RegistrationModule`.
+        **settings: the algorithm's settings (:mod:`classical.config`), e.g. ``scales``,
+            ``iterations``, ``lr``, ``grad_sigma``, ``warp_sigma``, ``sim``, ``sim_kwargs``, ``affine``.
+    """
+
+    def __init__(
+        self,
+        algorithm: str = "greedy",
+        method: str | None = None,
+        init_from: str | None = None,
+        label_interp: str = "nearest",
+        hd95: bool = True,
+        **settings: Any,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"model.algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
+        super().__init__(net=None, method=method or algorithm, label_interp=label_interp, hd95=hd95)
+        try:
+            self.config = config_from_dict(algorithm, {k: _to_plain(v) for k, v in settings.items()})
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"model: {exc}") from exc
+        self.algorithm = algorithm
+        self.init_from = init_from
+        self._init_model: RegistrationModule | None = None
+        if init_from:
+            from experiments.runtime import load_model_from_checkpoint
+
+            self._init_model = load_model_from_checkpoint(init_from)
+            self._init_model.eval()
+            if algorithm == "affine" or getattr(self.config, "affine", None) is not None:
+                raise ValueError("model.init_from starts the deformable stage: use algorithm greedy or syn without an affine stage")
+        self.last_results: list[RegistrationResult] = []
+
+    def configure_optimizers(self):
+        return None
+
+    def _initial(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
+        if self._init_model is None:
+            return None
+        self._init_model.to(batch["fixed"].device)
+        with torch.no_grad():
+            return self._init_model.register(batch)
+
+    def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """Optimise each pair of the batch; returns the final displacements ``(B, D, *S)``."""
+        with torch.inference_mode(False):
+            fixed = batch["fixed"].clone()
+            moving = batch["moving"].clone()
+            init = self._initial(batch)
+            init = init.clone() if init is not None else None
+            out = []
+            self.last_results = []
+            for i in range(fixed.shape[0]):
+                res = register(
+                    fixed[i : i + 1], moving[i : i + 1], self.config,
+                    init=None if init is None else init[i : i + 1],
+                    spacing=_row(batch.get("spacing"), i), moving_spacing=_row(batch.get("moving_spacing"), i),
+                )
+                self.last_results.append(res)
+                out.append(res.displacement.detach())
+            return torch.cat(out, dim=0)
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> torch.Tensor:
+        """The displacement of each pair (``trainer.predict``)."""
+        return self.register(batch)
+
+
+def _row(values: Any, i: int) -> list[float] | None:
+    """Item ``i`` of a per-batch ``(B, D)`` (or shared ``(D,)``) tensor, as a list."""
+    if values is None:
+        return None
+    t = torch.as_tensor(values)
+    return (t[i] if t.dim() == 2 else t).tolist()
