@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
 from metrics import dice as dice_metric
 from metrics import evaluate_pair
+from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import integrate, resize_field, warp
 
@@ -28,6 +29,7 @@ __all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS",
 
 FIELDS = ("displacement", "velocity")
 LABEL_INTERPS = ("nearest", "linear")
+LOSS_GRIDS = ("full", "coarse")
 
 _LOSS_DEFAULTS = {
     "sim": "lncc",
@@ -87,7 +89,16 @@ class RegistrationModule(L.LightningModule):
             align_corners=True) and predicts its field on that coarse grid; a velocity is
             integrated there, then the displacement is brought to full resolution by
             :func:`spatial.resize_field` (magnitudes rescaled). Losses and metrics stay at full
-            resolution. ``1`` (default) = full resolution. A cheap way to train on CPUs.
+            resolution unless ``loss_grid="coarse"``. ``1`` (default) = full resolution.
+        loss_grid: where the training (and validation) loss is computed: ``"full"`` (default:
+            the field is upsampled and the full-resolution images compared) or ``"coarse"``
+            (images and labels are downsampled to the network's grid and compared there with
+            the coarse field: ``downsize**D`` times cheaper, the cheap way to train on CPUs).
+            Metrics are always computed at full resolution on the upsampled displacement.
+
+    Inputs whose (coarse) size is not a multiple of the network's ``multiple`` (its total
+    stride) are zero-padded at the end of each axis and the field is cropped back
+    (:func:`models.networks.pad_to_multiple`), so any grid can be registered.
     """
 
     def __init__(
@@ -102,6 +113,7 @@ class RegistrationModule(L.LightningModule):
         label_interp: str = "nearest",
         hd95: bool = True,
         downsize: int = 1,
+        loss_grid: str = "full",
     ) -> None:
         super().__init__()
         if field not in FIELDS:
@@ -122,6 +134,9 @@ class RegistrationModule(L.LightningModule):
         if isinstance(downsize, bool) or not isinstance(downsize, int) or downsize < 1:
             raise ValueError(f"model.downsize must be an int >= 1, got {downsize!r}")
         self.downsize = downsize
+        if loss_grid not in LOSS_GRIDS:
+            raise ValueError(f"model.loss_grid must be one of {list(LOSS_GRIDS)}, got {loss_grid!r}")
+        self.loss_grid = loss_grid
         # set by train.py / eval.py; stored in checkpoints so they describe themselves
         self.model_config: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None
@@ -137,9 +152,17 @@ class RegistrationModule(L.LightningModule):
             raise NotImplementedError(f"{type(self).__name__} has no network; override register()")
         if self.downsize > 1:
             moving, fixed = self._coarse(moving), self._coarse(fixed)
+        multiple = int(getattr(self.net, "multiple", 1))
+        if multiple > 1 and any(s % multiple for s in moving.shape[2:]):
+            moving, crop = pad_to_multiple(moving, multiple)
+            fixed, _ = pad_to_multiple(fixed, multiple)
+            return self.net(moving, fixed)[crop]
         return self.net(moving, fixed)
 
     def _coarse(self, img: torch.Tensor) -> torch.Tensor:
+        """``(B, C, *S)`` -> the network's grid ``S // downsize`` (linear, align_corners=True)."""
+        if self.downsize == 1:
+            return img
         shape = tuple(s // self.downsize for s in img.shape[2:])
         mode = "trilinear" if img.dim() == 5 else "bilinear"
         return F.interpolate(img, size=shape, mode=mode, align_corners=True)
@@ -156,13 +179,22 @@ class RegistrationModule(L.LightningModule):
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
-        out = self(batch["moving"], batch["fixed"])
-        return self._loss_parts(batch, out, self.to_displacement(out, batch["fixed"].shape[2:]))
+        return self._loss_parts(batch, self(batch["moving"], batch["fixed"]))
 
-    def _loss_parts(self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Loss parts from the network output ``out`` and its final displacement ``u``."""
-        moved = warp(batch["moving"], u)
-        parts = {"sim": self.similarity(batch["fixed"], moved), "reg": self.regulariser(out)}
+    def _loss_parts(
+        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """Loss parts from the network output ``out`` (and its full-resolution displacement
+        ``u`` when already computed); with ``loss_grid="coarse"`` the coarse displacement and
+        downsampled images are compared instead."""
+        coarse = self.loss_grid == "coarse" and self.downsize > 1
+        if coarse:
+            u = self.to_displacement(out)
+        elif u is None:
+            u = self.to_displacement(out, batch["fixed"].shape[2:])
+        fixed = self._coarse(batch["fixed"]) if coarse else batch["fixed"]
+        moved = warp(self._coarse(batch["moving"]) if coarse else batch["moving"], u)
+        parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
         if self.loss_cfg["dice_weight"] > 0:
             if "moving_label" not in batch or "fixed_label" not in batch:
@@ -171,8 +203,10 @@ class RegistrationModule(L.LightningModule):
                     "use a dataset with labels or set model.loss.dice_weight=0"
                 )
             n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
-            moved_oh = warp(one_hot(batch["moving_label"], n), u)
-            parts["dice_loss"] = dice_loss(moved_oh, one_hot(batch["fixed_label"], n))
+            moving_oh, fixed_oh = one_hot(batch["moving_label"], n), one_hot(batch["fixed_label"], n)
+            if coarse:  # soft label maps on the coarse grid
+                moving_oh, fixed_oh = self._coarse(moving_oh), self._coarse(fixed_oh)
+            parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)
             loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
         parts["loss"] = loss
         return parts

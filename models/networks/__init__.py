@@ -1,5 +1,21 @@
-"""Registration networks: plain ``nn.Module``s mapping ``(moving, fixed)`` to a field."""
+"""Registration networks: plain ``nn.Module``s mapping ``(moving, fixed)`` to a field.
 
-from models.networks.voxelmorph import VXM_WIDTHS, VoxelMorphUNet
+Each has a ``multiple`` property: every spatial size of its input must be divisible by it
+(otherwise it raises a ``ValueError`` naming the shape and the multiple);
+:func:`pad_to_multiple` pads a batch up to it for callers that prefer padding.
+"""
 
-__all__ = ["VoxelMorphUNet", "VXM_WIDTHS"]
+from models.networks.lkunet import LKBlock, LKUNet
+from models.networks.transmorph import TRANSMORPH_SIZES, TransMorph
+from models.networks.voxelmorph import VXM_WIDTHS, VoxelMorphUNet, check_divisible, pad_to_multiple
+
+__all__ = [
+    "VoxelMorphUNet",
+    "VXM_WIDTHS",
+    "LKUNet",
+    "LKBlock",
+    "TransMorph",
+    "TRANSMORPH_SIZES",
+    "check_divisible",
+    "pad_to_multiple",
+]

@@ -1,0 +1,216 @@
+"""TransMorph (Chen et al., "TransMorph: Transformer for unsupervised medical image
+registration", Medical Image Analysis 2022), written from the paper.
+
+A Swin-transformer encoder on the concatenated pair ``(moving, fixed)`` and a convolutional
+decoder. Encoder: patch embedding (patch size 4, linear embedding to ``C`` channels), then four
+stages of Swin blocks (window and shifted-window self-attention with relative position bias)
+at 1/4, 1/8, 1/16, 1/32 resolution with ``C, 2C, 4C, 8C`` channels, a patch-merging layer
+between stages, each stage's output layer-normalised and used as a skip. Two small
+convolutional skips carry full- and half-resolution detail the 4-voxel patches lose. The
+Swin blocks, patch embedding and patch merging are MONAI's
+(``monai.networks.nets.swin_unetr.BasicLayer`` / ``PatchMerging``,
+``monai.networks.blocks.PatchEmbed``); the assembly follows the paper.
+
+TransMorph-diff (diffeomorphic) is this network with ``model.field=velocity``: the
+RegistrationModule integrates the output by scaling and squaring.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from models.networks.voxelmorph import _memory_format, check_divisible, conv_nd
+
+__all__ = ["TransMorph", "TRANSMORPH_SIZES"]
+
+# The paper's variants (its table of hyper-parameters): embedding dimension C, Swin blocks per
+# stage, attention heads per stage. Parameter counts of this implementation in 3-D (16 decoder
+# head channels): tiny 0.24 M, small 11.8 M, base 46.8 M, large 108 M.
+TRANSMORPH_SIZES = {
+    "tiny": {"embed_dim": 6, "depths": (2, 2, 4, 2), "num_heads": (2, 2, 4, 4)},
+    "small": {"embed_dim": 48, "depths": (2, 2, 4, 2), "num_heads": (4, 4, 4, 4)},
+    "base": {"embed_dim": 96, "depths": (2, 2, 4, 2), "num_heads": (4, 4, 8, 8)},
+    "large": {"embed_dim": 128, "depths": (2, 2, 12, 2), "num_heads": (4, 4, 8, 16)},
+}
+
+
+class ConvNormAct(nn.Module):
+    """3×3(×3) convolution (no bias), instance norm, LeakyReLU(0.2)."""
+
+    def __init__(self, ndim: int, cin: int, cout: int) -> None:
+        super().__init__()
+        self.conv = getattr(nn, f"Conv{ndim}d")(cin, cout, kernel_size=3, padding=1, bias=False)
+        self.norm = getattr(nn, f"InstanceNorm{ndim}d")(cout)
+        self.act = nn.LeakyReLU(0.2, inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.norm(conv_nd(x, self.conv.weight, None, padding=1)))
+
+
+class DecoderBlock(nn.Module):
+    """×2 (bi/tri)linear upsampling, concatenation with a skip, two :class:`ConvNormAct`."""
+
+    def __init__(self, ndim: int, cin: int, skip: int, cout: int) -> None:
+        super().__init__()
+        self.mode = "trilinear" if ndim == 3 else "bilinear"
+        self.conv1 = ConvNormAct(ndim, cin + skip, cout)
+        self.conv2 = ConvNormAct(ndim, cout, cout)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
+        x = torch.cat([x, skip], dim=1).contiguous(memory_format=_memory_format(skip))
+        return self.conv2(self.conv1(x))
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(1, -1)
+
+
+def _channels_first(x: torch.Tensor) -> torch.Tensor:
+    return x.movedim(-1, 1)
+
+
+class TransMorph(nn.Module):
+    """TransMorph: ``forward(moving, fixed) -> field``, ``(B,1,*S)×2 -> (B,D,*S)``.
+
+    Encoder features ``f0..f3`` (``C, 2C, 4C, 8C`` channels at 1/4 .. 1/32); convolutional
+    skips ``h = ConvNormAct(avgpool(x))`` (``C/2`` channels, 1/2) and ``g = ConvNormAct(x)``
+    (``head_channels``, full resolution). Decoder: ``DecoderBlock(f3, f2) -> 4C``,
+    ``(·, f1) -> 2C``, ``(·, f0) -> C``, ``(·, h) -> C/2``, ``(·, g) -> head_channels``, then a
+    3×3 conv to ``D`` channels initialised normal(σ = 1e-5), zero bias.
+
+    Spatial sizes must be divisible by :attr:`multiple` (``patch_size · 2**(stages - 1)``,
+    32 by default); a ``ValueError`` names the shape otherwise. Windows larger than a
+    stage's feature map shrink to it (MONAI's rule); feature maps not divisible by the window
+    are padded inside the attention.
+
+    Args:
+        ndim: 2 or 3.
+        size: ``"tiny"``, ``"small"``, ``"base"`` (the paper's TransMorph) or ``"large"``;
+            ``embed_dim``/``depths``/``num_heads`` override it.
+        window_size: attention window per axis; ``None`` = ``(5, 6, 7)`` in 3-D (the paper's
+            choice for 160×192×224 brains: the 1/32 grid 5×6×7 is one window) and ``(7, 7)`` in 2-D.
+        patch_size: patch edge of the embedding (the paper's 4).
+        mlp_ratio: hidden width of the Swin MLPs relative to the stage width.
+        drop_path_rate: stochastic depth, linearly increasing over blocks (0 = off).
+        head_channels: channels of the full-resolution decoder stage (the paper's 16).
+        in_channels: channels of each image.
+        channels_last: run the convolutions in channels-last layout; ``None`` = on CPU only.
+    """
+
+    def __init__(
+        self,
+        ndim: int = 3,
+        size: str = "base",
+        window_size: Sequence[int] | int | None = None,
+        patch_size: int = 4,
+        embed_dim: int | None = None,
+        depths: Sequence[int] | None = None,
+        num_heads: Sequence[int] | None = None,
+        mlp_ratio: float = 4.0,
+        drop_path_rate: float = 0.0,
+        head_channels: int = 16,
+        in_channels: int = 1,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__()
+        from monai.networks.blocks import PatchEmbed
+        from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
+
+        if ndim not in (2, 3):
+            raise ValueError(f"TransMorph 'ndim' must be 2 or 3, got {ndim}")
+        if size not in TRANSMORPH_SIZES:
+            raise ValueError(f"TransMorph 'size' must be one of {sorted(TRANSMORPH_SIZES)}, got {size!r}")
+        cfg = TRANSMORPH_SIZES[size]
+        embed_dim = int(embed_dim if embed_dim is not None else cfg["embed_dim"])
+        depths = tuple(int(d) for d in (depths if depths is not None else cfg["depths"]))
+        num_heads = tuple(int(h) for h in (num_heads if num_heads is not None else cfg["num_heads"]))
+        if len(depths) != len(num_heads) or len(depths) < 2:
+            raise ValueError(f"TransMorph needs as many 'depths' as 'num_heads' (>= 2), got {depths} and {num_heads}")
+        for i, h in enumerate(num_heads):
+            if (embed_dim * 2**i) % h:
+                raise ValueError(
+                    f"TransMorph stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}] = {h}"
+                )
+        if window_size is None:
+            window_size = (5, 6, 7) if ndim == 3 else (7, 7)
+        if isinstance(window_size, int):
+            window_size = (window_size,) * ndim
+        window_size = tuple(int(w) for w in window_size)
+        if len(window_size) != ndim or min(window_size) < 1:
+            raise ValueError(f"TransMorph 'window_size' must be {ndim} positive ints, got {window_size}")
+        if embed_dim < 2:
+            raise ValueError(f"TransMorph 'embed_dim' must be >= 2, got {embed_dim}")
+
+        self.ndim = ndim
+        self.patch_size = int(patch_size)
+        self.window_size = window_size
+        self.channels_last = channels_last
+        cin = 2 * in_channels
+        c = embed_dim
+        self.patch_embed = PatchEmbed(patch_size=self.patch_size, in_chans=cin, embed_dim=c,
+                                      norm_layer=nn.LayerNorm, spatial_dims=ndim)
+        dpr = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        self.stages = nn.ModuleList()
+        self.merges = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, (depth, heads) in enumerate(zip(depths, num_heads)):
+            dim = c * 2**i
+            if i > 0:
+                self.merges.append(PatchMerging(dim=dim // 2, norm_layer=nn.LayerNorm, spatial_dims=ndim))
+            self.stages.append(BasicLayer(
+                dim=dim, depth=depth, num_heads=heads, window_size=window_size,
+                drop_path=dpr[sum(depths[:i]): sum(depths[: i + 1])], mlp_ratio=mlp_ratio,
+                qkv_bias=False, downsample=None,
+            ))
+            self.norms.append(nn.LayerNorm(dim))
+        half = max(c // 2, 1)
+        self.skip_full = ConvNormAct(ndim, cin, head_channels)
+        self.skip_half = ConvNormAct(ndim, cin, half)
+        widths = [c * 2**i for i in range(len(depths))]  # f0 .. f_last
+        self.decoder = nn.ModuleList()
+        x_ch = widths[-1]
+        for skip_ch in reversed(widths[:-1]):
+            self.decoder.append(DecoderBlock(ndim, x_ch, skip_ch, skip_ch))
+            x_ch = skip_ch
+        self.decoder.append(DecoderBlock(ndim, x_ch, half, half))
+        self.decoder.append(DecoderBlock(ndim, half, head_channels, head_channels))
+        self.flow = getattr(nn, f"Conv{ndim}d")(head_channels, ndim, kernel_size=3, padding=1)
+        nn.init.normal_(self.flow.weight, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+        self._stride = self.patch_size * 2 ** (len(depths) - 1)
+
+    @property
+    def multiple(self) -> int:
+        """Every spatial size of the input must be a multiple of this (patch size × 2**(stages-1))."""
+        return self._stride
+
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Swin features ``[f0, ..., f_last]``, channels-first, at 1/4, 1/8, ... resolution."""
+        x = self.patch_embed(x)
+        feats = []
+        for i, stage in enumerate(self.stages):
+            if i > 0:
+                x = _channels_first(self.merges[i - 1](_channels_last(x)))
+            x = stage(x.contiguous())
+            feats.append(_channels_first(self.norms[i](_channels_last(x))))
+        return feats
+
+    def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        check_divisible("TransMorph", moving.shape[2:], self.multiple)
+        x = torch.cat([moving, fixed], dim=1)
+        feats = self.encode(x)
+        cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
+        fmt = (torch.channels_last_3d if self.ndim == 3 else torch.channels_last) if cl else torch.contiguous_format
+        x = x.contiguous(memory_format=fmt)
+        pool = F.avg_pool3d if self.ndim == 3 else F.avg_pool2d
+        skips = [self.skip_full(x), self.skip_half(pool(x, 3, stride=2, padding=1))]
+        skips += [f.contiguous(memory_format=fmt) for f in feats[:-1]]
+        y = feats[-1].contiguous(memory_format=fmt)
+        for block in self.decoder:
+            y = block(y, skips.pop())
+        return conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous()

@@ -1,0 +1,171 @@
+"""The registration networks (VoxelMorph, LKU-Net, TransMorph): shapes, learning, checkpoints,
+shape errors, and the exactness of their fast paths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_blob_pair
+from models import RegistrationModule
+from models.networks import LKBlock, LKUNet, TransMorph, VoxelMorphUNet, pad_to_multiple
+from models.networks.voxelmorph import conv_nd, upsample_conv
+
+# Small members of each family (the paper's LKU-Net(8, 5), TransMorph-tiny) so the file stays fast.
+NETS = {
+    "voxelmorph": lambda ndim: VoxelMorphUNet(ndim=ndim, variant="vxm1"),
+    "lkunet": lambda ndim: LKUNet(ndim=ndim, start_channels=8, kernel_size=5),
+    "transmorph": lambda ndim: TransMorph(ndim=ndim, size="tiny"),
+}
+SHAPES = {2: (32, 32), 3: (32, 32, 32)}
+LR = {"voxelmorph": 3e-3, "lkunet": 3e-4, "transmorph": 3e-3}  # LKU-Net (2 M parameters) diverges at 3e-3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread for this file: on a CPU shared with other jobs, a second OpenMP
+    thread that is descheduled stalls every parallel region (steps 10x slower, not faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _blob_batch(shape=(32, 32, 32), shift=2):
+    fixed, _, moving, _ = make_blob_pair(shape=shape, shift=shift)
+    return {"fixed": torch.from_numpy(fixed)[None, None], "moving": torch.from_numpy(moving)[None, None]}
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_output_is_one_float32_channel_per_axis_near_identity(name, ndim):
+    torch.manual_seed(0)
+    net = NETS[name](ndim)
+    x = torch.rand(2, 1, *SHAPES[ndim])
+    out = net(x, x.flip(2))
+    assert out.shape == (2, ndim, *SHAPES[ndim])
+    assert out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.isfinite(out).all() and out.abs().max() < 0.05  # small-initialised final conv
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_a_few_training_steps_reduce_the_loss_on_a_shifted_blob_pair(name):
+    torch.manual_seed(0)
+    batch = _blob_batch()
+    module = RegistrationModule(net=NETS[name](3), loss={"sim": "mse", "reg_weight": 0.01})
+    opt = torch.optim.Adam(module.parameters(), lr=LR[name])
+    losses = []
+    for _ in range(12):
+        loss = module.compute_loss(batch)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert min(losses[-3:]) < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("name", sorted(NETS))
+def test_state_dict_round_trip_gives_identical_outputs(name, tmp_path):
+    torch.manual_seed(0)
+    module = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4)
+    with torch.no_grad():  # leave the near-zero init so the comparison means something
+        for p in module.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    torch.save(module.state_dict(), tmp_path / "net.pt")
+    torch.manual_seed(1)
+    restored = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4)
+    restored.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
+    module.eval(), restored.eval()
+    batch = _blob_batch()
+    with torch.no_grad():
+        u0, u1 = module.register(batch), restored.register(batch)
+    assert u0.abs().max() > 1e-3
+    assert torch.equal(u0, u1)
+
+
+@pytest.mark.parametrize("name,multiple", [("voxelmorph", 16), ("lkunet", 16), ("transmorph", 32)])
+def test_shape_not_divisible_is_a_clear_error_naming_shape_and_multiple(name, multiple):
+    net = NETS[name](3)
+    assert net.multiple == multiple
+    bad = (multiple + 4, multiple, multiple)
+    with pytest.raises(ValueError, match=rf"divisible by {multiple}, got \({bad[0]}, {bad[1]}, {bad[2]}\)"):
+        net(torch.rand(1, 1, *bad), torch.rand(1, 1, *bad))
+    # padding up to the multiple is the documented way out
+    x, crop = pad_to_multiple(torch.rand(1, 1, *bad), net.multiple)
+    assert x.shape[2:] == (2 * multiple, multiple, multiple)
+    assert net(x, x)[crop].shape == (1, 3, *bad)
+
+
+# ------------------------------------------------------------------------------- fast paths
+@pytest.mark.parametrize("ndim,shape", [(2, (5, 7)), (3, (4, 5, 6))])
+def test_upsample_conv_equals_conv_of_nearest_upsampled_input(ndim, shape):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, 3, *([3] * ndim), dtype=torch.float64, requires_grad=True)
+    conv = F.conv3d if ndim == 3 else F.conv2d
+    ref = conv(F.interpolate(x, scale_factor=2, mode="nearest"), w, padding=1)
+    assert torch.allclose(upsample_conv(x, w), ref, atol=1e-12)
+    grads = torch.autograd.grad(upsample_conv(x, w).square().sum(), (x, w))
+    for g, r in zip(grads, torch.autograd.grad(ref.square().sum(), (x, w))):
+        assert torch.allclose(g, r, atol=1e-10)
+    small = (x[:1, :2, :3, :3].detach().requires_grad_(), w[:2, :2].detach().requires_grad_())
+    assert torch.autograd.gradcheck(upsample_conv, small)  # the custom backward of the interleave
+    fmt = torch.channels_last_3d if ndim == 3 else torch.channels_last
+    assert torch.allclose(upsample_conv(x.contiguous(memory_format=fmt), w), ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["vxm1", "vxm2"])
+@pytest.mark.parametrize("ndim,shape", [(2, (32, 48)), (3, (16, 32, 16))])
+def test_voxelmorph_fast_forward_equals_layer_by_layer_network(variant, ndim, shape):
+    torch.manual_seed(0)
+    net = VoxelMorphUNet(ndim=ndim, variant=variant).double()
+    with torch.no_grad():
+        net.flow.weight.normal_(std=0.1)
+    a, b = torch.rand(2, 2, 1, *shape, dtype=torch.float64)
+    fast, ref = net(a, b), net.forward_reference(a, b)
+    assert torch.allclose(fast, ref, atol=1e-10)
+    g_fast = torch.autograd.grad(fast.square().sum(), list(net.parameters()))
+    g_ref = torch.autograd.grad(ref.square().sum(), list(net.parameters()))
+    for x, y in zip(g_fast, g_ref):
+        assert torch.allclose(x, y, atol=1e-8)
+
+
+def test_conv_nd_padding_channels_for_onednn_gives_the_same_convolution():
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 48, 48, 4, requires_grad=True)  # 1*8*48*48 <= 20480: padded to 9 channels
+    w = torch.randn(5, 8, 3, 3, 3, requires_grad=True)
+    out, ref = conv_nd(x, w, None, padding=1), F.conv3d(x, w, None, padding=1)
+    assert torch.allclose(out, ref, atol=1e-4)
+    gx, gw = torch.autograd.grad(out.sum(), (x, w))
+    rx, rw = torch.autograd.grad(ref.sum(), (x, w))
+    assert torch.allclose(gx, rx, atol=1e-4) and torch.allclose(gw, rw, rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("ndim,kernel", [(2, 7), (3, 5)])
+def test_lk_block_runs_as_one_convolution_with_the_same_result(ndim, kernel):
+    torch.manual_seed(0)
+    block = LKBlock(ndim, 4, kernel).double()
+    x = torch.randn(2, 4, *([9] * ndim), dtype=torch.float64)
+    assert torch.allclose(block(x), block.forward_reference(x), atol=1e-12)
+
+
+def test_parameter_counts():
+    """TransMorph's table: tiny 0.24 M, small 11.76 M, base 46.77 M. LKU-Net(8, 5): 2.09 M, the
+    count this layout gives (kept here so a change to the architecture is noticed)."""
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert round(count(TransMorph(3, "tiny")) / 1e6, 2) == 0.24
+    assert round(count(TransMorph(3, "small")) / 1e6, 2) == 11.76
+    assert round(count(TransMorph(3, "base")) / 1e6, 2) == 46.77
+    assert round(count(LKUNet(3, start_channels=8, kernel_size=5)) / 1e6, 2) == 2.09
+
+
+def test_bad_network_arguments_are_named():
+    with pytest.raises(ValueError, match="TransMorph 'size'"):
+        TransMorph(3, size="huge")
+    with pytest.raises(ValueError, match="num_heads"):
+        TransMorph(3, size="tiny", num_heads=(4, 4, 8, 8))  # 6 channels / 4 heads
+    with pytest.raises(ValueError, match="LKUNet 'kernel_size'"):
+        LKUNet(3, kernel_size=4)
+    with pytest.raises(ValueError, match="ndim"):
+        LKUNet(4)
