@@ -16,7 +16,8 @@ import torch
 
 from classical.api import RegistrationResult, register
 from classical.config import ALGORITHMS, config_from_dict
-from models.module import RegistrationModule, _to_plain
+from data.io import to_plain
+from models.module import RegistrationModule
 
 __all__ = ["InstanceOptimisationModule"]
 
@@ -47,7 +48,7 @@ class InstanceOptimisationModule(RegistrationModule):
             raise ValueError(f"model.algorithm must be one of {sorted(ALGORITHMS)}, got {algorithm!r}")
         super().__init__(net=None, method=method or algorithm, label_interp=label_interp, hd95=hd95)
         try:
-            self.config = config_from_dict(algorithm, {k: _to_plain(v) for k, v in settings.items()})
+            self.config = config_from_dict(algorithm, {k: to_plain(v) for k, v in settings.items()})
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model: {exc}") from exc
         self.algorithm = algorithm

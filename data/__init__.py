@@ -23,7 +23,8 @@ from data.mni import (
 )
 from data.oasis import OASISDataModule, OASISL2RDataModule
 from data.pairs_csv import PairsCSVDataset
-from data.preprocess import LabelMapping, PreprocessConfig, VolumeAugmentation, VolumeStore
+from data.augment import VolumeAugmentation
+from data.preprocess import LabelMapping, PreprocessConfig, VolumeStore
 
 __all__ = [
     "DataError",

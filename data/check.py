@@ -27,7 +27,7 @@ from typing import Any, Sequence
 import nibabel as nib
 import numpy as np
 
-from data.datasets_module import LAYOUTS, Layout, VolumeRef, layout_class
+from data.layout import LAYOUTS, Layout, VolumeRef, layout_class
 from data.io import DataError
 from data.preprocess import PreprocessConfig, load_source, preprocess
 

@@ -18,7 +18,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -361,3 +361,15 @@ def save_nifti_atomic(
             pass
         raise
     return path
+
+
+def to_plain(value: Any) -> Any:
+    """Hydra/OmegaConf ``DictConfig``/``ListConfig`` -> plain Python containers (resolved);
+    anything else unchanged. Constructors built by Hydra call it on nested config values."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover
+        return value
+    if isinstance(value, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(value, resolve=True)
+    return value

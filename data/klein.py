@@ -34,7 +34,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
-from data.datasets_module import DatasetDataModule, Layout, VolumeRef, find_image, numbered, register_layout
+from data.datasets_module import DatasetDataModule
+from data.layout import Layout, VolumeRef, find_image, numbered, register_layout
 from data.io import DataError
 from data.pairs import all_pairs
 

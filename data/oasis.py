@@ -35,7 +35,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from data.datasets_module import DatasetDataModule, Layout, VolumeRef, find_image, numbered, register_layout
+from data.datasets_module import DatasetDataModule
+from data.layout import Layout, VolumeRef, find_image, numbered, register_layout
 from data.io import DataError
 from data.pairs import consecutive_pairs
 

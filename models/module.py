@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
 from metrics import dice as dice_metric
 from metrics import evaluate_pair
+from data.io import to_plain
 from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import integrate, resize_field, warp
@@ -43,7 +44,7 @@ _LOSS_DEFAULTS = {
 
 def LossConfig(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     """Fill a ``model.loss`` mapping with defaults and reject unknown keys (naming them)."""
-    cfg = _to_plain(cfg or {})
+    cfg = to_plain(cfg or {})
     unknown = sorted(set(cfg) - set(_LOSS_DEFAULTS))
     if unknown:
         raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(_LOSS_DEFAULTS)}")
@@ -54,17 +55,6 @@ def LossConfig(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
         if not isinstance(out[key], (int, float)) or out[key] < 0:
             raise ValueError(f"model.loss.{key} must be a number >= 0, got {out[key]!r}")
     return out
-
-
-def _to_plain(obj: Any) -> Any:
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-
-        if isinstance(obj, (DictConfig, ListConfig)):
-            return OmegaConf.to_container(obj, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    return obj
 
 
 class RegistrationModule(L.LightningModule):
