@@ -11,16 +11,9 @@ from data.datamodule import MNIDataModule, PairsCSVDataModule
 from data.datasets_module import DatasetDataModule, Layout, PairDataset, VolumeRef
 from data.klein import KleinDataModule
 from data.io import DataError, Volume, load_volume, normalize_intensity, read_header, save_nifti_atomic, volume_id
-from data.mni import (
-    LABEL_NAMES,
-    MNIPairDataset,
-    MNISubjects,
-    MNITemplate,
-    RandomPairSampler,
-    all_pairs,
-    consecutive_pairs,
-    load_mni_template,
-)
+from data.generated import GeneratedDataModule, GeneratedPairDataset
+from data.mni import LABEL_NAMES, MNISubjects, MNITemplate, load_mni_template
+from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
 from data.oasis import OASISDataModule, OASISL2RDataModule
 from data.pairs_csv import PairsCSVDataset
 from data.augment import VolumeAugmentation
@@ -39,7 +32,8 @@ __all__ = [
     "MNITemplate",
     "load_mni_template",
     "MNISubjects",
-    "MNIPairDataset",
+    "GeneratedPairDataset",
+    "GeneratedDataModule",
     "RandomPairSampler",
     "consecutive_pairs",
     "all_pairs",

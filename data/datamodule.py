@@ -14,6 +14,7 @@ from typing import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
+from data.generated import GeneratedDataModule, check_loader_args, make_loader
 from data.io import DataError
 from data.mni import (
     DEFAULT_BIAS,
@@ -21,46 +22,19 @@ from data.mni import (
     DEFAULT_DEFORMATION_SMOOTHNESS,
     DEFAULT_GAMMA,
     DEFAULT_NOISE,
-    LABEL_NAMES,
-    MNIPairDataset,
     MNISubjects,
-    RandomPairSampler,
-    all_pairs,
-    consecutive_pairs,
 )
 from data.pairs_csv import PairsCSVDataset
 
 __all__ = ["MNIDataModule", "PairsCSVDataModule"]
 
-_PAIR_SCHEMES = {"consecutive": consecutive_pairs, "all": all_pairs}
 
-
-def _loader(dataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        drop_last=False,
-    )
-
-
-def _check_loader_args(batch_size, num_workers, owner: str) -> tuple[int, int]:
-    if int(batch_size) < 1:
-        raise ValueError(f"{owner}() 'batch_size' must be >= 1, got {batch_size!r}")
-    if int(num_workers) < 0:
-        raise ValueError(f"{owner}() 'num_workers' must be >= 0, got {num_workers!r}")
-    return int(batch_size), int(num_workers)
-
-
-class MNIDataModule(L.LightningDataModule):
+class MNIDataModule(GeneratedDataModule):
     """Pairs of deformed MNI152 "subjects" (:mod:`data.mni`): real anatomy, no download.
 
     Subjects ``0 .. n_train-1`` train, the next ``n_val`` validate, the next ``n_test`` test
     (disjoint by construction). Training draws ``pairs_per_epoch`` ordered pairs of distinct
-    training subjects per epoch (:class:`data.mni.RandomPairSampler`, seeded by ``(seed, epoch)``);
+    training subjects per epoch (:class:`data.pairs.RandomPairSampler`, seeded by ``(seed, epoch)``);
     validation and test use a fixed list: ``"consecutive"`` ``(k, k+1)`` (fixed k, moving k+1)
     or ``"all"`` ordered pairs.
 
@@ -70,8 +44,9 @@ class MNIDataModule(L.LightningDataModule):
         pairs_per_epoch: training pairs per epoch.
         seed: subjects and training pairs depend only on it.
         batch_size, num_workers: DataLoader settings.
-        deformation_scale, deformation_smoothness, bias, gamma, noise: see :class:`MNISubjects`.
-        with_labels: put ``fixed_label``/``moving_label`` (0 bg, 1 CSF, 2 GM, 3 WM) in batches.
+        deformation_scale, deformation_smoothness, bias, gamma, noise, contrast, labels: see
+            :class:`MNISubjects` (``labels="parcels"``: 17 finer labels).
+        with_labels: put ``fixed_label``/``moving_label`` in batches.
         val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
     """
 
@@ -91,6 +66,8 @@ class MNIDataModule(L.LightningDataModule):
         bias: float = DEFAULT_BIAS,
         gamma: float = DEFAULT_GAMMA,
         noise: float = DEFAULT_NOISE,
+        contrast: str = "t1",
+        labels: str = "tissue",
         with_labels: bool = True,
         val_pairs: str = "consecutive",
         test_pairs: str = "consecutive",
@@ -98,22 +75,7 @@ class MNIDataModule(L.LightningDataModule):
         super().__init__()
         shape = None if shape is None else tuple(int(s) for s in shape)
         self.save_hyperparameters()
-        if int(n_train) < 2:
-            raise ValueError(f"MNIDataModule() 'n_train' must be >= 2 to form pairs, got {n_train!r}")
-        for name, n in (("n_val", n_val), ("n_test", n_test)):
-            if int(n) == 1 or int(n) < 0:
-                raise ValueError(f"MNIDataModule() '{name}' must be 0 or >= 2 to form pairs, got {n!r}")
-        for name, scheme in (("val_pairs", val_pairs), ("test_pairs", test_pairs)):
-            if scheme not in _PAIR_SCHEMES:
-                raise ValueError(f"MNIDataModule() '{name}' must be one of {sorted(_PAIR_SCHEMES)}, got {scheme!r}")
-        if int(pairs_per_epoch) < 1:
-            raise ValueError(f"MNIDataModule() 'pairs_per_epoch' must be >= 1, got {pairs_per_epoch!r}")
-        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, "MNIDataModule")
-        self.n_train, self.n_val, self.n_test = int(n_train), int(n_val), int(n_test)
-        self.pairs_per_epoch = int(pairs_per_epoch)
-        self.seed = int(seed)
-        self.with_labels = bool(with_labels)
-        self.subjects = MNISubjects(
+        subjects = MNISubjects(
             resolution=resolution,
             shape=shape,
             seed=seed,
@@ -122,62 +84,11 @@ class MNIDataModule(L.LightningDataModule):
             bias=bias,
             gamma=gamma,
             noise=noise,
+            contrast=contrast,
+            labels=labels,
         )
-        self.train_ids = list(range(self.n_train))
-        self.val_ids = list(range(self.n_train, self.n_train + self.n_val))
-        self.test_ids = list(range(self.n_train + self.n_val, self.n_train + self.n_val + self.n_test))
-        self.train_set = MNIPairDataset(self.subjects, all_pairs(self.train_ids), self.with_labels)
-        self.val_set = (
-            MNIPairDataset(self.subjects, _PAIR_SCHEMES[val_pairs](self.val_ids), self.with_labels)
-            if self.val_ids
-            else None
-        )
-        self.test_set = (
-            MNIPairDataset(self.subjects, _PAIR_SCHEMES[test_pairs](self.test_ids), self.with_labels)
-            if self.test_ids
-            else None
-        )
-
-    @property
-    def spacing(self) -> tuple[float, float, float]:
-        return self.subjects.spacing
-
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        return self.subjects.shape
-
-    @property
-    def num_labels(self) -> int | None:
-        return len(LABEL_NAMES) if self.with_labels else None
-
-    @property
-    def label_names(self) -> dict[int, str]:
-        return dict(LABEL_NAMES)
-
-    def prepare_data(self) -> None:
-        """Loads the template once (from the nilearn package; no download)."""
-        self.subjects.template
-
-    def setup(self, stage: str | None = None) -> None:
-        self.subjects.template
-
-    def validate(self) -> None:
-        """Generated data need no file checks; loads the template so that failures come early."""
-        self.subjects.template
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = RandomPairSampler(len(self.train_set), self.pairs_per_epoch, seed=self.seed)
-        return _loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler)
-
-    def val_dataloader(self) -> DataLoader:
-        if self.val_set is None:
-            raise DataError("data.n_val is 0: no validation subjects; set data.n_val >= 2")
-        return _loader(self.val_set, self.batch_size, self.num_workers)
-
-    def test_dataloader(self) -> DataLoader:
-        if self.test_set is None:
-            raise DataError("data.n_test is 0: no test subjects; set data.n_test >= 2")
-        return _loader(self.test_set, self.batch_size, self.num_workers)
+        self._setup_splits(subjects, n_train, n_val, n_test, pairs_per_epoch, seed, batch_size, num_workers,
+                           with_labels, val_pairs, test_pairs)
 
 
 class PairsCSVDataModule(L.LightningDataModule):
@@ -207,7 +118,7 @@ class PairsCSVDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if csv is not None and test_csv is not None:
             raise DataError("data.csv and data.test_csv are both set; give the test pairs once")
-        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, "PairsCSVDataModule")
+        self.batch_size, self.num_workers = check_loader_args(batch_size, num_workers, "PairsCSVDataModule")
         self.normalize = bool(normalize)
         self._paths = {
             "train": (train_csv, "data.train_csv"),
@@ -293,7 +204,7 @@ class PairsCSVDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.has("val"):
             return []  # Lightning runs no validation loop for an empty list
-        return _loader(self.dataset("val"), self.batch_size, self.num_workers)
+        return make_loader(self.dataset("val"), self.batch_size, self.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return _loader(self.dataset("test"), self.batch_size, self.num_workers)
+        return make_loader(self.dataset("test"), self.batch_size, self.num_workers)

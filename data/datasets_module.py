@@ -45,7 +45,7 @@ from data.layout import (  # noqa: F401 - re-exported
     register_layout,
 )
 from data.pairs import RandomPairSampler, all_pairs
-from data.datamodule import _check_loader_args
+from data.generated import check_loader_args, make_loader
 from data.pairs_csv import SPACING_TOLERANCE
 from data.augment import VolumeAugmentation
 from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source
@@ -215,7 +215,7 @@ class DatasetDataModule(L.LightningDataModule):
         if root is None or str(root).strip() == "":
             raise DataError(f"data.root is not set; expected the {self.layout_cls.title} folder")
         self.root = Path(os.path.expanduser(str(root)))
-        self.batch_size, self.num_workers = _check_loader_args(batch_size, num_workers, owner)
+        self.batch_size, self.num_workers = check_loader_args(batch_size, num_workers, owner)
         self.preprocess_config = PreprocessConfig(
             orientation=orientation,
             spacing=to_plain(spacing),
@@ -305,15 +305,7 @@ class DatasetDataModule(L.LightningDataModule):
         return self._loader(self.dataset("test"))
 
     def _loader(self, dataset, sampler=None) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            shuffle=False,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=False,
-        )
+        return make_loader(dataset, self.batch_size, self.num_workers, sampler=sampler)
 
     # ------------------------------------------------------------------ labels
     @property

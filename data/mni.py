@@ -28,8 +28,9 @@ so it is the same for the same ``(seed, k)`` in every process:
   noise of std ``noise`` inside the brain (the background stays exactly 0, as in skull-stripped
   scans), clip to [0, 1].
 
-Defaults were tuned so that two different subjects at 2 mm have a mean Dice over CSF/GM/WM
-of about 0.77 before registration (see ``DEFAULT_DEFORMATION_SCALE``).
+Defaults: two different subjects at 2 mm have a mean Dice over CSF/GM/WM of about 0.63
+before registration (``DEFAULT_DEFORMATION_SCALE`` = 2 mm; 1 mm gives about 0.77, which left
+too little to learn: the CPU quickstart gained +0.037 there and +0.075 at 2 mm).
 """
 
 from __future__ import annotations
@@ -43,39 +44,48 @@ from typing import Sequence
 import nibabel as nib
 import numpy as np
 import torch
-import torch.nn.functional as F
 from scipy import ndimage
-from torch.utils.data import Dataset
 
 from data.io import DataError
-from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs  # noqa: F401 (re-exported)
-from spatial.functional import integrate, resize_field, warp
+from data.generated import random_bias_field, random_displacement
+from spatial.functional import warp
 
 __all__ = [
     "LABEL_NAMES",
+    "PARCEL_NAMES",
+    "LABEL_PROTOCOLS",
     "DEFAULT_SHAPES",
     "DEFAULT_DEFORMATION_SCALE",
     "DEFAULT_DEFORMATION_SMOOTHNESS",
     "MNITemplate",
     "load_mni_template",
     "MNISubjects",
-    "MNIPairDataset",
-    "RandomPairSampler",
-    "consecutive_pairs",
-    "all_pairs",
 ]
 
 LABEL_NAMES = {0: "background", 1: "CSF", 2: "GM", 3: "WM"}
+LABEL_PROTOCOLS = ("tissue", "parcels")
+
+
+def _parcel_names() -> dict[int, str]:
+    """``labels="parcels"``: CSF, then GM and WM each split into 8 parts by the MNI planes x = 0
+    (right R / left L), y = 0 (anterior A / posterior P) and z = 0 (superior S / inferior I)."""
+    names = {0: "background", 1: "CSF"}
+    for t, tissue in enumerate(("GM", "WM")):
+        for o in range(8):
+            side = ("L", "R")[(o >> 2) & 1] + ("P", "A")[(o >> 1) & 1] + ("I", "S")[o & 1]
+            names[2 + 8 * t + o] = f"{tissue}_{side}"
+    return names
+
+
+PARCEL_NAMES = _parcel_names()
 DEFAULT_SHAPES = {1: (192, 224, 192), 2: (96, 112, 96)}
-DEFAULT_DEFORMATION_SCALE = 1.0  # mm, RMS of each velocity component (Dice ~0.77 at 2 mm)
+DEFAULT_DEFORMATION_SCALE = 2.0  # mm, RMS of each velocity component (Dice ~0.63 at 2 mm)
 DEFAULT_DEFORMATION_SMOOTHNESS = 12.0  # mm, Gaussian sigma of the velocity noise
 DEFAULT_BIAS = 0.1
 DEFAULT_GAMMA = 0.1
 DEFAULT_NOISE = 0.01
-_COARSE_SPACING_MM = 8.0
-_BIAS_SMOOTHNESS_MM = 50.0
+CONTRASTS = ("t1", "inverted")
 _BRAIN_THRESHOLD = 0.1
-_INTEGRATION_STEPS = 7
 
 
 @dataclass(frozen=True)
@@ -214,16 +224,6 @@ def _load_template(resolution: int, shape: tuple[int, int, int]) -> MNITemplate:
     )
 
 
-def _smooth_noise(rng: np.random.Generator, shape: Sequence[int], sigma_vox: float, channels: int) -> np.ndarray:
-    """``(channels, *shape)`` Gaussian noise smoothed by ``sigma_vox``, each channel unit RMS."""
-    noise = rng.standard_normal((channels, *shape), dtype=np.float32)
-    out = np.empty_like(noise)
-    for c in range(channels):
-        ndimage.gaussian_filter(noise[c], sigma=sigma_vox, output=out[c], mode="reflect", truncate=3.0)
-        out[c] /= max(float(np.sqrt(np.mean(out[c] ** 2))), 1e-12)
-    return out
-
-
 class MNISubjects:
     """Deterministic random "subjects" made from the MNI152 template (see module docstring).
 
@@ -236,6 +236,11 @@ class MNISubjects:
         bias: std of the log bias field (0 disables).
         gamma: std of the log gamma exponent (0 disables).
         noise: std of additive Gaussian noise on [0, 1] intensities (0 disables).
+        labels: ``"tissue"`` (0 background, 1 CSF, 2 GM, 3 WM) or ``"parcels"`` (17: CSF and GM/WM
+            split into octants by the MNI planes through the origin, :data:`PARCEL_NAMES`): finer
+            labels whose boundaries intensity does not show (label granularity).
+        contrast: ``"t1"`` (the template's) or ``"inverted"``: ``(1 - x)`` times the brain's
+            partial volume (CSF bright, WM dark, background 0: a T2-like domain shift).
         cache: keep generated subjects in memory (lazily, per process; ~5 MB per subject
             at 2 mm, ~40 MB at 1 mm).
 
@@ -253,6 +258,8 @@ class MNISubjects:
         bias: float = DEFAULT_BIAS,
         gamma: float = DEFAULT_GAMMA,
         noise: float = DEFAULT_NOISE,
+        contrast: str = "t1",
+        labels: str = "tissue",
         cache: bool = True,
     ):
         self.resolution = _check_resolution(resolution)
@@ -273,6 +280,12 @@ class MNISubjects:
         self.bias = float(bias)
         self.gamma = float(gamma)
         self.noise = float(noise)
+        if contrast not in CONTRASTS:
+            raise ValueError(f"MNISubjects() 'contrast' must be one of {CONTRASTS}, got {contrast!r}")
+        self.contrast = contrast
+        if labels not in LABEL_PROTOCOLS:
+            raise ValueError(f"MNISubjects() 'labels' must be one of {LABEL_PROTOCOLS}, got {labels!r}")
+        self.labels = labels
         self.cache = bool(cache)
         self._cache: dict[int, dict] = {}
         self._stack_cache: torch.Tensor | None = None
@@ -301,36 +314,41 @@ class MNISubjects:
             return subject
         return {**subject, "label": subject["label"].to(torch.int64)}
 
-    def _coarse_shape(self) -> tuple[int, ...]:
-        return tuple(
-            max(int(round((n - 1) * self.resolution / _COARSE_SPACING_MM)) + 1, 4) for n in self.shape
-        )
+    @property
+    def affine(self) -> np.ndarray:
+        """``(4, 4)`` voxel-to-MNI-mm matrix of the grid."""
+        return self.template.affine
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return dict(PARCEL_NAMES if self.labels == "parcels" else LABEL_NAMES)
+
+    def prepare(self) -> None:
+        """Load the template (once per process)."""
+        self.template
 
     def displacement(self, rng: np.random.Generator) -> torch.Tensor:
         """Draw one random diffeomorphic displacement ``(1, 3, *S)`` in voxel units."""
-        coarse = self._coarse_shape()
-        coarse_mm = [(n - 1) * self.resolution / (c - 1) for n, c in zip(self.shape, coarse)]
-        sigma = [self.deformation_smoothness / s for s in coarse_mm]
-        v = _smooth_noise(rng, coarse, sigma, 3) * self.deformation_scale  # mm
-        # mm -> voxels of the coarse grid (both grids span the same extent)
-        v = v / np.asarray(coarse_mm, dtype=np.float32).reshape(3, 1, 1, 1)
-        u = integrate(torch.from_numpy(v).unsqueeze(0), _INTEGRATION_STEPS)
-        return resize_field(u, self.shape)
-
-    def _bias_field(self, rng: np.random.Generator) -> torch.Tensor:
-        coarse = self._coarse_shape()
-        coarse_mm = [(n - 1) * self.resolution / (c - 1) for n, c in zip(self.shape, coarse)]
-        sigma = [_BIAS_SMOOTHNESS_MM / s for s in coarse_mm]
-        b = torch.from_numpy(_smooth_noise(rng, coarse, sigma, 1)).unsqueeze(0)
-        b = F.interpolate(b, size=self.shape, mode="trilinear", align_corners=True)
-        return torch.exp(self.bias * b)
+        return random_displacement(rng, self.shape, self.spacing, self.deformation_scale, self.deformation_smoothness)
 
     def _stack(self) -> torch.Tensor:
-        """``(1, 5, *S)``: template image and the four class probabilities, built once."""
+        """``(1, 5, *S)``: template image and the four class probabilities (+ the MNI mm
+        coordinates x, y, z of each voxel for parcels: ``(1, 8, *S)``), built once."""
         if getattr(self, "_stack_cache", None) is None:
             tpl = self.template
-            self._stack_cache = torch.from_numpy(np.concatenate([tpl.image[None], tpl.probs])).unsqueeze(0)
+            channels = [tpl.image[None], tpl.probs]
+            if self.labels == "parcels":
+                index = np.stack(np.meshgrid(*[np.arange(n) for n in self.shape], indexing="ij")).reshape(3, -1)
+                world = tpl.affine[:3, :3] @ index + tpl.affine[:3, 3:]
+                channels.append(world.reshape(3, *self.shape).astype(np.float32))
+            self._stack_cache = torch.from_numpy(np.concatenate(channels)).unsqueeze(0)
         return self._stack_cache
+
+    def _parcels(self, tissue: np.ndarray, world: np.ndarray) -> np.ndarray:
+        """Parcel ids from tissue labels ``(*S)`` and (warped) MNI coordinates ``(3, *S)``."""
+        octant = 4 * (world[0] > 0) + 2 * (world[1] > 0) + (world[2] > 0)
+        out = np.where(tissue >= 2, 2 + 8 * (tissue - 2) + octant, tissue)
+        return out.astype(np.int64)
 
     def generate(self, k: int) -> dict:
         """Generate subject ``k`` (no caching)."""
@@ -342,12 +360,17 @@ class MNISubjects:
                 stack = warp(stack, u, mode="bilinear", padding_mode="border")
             image = stack[:, :1]
             # numpy's argmax is ~10x faster than torch's over the channel axis on CPU
-            label = torch.from_numpy(stack[0, 1:].numpy().argmax(0)[None].astype(np.int64))
+            tissue = stack[0, 1:5].numpy().argmax(0)
+            if self.labels == "parcels":
+                tissue = self._parcels(tissue, stack[0, 5:8].numpy())
+            label = torch.from_numpy(tissue[None].astype(np.int64))
             if self.bias > 0:
-                image = image * self._bias_field(rng)
+                image = image * random_bias_field(rng, self.shape, self.spacing, self.bias)
             image = image / image.max().clamp_min(1e-6)
             if self.gamma > 0:
                 image = image.clamp_min(0.0) ** float(np.exp(self.gamma * rng.standard_normal()))
+            if self.contrast == "inverted":
+                image = (1.0 - image) * (1.0 - stack[:, 1:2])  # stack[:, 1] = warped background probability
             if self.noise > 0:  # inside the brain only: skull-stripped scans have an exact-zero background
                 image = image + self.noise * torch.from_numpy(
                     rng.standard_normal(image.shape, dtype=np.float32)
@@ -363,45 +386,5 @@ class MNISubjects:
         return (
             f"MNISubjects(resolution={self.resolution}, shape={self.shape}, seed={self.seed}, "
             f"deformation_scale={self.deformation_scale}, deformation_smoothness={self.deformation_smoothness}, "
-            f"bias={self.bias}, gamma={self.gamma}, noise={self.noise})"
+            f"bias={self.bias}, gamma={self.gamma}, noise={self.noise}, contrast={self.contrast!r}, labels={self.labels!r})"
         )
-
-
-class MNIPairDataset(Dataset):
-    """Pairs of MNI subjects as batch-contract dicts.
-
-    Args:
-        subjects: the :class:`MNISubjects` generator.
-        pairs: list of ``(fixed_k, moving_k)``; item ``i`` is ``pairs[i]``. For training use
-            ``all_pairs(train_ids)`` with a :class:`RandomPairSampler`; for val/test a fixed
-            list such as ``consecutive_pairs(ids)``.
-        with_labels: include ``fixed_label``/``moving_label``.
-    """
-
-    def __init__(self, subjects: MNISubjects, pairs: Sequence[Sequence[int]], with_labels: bool = True):
-        self.subjects = subjects
-        self.pairs = [(int(a), int(b)) for a, b in pairs]
-        if not self.pairs:
-            raise DataError("MNIPairDataset: 'pairs' is empty, expected at least one (fixed, moving) pair")
-        self.with_labels = bool(with_labels)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    @property
-    def subject_ids(self) -> list[int]:
-        """Sorted distinct subject indices used by the pairs."""
-        return sorted({k for pair in self.pairs for k in pair})
-
-    def __getitem__(self, index: int) -> dict:
-        a, b = self.pairs[index]
-        fixed, moving = self.subjects[a], self.subjects[b]
-        item = {"fixed": fixed["image"], "moving": moving["image"]}
-        if self.with_labels:
-            item["fixed_label"] = fixed["label"]
-            item["moving_label"] = moving["label"]
-        item["spacing"] = torch.tensor(self.subjects.spacing, dtype=torch.float32)
-        item["fixed_affine"] = torch.tensor(np.asarray(self.subjects.template.affine), dtype=torch.float64)
-        item["fixed_id"] = fixed["id"]
-        item["moving_id"] = moving["id"]
-        return item

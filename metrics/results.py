@@ -8,7 +8,8 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
 * ``DIR/labels.csv`` — one row per pair and label: ``fixed_id, moving_id, method, label, dice``.
 * ``DIR/summary.json`` — ``n_pairs, dice_mean, dice_std, dice_identity_mean, hd95_mean,
   sdlogj_mean, sdlogj_l2r_mean, folding_pct_mean, seconds_mean`` plus ``method``,
-  ``label_interp`` and ``displacement_convention``.
+  ``label_interp``, ``displacement_convention`` and (from the entry points) ``paradigm``
+  (``identity``, ``classical``, ``unsupervised``, ``supervised`` or ``hybrid``).
 * with ``save_outputs``: ``DIR/moved/<fixed_id>__<moving_id>_{image,label,disp}.nii.gz``.
 
 Every finished pair is first stored as one small JSON part in ``DIR/.parts/`` written
@@ -31,7 +32,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["ResultsWriter", "PAIR_COLUMNS", "LABEL_COLUMNS", "DISPLACEMENT_CONVENTION", "atomic_write_text"]
+__all__ = ["ResultsWriter", "PAIR_COLUMNS", "LABEL_COLUMNS", "DISPLACEMENT_CONVENTION", "atomic_write_text", "atomic_write_bytes"]
 
 PAIR_COLUMNS = [
     "fixed_id",
@@ -53,13 +54,18 @@ DISPLACEMENT_CONVENTION = (
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
