@@ -18,25 +18,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.runtime import (  # noqa: E402
-    build_datamodule,
-    build_model,
-    build_trainer,
-    guarded,
-    load_model_from_checkpoint,
-    run_test,
-)
+from experiments.runtime import check_entry, guarded, run_eval  # noqa: E402
 
 
 @guarded
 def evaluate(cfg: DictConfig) -> dict:
-    import lightning as L
-
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
-    trainer = build_trainer(cfg, with_callbacks=False)
-    return run_test(trainer, model, datamodule, cfg.paths.output_dir, save_outputs=cfg.save_outputs)
+    check_entry(cfg, "train", "eval")
+    return run_eval(cfg)
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="eval")

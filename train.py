@@ -18,13 +18,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from experiments.runtime import build_datamodule, build_model, build_trainer, guarded, run_test  # noqa: E402
+from experiments.runtime import (  # noqa: E402
+    build_datamodule,
+    build_model,
+    build_trainer,
+    check_entry,
+    guarded,
+    run_test,
+)
 
 
 @guarded
 def train(cfg: DictConfig) -> dict:
     import lightning as L
 
+    check_entry(cfg, "train")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)

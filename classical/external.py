@@ -115,6 +115,10 @@ class _ExternalRegistration(RegistrationModule):
     def register_arrays(self, fixed: np.ndarray, moving: np.ndarray, geometry: ItkGeometry) -> torch.Tensor:
         raise NotImplementedError
 
+    @property
+    def paradigm(self) -> str:
+        return "classical"
+
 
 class AntsSyNRegistration(_ExternalRegistration):
     """ANTs SyN (antspyx) as a registration method: ``model=ants_syn model.preset=paper|fast``.

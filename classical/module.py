@@ -66,6 +66,10 @@ class InstanceOptimisationModule(RegistrationModule):
     def configure_optimizers(self):
         return None
 
+    @property
+    def paradigm(self) -> str:
+        return "hybrid" if self._init_model is not None else "classical"
+
     def _initial(self, batch: Mapping[str, Any]) -> torch.Tensor | None:
         if self._init_model is None:
             return None

@@ -25,7 +25,21 @@ __all__ = [
     "load_model_from_checkpoint",
     "build_trainer",
     "run_test",
+    "run_eval",
+    "log_analysis",
+    "check_entry",
+    "save_figure",
 ]
+
+# which script runs a config: experiment files for the analysis scripts set `entry`
+ENTRY_SCRIPTS = {
+    "train": "train.py",
+    "eval": "eval.py",
+    "compare": "experiments/compare.py",
+    "mi_analysis": "experiments/mi_analysis.py",
+    "mi_sweep": "experiments/mi_sweep.py",
+    "domain_shift": "experiments/domain_shift.py",
+}
 
 
 class ConfigError(ValueError):
@@ -71,6 +85,17 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(1)
 
     return wrapper
+
+
+def check_entry(cfg: DictConfig, *accepted: str) -> None:
+    """ConfigError unless ``cfg.entry`` (absent: ``"train"``) is one of ``accepted``: an experiment
+    file written for another script (``entry: compare``) names the script to run it with."""
+    entry = str(cfg.get("entry") or "train")
+    if entry not in accepted:
+        script = ENTRY_SCRIPTS.get(entry, entry)
+        name = cfg.get("experiment_name") or "this experiment"
+        raise ConfigError(f"experiment: {name} is run by {script} (entry: {entry}): "
+                          f"python {script} experiment={name}")
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
@@ -182,10 +207,70 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
         save_label_map = getattr(datamodule, "save_label_map", None)
         if save_label_map is not None:  # remapped label ids: results name which original label each is
             save_label_map(out_dir)
-        summary = writer.finalize()
+        summary = writer.finalize(extra={"paradigm": getattr(model, "paradigm", None)})
         _print_summary(summary, out_dir)
         return summary
     return {}
+
+
+def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodule=None) -> dict[str, Any]:
+    """``eval.py``'s work: evaluate ``cfg.model`` (or ``cfg.ckpt_path``) on ``cfg.data`` into ``out_dir``
+    (default ``cfg.paths.output_dir``); a ready ``datamodule`` may be passed. Returns the summary."""
+    import lightning as L
+
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg) if datamodule is None else datamodule
+    model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
+    trainer = build_trainer(cfg, with_callbacks=False)
+    out_dir = cfg.paths.output_dir if out_dir is None else out_dir
+    return run_test(trainer, model, datamodule, out_dir, save_outputs=bool(cfg.get("save_outputs", False)))
+
+
+def log_analysis(cfg: DictConfig, scalars: dict[str, float], images: dict[str, str | os.PathLike] | None = None,
+                 tables: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """Send an analysis script's results to the configured loggers (``cfg.logger``; none: nothing).
+
+    W&B gets the scalars in the run summary, the images (PNG paths) and the tables (rows of
+    dicts); other loggers get the scalars. Every run is finished before returning.
+    """
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is None or "_target_" not in node:
+            continue
+        logger = build(node, f"logger.{name}")
+        if type(logger).__name__ == "WandbLogger":
+            import wandb
+
+            run = logger.experiment
+            run.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+            payload: dict[str, Any] = dict(scalars)
+            for key, path in (images or {}).items():
+                payload[key] = wandb.Image(str(path))
+            for key, rows in (tables or {}).items():
+                if rows:
+                    columns = list(rows[0])
+                    payload[key] = wandb.Table(columns=columns, data=[[r.get(c) for c in columns] for r in rows])
+            run.log(payload)
+            run.summary.update(scalars)
+            run.finish()
+        else:
+            logger.log_metrics(dict(scalars))
+            logger.save()
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
+    """Render a matplotlib figure to PNG, write it atomically to ``path`` and close the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    from metrics.results import atomic_write_bytes
+
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=dpi)
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _fmt(x: Any) -> str:

@@ -26,11 +26,14 @@ from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import integrate, resize_field, warp
 
-__all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS"]
+__all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS", "PARADIGMS"]
 
 FIELDS = ("displacement", "velocity")
 LABEL_INTERPS = ("nearest", "linear")
 LOSS_GRIDS = ("full", "coarse")
+# how a method got its field: no registration, per-pair optimisation, a network trained without /
+# with labels, or a network's prediction refined by per-pair optimisation
+PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
 
 _LOSS_DEFAULTS = {
     "sim": "lncc",
@@ -161,6 +164,12 @@ class RegistrationModule(L.LightningModule):
         """Network output -> final displacement on grid ``shape`` (integrates a velocity first)."""
         u = integrate(out, self.integration_steps) if self.field == "velocity" else out
         return u if shape is None else resize_field(u, shape)
+
+    @property
+    def paradigm(self) -> str:
+        """One of :data:`PARADIGMS`, recorded in ``summary.json`` (what compare.py groups by):
+        a learned network is ``"supervised"`` when a Dice loss on labels trains it, else ``"unsupervised"``."""
+        return "supervised" if self.loss_cfg["dice_weight"] > 0 else "unsupervised"
 
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
@@ -338,6 +347,10 @@ class IdentityRegistration(RegistrationModule):
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         fixed = batch["fixed"]
         return torch.zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:], device=fixed.device, dtype=fixed.dtype)
+
+    @property
+    def paradigm(self) -> str:
+        return "identity"
 
 
 def _spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:

@@ -19,7 +19,17 @@ sys.path.insert(0, str(ROOT))
 import eval as eval_entry  # noqa: E402
 import train as train_entry  # noqa: E402
 
-EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+ALL_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
+
+
+def _entry(experiment: str) -> str:
+    import yaml
+
+    return yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text()).get("entry", "train")
+
+
+EXPERIMENTS = [e for e in ALL_EXPERIMENTS if _entry(e) == "train"]
+SCRIPT_EXPERIMENTS = [e for e in ALL_EXPERIMENTS if _entry(e) != "train"]
 
 
 def _run_train(overrides, tmp_path):
@@ -50,6 +60,33 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
     assert (tmp_path / "test" / "pairs.csv").exists()
 
 
+@pytest.mark.parametrize("experiment", SCRIPT_EXPERIMENTS)
+def test_script_experiments_compose_with_their_script(experiment):
+    """Experiment files of the analysis scripts (entry: compare, ...) compose with that script's
+    config, every method they would run composes too, and train.py refuses them by name."""
+    from omegaconf import OmegaConf
+
+    from experiments.runtime import ConfigError, check_entry
+
+    entry = _entry(experiment)
+    cfg = compose(entry, [f"experiment={experiment}"])
+    check_entry(cfg, entry)
+    first_test_set = list(next(iter((cfg.get("test_sets") or {"": []}).values())))
+    extra = {  # what the script appends to a method's overrides
+        "train": list(cfg.get("common") or []) + list(cfg.get("train_common") or []),
+        "eval": list(cfg.get("common") or []) + first_test_set + list(cfg.get("eval_common") or []),
+    }
+    for name, spec in (cfg.get("methods") or {}).items():
+        kind, overrides = next(iter(spec.items()))
+        if kind in ("train", "eval"):
+            sub = compose(kind, list(overrides) + extra[kind])
+            assert OmegaConf.select(sub, "model._target_"), name
+    for name, overrides in (cfg.get("test_sets") or {}).items():
+        assert compose("eval", list(overrides)).data._target_, name
+    with pytest.raises(ConfigError, match=f"experiment: {experiment} is run by"):
+        check_entry(compose("train", [f"experiment={experiment}"]), "train")
+
+
 def test_results_contract_and_resume(pairs_csv, tmp_path):
     out = tmp_path / "out"
     summary = _run_eval(["model=identity", "data=pairs_csv", f"data.csv={pairs_csv}", "save_outputs=true"], out)
@@ -70,6 +107,7 @@ def test_results_contract_and_resume(pairs_csv, tmp_path):
     for key in ("n_pairs", "dice_mean", "dice_std", "dice_identity_mean", "hd95_mean", "sdlogj_mean",
                 "folding_pct_mean", "seconds_mean"):
         assert key in s
+    assert s["paradigm"] == "identity" and s["method"] == "identity"
     for what in ("image", "label", "disp"):
         assert (out / "moved" / f"f0__m0_{what}.nii.gz").exists()
     # the saved moved label reproduces the reported Dice
@@ -115,7 +153,7 @@ def test_training_raises_dice_over_identity(tmp_path):
                             f"data.train_csv={train_csv}", f"data.val_csv={val_csv}", f"data.test_csv={test_csv}",
                             "model.optimizer.lr=3e-3", "model.loss.sim=mse", "trainer.max_epochs=30"])
     summary = train_entry.train(cfg)
-    assert summary["n_pairs"] == 2
+    assert summary["n_pairs"] == 2 and summary["paradigm"] == "unsupervised"
     assert summary["dice_mean"] > summary["dice_identity_mean"] + 0.05, summary
     assert summary["folding_pct_mean"] < 0.5
     ckpt = sorted((tmp_path / "checkpoints").glob("epoch_*.ckpt"))[-1]
@@ -127,9 +165,22 @@ def test_training_raises_dice_over_identity(tmp_path):
     # so the result is the network's, far above what one step from zero gives)
     s3 = _run_eval(["model=greedy", f"model.init_from={ckpt}", "model.scales=[1]", "model.iterations=[1]",
                     "model.lr=0.01", "data=pairs_csv", f"data.csv={test_csv}"], tmp_path / "refine")
-    assert s3["method"] == "greedy"
+    assert s3["method"] == "greedy" and s3["paradigm"] == "hybrid"
     assert s3["dice_mean"] == pytest.approx(s2["dice_mean"], abs=0.02)
     assert s3["dice_mean"] > s3["dice_identity_mean"] + 0.05
+
+
+def test_short_training_on_mni_raises_dice_over_identity(tmp_path):
+    """The quickstart's path on a smaller grid: VoxelMorph trained a few epochs on the offline
+    MNI subjects registers held-out subjects better than no registration."""
+    cfg = compose("train", [f"paths.output_dir={tmp_path}", "logger=csv", "trainer.accelerator=cpu",
+                            "trainer.enable_progress_bar=false", "data=mni", "data.shape=[64,64,64]",
+                            "data.n_train=8", "data.n_val=2", "data.n_test=3", "data.pairs_per_epoch=60",
+                            "trainer.max_epochs=5", "model.optimizer.lr=2e-3"])
+    summary = train_entry.train(cfg)
+    assert summary["n_pairs"] == 2
+    assert summary["dice_mean"] > summary["dice_identity_mean"] + 0.02, summary
+    assert summary["folding_pct_mean"] < 0.5
 
 
 # --------------------------------------------------------------------------- bad input

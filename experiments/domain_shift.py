@@ -1,0 +1,209 @@
+"""Does a learned method's advantage survive domain shift? (paper finding 4, Fig. 5)
+
+    python experiments/domain_shift.py experiment=mni_domain_shift     # offline: MNI, controlled shifts
+    python experiments/domain_shift.py experiment=paper_fig5_domain_shift   # OASIS -> IBSR18, CUMC12, MGH10, LPBA40
+
+Every method is evaluated on every test set. ``methods`` as in :mod:`experiments.compare`:
+``{eval: [...]}`` (a classical method: evaluated directly on each test set) or ``{train:
+[...]}`` (a network: trained ONCE with its overrides + ``train_common``, then its checkpoint —
+the best one by ``val/dice``, else ``last.ckpt`` — is evaluated on each test set), or
+``{ckpt: PATH}`` (an already trained network). ``test_sets`` maps a name to eval overrides
+(the data); the first one is the reference (in-domain).
+
+Outputs in ``paths.output_dir``: ``runs/<method>`` (training), ``runs/<method>/<test set>``
+(results contract per test set; a rerun skips what exists), ``domain_shift.csv`` (method x test
+set: mean, std, median Dice, drop from the reference, paradigm), ``domain_shift.md``, ``tests.csv``
+(per test set: paired Wilcoxon / t-tests, classical vs learned) and ``domain_shift.png``
+(boxplots per test set).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig, ListConfig  # noqa: E402
+
+from experiments.compare import (  # noqa: E402
+    PARADIGM_COLOURS,
+    MethodResults,
+    check_metric,
+    compare,
+    load_results,
+    parse_overrides,
+    run_method,
+)
+from experiments.runtime import ConfigError, check_entry, guarded, save_figure  # noqa: E402
+from metrics.results import atomic_write_text  # noqa: E402
+
+__all__ = ["find_checkpoint", "run_domain_shift"]
+
+_KINDS = ("eval", "train", "ckpt")
+
+
+def find_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint ``train.py`` selected in ``run_dir/checkpoints``: the single best
+    ``epoch_*.ckpt`` (top-1 by ``val/dice``), else ``last.ckpt``; ConfigError if none."""
+    folder = Path(run_dir) / "checkpoints"
+    best = sorted(folder.glob("epoch_*.ckpt"))
+    if len(best) == 1:
+        return best[0]
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    raise ConfigError(f"{folder}: no checkpoint (epoch_*.ckpt or last.ckpt); did training run?")
+
+
+def _specs(cfg: DictConfig) -> list[tuple[str, str, Any]]:
+    methods = cfg.get("methods")
+    if not isinstance(methods, DictConfig) or len(methods) < 2:
+        raise ConfigError("methods: give at least two methods (e.g. a classical {eval: [...]} and a {train: [...]})")
+    out = []
+    for name, spec in methods.items():
+        key = f"methods.{name}"
+        if not isinstance(spec, DictConfig) or len(spec) != 1 or next(iter(spec)) not in _KINDS:
+            raise ConfigError(f"{key}: expected exactly one of {{eval: [...]}}, {{train: [...]}}, {{ckpt: PATH}}")
+        kind = str(next(iter(spec)))
+        value = spec[kind]
+        if kind == "ckpt":
+            if not isinstance(value, str) or not Path(value).is_file():
+                raise ConfigError(f"{key}.ckpt: no checkpoint file at {value!r}")
+        else:
+            value = parse_overrides(value, f"{key}.{kind}")
+        out.append((str(name), kind, value))
+    return out
+
+
+def _test_sets(cfg: DictConfig) -> list[tuple[str, list[str]]]:
+    sets = cfg.get("test_sets")
+    if not isinstance(sets, DictConfig) or len(sets) < 2:
+        raise ConfigError("test_sets: give at least two test sets (the first is the in-domain reference)")
+    out = []
+    for name, overrides in sets.items():
+        if not isinstance(overrides, (ListConfig, str)):
+            raise ConfigError(f"test_sets.{name}: expected a list of eval overrides, got {overrides!r}")
+        out.append((str(name), parse_overrides(overrides, f"test_sets.{name}")))
+    return out
+
+
+def _boxplots(comparisons: dict[str, Any], path: Path, metric: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(comparisons)
+    fig, axes = plt.subplots(1, n, figsize=(3.2 * n + 1, 4), sharey=True, squeeze=False)
+    for ax, (set_name, comp) in zip(axes[0], comparisons.items()):
+        parts = ax.boxplot([comp.values[:, j] for j in range(comp.values.shape[1])], patch_artist=True)
+        for patch, res in zip(parts["boxes"], comp.results):
+            patch.set_facecolor(PARADIGM_COLOURS.get(res.paradigm, "white"))
+            patch.set_alpha(0.6)
+        ax.set_xticks(range(1, len(comp.results) + 1), [r.name for r in comp.results], rotation=45, ha="right", fontsize=8)
+        ax.set_title(set_name)
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(metric)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+@guarded
+def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
+    """The command line (module docstring); returns ``{test set: Comparison}``."""
+    check_entry(cfg, "domain_shift")
+    metric = check_metric(str(cfg.metric))
+    specs = _specs(cfg)
+    sets = _test_sets(cfg)
+    train_common = parse_overrides(cfg.get("train_common") or [], "train_common")
+    eval_common = parse_overrides(cfg.get("eval_common") or [], "eval_common")
+    out_dir = Path(cfg.paths.output_dir)
+    # 1. train every network once
+    checkpoints: dict[str, Path] = {}
+    for name, kind, value in specs:
+        if kind == "train":
+            run_method(name, "train", value + train_common, out_dir)
+            checkpoints[name] = find_checkpoint(out_dir / "runs" / name)
+        elif kind == "ckpt":
+            checkpoints[name] = Path(value)
+    # 2. evaluate every method on every test set
+    comparisons: dict[str, Any] = {}
+    for set_name, set_overrides in sets:
+        results: list[MethodResults] = []
+        for name, kind, value in specs:
+            run_name = f"{name}/{set_name}"
+            if kind == "eval":
+                overrides = value + set_overrides + eval_common
+            else:
+                overrides = [f"ckpt_path={checkpoints[name]}"] + set_overrides + eval_common
+            results.append(load_results(run_method(run_name, "eval", overrides, out_dir), name=name))
+        comparisons[set_name] = compare(results, metric, "classical_vs_learned")
+    # 3. tables and figure
+    reference = sets[0][0]
+    ref_mean = {row["method"]: row["mean"] for row in comparisons[reference].table}
+    rows, test_rows = [], []
+    for set_name, comp in comparisons.items():
+        for row, res in zip(comp.table, comp.results):
+            rows.append({"test_set": set_name, "method": row["method"], "paradigm": res.paradigm, "n": row["n"],
+                         "mean": row["mean"], "std": row["std"], "median": row["median"],
+                         "drop_from_reference": ref_mean[row["method"]] - row["mean"]})
+        for t in comp.tests:
+            test_rows.append({"test_set": set_name, **t})
+    _write_csv(out_dir / "domain_shift.csv", rows)
+    _write_csv(out_dir / "tests.csv", test_rows)
+    md = _markdown(rows, test_rows, [s for s, _ in sets], metric, reference)
+    atomic_write_text(out_dir / "domain_shift.md", md)
+    _boxplots(comparisons, out_dir / "domain_shift.png", metric)
+    print(md)
+    print(f"domain shift: {out_dir.resolve()} (domain_shift.csv, domain_shift.md, tests.csv, domain_shift.png)")
+    sys.stdout.flush()
+    return comparisons
+
+
+def _fmt(x: Any) -> str:
+    if isinstance(x, float):
+        return f"{x:.4g}"
+    return str(x)
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    lines = [",".join(columns)] + [",".join(_fmt(r.get(c, "")) for c in columns) for r in rows]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def _markdown(rows, test_rows, set_names, metric, reference) -> str:
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["test_set"]): r for r in rows}
+    head = "| method | paradigm | " + " | ".join(set_names) + " |"
+    lines = [f"Mean {metric} ± std per test set (Δ: drop from `{reference}`)", "", head,
+             "|" + " --- |" * (len(set_names) + 2)]
+    for m in methods:
+        cells = []
+        for s in set_names:
+            r = by[(m, s)]
+            cell = f"{r['mean']:.3f} ± {r['std']:.3f}"
+            if s != reference:
+                cell += f" (Δ {r['drop_from_reference']:+.3f})"
+            cells.append(cell)
+        lines.append(f"| {m} | {by[(m, set_names[0])]['paradigm']} | " + " | ".join(cells) + " |")
+    if test_rows:
+        lines += ["", "| test set | classical | learned | Δmean (learned − classical) | p Wilcoxon | p t-test |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for t in test_rows:
+            lines.append(f"| {t['test_set']} | {t['method_a']} | {t['method_b']} | {t['mean_diff']:+.4f} | "
+                         f"{t['p_wilcoxon']:.3g} | {t['p_ttest']:.3g} |")
+    return "\n".join(lines) + "\n"
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="domain_shift")
+def main(cfg: DictConfig) -> None:
+    run_domain_shift(cfg)
+
+
+if __name__ == "__main__":
+    main()

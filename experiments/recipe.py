@@ -1,0 +1,589 @@
+"""The paper's recipe as a tool: learned or classical registration for *your* data? (paper item 5)
+
+    python experiments/recipe.py --train mni --test mni
+    python experiments/recipe.py --train data/train_pairs.csv --test data/test_pairs.csv --curve results/mi_sweep/mi_fit.json
+    python experiments/recipe.py --train oasis --test ibsr18 --set train.data_dir=/data --set test.root=/data/IBSR18
+    python experiments/recipe.py --train none --test mni --need-fast --out results/recipe
+
+``--train`` / ``--test``: a data config name of ``configs/data/`` (composed with Hydra from
+``train.yaml``; ``--set train.KEY=VALUE`` / ``--set test.KEY=VALUE`` set ``data.KEY`` of that
+side, adding keys the YAML lacks, e.g. MNI's ``gamma``; ``SIDE.paths.KEY`` and the shorthand
+``SIDE.data_dir`` set ``paths.*``), or a path ending in ``.csv`` (a pairs CSV, columns
+``fixed,moving[,fixed_label,moving_label]``, read as ``PairsCSVDataModule(csv=PATH)``).
+``--train none``: no training set. The training side is the module's training split; a
+module without one (Klein sets, a CSV) gives its test pairs' images instead.
+
+What is measured (only ``--max-images`` images per side are read, default 8; the counts of
+images and of labelled images cover the whole set and come from the file lists; training
+augmentation is off; the files are not all validated: ``python -m data.check`` does that):
+
+1. label availability: distinct training images and how many have a label map
+   (``n_labelled``); whether the test images have label maps.
+2. MI(i; s) in bits (:func:`metrics.information.intensity_label_information`, 64 bins,
+   labelled voxels only), mean over the sampled images of each side that has labels.
+3. train/test shift:
+   * ``js``: Jensen–Shannon divergence in bits (0 .. 1) between the two sides' pooled
+     64-bin intensity histograms over [0, 1] (:func:`intensity_histogram`,
+     :func:`js_divergence`). Voxels counted: label > 0 when every sampled image of both
+     sides has labels, else intensity > 0 (skull-stripped / zero background).
+   * ``mi_diff`` = |MI_train - MI_test| (bits), when both sides have labels.
+   * ``shifted = js > --js-threshold or mi_diff > --mi-threshold``.
+
+   Default thresholds ``JS_THRESHOLD = 0.04`` and ``MI_THRESHOLD = 0.1`` bits, calibrated on
+   the MNI152 subjects (``mni`` for both sides, 8 training images; test seeds 0-8):
+
+   ============================================  ================  ===============
+   test side                                      js (bits)         mi_diff (bits)
+   ============================================  ================  ===============
+   same MNIDataModule (n_test 4, 9 seeds)         0.002 - 0.020     up to 0.054
+   same, n_test 2 (8 seeds)                       0.002 - 0.027     up to 0.086
+   ``gamma=1.0`` (5 seeds)                        0.047 - 0.37      < 0.05
+   ``bias=0.5`` (5 seeds)                         0.14 - 0.41       0.48 - 0.55
+   ``noise=0.05`` (5 seeds)                       0.003 - 0.023     0.11 - 0.18
+   contrast inverted (1 - x in the brain)         0.52              (same)
+   ============================================  ================  ===============
+
+   The thresholds sit above the worst same-distribution value (JS 1.5x, MI 1.2x with
+   2-image test sets; 2x with 4) and every changed setting trips at least one of them. Errors are meant to fall on the safe side: a false "shift" gives
+   classical, which the paper never finds badly wrong; a missed shift gives a network out
+   of domain (finding 4). JS on few images is noisy: see ``--max-images``.
+
+The rule (:func:`recommend`; paper item 5: "use a learned method only when a large labelled
+training set exists AND test data come from the same distribution; otherwise classical"):
+
+R1. no training set, or fewer than ``--min-labelled`` labelled training images -> ``classical``
+    (finding 2: unsupervised learned methods do not beat classical optimisers; without
+    enough labels there is no supervision, the only thing that made networks win). With test
+    labels and ``--curve``, the classical Dice expected from the test MI is reported.
+R2. enough labelled training images, shifted -> ``classical`` (finding 4: the gain of
+    supervision does not survive domain shift; classical methods rank first out of domain).
+R3. enough labelled training images, not shifted -> ``supervised learned`` (finding 3).
+R4. ``--need-fast`` (seconds matter more than the last Dice points) changes R1 only: with a
+    training set (any labels), not shifted -> ``unsupervised learned``. It is a speed choice:
+    the paper never sees it beat classical (finding 2), so expect classical-level Dice at
+    best. Shifted, or no training set -> still ``classical``.
+
+``--min-labelled`` default 20: the paper gives no minimum; supervision won with 364
+labelled OASIS subjects. Below 20 a set is as small as IBSR18 (18), CUMC12 (12) or MGH10
+(10), which the paper uses only as test sets, never to train; 20 is a floor, not a
+guarantee (raise it when you can).
+
+Bad input (unknown config name, missing CSV, ``--set`` without ``=``) ends with one
+``error: ...`` line and exit status 1 (:func:`experiments.runtime.guarded`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+
+from experiments.runtime import ConfigError  # noqa: E402
+
+__all__ = [
+    "CLASSICAL",
+    "SUPERVISED",
+    "UNSUPERVISED",
+    "Evidence",
+    "Recommendation",
+    "recommend",
+    "is_shifted",
+    "intensity_histogram",
+    "js_divergence",
+    "expected_classical_dice",
+    "main",
+]
+
+CLASSICAL = "classical"
+SUPERVISED = "supervised learned"
+UNSUPERVISED = "unsupervised learned"
+
+MIN_LABELLED = 20
+JS_THRESHOLD = 0.04  # bits
+MI_THRESHOLD = 0.1  # bits
+HIST_BINS = 64
+MI_BINS = 64
+MAX_IMAGES = 8
+_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+# ---------------------------------------------------------------------------------- the rule
+@dataclass
+class Evidence:
+    """What :func:`recommend` decides on (all MI / JS values in bits; None: not measured).
+
+    ``n_train_images``: distinct training images (0: no training set); ``n_labelled``: those
+    with a label map; ``test_labelled``: the test images have label maps; ``mi_train`` /
+    ``mi_test``: mean MI(i; s) over the sampled images; ``js``: train/test histogram JS
+    divergence; ``histogram_mask``: the voxels that JS counted.
+    """
+
+    n_train_images: int = 0
+    n_labelled: int = 0
+    test_labelled: bool = False
+    mi_train: float | None = None
+    mi_test: float | None = None
+    js: float | None = None
+    histogram_mask: str | None = None
+    n_test_images: int = 0
+    n_train_sampled: int = 0
+    n_test_sampled: int = 0
+
+    @property
+    def mi_diff(self) -> float | None:
+        """``|mi_train - mi_test|``, or None unless both are measured."""
+        if self.mi_train is None or self.mi_test is None:
+            return None
+        return abs(self.mi_train - self.mi_test)
+
+
+@dataclass
+class Recommendation:
+    """``method`` (one of :data:`CLASSICAL`, :data:`SUPERVISED`, :data:`UNSUPERVISED`), the ``rule``
+    that fired (R1-R4 of the module docstring), ``shifted`` (None: no training set to compare)
+    and one line per ``reasons``."""
+
+    method: str
+    rule: str
+    shifted: bool | None
+    reasons: list[str] = field(default_factory=list)
+
+
+def is_shifted(evidence: Evidence, js_threshold: float = JS_THRESHOLD, mi_threshold: float = MI_THRESHOLD) -> bool | None:
+    """``js > js_threshold or mi_diff > mi_threshold`` (unmeasured terms ignored); None if nothing measured."""
+    js, mi_diff = evidence.js, evidence.mi_diff
+    if js is None and mi_diff is None:
+        return None
+    return bool((js is not None and js > js_threshold) or (mi_diff is not None and mi_diff > mi_threshold))
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def recommend(
+    evidence: Evidence,
+    min_labelled: int = MIN_LABELLED,
+    js_threshold: float = JS_THRESHOLD,
+    mi_threshold: float = MI_THRESHOLD,
+    need_fast: bool = False,
+) -> Recommendation:
+    """The paper's recipe (rules R1-R4 of the module docstring) on measured ``evidence``."""
+    e = evidence
+    shifted = is_shifted(e, js_threshold, mi_threshold) if e.n_train_images > 0 else None
+    reasons: list[str] = []
+    if e.n_train_images == 0:
+        reasons.append("no training set: nothing to train a network on")
+    else:
+        reasons.append(
+            f"training set: {e.n_train_images} images, {e.n_labelled} with label maps "
+            f"({'>=' if e.n_labelled >= min_labelled else '<'} --min-labelled {min_labelled})"
+        )
+        parts = [f"JS = {_f(e.js, 4)} bits (threshold {js_threshold:g}, voxels {e.histogram_mask})"]
+        if e.mi_diff is not None:
+            parts.append(f"|MI_train - MI_test| = |{_f(e.mi_train)} - {_f(e.mi_test)}| = {_f(e.mi_diff)} bits "
+                         f"(threshold {mi_threshold:g})")
+        else:
+            parts.append("MI difference not measured (a side has no labels)")
+        reasons.append(f"train/test shift: {'yes' if shifted else 'no'}: " + "; ".join(parts))
+    enough = e.n_train_images > 0 and e.n_labelled >= min_labelled
+
+    if enough and shifted:
+        reasons.append("paper finding 4: the gain of label supervision does not survive domain shift; "
+                       "out of domain, classical methods (FireANTs, Greedy, ANTs) rank first")
+        if need_fast:
+            reasons.append("--need-fast ignored: any network trained on the shifted training set suffers the same shift")
+        return Recommendation(CLASSICAL, "R2", shifted, reasons)
+    if enough:
+        reasons.append("paper finding 3: with a Dice loss, learned methods beat every classical method "
+                       "in distribution (OASIS, p < 0.01)")
+        return Recommendation(SUPERVISED, "R3", shifted, reasons)
+    if need_fast and e.n_train_images > 0 and shifted is False:
+        reasons.append("--need-fast: an unsupervised network registers in one forward pass and the test data "
+                       "match the training data; paper finding 2: expect Dice no better than classical")
+        return Recommendation(UNSUPERVISED, "R4", shifted, reasons)
+    if e.n_train_images > 0:
+        reasons.append(f"too few labelled training images ({e.n_labelled} < {min_labelled}) for supervision")
+    reasons.append("paper finding 2: unsupervised learned methods do not beat classical optimisers (OASIS)")
+    if need_fast:
+        why = "no training set" if e.n_train_images == 0 else "train/test shift"
+        reasons.append(f"--need-fast ignored: {why}; a classical optimiser on a GPU takes ~1 s per pair")
+    if not e.test_labelled:
+        reasons.append("test set has no label maps: its MI (and expected classical Dice) cannot be measured")
+    return Recommendation(CLASSICAL, "R1", shifted, reasons)
+
+
+# ---------------------------------------------------------------------------- shift statistic
+def intensity_histogram(images: Sequence[Any], masks: Sequence[Any] | None = None, bins: int = HIST_BINS) -> np.ndarray:
+    """Pooled ``bins``-bin histogram over [0, 1] (counts, float64) of the masked voxels of ``images``.
+
+    ``masks``: one boolean array per image; None counts voxels with intensity > 0.
+    """
+    counts = np.zeros(int(bins), dtype=np.float64)
+    for k, image in enumerate(images):
+        x = np.asarray(image, dtype=np.float64).reshape(-1)
+        keep = x > 0 if masks is None else np.asarray(masks[k], dtype=bool).reshape(-1)
+        h, _ = np.histogram(np.clip(x[keep], 0.0, 1.0), bins=int(bins), range=(0.0, 1.0))
+        counts += h
+    return counts
+
+
+def js_divergence(p: Any, q: Any) -> float:
+    """Jensen–Shannon divergence in bits (0 .. 1) of two histograms (counts; normalised here)."""
+    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
+    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
+        raise ValueError(f"js_divergence() needs two non-empty histograms of one shape, got {p.shape} and {q.shape}")
+    p, q = p / p.sum(), q / q.sum()
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        nz = a > 0
+        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
+
+    return float(min(max(0.5 * kl(p) + 0.5 * kl(q), 0.0), 1.0))
+
+
+def expected_classical_dice(fit: Mapping[str, Any], mi: float) -> tuple[float | None, str | None]:
+    """Classical Dice expected at ``mi`` from an ``mi_fit.json`` (log model) and a warning or None."""
+    from experiments.mi_analysis import predict_dice
+
+    line = fit.get("log") or {}
+    if not all(isinstance(line.get(k), (int, float)) and math.isfinite(line[k]) for k in ("slope", "intercept")):
+        return None, "the curve's log fit is undefined (too few pairs or constant values); no Dice prediction"
+    dice = predict_dice(fit, mi, "log")
+    lo, hi = (list(fit.get("mi_range") or [float("nan")] * 2) + [float("nan")] * 2)[:2]
+    if not (lo <= mi <= hi):
+        return dice, f"test MI {mi:.3f} bits lies outside the curve's MI range [{lo:.3f}, {hi:.3f}]: extrapolated"
+    return dice, None
+
+
+# ------------------------------------------------------------------------------ data sides
+@dataclass
+class Side:
+    """One side's measurements: counts over the whole set, the sampled images, MI per image."""
+
+    source: str
+    n_images: int = 0
+    n_labelled: int = 0
+    images: list = field(default_factory=list, repr=False)
+    labels: list = field(default_factory=list, repr=False)
+    ids: list = field(default_factory=list)
+    mi: dict = field(default_factory=dict)
+    note: str | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return bool(self.images) and all(lab is not None for lab in self.labels)
+
+    @property
+    def mi_mean(self) -> float | None:
+        return float(np.mean(list(self.mi.values()))) if self.mi else None
+
+
+def _parse_sets(items: Sequence[str]) -> dict[str, list[str]]:
+    """``["train.KEY=V", ...]`` -> Hydra overrides per side (``++data.KEY=V`` / ``paths.KEY=V``)."""
+    out: dict[str, list[str]] = {"train": [], "test": []}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected SIDE.KEY=VALUE with SIDE train or test (no '=' found)")
+        key, value = item.split("=", 1)
+        side, _, sub = key.partition(".")
+        if side not in out or not sub:
+            raise ConfigError(f"--set {item!r}: the key must start with 'train.' or 'test.', e.g. test.gamma=0.5")
+        if sub == "data_dir":
+            out[side].append(f"paths.data_dir={value}")
+        elif sub.startswith("paths."):
+            out[side].append(f"{sub}={value}")
+        else:
+            out[side].append(f"++data.{sub}={value}")
+    return out
+
+
+def _datamodule(source: str, overrides: Sequence[str], flag: str):
+    """Instantiate the DataModule of a config name or a pairs CSV (not validated: see module docstring)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from data.io import DataError
+    from experiments.runtime import build
+
+    is_csv = source.lower().endswith(".csv")
+    if is_csv:
+        path = Path(os.path.expanduser(source))
+        if not path.is_file():
+            raise DataError(f"{flag}: pairs CSV not found: {path}")
+        name = "pairs_csv"
+    else:
+        name = source
+        if not (_CONFIGS / "data" / f"{name}.yaml").is_file():
+            known = ", ".join(sorted(p.stem for p in (_CONFIGS / "data").glob("*.yaml")))
+            raise ConfigError(f"{flag}: unknown data config {name!r} (a name in configs/data: {known}; "
+                              f"or a path ending in .csv; or none for --train)")
+    try:
+        with initialize_config_dir(config_dir=str(_CONFIGS), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=[f"data={name}", *overrides])
+        if is_csv:
+            cfg.data.csv = str(path.resolve())
+        return build(cfg.data, "data")
+    except (ConfigError, HydraException, OmegaConfBaseException) as exc:  # name the side at fault
+        raise ConfigError(f"{flag} {source}: {' '.join(str(exc).split())}") from None
+
+
+def _pair_keys(dataset) -> list[tuple[Any, Any]] | None:
+    """Image keys ``(fixed, moving)`` of every pair, from the file lists (no image loaded); None if unknown."""
+    if hasattr(dataset, "pairs"):
+        return [(getattr(a, "id", a), getattr(b, "id", b)) for a, b in dataset.pairs]
+    if hasattr(dataset, "rows"):
+        return [(str(r["fixed"]), str(r["moving"])) for r in dataset.rows]
+    return None
+
+
+def _count_labelled(dataset, keys: Sequence[Any]) -> int:
+    """How many of the distinct images ``keys`` have a label map, from the file lists."""
+    if not getattr(dataset, "with_labels", getattr(dataset, "has_labels", True)):
+        return 0
+    if hasattr(dataset, "pairs") and dataset.pairs and hasattr(dataset.pairs[0][0], "label"):
+        refs = {r.id: r for pair in dataset.pairs for r in pair}
+        return sum(refs[k].label is not None for k in keys)
+    return len(keys)
+
+
+def _sample(dataset, max_images: int, side: Side) -> None:
+    """Fill ``side`` with up to ``max_images`` distinct images (pairs with two new images first)."""
+    keys = _pair_keys(dataset)
+    plan: dict[int, list[str]] = {}
+    if keys is not None:
+        distinct = list(dict.fromkeys(k for pair in keys for k in pair))
+        side.n_images = len(distinct)
+        side.n_labelled = _count_labelled(dataset, distinct)
+        taken: set = set()
+        for both in (True, False):  # first pairs that bring two new images, then one
+            for index, (a, b) in enumerate(keys):
+                if len(taken) >= max_images:
+                    break
+                new = [(s, k) for s, k in (("fixed", a), ("moving", b)) if k not in taken][: 1 if a == b else 2]
+                if not new or (both and len(new) < 2):
+                    continue
+                for s, k in new[: max_images - len(taken)]:
+                    taken.add(k)
+                    plan.setdefault(index, []).append(s)
+    else:  # unknown dataset type: load pairs in order
+        plan = {i: ["fixed", "moving"] for i in range(len(dataset))}
+    seen: set[str] = set()
+    for index in sorted(plan):
+        if len(seen) >= max_images:
+            break
+        item = dataset[index]
+        for s in plan[index]:
+            image_id = str(item[f"{s}_id"])
+            if image_id in seen or len(seen) >= max_images:
+                continue  # (unknown dataset types: ids are only known once loaded)
+            seen.add(image_id)
+            side.ids.append(image_id)
+            side.images.append(item[s].detach().cpu().float().numpy())
+            lab = item.get(f"{s}_label")
+            side.labels.append(None if lab is None else lab.detach().cpu())
+    if keys is None:
+        side.n_images = len(side.ids)
+        side.n_labelled = sum(lab is not None for lab in side.labels)
+
+
+def measure_side(source: str, overrides: Sequence[str], flag: str, train: bool, max_images: int) -> Side:
+    """Build the side's DataModule, sample its images and measure MI where labels exist."""
+    import torch
+
+    from data.io import DataError
+    from metrics.information import intensity_label_information
+
+    side = Side(source=source)
+    dm = _datamodule(source, overrides, flag)
+    dataset = None
+    if train and not source.lower().endswith(".csv"):
+        try:
+            dataset = dm.train_dataloader().dataset
+        except DataError as exc:
+            side.note = f"no training split ({exc}); its test pairs' images are used"
+    if dataset is None:
+        dataset = dm.test_dataloader().dataset
+    if getattr(dataset, "augment", None) is not None:
+        dataset.augment = None  # intensities as stored: augmentation is random
+    _sample(dataset, max_images, side)
+    if not side.images:
+        raise DataError(f"{flag} {source}: no images")
+    for image_id, image, lab in zip(side.ids, side.images, side.labels):
+        if lab is None:
+            continue
+        try:
+            side.mi[image_id] = intensity_label_information(torch.from_numpy(image), lab, bins=MI_BINS,
+                                                            mask="foreground").mi
+        except ValueError as exc:
+            raise DataError(f"{flag} image {image_id}: {exc}") from exc
+    return side
+
+
+def shift_statistic(train: Side, test: Side) -> tuple[float, str]:
+    """JS divergence (bits) of the two sides' pooled histograms and the voxels it counted."""
+    from data.io import DataError
+
+    use_labels = train.labelled and test.labelled
+    mask_name = "label>0" if use_labels else "intensity>0"
+    hists = []
+    for s in (train, test):
+        masks = [lab.numpy() > 0 for lab in s.labels] if use_labels else None
+        h = intensity_histogram(s.images, masks, HIST_BINS)
+        if h.sum() == 0:
+            raise DataError(f"{s.source}: no voxel with {mask_name} in the sampled images")
+        hists.append(h)
+    return js_divergence(*hists), mask_name
+
+
+# ------------------------------------------------------------------------------------ CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 1 (argparse's default is usage + exit 2)
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="recipe.py", description="Learned or classical registration? The paper's recipe "
+                "(see the module docstring for the rule and the statistics).")
+    p.add_argument("--train", required=True, help="data config name, pairs CSV (.csv) or 'none'")
+    p.add_argument("--test", required=True, help="data config name or pairs CSV (.csv)")
+    p.add_argument("--set", action="append", default=[], metavar="SIDE.KEY=VALUE",
+                   help="data override for train or test, e.g. test.gamma=0.5 (repeatable)")
+    p.add_argument("--max-images", type=int, default=MAX_IMAGES, help="images read per side (default 8)")
+    p.add_argument("--min-labelled", type=int, default=MIN_LABELLED,
+                   help="labelled training images needed for supervision (default 20)")
+    p.add_argument("--js-threshold", type=float, default=JS_THRESHOLD, help="JS shift threshold, bits (0.04)")
+    p.add_argument("--mi-threshold", type=float, default=MI_THRESHOLD, help="MI difference threshold, bits (0.1)")
+    p.add_argument("--need-fast", action="store_true", help="registration speed matters (allows unsupervised)")
+    p.add_argument("--curve", default=None, help="mi_fit.json of mi_sweep.py / mi_analysis.py (expected Dice)")
+    p.add_argument("--out", default=None, help="folder for recipe.json")
+    return p
+
+
+def _load_curve(path: str) -> dict[str, Any]:
+    p = Path(os.path.expanduser(path))
+    if not p.is_file():
+        raise ConfigError(f"--curve: no such file: {p}")
+    try:
+        fit = json.loads(p.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--curve: {p} is not readable JSON ({exc})") from exc
+    if not isinstance(fit, dict) or "log" not in fit or "mi_range" not in fit:
+        raise ConfigError(f"--curve: {p} is not an mi_fit.json (needs keys 'log' and 'mi_range')")
+    return fit
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure, decide, print; returns the report (also written to ``--out/recipe.json``)."""
+    from metrics.results import atomic_write_text
+
+    if args.max_images < 1:
+        raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
+    if args.test.lower() == "none":
+        raise ConfigError("--test: a test set is required (a config name or a pairs CSV)")
+    overrides = _parse_sets(args.set)
+    no_train = args.train.lower() == "none"
+    if no_train and overrides["train"]:
+        raise ConfigError("--set train.*: given with --train none")
+    fit = _load_curve(args.curve) if args.curve else None
+
+    train = None if no_train else measure_side(args.train, overrides["train"], "--train", True, args.max_images)
+    test = measure_side(args.test, overrides["test"], "--test", False, args.max_images)
+    js, mask_name = shift_statistic(train, test) if train is not None else (None, None)
+    evidence = Evidence(
+        n_train_images=0 if train is None else train.n_images,
+        n_labelled=0 if train is None else train.n_labelled,
+        test_labelled=test.labelled,
+        mi_train=None if train is None else train.mi_mean,
+        mi_test=test.mi_mean,
+        js=js,
+        histogram_mask=mask_name,
+        n_test_images=test.n_images,
+        n_train_sampled=0 if train is None else len(train.ids),
+        n_test_sampled=len(test.ids),
+    )
+    rec = recommend(evidence, args.min_labelled, args.js_threshold, args.mi_threshold, args.need_fast)
+    warnings: list[str] = []
+    dice = None
+    if fit is not None:
+        if evidence.mi_test is None:
+            warnings.append("--curve given but the test set has no labels: no MI, no Dice prediction")
+        else:
+            dice, warning = expected_classical_dice(fit, evidence.mi_test)
+            if warning:
+                warnings.append(warning)
+            opts = fit.get("options") or {}
+            if opts.get("bins", MI_BINS) != MI_BINS or opts.get("mask", "foreground") != "foreground":
+                warnings.append(f"the curve's MI options {opts} differ from this tool's (bins {MI_BINS}, "
+                                "mask foreground): the prediction is approximate")
+    if train is not None and set(train.ids) & set(test.ids):
+        shared = sorted(set(train.ids) & set(test.ids))
+        warnings.append(f"sampled test images also in the training set: {', '.join(shared[:5])}"
+                        + (" ..." if len(shared) > 5 else "") + " (the same subjects on both sides)")
+    for s in (train, test):
+        if s is not None and s.note:
+            warnings.append(f"{s.source}: {s.note}")
+
+    lines = []
+    for name, s in (("train", train), ("test", test)):
+        if s is None:
+            lines.append(f"{name}: none")
+            continue
+        lines.append(f"{name}: {s.source}: {s.n_images} images, {s.n_labelled} labelled; sampled {len(s.ids)}; "
+                     f"MI(i; s) = {_f(s.mi_mean)} bits" + ("" if s.mi else " (no labels)"))
+    lines.append(f"recommendation: {rec.method} (rule {rec.rule})")
+    lines += [f"  - {r}" for r in rec.reasons]
+    if dice is not None:
+        lines.append(f"expected classical Dice at test MI {evidence.mi_test:.3f} bits: {dice:.3f} (curve {args.curve})")
+    lines += [f"warning: {w}" for w in warnings]
+    print("\n".join(lines))
+    sys.stdout.flush()
+
+    report = {
+        "recommendation": rec.method,
+        "rule": rec.rule,
+        "shifted": rec.shifted,
+        "reasons": rec.reasons,
+        "evidence": {**asdict(evidence), "mi_diff": evidence.mi_diff},
+        "train": None if train is None else _side_dict(train),
+        "test": _side_dict(test),
+        "expected_classical_dice": dice,
+        "warnings": warnings,
+        "options": {k: getattr(args, k) for k in ("train", "test", "set", "max_images", "min_labelled",
+                                                  "js_threshold", "mi_threshold", "need_fast", "curve")}
+        | {"hist_bins": HIST_BINS, "mi_bins": MI_BINS, "mi_mask": "foreground"},
+    }
+    if args.out:
+        path = Path(os.path.expanduser(args.out)) / "recipe.json"
+        atomic_write_text(path, json.dumps(report, indent=2) + "\n")
+        print(f"results: {path.resolve()}")
+    return report
+
+
+def _side_dict(s: Side) -> dict[str, Any]:
+    return {"source": s.source, "n_images": s.n_images, "n_labelled": s.n_labelled, "sampled": list(s.ids),
+            "labelled": s.labelled, "mi_mean": s.mi_mean, "mi": dict(s.mi), "note": s.note}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Command line entry point (bad input: one ``error:`` line, exit 1)."""
+    from experiments.runtime import guarded
+
+    args = _parser().parse_args(argv)
+    return guarded(run)(args)
+
+
+if __name__ == "__main__":
+    main()

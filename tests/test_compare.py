@@ -1,0 +1,210 @@
+"""experiments/compare.py: loading, alignment, statistics against scipy, writers, command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from data.io import DataError
+from experiments import compare as cmp
+from experiments.runtime import ConfigError
+from metrics.results import PAIR_COLUMNS
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = str(ROOT / "experiments" / "compare.py")
+
+
+def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd95: dict | None = None) -> Path:
+    """A results folder: pairs.csv (contract columns) + summary.json; ``dice``: (fixed, moving) -> value."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "pairs.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
+        w.writeheader()
+        for (f, m), d in dice.items():
+            w.writerow({"fixed_id": f, "moving_id": m, "method": method, "dice": d,
+                        "hd95": (hd95 or {}).get((f, m), 2.0), "sdlogj": 0.1, "sdlogj_l2r": 0.03,
+                        "folding_pct": 0.0, "seconds": 1.5, "dice_identity": 0.6})
+    summary = {"method": method, "n_pairs": len(dice)}
+    if paradigm is not None:
+        summary["paradigm"] = paradigm
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+PAIRS = [(f"s{k:02d}", f"s{k + 1:02d}") for k in range(12)]
+RNG = np.random.default_rng(0)
+TABLE = {  # fixed table: (12 pairs, 3 methods)
+    "greedy": 0.78 + 0.02 * RNG.standard_normal(12),
+    "vxm": 0.80 + 0.02 * RNG.standard_normal(12),
+    "tm": 0.79 + 0.03 * RNG.standard_normal(12),
+}
+PARADIGM = {"greedy": "classical", "vxm": "supervised", "tm": "unsupervised"}
+
+
+@pytest.fixture
+def three(tmp_path):
+    return {n: fake_results(tmp_path / n, n, PARADIGM[n], dict(zip(PAIRS, v.tolist())),
+                            hd95=dict(zip(PAIRS, (3.0 - v).tolist()))) for n, v in TABLE.items()}
+
+
+def test_load_results(three, tmp_path):
+    r = cmp.load_results(three["vxm"])
+    assert r.name == "vxm" and r.paradigm == "supervised" and len(r.rows) == 12
+    assert r.rows[PAIRS[3]]["dice"] == pytest.approx(TABLE["vxm"][3])
+    assert cmp.load_results(three["vxm"], name="x", paradigm="hybrid").paradigm == "hybrid"
+    # no paradigm in summary.json (older folder): unknown; a train.py run folder is read from test/
+    old = fake_results(tmp_path / "run" / "test", "old", None, {PAIRS[0]: 0.5})
+    r = cmp.load_results(tmp_path / "run")
+    assert r.paradigm == "unknown" and r.source == old
+
+
+def test_pvalues_equal_scipy(three):
+    results = [cmp.load_results(three[n]) for n in TABLE]
+    comp = cmp.compare(results, "dice")
+    assert comp.values.shape == (12, 3) and comp.pairs == sorted(PAIRS)
+    tests = {(t["method_a"], t["method_b"]): t for t in comp.tests}
+    assert set(tests) == {("greedy", "vxm"), ("greedy", "tm")}
+    for (a, b), t in tests.items():
+        assert t["p_wilcoxon"] == pytest.approx(stats.wilcoxon(TABLE[b], TABLE[a]).pvalue, rel=1e-12)
+        assert t["p_ttest"] == pytest.approx(stats.ttest_rel(TABLE[b], TABLE[a]).pvalue, rel=1e-12)
+        assert t["mean_diff"] == pytest.approx((TABLE[b] - TABLE[a]).mean())
+        assert t["better"] == (b if t["mean_diff"] > 0 else a)
+    table = {r["method"]: r for r in comp.table}
+    assert table["tm"]["mean"] == pytest.approx(TABLE["tm"].mean())
+    assert table["tm"]["std"] == pytest.approx(TABLE["tm"].std(ddof=1))
+    assert table["tm"]["median"] == pytest.approx(np.median(TABLE["tm"]))
+    assert len(cmp.paired_tests(results, "dice", pairs="all")) == 3
+    # lower is better for hd95 (here 3 - dice): the same method wins, the difference flips sign
+    hd = {(t["method_a"], t["method_b"]): t for t in cmp.paired_tests(results, "hd95")}
+    for key, t in tests.items():
+        assert hd[key]["better"] == t["better"] and hd[key]["mean_diff"] == pytest.approx(-t["mean_diff"])
+
+
+def test_align_drops_non_common_pairs(tmp_path):
+    a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", {p: 0.7 for p in PAIRS[:5]}))
+    b = cmp.load_results(fake_results(tmp_path / "b", "b", "supervised", {p: 0.8 for p in PAIRS[2:8]}))
+    with pytest.warns(cmp.CompareWarning) as rec:
+        pairs, values = cmp.align([a, b])
+    assert pairs == PAIRS[2:5] and values.shape == (3, 2)
+    msgs = " ".join(str(w.message) for w in rec)
+    assert "a: 2 of 5 pairs" in msgs and "b: 3 of 6 pairs" in msgs
+    # a non-finite metric in one method drops that pair for everyone
+    c = cmp.load_results(fake_results(tmp_path / "c", "c", "classical", {p: 0.7 for p in PAIRS[2:5]},
+                                      hd95={PAIRS[3]: float("nan")}))
+    with pytest.warns(cmp.CompareWarning) as rec:
+        pairs, _ = cmp.align([a, b, c], "hd95")
+    assert any("NaN/inf for 1 of 3" in str(w.message) for w in rec)
+    assert pairs == [PAIRS[2], PAIRS[4]]
+
+
+def test_zero_differences_give_p_one(tmp_path):
+    same = {p: 0.75 + 0.01 * k for k, p in enumerate(PAIRS)}
+    a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", same))
+    b = cmp.load_results(fake_results(tmp_path / "b", "b", "unsupervised", same))
+    (t,) = cmp.paired_tests([a, b])
+    assert t["p_wilcoxon"] == 1.0 and t["p_ttest"] == 1.0 and t["mean_diff"] == 0.0
+    assert t["better"] == "tie" and "zero" in t["note"]
+
+
+def test_bad_input_one_clear_error(tmp_path, three):
+    with pytest.raises(DataError, match="pairs.csv"):
+        cmp.load_results(tmp_path / "nowhere")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(DataError, match=r"empty_dir/pairs\.csv"):
+        cmp.load_results(tmp_path / "empty_dir")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "pairs.csv").write_text("fixed_id,moving_id,dice\na,b,0.5\n")
+    with pytest.raises(DataError, match=r"bad/pairs\.csv: missing column\(s\) method,hd95"):
+        cmp.load_results(bad)
+    (bad / "pairs.csv").write_text(",".join(PAIR_COLUMNS) + "\na,b,m,oops,1,1,1,1,1,1\n")
+    with pytest.raises(DataError, match="line 2, column dice"):
+        cmp.load_results(bad)
+    a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", {PAIRS[0]: 0.7}))
+    b = cmp.load_results(fake_results(tmp_path / "b", "b", "supervised", {PAIRS[1]: 0.8}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", cmp.CompareWarning)
+        with pytest.raises(DataError, match="no pair is common to all methods"):
+            cmp.align([a, b])
+    results = [cmp.load_results(three["greedy"]), cmp.load_results(three["vxm"])]
+    for fn in (cmp.align, cmp.summary_table, cmp.paired_tests, cmp.compare):
+        with pytest.raises(ConfigError, match="metric: unknown metric 'jaccard'"):
+            fn(results, "jaccard")
+    with pytest.raises(ConfigError, match="tests: unknown value"):
+        cmp.paired_tests(results, pairs="some")
+
+
+def test_writers(three, tmp_path):
+    comp = cmp.compare([cmp.load_results(three[n]) for n in TABLE], "dice")
+    paths = cmp.write_comparison(tmp_path / "out", comp)
+    rows = list(csv.DictReader(open(paths["csv"])))
+    assert [r["method"] for r in rows] == list(TABLE)
+    greedy = rows[0]
+    assert float(greedy["p_wilcoxon_vs_vxm"]) == pytest.approx(stats.wilcoxon(TABLE["vxm"], TABLE["greedy"]).pvalue)
+    assert greedy["p_ttest_vs_tm"] != "" and rows[1]["p_ttest_vs_tm"] == ""  # vxm vs tm not tested
+    assert len(list(csv.DictReader(open(paths["tests"])))) == 2
+    md = paths["md"].read_text()
+    assert "| greedy | classical | 12 |" in md and "| classical | learned | Δmean |" in md
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".tmp")]
+
+
+def _run(args, timeout=120):
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+def _methods(spec: dict) -> str:
+    inner = ", ".join(f"{name}: {value}" for name, value in spec.items())
+    return f"methods={{{inner}}}"
+
+
+def test_cli_results_folders(three, tmp_path):
+    out = tmp_path / "cmp"
+    r = _run([_methods({n: f"{{results: '{p}'}}" for n, p in three.items()}), f"paths.output_dir={out}",
+              f"hydra.run.dir={tmp_path / 'hydra'}", "paradigm={tm: hybrid}"])
+    assert r.returncode == 0, r.stderr
+    for f in ("comparison.csv", "comparison.md", "comparison.png", "tests.csv"):
+        assert (out / f).is_file(), f
+    assert "| tm | hybrid | 12 |" in r.stdout
+    # bad input through the command line: one error line naming the folder, exit 1
+    r = _run([_methods({"greedy": f"{{results: '{three['greedy']}'}}", "x": f"{{results: '{tmp_path / 'nope'}'}}"}),
+              f"paths.output_dir={tmp_path / 'cmp2'}", f"hydra.run.dir={tmp_path / 'hydra'}"])
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
+
+
+def test_cli_runs_eval_subprocesses(tmp_path):
+    """Two methods given as eval.py overrides: run in subprocesses, then resumed without running."""
+    data = "'data=mni', 'data.shape=[64,64,64]', 'data.n_train=2', 'data.n_val=0', 'data.n_test=3', " \
+           "'trainer.accelerator=cpu', 'trainer.enable_progress_bar=false'"
+    methods = _methods({"identity": f"{{eval: ['model=identity', {data}]}}",
+                        "identity2": f"{{eval: ['model=identity', {data}]}}"})
+    out = tmp_path / "cmp"
+    args = [methods, "tests=all", f"paths.output_dir={out}", f"hydra.run.dir={tmp_path / 'hydra'}"]
+    r = _run(args, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name in ("identity", "identity2"):
+        s = json.loads((out / "runs" / name / "summary.json").read_text())
+        assert s["n_pairs"] == 2 and s["paradigm"] == "identity"
+    tests = list(csv.DictReader(open(out / "tests.csv")))
+    assert len(tests) == 1 and float(tests[0]["p_wilcoxon"]) == 1.0  # same method twice: all zero
+    # rerun with a third, failing method: the two finished runs are not run again (resume), the
+    # failing one ends the command with one error naming the method
+    methods = methods[:-1] + ", broken: {eval: ['model=identity', 'data=pairs_csv', " \
+        "'data.csv=/nonexistent/p.csv', 'data.train_csv=null']}}"
+    r = _run([methods, *args[1:]])
+    assert r.stdout.count("not run again") == 2, r.stdout[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and lines[-1].startswith("error: methods.broken: eval.py failed"), r.stderr[-2000:]
+    assert "p.csv" in lines[-1] and (out / "runs" / "broken.log").is_file()

@@ -1,0 +1,77 @@
+"""experiments/domain_shift.py: train once, evaluate every method on every test set, tables."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from experiments.domain_shift import find_checkpoint
+from experiments.runtime import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["data=mni", "data.shape=[64,64,64]", "data.n_train=2", "data.n_val=2", "data.n_test=3",
+         "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"]
+
+
+def _list(overrides: list[str]) -> str:
+    """A Hydra command-line list of overrides (each quoted: they contain '=')."""
+    return "[" + ", ".join(repr(o) for o in overrides) + "]"
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "domain_shift.py"), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_find_checkpoint(tmp_path):
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        find_checkpoint(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_text("x")
+    assert find_checkpoint(tmp_path).name == "last.ckpt"
+    (tmp_path / "checkpoints" / "epoch_003.ckpt").write_text("x")
+    assert find_checkpoint(tmp_path).name == "epoch_003.ckpt"
+
+
+def test_domain_shift_end_to_end(tmp_path):
+    out = tmp_path / "ds"
+    args = [
+        "methods={identity: {eval: " + _list(["model=identity"]) + "}, vxm: {train: "
+        + _list(["model=voxelmorph", "trainer.max_epochs=1", "data.pairs_per_epoch=2", "logger=csv"]) + "}}",
+        "train_common=" + _list(SMALL),
+        "eval_common=" + _list(SMALL),
+        "test_sets={in_domain: [], inverted: " + _list(["data.contrast=inverted"]) + "}",
+        f"paths.output_dir={out}",
+    ]
+    proc = _run(*args)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-3000:]
+    for name in ("domain_shift.csv", "domain_shift.md", "tests.csv", "domain_shift.png",
+                 "runs/vxm/inverted/pairs.csv", "runs/identity/in_domain/pairs.csv"):
+        assert (out / name).is_file(), name
+    rows = list(csv.DictReader(open(out / "domain_shift.csv")))
+    assert {(r["method"], r["test_set"]) for r in rows} == {
+        (m, s) for m in ("identity", "vxm") for s in ("in_domain", "inverted")}
+    assert all(int(r["n"]) == 2 for r in rows)
+    vxm = {r["test_set"]: r for r in rows if r["method"] == "vxm"}
+    assert vxm["in_domain"]["paradigm"] == "unsupervised" and float(vxm["in_domain"]["drop_from_reference"]) == 0.0
+    # identity does not depend on intensities: the same Dice on both test sets
+    ident = {r["test_set"]: float(r["mean"]) for r in rows if r["method"] == "identity"}
+    assert ident["in_domain"] == pytest.approx(ident["inverted"])
+    again = _run(*args)  # resume: nothing is trained or evaluated again
+    assert again.returncode == 0 and again.stdout.count("not run again") == 5
+
+
+def test_domain_shift_bad_config(tmp_path):
+    ident = "{eval: " + _list(["model=identity"]) + "}"
+    proc = _run("methods={a: " + ident + ", b: {ckpt: /nowhere.ckpt}}",
+                "test_sets={x: [], y: []}", f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 1 and "methods.b.ckpt: no checkpoint file at '/nowhere.ckpt'" in proc.stderr
+    proc = _run("methods={a: " + ident + ", b: " + ident + "}", "test_sets={x: []}",
+                f"paths.output_dir={tmp_path}")
+    assert proc.returncode == 1 and "test_sets: give at least two" in proc.stderr
