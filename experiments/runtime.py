@@ -201,6 +201,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     model.results = writer
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+        trainer.strategy.barrier("results")  # DDP: every rank's pairs are written before rank 0 gathers
     finally:
         model.results = None
     if trainer.is_global_zero:

@@ -306,7 +306,7 @@ class RegistrationModule(L.LightningModule):
                 "dice_identity": res["dice_identity"],
             }
             for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity"):
-                self.log(f"test/{k}", float(row[k]) if row[k] is not None else float("nan"), batch_size=1)
+                self.log(f"test/{k}", float(row[k]) if row[k] is not None else float("nan"), batch_size=1, sync_dist=True)
             if self.results is not None:
                 if self.results.save_outputs:
                     self._save_outputs(batch, i, u, res["moved_label"], fixed_id, moving_id)
