@@ -19,13 +19,14 @@ sys.path.insert(0, _ROOT)
 os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from experiments.runtime import (  # noqa: E402
     build_datamodule,
     build_model,
     build_trainer,
     check_entry,
+    finish_loggers,
     guarded,
     run_test,
 )
@@ -40,26 +41,21 @@ def train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     model = build_model(cfg)
     trainer = build_trainer(cfg)
-    if cfg.train:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     summary: dict = {}
-    if cfg.test:
-        ckpt = None
-        if cfg.train and trainer.checkpoint_callback is not None:
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-            ckpt = best or None
-        out_dir = os.path.join(cfg.paths.output_dir, "test")
-        summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs,
-                           ckpt_path=ckpt if ckpt else None)
-    _finish_loggers(trainer)
+    try:
+        for logger in trainer.loggers:  # the resolved config: what the dashboard groups and filters by
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.train:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        if cfg.test:
+            ckpt = None
+            if cfg.train and trainer.checkpoint_callback is not None:
+                ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            out_dir = os.path.join(cfg.paths.output_dir, "test")
+            summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs, ckpt_path=ckpt)
+    finally:
+        finish_loggers(trainer)
     return summary
-
-
-def _finish_loggers(trainer) -> None:
-    for logger in trainer.loggers:
-        experiment_finish = getattr(getattr(logger, "experiment", None), "finish", None)
-        if type(logger).__name__ == "WandbLogger" and callable(experiment_finish):
-            experiment_finish()
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")

@@ -408,8 +408,8 @@ class DatasetDataModule(L.LightningDataModule):
         """The full data check, run before any result is written; raises DataError on the first problem.
 
         Every volume of the train/val/test sets is loaded once and checked (readable, 3-D,
-        finite, non-constant image, whole non-negative labels with the image's shape and
-        spacing). With ``cache_dir`` it is also preprocessed into the cache (a later run
+        finite, non-constant image, whole non-negative labels, not all zero, with the image's
+        shape and spacing). With ``cache_dir`` it is also preprocessed into the cache (a later run
         trusts cache entries whose source files are unchanged). Then: ``labels_subset`` ids
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """

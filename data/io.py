@@ -193,7 +193,9 @@ def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
     Raises:
         DataError: missing, unreadable, corrupt or truncated file; not 3-D (a trailing
             singleton 4th dimension is squeezed); NaN or infinite voxels; for labels,
-            non-integer or negative values. The message names ``path``.
+            non-integer or negative values, or no foreground voxel at all (an all-zero map: every
+            label map is used for Dice, which is undefined without foreground). The message
+            names ``path``.
     """
     if kind not in _KINDS:
         raise ValueError(f"load_volume() 'kind' must be one of {_KINDS}, got {kind!r}")
@@ -219,6 +221,9 @@ def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
             raise DataError(f"{path}: expected finite voxel values, found {n_nan} NaN and {n_inf} inf voxels")
     if kind == "label":
         data = _as_labels(path, data)
+        if not data.any():
+            raise DataError(f"{path}: label map is empty (every voxel is 0); expected at least one foreground "
+                            "label (Dice is undefined on an empty label map)")
     else:
         data = np.ascontiguousarray(data, dtype=np.float32)
     return Volume(array=data, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64))
@@ -347,18 +352,23 @@ def save_nifti_atomic(
     if description is not None:
         img.header["descrip"] = description.encode("ascii", "replace")[:80]
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
+        os.close(fd)
         img.to_filename(tmp)
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+    except BaseException as exc:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+        if isinstance(exc, OSError):  # name the target, not the temporary file
+            reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+            raise OSError(exc.errno, f"cannot write ({reason})", str(path)) from exc
         raise
     return path
 

@@ -15,8 +15,8 @@ Validation happens in two steps so that a run never stops half-way with partial 
   3-D, fixed and moving share shape and spacing (within ``1e-3`` mm), each label map has its
   image's shape;
 * :meth:`PairsCSVDataset.validate` loads each distinct file once and checks the voxels
-  (NaN/inf, whole non-negative labels, a non-constant image, the [0, 1] range when
-  ``normalize=False``). ``check="full"`` (the default) runs it in the constructor.
+  (NaN/inf, whole non-negative labels with some foreground, a non-constant image, the [0, 1]
+  range when ``normalize=False``). ``check="full"`` (the default) runs it in the constructor.
 """
 
 from __future__ import annotations
@@ -159,8 +159,9 @@ class PairsCSVDataset(Dataset):
     def validate(self) -> None:
         """Load every distinct file once and check voxel values; raise DataError on the first problem.
 
-        Checks, beyond the header checks of construction: finite voxels; labels whole and
-        non-negative; images not constant; with ``normalize=False`` images within [0, 1].
+        Checks, beyond the header checks of construction: finite voxels; labels whole,
+        non-negative and not all zero; images not constant; with ``normalize=False`` images
+        within [0, 1].
         Also records the largest label (:attr:`num_labels`). Run it before writing any result.
         """
         max_label = -1

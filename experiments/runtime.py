@@ -29,6 +29,7 @@ __all__ = [
     "log_analysis",
     "check_entry",
     "save_figure",
+    "finish_loggers",
 ]
 
 # which script runs a config: experiment files for the analysis scripts set `entry`
@@ -54,34 +55,118 @@ def _root_cause(exc: BaseException) -> BaseException:
     return exc
 
 
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its ``__cause__`` chain, outermost first."""
+    out: list[BaseException] = []
+    while exc is not None and all(e is not exc for e in out):
+        out.append(exc)
+        exc = exc.__cause__
+    return out
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def _is_path_error(exc: BaseException) -> bool:
+    """An ``OSError`` about a named path (permission denied, disk full, read-only file system...)."""
+    return isinstance(exc, OSError) and getattr(exc, "filename", None) is not None
+
+
+def _path_error_line(exc: OSError) -> str:
+    if not exc.strerror:
+        return _one_line(exc)
+    where = str(exc.filename) + (f" -> {exc.filename2}" if getattr(exc, "filename2", None) else "")
+    return _one_line(f"{where}: {exc.strerror}")
+
+
+def _user_error_line(exc: BaseException) -> str | None:
+    """The one line that reports an expected user error, or None for a bug (keeps its traceback).
+
+    The outermost :class:`data.io.DataError` / :class:`ConfigError` of the cause chain is reported
+    (it names the file, CSV row or config key; inner causes are quoted inside it); else the
+    outermost ``OSError`` naming a path (``PATH: strerror``); else the root cause of a Hydra /
+    OmegaConf / ``ValueError``.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from data.io import DataError
+
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, (DataError, ConfigError)):
+            return _one_line(e)
+    for e in chain:
+        if _is_path_error(e):
+            return _path_error_line(e)  # type: ignore[arg-type]
+    expected = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
+    if isinstance(exc, expected) or isinstance(chain[-1], expected):
+        return _one_line(chain[-1])
+    return None
+
+
+def _one_line_hydra_errors() -> None:
+    """Make ``@hydra.main`` report its own errors (before the task runs: an unknown key, a bad
+    override, a missing config group option) as one ``error: ...`` line with exit status 1 too.
+
+    Hydra prints those over several lines plus a hint; it reports them in
+    ``hydra._internal.utils.run_and_report``, which this wraps (once; a no-op if a Hydra version
+    lacks it). Other exceptions, and everything under ``HYDRA_FULL_ERROR=1``, go to Hydra as before.
+    """
+    try:
+        import hydra._internal.utils as hydra_utils
+    except ImportError:  # pragma: no cover
+        return
+    original = getattr(hydra_utils, "run_and_report", None)
+    if original is None or getattr(original, "_one_line_errors", False):
+        return
+
+    def run_and_report(func: Callable[[], Any]) -> Any:
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        def reported() -> Any:
+            try:
+                return func()
+            except (HydraException, OmegaConfBaseException) as exc:
+                if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                    raise
+                line = _one_line(str(exc).strip()).split(" Config search path:")[0]
+                cause = exc.__cause__
+                if isinstance(cause, OmegaConfBaseException) and str(cause).strip():
+                    line += f" ({str(cause).strip().splitlines()[0].strip()})"
+                print(f"error: {line}", file=sys.stderr)
+                sys.exit(1)
+
+        return original(reported)
+
+    run_and_report._one_line_errors = True  # type: ignore[attr-defined]
+    hydra_utils.run_and_report = run_and_report
 
 
 def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected user errors into one ``error: ...`` line and exit status 1.
 
-    Expected errors: :class:`data.io.DataError` and :class:`ConfigError` (both ValueErrors),
-    ``FileNotFoundError``, and Hydra / OmegaConf errors (unknown keys, bad overrides).
-    Anything else is a bug and keeps its traceback.
+    Expected errors: :class:`data.io.DataError` and :class:`ConfigError` (both ValueErrors; the
+    outermost one in the cause chain is printed, as it carries the most context),
+    ``FileNotFoundError`` and other ``OSError``\ s naming a path (an unwritable output folder, a
+    full disk: ``PATH: reason``), and Hydra / OmegaConf errors (unknown keys, bad overrides;
+    decorating also makes ``@hydra.main``'s own composition errors one line:
+    :func:`_one_line_hydra_errors`). Anything else is a bug and keeps its traceback.
     Set ``HYDRA_FULL_ERROR=1`` to see the traceback instead.
     """
+    _one_line_hydra_errors()
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - filtered below
-            from hydra.errors import HydraException
-            from omegaconf.errors import OmegaConfBaseException
-
-            cause = _root_cause(exc)
-            expected = (ValueError, FileNotFoundError, HydraException, OmegaConfBaseException)
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" or not (
-                isinstance(exc, expected) or isinstance(cause, expected)
-            ):
+            line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else _user_error_line(exc)
+            if line is None:
                 raise
-            print(f"error: {_one_line(cause)}", file=sys.stderr)
+            print(f"error: {line}", file=sys.stderr)
             sys.exit(1)
 
     return wrapper
@@ -158,17 +243,25 @@ def load_model_from_checkpoint(path: str | os.PathLike):
     except Exception as exc:  # noqa: BLE001 - any unreadable file
         raise ConfigError(f"ckpt_path: cannot read checkpoint {path}: {_one_line(exc)}") from exc
     meta = ckpt.get("registration") if isinstance(ckpt, dict) else None
-    if not meta or not meta.get("model_config"):
+    if not isinstance(meta, dict) or not meta.get("model_config"):
         raise ConfigError(f"ckpt_path: {path} is not a checkpoint written by this project's train.py "
                           "(no 'registration' model config inside)")
     if meta.get("displacement_convention") != DISPLACEMENT_CONVENTION:
         raise ConfigError(f"ckpt_path: {path} uses another displacement convention "
                           f"({meta.get('displacement_convention')!r}); expected {DISPLACEMENT_CONVENTION!r}")
-    model = instantiate(OmegaConf.create(meta["model_config"]))
+    if not isinstance(ckpt.get("state_dict"), dict):
+        raise ConfigError(f"ckpt_path: {path} holds no 'state_dict' (weights) beside its model config")
+    try:
+        model = instantiate(OmegaConf.create(meta["model_config"]))
+    except Exception as exc:  # noqa: BLE001 - a config of another version of the code
+        raise ConfigError(f"ckpt_path: {path}: its stored model config cannot be built here "
+                          f"({_one_line(_root_cause(exc))})") from exc
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
-        raise ConfigError(f"ckpt_path: {path} does not match its stored model config: {_one_line(exc)}") from exc
+        detail = _one_line(exc)
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise ConfigError(f"ckpt_path: {path} does not match its stored model config: {detail}") from exc
     model.model_config = meta["model_config"]
     model.data_config = meta.get("data_config")
     return model
@@ -209,6 +302,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
         if save_label_map is not None:  # remapped label ids: results name which original label each is
             save_label_map(out_dir)
         summary = writer.finalize(extra={"paradigm": getattr(model, "paradigm", None)})
+        _log_results_table(trainer, writer, summary)
         _print_summary(summary, out_dir)
         return summary
     return {}
@@ -224,7 +318,18 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
     model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
     trainer = build_trainer(cfg, with_callbacks=False)
     out_dir = cfg.paths.output_dir if out_dir is None else out_dir
-    return run_test(trainer, model, datamodule, out_dir, save_outputs=bool(cfg.get("save_outputs", False)))
+    try:
+        return run_test(trainer, model, datamodule, out_dir, save_outputs=bool(cfg.get("save_outputs", False)))
+    finally:
+        finish_loggers(trainer)
+
+
+def finish_loggers(trainer) -> None:
+    """Close W&B runs, so that every job of a multirun (and every eval) gets its own run."""
+    for logger in trainer.loggers:
+        finish = getattr(getattr(logger, "experiment", None), "finish", None)
+        if type(logger).__name__ == "WandbLogger" and callable(finish):
+            finish()
 
 
 def log_analysis(cfg: DictConfig, scalars: dict[str, float], images: dict[str, str | os.PathLike] | None = None,
@@ -272,6 +377,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
     finally:
         plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _log_results_table(trainer, writer, summary: dict[str, Any]) -> None:
+    """W&B loggers get the per-pair results as a table (``test/pairs``) and the summary in the run summary."""
+    from metrics.results import PAIR_COLUMNS
+
+    for logger in trainer.loggers:
+        if type(logger).__name__ == "WandbLogger":
+            rows = [d["pair"] for d in writer.load_parts()]
+            logger.log_table(key="test/pairs", columns=PAIR_COLUMNS,
+                             data=[[r.get(c) for c in PAIR_COLUMNS] for r in rows])
+            logger.experiment.summary.update({f"test/{k}": v for k, v in summary.items()
+                                              if isinstance(v, (int, float, str)) or v is None})
 
 
 def _fmt(x: Any) -> str:

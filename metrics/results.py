@@ -14,9 +14,9 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
 
 Every finished pair is first stored as one small JSON part in ``DIR/.parts/`` written
 atomically (temporary file, then ``os.replace``); the CSVs and the summary are rebuilt
-from the parts, also atomically. A rerun with the same ``DIR`` skips pairs whose part
-exists, and several processes (DDP ranks) may add parts to the same folder: the rank
-that finalises sees every pair exactly once.
+from the parts, also atomically, all three or none (:func:`atomic_write_files`). A rerun
+with the same ``DIR`` skips pairs whose part exists, and several processes (DDP ranks) may
+add parts to the same folder: the rank that finalises sees every pair exactly once.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
-__all__ = ["ResultsWriter", "PAIR_COLUMNS", "LABEL_COLUMNS", "DISPLACEMENT_CONVENTION", "atomic_write_text", "atomic_write_bytes"]
+__all__ = ["ResultsWriter", "PAIR_COLUMNS", "LABEL_COLUMNS", "DISPLACEMENT_CONVENTION", "atomic_write_text", "atomic_write_bytes",
+           "atomic_write_files"]
 
 PAIR_COLUMNS = [
     "fixed_id",
@@ -59,19 +60,70 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``.
+
+    On failure no temporary file is left and ``path`` is untouched; an ``OSError`` (permission
+    denied, disk full...) is re-raised naming ``path``, not the temporary file.
+    """
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: dict[str | os.PathLike, bytes | str]) -> None:
+    """Write several files (bytes, or text as UTF-8) all or nothing, each like :func:`atomic_write_bytes`.
+
+    Every file is first written to a temporary file beside its target; only when all are written
+    are they renamed into place. If anything fails, the temporary files are removed; if it fails
+    after a rename, every target of the set is deleted (the results contract rebuilds them from
+    the parts on a rerun), so a reader never finds a set with files missing or files from
+    different calls. A failure before any rename leaves existing targets untouched.
+    ``OSError``\ s are re-raised naming the target file.
+    """
+    staged: list[tuple[str, Path]] = []
+    renamed = False
     try:
+        for target, data in files.items():
+            target = Path(target)
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            staged.append((_write_temporary(target, payload), target))
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise _naming(exc, target) from exc
+            renamed = True
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if renamed:
+            for _, target in staged:
+                target.unlink(missing_ok=True)
+        raise
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """``exc`` as an OSError about ``target`` (same errno, so the same subclass), e.g.
+    ``[Errno 28] cannot write (No space left on device): 'DIR/summary.json'``."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return OSError(exc.errno, f"cannot write ({reason})", str(target))
+
+
+def _write_temporary(target: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file beside ``target`` (flushed to disk); returns its path."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
+        return tmp
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, target) from exc
         raise
 
 
@@ -191,9 +243,11 @@ class ResultsWriter:
         }
         if extra:
             summary.update(extra)
-        atomic_write_text(self.out_dir / "pairs.csv", _csv_text(PAIR_COLUMNS, pairs))
-        atomic_write_text(self.out_dir / "labels.csv", _csv_text(LABEL_COLUMNS, label_rows))
-        atomic_write_text(self.out_dir / "summary.json", json.dumps(_jsonable(summary), indent=2) + "\n")
+        atomic_write_files({  # all three or none (a failed write leaves no partial results)
+            self.out_dir / "pairs.csv": _csv_text(PAIR_COLUMNS, pairs),
+            self.out_dir / "labels.csv": _csv_text(LABEL_COLUMNS, label_rows),
+            self.out_dir / "summary.json": json.dumps(_jsonable(summary), indent=2) + "\n",
+        })
         return summary
 
 

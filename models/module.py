@@ -88,6 +88,9 @@ class RegistrationModule(L.LightningModule):
             (images and labels are downsampled to the network's grid and compared there with
             the coarse field: ``downsize**D`` times cheaper, the cheap way to train on CPUs).
             Metrics are always computed at full resolution on the upsampled displacement.
+        vis_every_n_epochs: every n validation epochs, the first validation pair is drawn
+            (:func:`models.visualize.pair_figure`: slices, deformed grid, det J) and sent to the
+            loggers that take images (W&B); 0 = never. No image logger: nothing is drawn.
 
     Inputs whose (coarse) size is not a multiple of the network's ``multiple`` (its total
     stride) are zero-padded at the end of each axis and the field is cropped back
@@ -107,6 +110,7 @@ class RegistrationModule(L.LightningModule):
         hd95: bool = True,
         downsize: int = 1,
         loss_grid: str = "full",
+        vis_every_n_epochs: int = 5,
     ) -> None:
         super().__init__()
         if field not in FIELDS:
@@ -130,6 +134,9 @@ class RegistrationModule(L.LightningModule):
         if loss_grid not in LOSS_GRIDS:
             raise ValueError(f"model.loss_grid must be one of {list(LOSS_GRIDS)}, got {loss_grid!r}")
         self.loss_grid = loss_grid
+        if isinstance(vis_every_n_epochs, bool) or int(vis_every_n_epochs) < 0:
+            raise ValueError(f"model.vis_every_n_epochs must be an int >= 0, got {vis_every_n_epochs!r}")
+        self.vis_every_n_epochs = int(vis_every_n_epochs)
         # set by train.py / eval.py; stored in checkpoints so they describe themselves
         self.model_config: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None
@@ -267,6 +274,24 @@ class RegistrationModule(L.LightningModule):
                     self.log(f"val/{k}", v, batch_size=u.shape[0], sync_dist=True)
         for res in self._evaluate_batch(batch, u, self.hd95_at_val):
             self._val_rows.append({k: res[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity")})
+        if batch_idx == 0:
+            self._log_example(batch, u)
+
+    def _log_example(self, batch: Mapping[str, Any], u: torch.Tensor) -> None:
+        """Draw the first pair every ``vis_every_n_epochs`` epochs for the loggers that take images."""
+        trainer = getattr(self, "_trainer", None)
+        if (trainer is None or not self.vis_every_n_epochs or trainer.sanity_checking
+                or not trainer.is_global_zero or self.current_epoch % self.vis_every_n_epochs):
+            return
+        image_loggers = [lg for lg in self.loggers if hasattr(lg, "log_image")]
+        if not image_loggers:
+            return
+        from models.visualize import log_figure, pair_figure
+
+        moved = warp(batch["moving"][:1], u[:1])
+        title = f"{batch['fixed_id'][0]} <- {batch['moving_id'][0]}, epoch {self.current_epoch}"
+        fig = pair_figure(batch["fixed"][0], batch["moving"][0], moved[0], u[0], title=title)
+        log_figure(fig, "val/example", image_loggers, self.global_step, fallback_dir=None)
 
     def _can_compute_loss(self, batch: Mapping[str, Any]) -> bool:
         return self.loss_cfg["dice_weight"] == 0 or ("fixed_label" in batch and "moving_label" in batch)

@@ -66,3 +66,22 @@ def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert (wf["global_step"], wf["epoch"]) == (wr["global_step"], wr["epoch"]) == (8, 1), (wf["global_step"], wr["global_step"], wf["epoch"], wr["epoch"])
     diff = max(float((wf["state_dict"][k] - wr["state_dict"][k]).abs().max()) for k in wf["state_dict"])
     assert diff == 0.0, diff
+
+
+def test_wandb_offline_run_has_example_images_and_the_pairs_table(tmp_path, monkeypatch):
+    """logger=wandb without credentials logs offline: the validation example figure and the
+    per-pair test table are in the run folder (to sync later with `wandb sync`)."""
+    import json
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose("train", SMALL_MNI[:-3] + ["logger=wandb", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+                                             "trainer.max_epochs=1", "data.pairs_per_epoch=2",
+                                             "model.vis_every_n_epochs=1", f"paths.output_dir={tmp_path}"])
+    summary = train_entry.train(cfg)
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    images = list(runs[0].rglob("media/images/val/example_*.png"))
+    tables = list(runs[0].rglob("media/table/test/pairs_*.table.json"))
+    assert images and len(tables) == 1
+    table = json.loads(tables[0].read_text())
+    assert table["columns"][:3] == ["fixed_id", "moving_id", "method"] and len(table["data"]) == summary["n_pairs"] == 2
