@@ -276,9 +276,11 @@ def _main() -> None:
 
     from experiments.runtime import guarded
 
+    run = guarded(analyse)  # made before hydra.main runs: Hydra's own errors also become one line
+
     @hydra.main(version_base="1.3", config_path="../configs", config_name="mi_analysis")
     def main(cfg) -> None:
-        guarded(analyse)(cfg)
+        run(cfg)
 
     main()
 

@@ -109,9 +109,11 @@ def _main() -> None:
 
     from experiments.runtime import guarded
 
+    run = guarded(sweep)  # made before hydra.main runs: Hydra's own errors also become one line
+
     @hydra.main(version_base="1.3", config_path="../configs", config_name="mi_sweep")
-    def main(cfg: DictConfig) -> None:
-        guarded(sweep)(cfg)
+    def main(cfg) -> None:
+        run(cfg)
 
     main()
 
