@@ -21,44 +21,21 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
-from classical.itk_bridge import (  # noqa: F401 - re-exported: the converters are part of this API
-    INSTALL_HINT,
+from classical.itk_bridge import (
     ItkGeometry,
     _ants_threads_check,
     _batch_geometry,
     _np,
-    ants_to_voxel_displacement,
     ants_transforms_to_voxel_displacement,
     import_ants,
     import_sitk,
     itk_displacement_to_voxel,
-    itk_geometry,
-    missing_requirement,
-    physical_to_voxel_displacement,
     to_ants_image,
     to_sitk_image,
-    voxel_to_physical_displacement,
 )
 from models.module import RegistrationModule
 
-__all__ = [
-    "AntsSyNRegistration",
-    "DemonsRegistration",
-    "ANTS_PRESETS",
-    "ItkGeometry",
-    "itk_geometry",
-    "physical_to_voxel_displacement",
-    "voxel_to_physical_displacement",
-    "to_ants_image",
-    "to_sitk_image",
-    "ants_to_voxel_displacement",
-    "ants_transforms_to_voxel_displacement",
-    "itk_displacement_to_voxel",
-    "import_ants",
-    "import_sitk",
-    "missing_requirement",
-    "INSTALL_HINT",
-]
+__all__ = ["AntsSyNRegistration", "DemonsRegistration", "ANTS_PRESETS"]
 
 
 def _fast_dev_run(module: RegistrationModule) -> bool:

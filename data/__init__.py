@@ -8,7 +8,8 @@ Every dataset item follows the batch contract: ``fixed``, ``moving`` float32 ``(
 """
 
 from data.datamodule import MNIDataModule, PairsCSVDataModule
-from data.datasets_module import DatasetDataModule, Layout, PairDataset, VolumeRef
+from data.datasets_module import DatasetDataModule, PairDataset
+from data.layout import Layout, VolumeRef
 from data.klein import KleinDataModule
 from data.io import DataError, Volume, load_volume, normalize_intensity, read_header, save_nifti_atomic, volume_id
 from data.generated import GeneratedDataModule, GeneratedPairDataset

@@ -32,37 +32,14 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from data.io import DataError, to_plain
-from data.layout import (  # noqa: F401 - re-exported
-    LAYOUTS,
-    Pair,
-    NIFTI_EXTENSIONS,
-    Layout,
-    VolumeRef,
-    detect_layouts,
-    find_image,
-    layout_class,
-    numbered,
-    register_layout,
-)
+from data.layout import Layout, Pair, VolumeRef
 from data.pairs import RandomPairSampler, all_pairs
 from data.generated import check_loader_args, make_loader
 from data.pairs_csv import SPACING_TOLERANCE
 from data.augment import VolumeAugmentation
 from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source
 
-__all__ = [
-    "NIFTI_EXTENSIONS",
-    "VolumeRef",
-    "Layout",
-    "LAYOUTS",
-    "register_layout",
-    "layout_class",
-    "detect_layouts",
-    "find_image",
-    "numbered",
-    "PairDataset",
-    "DatasetDataModule",
-]
+__all__ = ["PairDataset", "DatasetDataModule"]
 
 class PairDataset(Dataset):
     """``(fixed, moving)`` volume pairs as batch-contract dicts (see the module docstring).

@@ -26,8 +26,6 @@ import json
 import math
 import os
 import re
-import shlex
-import subprocess
 import sys
 import warnings
 from dataclasses import dataclass
@@ -39,11 +37,12 @@ sys.path.insert(0, str(ROOT))
 
 import hydra  # noqa: E402
 import numpy as np  # noqa: E402
-from omegaconf import DictConfig, ListConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
 from data.io import DataError  # noqa: E402
+from experiments.runs import parse_overrides, run_method  # noqa: E402
 from experiments.runtime import ConfigError, check_entry, guarded  # noqa: E402
-from metrics.results import PAIR_COLUMNS, atomic_write_bytes, atomic_write_text  # noqa: E402
+from metrics.results import PAIR_COLUMNS, atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
 from models.module import PARADIGMS  # noqa: E402
 
 __all__ = [
@@ -60,8 +59,6 @@ __all__ = [
     "write_comparison",
     "markdown",
     "check_metric",
-    "parse_overrides",
-    "run_method",
 ]
 
 # metric column -> True when higher is better
@@ -384,12 +381,8 @@ def _cell(x: Any) -> Any:
 
 
 def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n", restval="")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: _cell(v) for k, v in row.items()})
-    return buf.getvalue()
+    """CSV with non-finite numbers left blank."""
+    return csv_text([{k: _cell(v) for k, v in row.items()} for row in rows], columns)
 
 
 TEST_COLUMNS = ["method_a", "paradigm_a", "method_b", "paradigm_b", "metric", "n", "mean_a", "mean_b",
@@ -495,21 +488,6 @@ def write_comparison(out_dir: str | os.PathLike, comp: Comparison) -> dict[str, 
 # --------------------------------------------------------------------------- command line
 
 
-def parse_overrides(spec: Any, key: str) -> list[str]:
-    if isinstance(spec, str):
-        items = shlex.split(spec)
-    elif isinstance(spec, (list, tuple, ListConfig)):
-        items = list(spec)
-    else:
-        raise ConfigError(f"{key}: expected a list of overrides, got {spec!r}")
-    if not all(isinstance(s, str) for s in items):
-        raise ConfigError(f"{key}: every override must be a string (quote overrides containing '=')")
-    for s in items:
-        if re.match(r"^[+~]*paths\.output_dir=", s):
-            raise ConfigError(f"{key}: do not set paths.output_dir; compare.py runs into <output_dir>/runs/<name>")
-    return items
-
-
 def _method_specs(cfg: DictConfig) -> list[tuple[str, str, Any]]:
     """Validated ``(name, kind, value)`` per configured method, in config order."""
     methods = cfg.get("methods")
@@ -538,49 +516,6 @@ def _method_specs(cfg: DictConfig) -> list[tuple[str, str, Any]]:
             raise ConfigError(f"paradigm.{name}: no method of that name in methods")
         _check_paradigm(value, f"paradigm.{name}")
     return specs
-
-
-def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.PathLike) -> Path:
-    """Run ``eval.py`` / ``train.py`` for one method into ``out_dir/runs/<name>``; its results folder.
-
-    Skipped when the results folder already has a ``summary.json`` (resume). Output is echoed and
-    kept in ``out_dir/runs/<name>.log``; a non-zero exit raises :class:`ConfigError` naming the method.
-    """
-    run_dir = (Path(out_dir) / "runs" / name).resolve()
-    results_dir = run_dir / "test" if kind == "train" else run_dir
-    if (results_dir / "summary.json").is_file():
-        print(f"[{name}] results found in {results_dir}; not run again")
-        return results_dir
-    script = "train.py" if kind == "train" else "eval.py"
-    cmd = [sys.executable, str(ROOT / script), *overrides, f"paths.output_dir={run_dir}"]
-    if not any(re.match(r"^[+~]*hydra\.run\.dir=", s) for s in overrides):
-        cmd.append(f"hydra.run.dir={run_dir}")  # keep Hydra's .hydra/ with the run, not in logs/
-    log_path = run_dir.parent / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[{name}] running: {shlex.join(cmd[1:])}", flush=True)
-    last, last_error = "", ""
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                bufsize=1)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                sys.stdout.write(line)
-                log.write(line)
-                if line.strip():
-                    last = line.strip()
-                    if last.startswith("error:"):
-                        last_error = last
-            rc = proc.wait()
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-    sys.stdout.flush()
-    if rc != 0:
-        raise ConfigError(f"methods.{name}: {script} failed (exit status {rc}): {last_error or last or 'no output'} "
-                          f"(full output: {log_path})")
-    return results_dir
 
 
 @guarded

@@ -36,11 +36,10 @@ from experiments.compare import (  # noqa: E402
     check_metric,
     compare,
     load_results,
-    parse_overrides,
-    run_method,
 )
+from experiments.runs import parse_overrides, run_method  # noqa: E402
 from experiments.runtime import ConfigError, check_entry, guarded, save_figure  # noqa: E402
-from metrics.results import atomic_write_text  # noqa: E402
+from metrics.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["find_checkpoint", "run_domain_shift"]
 
@@ -153,8 +152,8 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
                          "drop_from_reference": ref_mean[row["method"]] - row["mean"]})
         for t in comp.tests:
             test_rows.append({"test_set": set_name, **t})
-    _write_csv(out_dir / "domain_shift.csv", rows)
-    _write_csv(out_dir / "tests.csv", test_rows)
+    atomic_write_text(out_dir / "domain_shift.csv", csv_text(rows))
+    atomic_write_text(out_dir / "tests.csv", csv_text(test_rows))
     md = _markdown(rows, test_rows, [s for s, _ in sets], metric, reference)
     atomic_write_text(out_dir / "domain_shift.md", md)
     _boxplots(comparisons, out_dir / "domain_shift.png", metric)
@@ -162,18 +161,6 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     print(f"domain shift: {out_dir.resolve()} (domain_shift.csv, domain_shift.md, tests.csv, domain_shift.png)")
     sys.stdout.flush()
     return comparisons
-
-
-def _fmt(x: Any) -> str:
-    if isinstance(x, float):
-        return f"{x:.4g}"
-    return str(x)
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    columns = list(dict.fromkeys(k for r in rows for k in r))
-    lines = [",".join(columns)] + [",".join(_fmt(r.get(c, "")) for c in columns) for r in rows]
-    atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _markdown(rows, test_rows, set_names, metric, reference) -> str:

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from data.io import DataError  # noqa: E402
 from metrics.information import LabelInformation, intensity_label_information, pair_information  # noqa: E402
-from metrics.results import atomic_write_text  # noqa: E402
+from metrics.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = [
     "image_information",
@@ -205,15 +205,8 @@ def write_outputs(out_dir: str | os.PathLike, rows: Sequence[Mapping[str, Any]],
     """``mi_pairs.csv``, ``mi_fit.json`` (fit + options) and ``mi_scatter.png`` in ``out_dir`` (atomic)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    columns = list(rows[0]) if rows else []
-    import io
-
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
     paths = {"pairs": out / "mi_pairs.csv", "fit": out / "mi_fit.json", "scatter": out / "mi_scatter.png"}
-    atomic_write_text(paths["pairs"], buf.getvalue())
+    atomic_write_text(paths["pairs"], csv_text(rows))
     atomic_write_text(paths["fit"], json.dumps({**fit, "options": dict(options)}, indent=2) + "\n")
     plot_scatter(rows, fit, paths["scatter"], title=title, group=group)
     return paths

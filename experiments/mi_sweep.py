@@ -34,7 +34,7 @@ from experiments.mi_analysis import (  # noqa: E402
     write_outputs,
 )
 from experiments.runtime import ConfigError, build_datamodule, check_entry, log_analysis, run_eval  # noqa: E402
-from metrics.results import atomic_write_text  # noqa: E402
+from metrics.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["sweep"]
 
@@ -88,8 +88,7 @@ def sweep(cfg: DictConfig) -> dict[str, Any]:
     paths = write_outputs(out_dir, rows, fit, {**opts, "levels": OmegaConf.to_container(cfg.levels)},
                           title=f"{method} on synthetic data across the MI dial", group="level")
     level_keys = list(dict.fromkeys(k for r in per_level for k in r))
-    lines = [",".join(level_keys)] + [",".join(_cell(r.get(k, "")) for k in level_keys) for r in per_level]
-    atomic_write_text(out_dir / "levels.csv", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / "levels.csv", csv_text(per_level, level_keys))
     print("\n" + "  ".join(f"{k:>22}" for k in level_keys))
     for r in per_level:
         print("  ".join(f"{_cell(r.get(k, '')):>22}" for k in level_keys))

@@ -33,7 +33,7 @@ from typing import Any, Iterable
 import numpy as np
 
 __all__ = ["ResultsWriter", "PAIR_COLUMNS", "LABEL_COLUMNS", "DISPLACEMENT_CONVENTION", "atomic_write_text", "atomic_write_bytes",
-           "atomic_write_files"]
+           "atomic_write_files", "csv_text"]
 
 PAIR_COLUMNS = [
     "fixed_id",
@@ -135,9 +135,14 @@ def _safe_name(key: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
 
 
-def _csv_text(columns: list[str], rows: Iterable[dict[str, Any]]) -> str:
+def csv_text(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """CSV text of ``rows`` (dicts): ``columns`` in order (default: every key, first-seen order);
+    missing keys are blank, extra keys ignored; values as ``csv`` writes them (NaN -> ``nan``)."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", restval="", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow(row)
@@ -244,8 +249,8 @@ class ResultsWriter:
         if extra:
             summary.update(extra)
         atomic_write_files({  # all three or none (a failed write leaves no partial results)
-            self.out_dir / "pairs.csv": _csv_text(PAIR_COLUMNS, pairs),
-            self.out_dir / "labels.csv": _csv_text(LABEL_COLUMNS, label_rows),
+            self.out_dir / "pairs.csv": csv_text(pairs, PAIR_COLUMNS),
+            self.out_dir / "labels.csv": csv_text(label_rows, LABEL_COLUMNS),
             self.out_dir / "summary.json": json.dumps(_jsonable(summary), indent=2) + "\n",
         })
         return summary

@@ -22,7 +22,8 @@ from scipy import ndimage
 from conftest import ROOT, compose
 from data import DataError, KleinDataModule, LabelMapping, OASISDataModule, OASISL2RDataModule, PreprocessConfig
 from data.check import check_dataset, main as check_main
-from data.datasets_module import PairDataset, VolumeRef
+from data.datasets_module import PairDataset
+from data.layout import VolumeRef
 from data.io import load_volume
 from data.preprocess import VolumeAugmentation, VolumeStore, load_source, preprocess
 

@@ -49,7 +49,7 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
                                        f"paths.output_dir={tmp_path}"])
     if cfg.data._target_.endswith("MNIDataModule"):
         assert cfg.data.shape == [64, 64, 64]
-    from classical.external import missing_requirement
+    from classical.itk_bridge import missing_requirement
 
     if reason := missing_requirement(cfg.model.get("_target_", "")):
         pytest.skip(reason)  # an optional baseline (requirements-baselines.txt) is not installed

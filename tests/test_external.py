@@ -25,10 +25,9 @@ from scipy.ndimage import gaussian_filter
 from conftest import ROOT, compose
 
 sys.path.insert(0, str(ROOT))
-from classical.external import (  # noqa: E402
+from classical.external import AntsSyNRegistration, DemonsRegistration  # noqa: E402
+from classical.itk_bridge import (  # noqa: E402
     INSTALL_HINT,
-    AntsSyNRegistration,
-    DemonsRegistration,
     ants_to_voxel_displacement,
     ants_transforms_to_voxel_displacement,
     itk_displacement_to_voxel,
@@ -55,7 +54,7 @@ SHIFT = (1.5, -2.0, 0.75)  # voxels along array axes 0, 1, 2
 
 def _importorskip(module):
     """pytest.importorskip through classical.external (ANTs: sets its thread count first)."""
-    from classical.external import import_ants, import_sitk
+    from classical.itk_bridge import import_ants, import_sitk
 
     target = {"ants": "AntsSyNRegistration", "SimpleITK": "DemonsRegistration"}[module]
     reason = missing_requirement(target)

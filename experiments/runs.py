@@ -1,0 +1,82 @@
+"""Running a method as its own process: ``eval.py`` / ``train.py`` with Hydra overrides, into a folder.
+
+Shared by :mod:`experiments.compare` and :mod:`experiments.domain_shift`: a method given as
+``{eval: [overrides]}`` or ``{train: [overrides]}`` runs once into ``<out>/runs/<name>``; a
+folder that already has its ``summary.json`` is not run again (resume).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from omegaconf import ListConfig
+
+from experiments.runtime import ConfigError
+
+__all__ = ["parse_overrides", "run_method"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_overrides(spec: Any, key: str) -> list[str]:
+    if isinstance(spec, str):
+        items = shlex.split(spec)
+    elif isinstance(spec, (list, tuple, ListConfig)):
+        items = list(spec)
+    else:
+        raise ConfigError(f"{key}: expected a list of overrides, got {spec!r}")
+    if not all(isinstance(s, str) for s in items):
+        raise ConfigError(f"{key}: every override must be a string (quote overrides containing '=')")
+    for s in items:
+        if re.match(r"^[+~]*paths\.output_dir=", s):
+            raise ConfigError(f"{key}: do not set paths.output_dir; methods run into <output_dir>/runs/<name>")
+    return items
+
+
+def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.PathLike) -> Path:
+    """Run ``eval.py`` / ``train.py`` for one method into ``out_dir/runs/<name>``; its results folder.
+
+    Skipped when the results folder already has a ``summary.json`` (resume). Output is echoed and
+    kept in ``out_dir/runs/<name>.log``; a non-zero exit raises :class:`ConfigError` naming the method.
+    """
+    run_dir = (Path(out_dir) / "runs" / name).resolve()
+    results_dir = run_dir / "test" if kind == "train" else run_dir
+    if (results_dir / "summary.json").is_file():
+        print(f"[{name}] results found in {results_dir}; not run again")
+        return results_dir
+    script = "train.py" if kind == "train" else "eval.py"
+    cmd = [sys.executable, str(ROOT / script), *overrides, f"paths.output_dir={run_dir}"]
+    if not any(re.match(r"^[+~]*hydra\.run\.dir=", s) for s in overrides):
+        cmd.append(f"hydra.run.dir={run_dir}")  # keep Hydra's .hydra/ with the run, not in logs/
+    log_path = run_dir.parent / f"{name}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[{name}] running: {shlex.join(cmd[1:])}", flush=True)
+    last, last_error = "", ""
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                bufsize=1)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                sys.stdout.write(line)
+                log.write(line)
+                if line.strip():
+                    last = line.strip()
+                    if last.startswith("error:"):
+                        last_error = last
+            rc = proc.wait()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    sys.stdout.flush()
+    if rc != 0:
+        raise ConfigError(f"methods.{name}: {script} failed (exit status {rc}): {last_error or last or 'no output'} "
+                          f"(full output: {log_path})")
+    return results_dir
