@@ -23,8 +23,8 @@ augmentation is off; the files are not all validated: ``python -m data.check`` d
    labelled voxels only), mean over the sampled images of each side that has labels.
 3. train/test shift:
    * ``js``: Jensen–Shannon divergence in bits (0 .. 1) between the two sides' pooled
-     64-bin intensity histograms over [0, 1] (:func:`intensity_histogram`,
-     :func:`js_divergence`). Voxels counted: label > 0 when every sampled image of both
+     64-bin intensity histograms over [0, 1] (:func:`experiments.recipe_data.intensity_histogram`,
+     :func:`~experiments.recipe_data.js_divergence`). Voxels counted: label > 0 when every sampled image of both
      sides has labels, else intensity > 0 (skull-stripped / zero background).
    * ``mi_diff`` = |MI_train - MI_test| (bits), when both sides have labels.
    * ``shifted = js > --js-threshold or mi_diff > --mi-threshold``.
@@ -85,8 +85,14 @@ from typing import Any, Mapping, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
-
+from experiments.recipe_data import (  # noqa: E402
+    HIST_BINS,
+    MI_BINS,
+    Side,
+    measure_side,
+    parse_sets,
+    shift_statistic,
+)
 from experiments.runtime import ConfigError  # noqa: E402
 
 __all__ = [
@@ -97,8 +103,6 @@ __all__ = [
     "Recommendation",
     "recommend",
     "is_shifted",
-    "intensity_histogram",
-    "js_divergence",
     "expected_classical_dice",
     "main",
 ]
@@ -110,10 +114,7 @@ UNSUPERVISED = "unsupervised learned"
 MIN_LABELLED = 20
 JS_THRESHOLD = 0.04  # bits
 MI_THRESHOLD = 0.1  # bits
-HIST_BINS = 64
-MI_BINS = 64
 MAX_IMAGES = 8
-_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 # ---------------------------------------------------------------------------------- the rule
@@ -222,36 +223,6 @@ def recommend(
     return Recommendation(CLASSICAL, "R1", shifted, reasons)
 
 
-# ---------------------------------------------------------------------------- shift statistic
-def intensity_histogram(images: Sequence[Any], masks: Sequence[Any] | None = None, bins: int = HIST_BINS) -> np.ndarray:
-    """Pooled ``bins``-bin histogram over [0, 1] (counts, float64) of the masked voxels of ``images``.
-
-    ``masks``: one boolean array per image; None counts voxels with intensity > 0.
-    """
-    counts = np.zeros(int(bins), dtype=np.float64)
-    for k, image in enumerate(images):
-        x = np.asarray(image, dtype=np.float64).reshape(-1)
-        keep = x > 0 if masks is None else np.asarray(masks[k], dtype=bool).reshape(-1)
-        h, _ = np.histogram(np.clip(x[keep], 0.0, 1.0), bins=int(bins), range=(0.0, 1.0))
-        counts += h
-    return counts
-
-
-def js_divergence(p: Any, q: Any) -> float:
-    """Jensen–Shannon divergence in bits (0 .. 1) of two histograms (counts; normalised here)."""
-    p, q = np.asarray(p, dtype=np.float64), np.asarray(q, dtype=np.float64)
-    if p.shape != q.shape or p.sum() <= 0 or q.sum() <= 0:
-        raise ValueError(f"js_divergence() needs two non-empty histograms of one shape, got {p.shape} and {q.shape}")
-    p, q = p / p.sum(), q / q.sum()
-    m = 0.5 * (p + q)
-
-    def kl(a: np.ndarray) -> float:
-        nz = a > 0
-        return float((a[nz] * np.log2(a[nz] / m[nz])).sum())
-
-    return float(min(max(0.5 * kl(p) + 0.5 * kl(q), 0.0), 1.0))
-
-
 def expected_classical_dice(fit: Mapping[str, Any], mi: float) -> tuple[float | None, str | None]:
     """Classical Dice expected at ``mi`` from an ``mi_fit.json`` (log model) and a warning or None."""
     from experiments.mi_analysis import predict_dice
@@ -264,187 +235,6 @@ def expected_classical_dice(fit: Mapping[str, Any], mi: float) -> tuple[float | 
     if not (lo <= mi <= hi):
         return dice, f"test MI {mi:.3f} bits lies outside the curve's MI range [{lo:.3f}, {hi:.3f}]: extrapolated"
     return dice, None
-
-
-# ------------------------------------------------------------------------------ data sides
-@dataclass
-class Side:
-    """One side's measurements: counts over the whole set, the sampled images, MI per image."""
-
-    source: str
-    n_images: int = 0
-    n_labelled: int = 0
-    images: list = field(default_factory=list, repr=False)
-    labels: list = field(default_factory=list, repr=False)
-    ids: list = field(default_factory=list)
-    mi: dict = field(default_factory=dict)
-    note: str | None = None
-
-    @property
-    def labelled(self) -> bool:
-        return bool(self.images) and all(lab is not None for lab in self.labels)
-
-    @property
-    def mi_mean(self) -> float | None:
-        return float(np.mean(list(self.mi.values()))) if self.mi else None
-
-
-def _parse_sets(items: Sequence[str]) -> dict[str, list[str]]:
-    """``["train.KEY=V", ...]`` -> Hydra overrides per side (``++data.KEY=V`` / ``paths.KEY=V``)."""
-    out: dict[str, list[str]] = {"train": [], "test": []}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected SIDE.KEY=VALUE with SIDE train or test (no '=' found)")
-        key, value = item.split("=", 1)
-        side, _, sub = key.partition(".")
-        if side not in out or not sub:
-            raise ConfigError(f"--set {item!r}: the key must start with 'train.' or 'test.', e.g. test.gamma=0.5")
-        if sub == "data_dir":
-            out[side].append(f"paths.data_dir={value}")
-        elif sub.startswith("paths."):
-            out[side].append(f"{sub}={value}")
-        else:
-            out[side].append(f"++data.{sub}={value}")
-    return out
-
-
-def _datamodule(source: str, overrides: Sequence[str], flag: str):
-    """Instantiate the DataModule of a config name or a pairs CSV (not validated: see module docstring)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from data.io import DataError
-    from experiments.runtime import build
-
-    is_csv = source.lower().endswith(".csv")
-    if is_csv:
-        path = Path(os.path.expanduser(source))
-        if not path.is_file():
-            raise DataError(f"{flag}: pairs CSV not found: {path}")
-        name = "pairs_csv"
-    else:
-        name = source
-        if not (_CONFIGS / "data" / f"{name}.yaml").is_file():
-            known = ", ".join(sorted(p.stem for p in (_CONFIGS / "data").glob("*.yaml")))
-            raise ConfigError(f"{flag}: unknown data config {name!r} (a name in configs/data: {known}; "
-                              f"or a path ending in .csv; or none for --train)")
-    try:
-        with initialize_config_dir(config_dir=str(_CONFIGS), version_base="1.3"):
-            cfg = compose(config_name="train", overrides=[f"data={name}", *overrides])
-        if is_csv:
-            cfg.data.csv = str(path.resolve())
-        return build(cfg.data, "data")
-    except (ConfigError, HydraException, OmegaConfBaseException) as exc:  # name the side at fault
-        raise ConfigError(f"{flag} {source}: {' '.join(str(exc).split())}") from None
-
-
-def _pair_keys(dataset) -> list[tuple[Any, Any]] | None:
-    """Image keys ``(fixed, moving)`` of every pair, from the file lists (no image loaded); None if unknown."""
-    if hasattr(dataset, "pairs"):
-        return [(getattr(a, "id", a), getattr(b, "id", b)) for a, b in dataset.pairs]
-    if hasattr(dataset, "rows"):
-        return [(str(r["fixed"]), str(r["moving"])) for r in dataset.rows]
-    return None
-
-
-def _count_labelled(dataset, keys: Sequence[Any]) -> int:
-    """How many of the distinct images ``keys`` have a label map, from the file lists."""
-    if not getattr(dataset, "with_labels", getattr(dataset, "has_labels", True)):
-        return 0
-    if hasattr(dataset, "pairs") and dataset.pairs and hasattr(dataset.pairs[0][0], "label"):
-        refs = {r.id: r for pair in dataset.pairs for r in pair}
-        return sum(refs[k].label is not None for k in keys)
-    return len(keys)
-
-
-def _sample(dataset, max_images: int, side: Side) -> None:
-    """Fill ``side`` with up to ``max_images`` distinct images (pairs with two new images first)."""
-    keys = _pair_keys(dataset)
-    plan: dict[int, list[str]] = {}
-    if keys is not None:
-        distinct = list(dict.fromkeys(k for pair in keys for k in pair))
-        side.n_images = len(distinct)
-        side.n_labelled = _count_labelled(dataset, distinct)
-        taken: set = set()
-        for both in (True, False):  # first pairs that bring two new images, then one
-            for index, (a, b) in enumerate(keys):
-                if len(taken) >= max_images:
-                    break
-                new = [(s, k) for s, k in (("fixed", a), ("moving", b)) if k not in taken][: 1 if a == b else 2]
-                if not new or (both and len(new) < 2):
-                    continue
-                for s, k in new[: max_images - len(taken)]:
-                    taken.add(k)
-                    plan.setdefault(index, []).append(s)
-    else:  # unknown dataset type: load pairs in order
-        plan = {i: ["fixed", "moving"] for i in range(len(dataset))}
-    seen: set[str] = set()
-    for index in sorted(plan):
-        if len(seen) >= max_images:
-            break
-        item = dataset[index]
-        for s in plan[index]:
-            image_id = str(item[f"{s}_id"])
-            if image_id in seen or len(seen) >= max_images:
-                continue  # (unknown dataset types: ids are only known once loaded)
-            seen.add(image_id)
-            side.ids.append(image_id)
-            side.images.append(item[s].detach().cpu().float().numpy())
-            lab = item.get(f"{s}_label")
-            side.labels.append(None if lab is None else lab.detach().cpu())
-    if keys is None:
-        side.n_images = len(side.ids)
-        side.n_labelled = sum(lab is not None for lab in side.labels)
-
-
-def measure_side(source: str, overrides: Sequence[str], flag: str, train: bool, max_images: int) -> Side:
-    """Build the side's DataModule, sample its images and measure MI where labels exist."""
-    import torch
-
-    from data.io import DataError
-    from metrics.information import intensity_label_information
-
-    side = Side(source=source)
-    dm = _datamodule(source, overrides, flag)
-    dataset = None
-    if train and not source.lower().endswith(".csv"):
-        try:
-            dataset = dm.train_dataloader().dataset
-        except DataError as exc:
-            side.note = f"no training split ({exc}); its test pairs' images are used"
-    if dataset is None:
-        dataset = dm.test_dataloader().dataset
-    if getattr(dataset, "augment", None) is not None:
-        dataset.augment = None  # intensities as stored: augmentation is random
-    _sample(dataset, max_images, side)
-    if not side.images:
-        raise DataError(f"{flag} {source}: no images")
-    for image_id, image, lab in zip(side.ids, side.images, side.labels):
-        if lab is None:
-            continue
-        try:
-            side.mi[image_id] = intensity_label_information(torch.from_numpy(image), lab, bins=MI_BINS,
-                                                            mask="foreground").mi
-        except ValueError as exc:
-            raise DataError(f"{flag} image {image_id}: {exc}") from exc
-    return side
-
-
-def shift_statistic(train: Side, test: Side) -> tuple[float, str]:
-    """JS divergence (bits) of the two sides' pooled histograms and the voxels it counted."""
-    from data.io import DataError
-
-    use_labels = train.labelled and test.labelled
-    mask_name = "label>0" if use_labels else "intensity>0"
-    hists = []
-    for s in (train, test):
-        masks = [lab.numpy() > 0 for lab in s.labels] if use_labels else None
-        h = intensity_histogram(s.images, masks, HIST_BINS)
-        if h.sum() == 0:
-            raise DataError(f"{s.source}: no voxel with {mask_name} in the sampled images")
-        hists.append(h)
-    return js_divergence(*hists), mask_name
 
 
 # ------------------------------------------------------------------------------------ CLI
@@ -493,7 +283,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
     if args.test.lower() == "none":
         raise ConfigError("--test: a test set is required (a config name or a pairs CSV)")
-    overrides = _parse_sets(args.set)
+    overrides = parse_sets(args.set)
     no_train = args.train.lower() == "none"
     if no_train and overrides["train"]:
         raise ConfigError("--set train.*: given with --train none")

@@ -17,12 +17,11 @@ from experiments.recipe import (
     UNSUPERVISED,
     Evidence,
     expected_classical_dice,
-    intensity_histogram,
     is_shifted,
-    js_divergence,
     main,
     recommend,
 )
+from experiments.recipe_data import intensity_histogram, js_divergence
 from conftest import make_blob_pair
 
 ROOT = Path(__file__).resolve().parents[1]
