@@ -74,18 +74,26 @@ def _normalised(g: torch.Tensor) -> torch.Tensor:
     return g / peak
 
 
-def _loss_and_grads(sim: Callable, sides: list["_Side"], fixed: torch.Tensor | None) -> tuple[float, list[torch.Tensor]]:
+def _loss_and_grads(loss_fn: Callable, sides: list["_Side"]) -> tuple[float, list[torch.Tensor]]:
     """Similarity and its gradient with respect to each side's field.
 
-    Greedy: ``sides = [moving]`` and ``fixed`` the fixed level; SyN: ``sides = [fixed, moving]``
-    (both warped to the midpoint) and ``fixed=None``.
+    Greedy: ``sides = [moving]`` and ``loss_fn(moved)`` compares with the fixed level; SyN:
+    ``sides = [fixed, moving]`` (both warped to the midpoint) and ``loss_fn(fixed_w, moving_w)``.
     """
     with torch.enable_grad():
         fields = [side.u.detach().requires_grad_(True) for side in sides]
         warped = [warp(side.level, u) for side, u in zip(sides, fields)]
-        loss = sim(fixed, warped[0]) if fixed is not None else sim(warped[0], warped[1])
+        loss = loss_fn(*warped)
         grads = torch.autograd.grad(loss, fields)
     return float(loss.detach()), list(grads)
+
+
+def _to_fixed(sim: Callable, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``moved -> sim(fixed, moved)``, with the fixed image's part precomputed where the
+    similarity offers it (:meth:`losses.LNCC.to_fixed`)."""
+    if hasattr(sim, "to_fixed"):
+        return sim.to_fixed(fixed)
+    return lambda moved: sim(fixed, moved)
 
 
 class _Side:
@@ -143,10 +151,10 @@ def greedy(
     traces: list[list[float]] = []
     for scale, iters in zip(cfg.scales, cfg.iterations):
         side.start_level(scale, init)
-        fixed_level = downsample(fixed, scale)
+        loss_fn = _to_fixed(sim, downsample(fixed, scale))
         monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
         for _ in range(iters):
-            loss, (grad,) = _loss_and_grads(sim, [side], fixed_level)
+            loss, (grad,) = _loss_and_grads(loss_fn, [side])
             side.update(grad)
             if monitor.update(loss):
                 break
@@ -173,7 +181,7 @@ def syn(
         m_side.start_level(scale, init)
         monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
         for _ in range(iters):
-            loss, (grad_f, grad_m) = _loss_and_grads(sim, [f_side, m_side], None)
+            loss, (grad_f, grad_m) = _loss_and_grads(sim, [f_side, m_side])
             f_side.update(grad_f)
             m_side.update(grad_m)
             if monitor.update(loss):

@@ -14,7 +14,8 @@ from typing import Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data.generated import GeneratedDataModule, check_loader_args, make_loader
+from data.generated import GeneratedDataModule
+from data.loaders import check_loader_args, make_loader
 from data.io import DataError
 from data.mni import (
     DEFAULT_BIAS,

@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.io import DataError, to_plain
 from data.layout import Layout, Pair, VolumeRef
 from data.pairs import RandomPairSampler, all_pairs
-from data.generated import check_loader_args, make_loader
+from data.loaders import check_loader_args, make_loader
 from data.pairs_csv import SPACING_TOLERANCE
 from data.augment import VolumeAugmentation
 from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source

@@ -27,6 +27,7 @@ from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
 from data.io import DataError
+from data.loaders import check_loader_args, make_loader
 from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
 from spatial.functional import integrate, resize_field
 
@@ -37,8 +38,6 @@ __all__ = [
     "GeneratedPairDataset",
     "GeneratedDataModule",
     "PAIR_SCHEMES",
-    "make_loader",
-    "check_loader_args",
 ]
 
 PAIR_SCHEMES = {"consecutive": consecutive_pairs, "all": all_pairs}
@@ -136,26 +135,6 @@ class GeneratedPairDataset(Dataset):
         item["fixed_id"] = fixed["id"]
         item["moving_id"] = moving["id"]
         return item
-
-
-def make_loader(dataset, batch_size: int, num_workers: int, sampler=None) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=False,
-        sampler=sampler,
-        num_workers=num_workers,
-        persistent_workers=num_workers > 0,
-        drop_last=False,
-    )
-
-
-def check_loader_args(batch_size, num_workers, owner: str) -> tuple[int, int]:
-    if int(batch_size) < 1:
-        raise ValueError(f"{owner}() 'batch_size' must be >= 1, got {batch_size!r}")
-    if int(num_workers) < 0:
-        raise ValueError(f"{owner}() 'num_workers' must be >= 0, got {num_workers!r}")
-    return int(batch_size), int(num_workers)
 
 
 class GeneratedDataModule(L.LightningDataModule):

@@ -33,6 +33,7 @@ __all__ = [
     "read_header",
     "normalize_intensity",
     "save_nifti_atomic",
+    "nifti_bytes",
     "volume_id",
 ]
 
@@ -312,6 +313,32 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~mask
 
 
+def _nifti_image(array, affine, description: str | None, fn: str) -> "nib.Nifti1Image":
+    """The NIfTI image :func:`save_nifti_atomic` and :func:`nifti_bytes` write (see there)."""
+    if hasattr(array, "detach"):
+        array = array.detach().cpu().numpy()
+    array = np.asarray(array)
+    dtype = _nifti_dtype(array)
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if affine.shape != (4, 4):
+        raise ValueError(f"{fn}() 'affine' must be 4x4, got shape {affine.shape}")
+    img = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
+    img.header.set_data_dtype(dtype)
+    img.set_sform(affine, code=2)
+    img.set_qform(affine, code=2)
+    if description is not None:
+        img.header["descrip"] = description.encode("ascii", "replace")[:80]
+    return img
+
+
+def nifti_bytes(array, affine, name: str | os.PathLike, description: str | None = None) -> bytes:
+    """The bytes of the NIfTI file :func:`save_nifti_atomic` would write at ``name`` (gzip-compressed
+    when it ends in ``.gz``), for writing several files all or none
+    (:func:`metrics.results.atomic_write_files`)."""
+    data = _nifti_image(array, affine, description, "nifti_bytes").to_bytes()
+    return gzip.compress(data, compresslevel=1, mtime=0) if str(name).lower().endswith(".gz") else data
+
+
 def save_nifti_atomic(
     array,
     affine,
@@ -338,19 +365,7 @@ def save_nifti_atomic(
     path = Path(path)
     if not path.name:
         raise ValueError("save_nifti_atomic() 'path' must name a file")
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    dtype = _nifti_dtype(array)
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"save_nifti_atomic() 'affine' must be 4x4, got shape {affine.shape}")
-    img = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
-    img.header.set_data_dtype(dtype)
-    img.set_sform(affine, code=2)
-    img.set_qform(affine, code=2)
-    if description is not None:
-        img.header["descrip"] = description.encode("ascii", "replace")[:80]
+    img = _nifti_image(array, affine, description, "save_nifti_atomic")
     suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
     tmp = None
     try:

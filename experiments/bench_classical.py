@@ -19,6 +19,7 @@ one metric path (:func:`metrics.evaluate_pair`). Methods:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import sys
@@ -73,8 +74,12 @@ def _external(kind: str):
 
 def _fireants():
     """FireANTs' greedy registration on CPU; returns the displacement in this project's convention."""
+    import logging
+
     import numpy as np
     import SimpleITK as sitk
+
+    logging.getLogger("fireants").setLevel(logging.ERROR)
     from fireants.io.image import BatchedImages, Image
     from fireants.registration.greedy import GreedyRegistration
 
@@ -89,7 +94,8 @@ def _fireants():
         fb, mb = BatchedImages([to_image(fixed, spacing)]), BatchedImages([to_image(moving, spacing)])
         reg = GreedyRegistration(scales=[4, 2, 1], iterations=[250, 200, 100], fixed_images=fb, moving_images=mb,
                                  cc_kernel_size=7, smooth_grad_sigma=1.0, smooth_warp_sigma=0.25, optimizer_lr=0.25)
-        reg.optimize()
+        with open(os.devnull, "w") as sink, contextlib.redirect_stderr(sink):
+            reg.optimize()  # quiet: its per-iteration progress bars
         with torch.no_grad():
             grid = reg.get_warped_coordinates(fb, mb)  # (1, X', Y', Z', 3) over its (z, y, x) array = ours reversed
         # their array order is ours reversed: grid[..., k] is normalised coordinate k of (x, y, z) of

@@ -6,6 +6,8 @@ definition (squared form, clipped border windows, flat windows score 1).
 
 from __future__ import annotations
 
+from typing import Callable, NamedTuple
+
 import torch
 from torch import nn
 
@@ -26,7 +28,7 @@ def _check_window(window: int, fn: str) -> int:
     return window
 
 
-def _box_sum_conv(x: torch.Tensor, window: int, channels_last: bool | None = None) -> torch.Tensor:
+def _box_sum_direct(x: torch.Tensor, window: int) -> torch.Tensor:
     """Separable box sum with zero padding to 'same' size: ``(B, K, *S) -> (B, K, *S)``.
 
     ``out[x] = sum_{|y - x|_inf <= window // 2, y inside the image} x[y]``: one 1-D all-ones
@@ -34,7 +36,7 @@ def _box_sum_conv(x: torch.Tensor, window: int, channels_last: bool | None = Non
     additions per voxel instead of ``window ** D``.
     """
     ones = x.new_ones(window)
-    return separable_filter(x, [ones] * (x.dim() - 2), padding="zeros", channels_last=channels_last)
+    return separable_filter(x, [ones] * (x.dim() - 2), padding="zeros")
 
 
 class _BoxSum(torch.autograd.Function):
@@ -46,7 +48,7 @@ class _BoxSum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, window: int) -> torch.Tensor:  # noqa: D102
         ctx.window = window
-        return _box_sum_conv(x, window)
+        return _box_sum_direct(x, window)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # noqa: D102
@@ -54,7 +56,7 @@ class _BoxSum(torch.autograd.Function):
 
 
 def _box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Differentiable separable box sum, ``(B, K, *S) -> (B, K, *S)``; see :func:`_box_sum_conv`."""
+    """Differentiable separable box sum, ``(B, K, *S) -> (B, K, *S)``; see :func:`_box_sum_direct`."""
     return _BoxSum.apply(x, window)
 
 
@@ -79,32 +81,59 @@ def _window_count(shape: torch.Size, window: int, like: torch.Tensor) -> torch.T
 _VAR_FLOOR_EPS = 200.0
 
 
+class _FixedStats(NamedTuple):
+    """Window statistics of one image of the pair: the globally centred image ``i``, its window
+    mean ``mu``, floored window variance ``var`` and where that variance is real (``live``);
+    ``count``: the in-image voxels of each clipped window."""
+
+    i: torch.Tensor
+    mu: torch.Tensor
+    var: torch.Tensor
+    live: torch.Tensor
+    count: torch.Tensor
+
+
+def _centred(x: torch.Tensor) -> torch.Tensor:
+    # Global centring changes no window statistic (they are shift invariant) but removes most
+    # of the cancellation in E[I^2] - E[I]^2; it also fixes the scale of the noise floor below.
+    return x - x.detach().mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+def _floored(var: torch.Tensor, second_moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(var, live)``: the variance set to 0 where it is rounding noise of ``E[x^2] - E[x]^2``."""
+    tau = _VAR_FLOOR_EPS * torch.finfo(var.dtype).eps
+    live = var > tau * second_moment  # False where the window is constant up to rounding
+    return torch.where(live, var, var.new_zeros(())), live
+
+
+def _fixed_stats(fixed: torch.Tensor, window: int) -> _FixedStats:
+    """The window statistics of ``fixed`` that :func:`_lncc_from_stats` needs (differentiable)."""
+    i = _centred(fixed)
+    count = _window_count(fixed.shape[2:], window, fixed)
+    mu, m_ii = torch.split(_box_sum(torch.cat([i, i * i], dim=1), window) / count, fixed.shape[1], dim=1)
+    var, live = _floored(m_ii - mu * mu, m_ii)
+    return _FixedStats(i, mu, var, live, count)
+
+
+def _lncc_from_stats(stats: _FixedStats, moving: torch.Tensor, window: int, eps: float) -> torch.Tensor:
+    """Voxel-wise squared local correlation ``cc(x)`` of ``moving`` against a fixed image given by
+    its window statistics: ``(B, C, *S)``. Box sums of ``J, J^2, IJ`` (three maps) only."""
+    j = _centred(moving)
+    c = moving.shape[1]
+    means = _box_sum(torch.cat([j, j * j, stats.i * j], dim=1), window) / stats.count
+    mu_j, m_jj, m_ij = torch.split(means, c, dim=1)
+    var_j, live_j = _floored(m_jj - mu_j * mu_j, m_jj)
+    cov = torch.where(stats.live & live_j, m_ij - stats.mu * mu_j, means.new_zeros(()))
+    return (cov * cov + eps) / (stats.var * var_j + eps)
+
+
 @_full_precision
 def _lncc_map(fixed: torch.Tensor, moving: torch.Tensor, window: int, eps: float) -> torch.Tensor:
     """Voxel-wise squared local correlation ``cc(x)``: ``(B, C, *S) -> (B, C, *S)``.
 
     See :func:`lncc` for the definition; no argument checks here.
     """
-    ndim = fixed.dim() - 2
-    c = fixed.shape[1]
-    spatial = tuple(range(2, 2 + ndim))
-    # Global centring changes no window statistic (they are shift invariant) but removes most
-    # of the cancellation in E[I^2] - E[I]^2; it also fixes the scale of the noise floor below.
-    i = fixed - fixed.detach().mean(dim=spatial, keepdim=True)
-    j = moving - moving.detach().mean(dim=spatial, keepdim=True)
-    stacked = torch.cat([i, j, i * i, j * j, i * j], dim=1)  # (B, 5C, *S)
-    means = _box_sum(stacked, window) / _window_count(fixed.shape[2:], window, fixed)
-    mu_i, mu_j, m_ii, m_jj, m_ij = torch.split(means, c, dim=1)
-    tau = _VAR_FLOOR_EPS * torch.finfo(means.dtype).eps
-    var_i = m_ii - mu_i * mu_i
-    var_j = m_jj - mu_j * mu_j
-    live_i = var_i > tau * m_ii  # False where the window is constant up to rounding
-    live_j = var_j > tau * m_jj
-    zero = means.new_zeros(())
-    var_i = torch.where(live_i, var_i, zero)
-    var_j = torch.where(live_j, var_j, zero)
-    cov = torch.where(live_i & live_j, m_ij - mu_i * mu_j, zero)
-    return (cov * cov + eps) / (var_i * var_j + eps)
+    return _lncc_from_stats(_fixed_stats(fixed, window), moving, window, eps)
 
 
 def lncc(fixed: torch.Tensor, moving: torch.Tensor, window: int = 9, eps: float = 1e-10) -> torch.Tensor:
@@ -136,9 +165,10 @@ def lncc(fixed: torch.Tensor, moving: torch.Tensor, window: int = 9, eps: float 
       0.9 in float32 without the floor). MONAI's form scores such windows ~0 instead, so on a
       [0, 1] brain template with background its ``lncc(x, x)`` is about -0.36, not -1.
     * Float16/bfloat16 inputs are computed in float32 with autocast disabled.
-    * Box sums use separable filtering: one grouped 1-D convolution per axis on the five stacked
-      maps ``I, J, I^2, J^2, IJ``; the box sum being self-adjoint, its backward pass is the same
-      filter.
+    * Box sums use separable filtering (:func:`spatial.filters.separable_filter`, one 1-D pass
+      per axis) on the stacked maps ``I, I^2`` and ``J, J^2, IJ``; the box sum being
+      self-adjoint, its backward pass is the same filter. An optimiser comparing many moving
+      images with one fixed image computes the fixed image's part once: :meth:`LNCC.to_fixed`.
 
     Args:
         fixed, moving: ``(B, C, *S)`` floating images, 2 or 3 spatial dims, same shape.
@@ -168,6 +198,21 @@ class LNCC(nn.Module):
 
     def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
         return lncc(fixed, moving, self.window, self.eps)
+
+    def to_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """``loss(moving) == self(fixed, moving)`` with ``fixed``'s window statistics computed once
+        (no gradient flows to ``fixed``): an instance optimiser evaluates it every iteration."""
+        _check_pair(fixed, fixed, "LNCC.to_fixed")
+        if fixed.dtype in (torch.float16, torch.bfloat16):
+            fixed = fixed.float()
+        with torch.no_grad():
+            stats = _fixed_stats(fixed, self.window)
+
+        def loss(moving: torch.Tensor) -> torch.Tensor:
+            _check_pair(fixed, moving.to(fixed.dtype), "LNCC.to_fixed")
+            return -_lncc_from_stats(stats, moving.to(fixed.dtype), self.window, self.eps).mean()
+
+        return loss
 
     def extra_repr(self) -> str:
         return f"window={self.window}, eps={self.eps}"

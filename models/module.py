@@ -338,19 +338,25 @@ class RegistrationModule(L.LightningModule):
                 self.results.add(row, res["dice_per_label"])
 
     def _save_outputs(self, batch, i, u, moved_label, fixed_id, moving_id) -> None:
-        from data.io import save_nifti_atomic
+        """Moved image, moved label and displacement of pair ``i`` as NIfTI, written all or none."""
+        from data.io import nifti_bytes
+        from metrics.results import atomic_write_files
 
         affine = _affine_of(batch, i, u.shape[1])
         moved = warp(batch["moving"][i : i + 1], u[i : i + 1].to(batch["moving"].dtype))
         writer = self.results
-        save_nifti_atomic(moved[0, 0].detach().cpu().numpy().astype(np.float32), affine,
-                          writer.moved_path(fixed_id, moving_id, "image"))
-        if moved_label is not None:
-            save_nifti_atomic(moved_label[0].detach().cpu().numpy().astype(np.int16), affine,
-                              writer.moved_path(fixed_id, moving_id, "label"))
         disp = u[i].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
-        save_nifti_atomic(np.moveaxis(disp, 0, -1), affine, writer.moved_path(fixed_id, moving_id, "disp"),
-                          description="disp vox fixed->moving; moved(x)=moving(x+u(x))")
+        arrays = {
+            "image": (moved[0, 0].detach().cpu().numpy().astype(np.float32), None),
+            "label": (None if moved_label is None else moved_label[0].detach().cpu().numpy().astype(np.int16), None),
+            "disp": (np.moveaxis(disp, 0, -1), "disp vox fixed->moving; moved(x)=moving(x+u(x))"),
+        }
+        files = {}
+        for kind, (array, description) in arrays.items():
+            if array is not None:
+                path = writer.moved_path(fixed_id, moving_id, kind)
+                files[path] = nifti_bytes(array, affine, path, description)
+        atomic_write_files(files)
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

