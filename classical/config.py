@@ -31,8 +31,10 @@ def _check_schedule(owner: str, scales: Sequence[float], iterations: Sequence[in
 
 
 def _check_sim(owner: str, sim: str) -> None:
-    if sim not in SIMILARITIES:
-        raise ValueError(f"{owner}: 'sim' must be one of {list(SIMILARITIES)}, got {sim!r}")
+    # "none" (labels-only network training) gives an optimiser nothing to follow
+    usable = [name for name in SIMILARITIES if name != "none"]
+    if sim not in usable:
+        raise ValueError(f"{owner}: 'sim' must be one of {usable}, got {sim!r}")
 
 
 @dataclass

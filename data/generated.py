@@ -35,6 +35,7 @@ __all__ = [
     "smooth_noise",
     "random_displacement",
     "random_bias_field",
+    "diagonal_affine",
     "GeneratedPairDataset",
     "GeneratedDataModule",
     "PAIR_SCHEMES",
@@ -44,6 +45,14 @@ PAIR_SCHEMES = {"consecutive": consecutive_pairs, "all": all_pairs}
 _COARSE_SPACING_MM = 8.0
 _BIAS_SMOOTHNESS_MM = 50.0
 _INTEGRATION_STEPS = 7
+
+
+def diagonal_affine(spacing: Sequence[float]) -> np.ndarray:
+    """``(4, 4)`` voxel-to-mm matrix of an axis-aligned grid with ``spacing`` mm and origin 0."""
+    a = np.eye(4)
+    for i, s in enumerate(spacing):
+        a[i, i] = float(s)
+    return a
 
 
 def smooth_noise(

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 
-from data.generated import GeneratedDataModule, random_bias_field, random_displacement, smooth_noise
+from data.generated import GeneratedDataModule, diagonal_affine, random_bias_field, random_displacement, smooth_noise
 from spatial.functional import warp
 
 __all__ = ["SyntheticSubjects", "SyntheticDataModule", "class_of_labels"]
@@ -141,10 +141,7 @@ class SyntheticSubjects:
     # ------------------------------------------------------------------ the generator protocol
     @property
     def affine(self) -> np.ndarray:
-        a = np.eye(4)
-        for i, s in enumerate(self.spacing):
-            a[i, i] = s
-        return a
+        return diagonal_affine(self.spacing)
 
     @property
     def label_names(self) -> dict[int, str]:

@@ -3,8 +3,9 @@
 Functional core (shapes and formulas in each docstring) with thin ``nn.Module`` wrappers, and two
 registries by name for configs:
 
-* ``build_similarity(name, **kwargs)``: ``"lncc"`` | ``"mse"`` | ``"mi"``; the module's
-  ``forward(fixed, moving)`` returns a scalar loss (lower is better).
+* ``build_similarity(name, **kwargs)``: ``"lncc"`` | ``"mse"`` | ``"mi"`` | ``"none"`` (a zero:
+  train on labels only, SynthMorph-style); the module's ``forward(fixed, moving)`` returns a
+  scalar loss (lower is better).
 * ``build_regulariser(name, **kwargs)``: ``"diffusion"`` | ``"bending"`` | ``"none"``; the module's
   ``forward(u)`` takes a displacement ``(B, D, *S)`` in voxel units and returns a scalar.
 """
@@ -15,7 +16,7 @@ from torch import nn
 
 from losses.dice import DiceLoss, dice_loss, one_hot
 from losses.regularisers import BendingEnergy, Diffusion, NoRegulariser, bending_energy, diffusion
-from losses.similarity import LNCC, MSE, MutualInformation, lncc, mse, mutual_information
+from losses.similarity import LNCC, MSE, MutualInformation, NoSimilarity, lncc, mse, mutual_information
 
 __all__ = [
     "lncc",
@@ -24,6 +25,7 @@ __all__ = [
     "LNCC",
     "MSE",
     "MutualInformation",
+    "NoSimilarity",
     "diffusion",
     "bending_energy",
     "Diffusion",
@@ -42,6 +44,7 @@ SIMILARITIES: dict[str, type[nn.Module]] = {
     "lncc": LNCC,
     "mse": MSE,
     "mi": MutualInformation,
+    "none": NoSimilarity,
 }
 
 REGULARISERS: dict[str, type[nn.Module]] = {
@@ -61,7 +64,8 @@ def _build(registry: dict[str, type[nn.Module]], name: str, fn: str, kwargs: dic
 
 
 def build_similarity(name: str, **kwargs) -> nn.Module:
-    """Similarity loss module by name: ``"lncc"`` (``window``, ``eps``), ``"mse"``, ``"mi"`` (``bins``, ``sigma``)."""
+    """Similarity loss module by name: ``"lncc"`` (``window``, ``eps``), ``"mse"``, ``"mi"`` (``bins``, ``sigma``),
+    ``"none"`` (returns 0: labels-only training with ``dice_weight > 0``)."""
     return _build(SIMILARITIES, name, "build_similarity", kwargs)
 
 

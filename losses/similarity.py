@@ -1,4 +1,4 @@
-"""Image similarity losses: LNCC, MSE and Parzen-window mutual information.
+"""Image similarity losses: LNCC, MSE, Parzen-window mutual information, and none.
 
 All functions take a ``fixed`` and a ``moving`` image of the same shape ``(B, C, *S)`` with
 2 or 3 spatial dims (``C`` is usually 1), follow the inputs' device and dtype, and return a
@@ -20,6 +20,7 @@ __all__ = [
     "LNCC",
     "MSE",
     "MutualInformation",
+    "NoSimilarity",
 ]
 
 
@@ -158,3 +159,18 @@ class MutualInformation(nn.Module):
 
     def extra_repr(self) -> str:
         return f"bins={self.bins}, sigma={self.sigma}"
+
+
+class NoSimilarity(nn.Module):
+    """``forward(fixed, moving) = 0``: no image term (the registry's ``"none"``).
+
+    For training on labels only, SynthMorph-style (``model.loss.sim=none
+    model.loss.dice_weight=1``): the loss is then ``reg_weight * reg + dice_weight * Dice``.
+    Returns a scalar zero in the inputs' dtype on their device. Like ``NoRegulariser`` it is a
+    constant, not connected to the inputs' graph: adding it to a loss changes neither the value
+    nor the gradients and costs no backward pass (another term must carry the gradient).
+    """
+
+    def forward(self, fixed: torch.Tensor, moving: torch.Tensor) -> torch.Tensor:
+        _check_pair(fixed, moving, "NoSimilarity")
+        return fixed.new_zeros(())

@@ -24,7 +24,7 @@ from metrics import evaluate_pair
 from data.io import to_plain
 from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
-from spatial import integrate, resize_field, warp
+from spatial import compose, integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS", "PARADIGMS"]
 
@@ -42,6 +42,7 @@ _LOSS_DEFAULTS = {
     "reg_kwargs": {},
     "reg_weight": 1.0,
     "dice_weight": 0.0,
+    "inverse_consistency_weight": 0.0,
 }
 
 
@@ -54,8 +55,8 @@ def LossConfig(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
     out = {**_LOSS_DEFAULTS, **cfg}
     out["sim_kwargs"] = dict(out["sim_kwargs"] or {})
     out["reg_kwargs"] = dict(out["reg_kwargs"] or {})
-    for key in ("reg_weight", "dice_weight"):
-        if not isinstance(out[key], (int, float)) or out[key] < 0:
+    for key in ("reg_weight", "dice_weight", "inverse_consistency_weight"):
+        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0:
             raise ValueError(f"model.loss.{key} must be a number >= 0, got {out[key]!r}")
     return out
 
@@ -71,7 +72,8 @@ class RegistrationModule(L.LightningModule):
             stationary velocity integrated by scaling and squaring with ``integration_steps``).
         loss: ``{sim, sim_kwargs, reg, reg_kwargs, reg_weight, dice_weight}``; loss =
             sim(fixed, moved) + reg_weight·reg(net output) + dice_weight·Dice loss of the
-            moving one-hot labels warped linearly (needs labels when ``dice_weight > 0``).
+            moving one-hot labels warped linearly (needs labels when ``dice_weight > 0``);
+            ``inverse_consistency_weight`` (default 0) weighs the ``bidirectional`` term below.
         optimizer: a partial ``torch.optim`` constructor taking the parameters (Hydra
             ``_partial_: true``); default Adam(lr=1e-4).
         scheduler: optional partial LR scheduler taking the optimiser.
@@ -91,6 +93,14 @@ class RegistrationModule(L.LightningModule):
         vis_every_n_epochs: every n validation epochs, the first validation pair is drawn
             (:func:`models.visualize.pair_figure`: slices, deformed grid, det J) and sent to the
             loggers that take images (W&B); 0 = never. No image logger: nothing is drawn.
+        bidirectional: also train the reverse direction (moving -> fixed); default False. With a
+            velocity ``v`` the reverse map is ``exp(-v)`` (diffeomorphic VoxelMorph's bidirectional
+            cost); with a displacement it is a second pass ``net(fixed, moving)``, regularised
+            like the first (``reg_reverse``). Adds ``sim_reverse = sim(moving, fixed o phi^-1)``,
+            ``dice_loss_reverse`` (weight ``dice_weight``) when labels supervise, and
+            ``inverse_consistency`` (weight ``loss.inverse_consistency_weight``): the mean over
+            voxels of ``|compose(u_fm, u_mf)|^2`` and ``|compose(u_mf, u_fm)|^2``, averaged.
+            Evaluation is unchanged: metrics see the forward displacement only.
 
     Inputs whose (coarse) size is not a multiple of the network's ``multiple`` (its total
     stride) are zero-padded at the end of each axis and the field is cropped back
@@ -111,6 +121,7 @@ class RegistrationModule(L.LightningModule):
         downsize: int = 1,
         loss_grid: str = "full",
         vis_every_n_epochs: int = 5,
+        bidirectional: bool = False,
     ) -> None:
         super().__init__()
         if field not in FIELDS:
@@ -137,6 +148,9 @@ class RegistrationModule(L.LightningModule):
         if isinstance(vis_every_n_epochs, bool) or int(vis_every_n_epochs) < 0:
             raise ValueError(f"model.vis_every_n_epochs must be an int >= 0, got {vis_every_n_epochs!r}")
         self.vis_every_n_epochs = int(vis_every_n_epochs)
+        if not isinstance(bidirectional, bool):
+            raise ValueError(f"model.bidirectional must be a bool (true/false), got {bidirectional!r}")
+        self.bidirectional = bidirectional
         # set by train.py / eval.py; stored in checkpoints so they describe themselves
         self.model_config: dict[str, Any] | None = None
         self.data_config: dict[str, Any] | None = None
@@ -199,23 +213,58 @@ class RegistrationModule(L.LightningModule):
         elif u is None:
             u = self.to_displacement(out, batch["fixed"].shape[2:])
         fixed = self._coarse(batch["fixed"]) if coarse else batch["fixed"]
-        moved = warp(self._coarse(batch["moving"]) if coarse else batch["moving"], u)
+        moving = self._coarse(batch["moving"]) if coarse else batch["moving"]
+        moved = warp(moving, u)
         parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
+        if self.bidirectional:
+            u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse)
+            parts.update(reverse)
+            loss = loss + parts["sim_reverse"] + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"]
+            if "reg_reverse" in parts:
+                loss = loss + self.loss_cfg["reg_weight"] * parts["reg_reverse"]
         if self.loss_cfg["dice_weight"] > 0:
-            if "moving_label" not in batch or "fixed_label" not in batch:
-                raise ValueError(
-                    "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
-                    "use a dataset with labels or set model.loss.dice_weight=0"
-                )
-            n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
-            moving_oh, fixed_oh = one_hot(batch["moving_label"], n), one_hot(batch["fixed_label"], n)
-            if coarse:  # soft label maps on the coarse grid
-                moving_oh, fixed_oh = self._coarse(moving_oh), self._coarse(fixed_oh)
+            moving_oh, fixed_oh = self._label_maps(batch, coarse)
             parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)
             loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
+            if self.bidirectional:
+                parts["dice_loss_reverse"] = dice_loss(warp(fixed_oh, u_rev), moving_oh)
+                loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss_reverse"]
         parts["loss"] = loss
         return parts
+
+    def _label_maps(self, batch: Mapping[str, Any], coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot ``(moving, fixed)`` label maps for a Dice loss (soft maps on the network's grid
+        when ``coarse``); one clear error when the batch has no labels."""
+        if "moving_label" not in batch or "fixed_label" not in batch:
+            raise ValueError(
+                "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
+                "use a dataset with labels or set model.loss.dice_weight=0"
+            )
+        n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
+        moving_oh, fixed_oh = one_hot(batch["moving_label"], n), one_hot(batch["fixed_label"], n)
+        if coarse:
+            moving_oh, fixed_oh = self._coarse(moving_oh), self._coarse(fixed_oh)
+        return moving_oh, fixed_oh
+
+    def _reverse_parts(
+        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor,
+        moving: torch.Tensor, coarse: bool,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``bidirectional``: the reverse displacement ``u_mf`` (moving -> fixed, on ``u``'s grid)
+        and the parts ``sim_reverse``, ``inverse_consistency`` (+ ``reg_reverse`` for a
+        displacement net, whose reverse field is a second pass ``net(fixed, moving)``)."""
+        parts = {}
+        if self.field == "velocity":
+            out_rev = -out  # exp(-v) is the inverse of exp(v)
+        else:
+            out_rev = self(batch["fixed"], batch["moving"])
+            parts["reg_reverse"] = self.regulariser(out_rev)
+        u_rev = self.to_displacement(out_rev, None if coarse else batch["moving"].shape[2:])
+        parts["sim_reverse"] = self.similarity(moving, warp(fixed, u_rev))
+        ic = [compose(u, u_rev), compose(u_rev, u)]  # moving -> fixed -> moving, and the other way
+        parts["inverse_consistency"] = 0.5 * sum(w.pow(2).sum(dim=1).mean() for w in ic)
+        return u_rev, parts
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)

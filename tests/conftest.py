@@ -82,3 +82,14 @@ def pairs_csv(tmp_path):
     csv = d / "pairs.csv"
     csv.write_text("\n".join(rows) + "\n")
     return csv
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a test module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    on a CPU shared with other jobs, a second OpenMP thread that is descheduled stalls every
+    parallel region of small-tensor code (steps 10x slower, not faster)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -22,14 +22,7 @@ SHAPES = {2: (32, 32), 3: (32, 32, 32)}
 LR = {"voxelmorph": 3e-3, "lkunet": 3e-4, "transmorph": 3e-3}  # LKU-Net (2 M parameters) diverges at 3e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread for this file: on a CPU shared with other jobs, a second OpenMP
-    thread that is descheduled stalls every parallel region (steps 10x slower, not faster)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
 def _blob_batch(shape=(32, 32, 32), shift=2):

@@ -5,6 +5,7 @@ Each has a ``multiple`` property: every spatial size of its input must be divisi
 :func:`pad_to_multiple` pads a batch up to it for callers that prefer padding.
 """
 
+from models.networks.lapirn import LapIRN
 from models.networks.lkunet import LKBlock, LKUNet
 from models.networks.transmorph import TRANSMORPH_SIZES, TransMorph
 from models.networks.voxelmorph import VXM_WIDTHS, VoxelMorphUNet, check_divisible, pad_to_multiple
@@ -14,6 +15,7 @@ __all__ = [
     "VXM_WIDTHS",
     "LKUNet",
     "LKBlock",
+    "LapIRN",
     "TransMorph",
     "TRANSMORPH_SIZES",
     "check_divisible",

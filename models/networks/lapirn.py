@@ -1,0 +1,246 @@
+"""LapIRN (Mok & Chung, "Large Deformation Diffeomorphic Image Registration with Laplacian
+Pyramid Networks", MICCAI 2020), written from the paper's description.
+
+A coarse-to-fine pyramid of small CNNs. With ``L`` levels (the paper: 3), level ``k``
+(``k = 0`` coarsest) works on the images resampled to ``S / 2**(L - 1 - k)`` (linear,
+align_corners=True: 1/4, 1/2 and full resolution). Its input is the concatenation of
+
+* the moving image of that level warped by the coarser level's field brought to this grid
+  (:func:`spatial.resize_field`; a velocity is integrated first, :func:`spatial.integrate`),
+* the fixed image of that level,
+* that upsampled field itself (zeros at the coarsest level);
+
+it predicts a residual field ``r_k`` that updates the coarser one, ``f_k = up(f_{k-1}) (+) r_k``:
+
+* ``field="velocity"`` (the paper's diffeomorphic variant): stationary velocities add,
+  ``v_k = up(v_{k-1}) + r_k``; the returned field is the total velocity, which the caller
+  integrates (``RegistrationModule(field="velocity")``);
+* ``field="displacement"``: ``u_k = compose(up(u_{k-1}), r_k)``, i.e. the residual acts on the
+  already warped moving image (``warp(warp(m, up u), r) = warp(m, u_k)``).
+
+Each level's CNN is an encoder (two 3×3 convolutions at the level's grid, one stride-2
+convolution), ``n_res_blocks`` pre-activation residual blocks at half the level's grid, and a
+decoder (2×2 transposed convolution back to the level's grid, concatenation with the encoder
+feature, a 3×3 convolution, a 3×3 convolution to ``D`` channels initialised near zero). With
+``feature_passing`` the residual-block input of level ``k`` also receives the residual-block
+output of level ``k - 1``, upsampled ×2 (the paper's feature map passed up the pyramid).
+
+Fields are in voxel units of the grid they live on (the project convention).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, conv_nd
+from spatial import compose, integrate, resize_field, warp
+
+__all__ = ["LapIRN", "LAPIRN_FIELDS"]
+
+LAPIRN_FIELDS = ("displacement", "velocity")
+
+
+def _conv(ndim: int):
+    return getattr(nn, f"Conv{ndim}d")
+
+
+def resample_image(img: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``(B, C, *S) -> (B, C, *shape)``, linear with align_corners=True (the grids span the same
+    extent, like :meth:`models.module.RegistrationModule._coarse`); no-op when ``S == shape``."""
+    shape = tuple(int(s) for s in shape)
+    if tuple(img.shape[2:]) == shape:
+        return img
+    mode = "trilinear" if img.dim() == 5 else "bilinear"
+    return F.interpolate(img, size=shape, mode=mode, align_corners=True)
+
+
+class ResBlock(nn.Module):
+    """Pre-activation residual block: ``x + conv(act(conv(act(x))))``, same width in and out.
+
+    The second convolution starts at a tenth of its He initialisation, so a stack of blocks
+    starts close to the identity and keeps the signal's scale.
+    """
+
+    def __init__(self, ndim: int, channels: int) -> None:
+        super().__init__()
+        conv = _conv(ndim)
+        self.conv1 = conv(channels, channels, 3, padding=1)
+        self.conv2 = conv(channels, channels, 3, padding=1)
+        self.act = nn.LeakyReLU(0.2)
+        for c, gain in ((self.conv1, 1.0), (self.conv2, 0.1)):
+            nn.init.kaiming_normal_(c.weight, a=0.2, nonlinearity="leaky_relu")
+            with torch.no_grad():
+                c.weight.mul_(gain)
+            nn.init.zeros_(c.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = conv_nd(self.act(x), self.conv1.weight, self.conv1.bias, padding=1)
+        h = conv_nd(self.act(h), self.conv2.weight, self.conv2.bias, padding=1)
+        return x + h
+
+
+class LevelNet(nn.Module):
+    """One pyramid level: ``forward(x, coarse_feat) -> (residual field, feature)``.
+
+    ``x`` ``(B, cin, *n)`` (``n`` even); returns the residual ``(B, D, *n)`` and the
+    residual-block output ``(B, 2C, *n/2)`` that the next finer level may receive as
+    ``coarse_feat`` (``(B, 2C, *n/4)``, upsampled ×2 here and added).
+    """
+
+    def __init__(self, ndim: int, cin: int, channels: int, n_res_blocks: int) -> None:
+        super().__init__()
+        c = channels
+        self.ndim = ndim
+        self.enc = nn.Sequential(ConvAct(ndim, cin, c), ConvAct(ndim, c, c))
+        self.down = ConvAct(ndim, c, 2 * c, stride=2)
+        self.res = nn.Sequential(*[ResBlock(ndim, 2 * c) for _ in range(n_res_blocks)])
+        up = getattr(nn, f"ConvTranspose{ndim}d")(2 * c, c, kernel_size=2, stride=2)
+        # He init by the true fan-in (stride = kernel: one tap per input channel per output voxel)
+        nn.init.normal_(up.weight, std=nn.init.calculate_gain("leaky_relu", 0.2) / (2 * c) ** 0.5)
+        nn.init.zeros_(up.bias)
+        self.up = nn.Sequential(up, nn.LeakyReLU(0.2))
+        self.dec = ConvAct(ndim, 2 * c, c)
+        self.flow = _conv(ndim)(c, ndim, kernel_size=3, padding=1)
+        nn.init.normal_(self.flow.weight, std=1e-5)
+        nn.init.zeros_(self.flow.bias)
+
+    def forward(self, x: torch.Tensor, coarse_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        skip = self.enc(x)
+        h = self.down(skip)
+        if coarse_feat is not None:
+            mode = "trilinear" if h.dim() == 5 else "bilinear"
+            h = h + F.interpolate(coarse_feat, size=h.shape[2:], mode=mode, align_corners=True)
+        feat = self.res(h)
+        y = self.up(feat)
+        y = self.dec(torch.cat([y, skip], dim=1).contiguous(memory_format=_memory_format(skip)))
+        return conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous(), feat
+
+
+class LapIRN(nn.Module):
+    """Laplacian-pyramid registration network: ``forward(moving, fixed) -> field``,
+    ``(B,C,*S)×2 -> (B,D,*S)`` (see the module docstring for the pyramid).
+
+    Args:
+        ndim: 2 or 3.
+        levels: pyramid levels ``L`` (the paper: 3); level ``k`` runs on ``S / 2**(L-1-k)``.
+        channels: ``C``, width of every level's encoder/decoder (``2C`` in the residual blocks);
+            16 by default so that CPU training is feasible (the paper uses more).
+        n_res_blocks: residual blocks per level (the paper: 5).
+        field: ``"velocity"`` (diffeomorphic: velocities add, the caller integrates the returned
+            total velocity) or ``"displacement"`` (residual displacements compose).
+        integration_steps: scaling-and-squaring steps used to warp the moving image of a finer
+            level by a coarser velocity (match the RegistrationModule's).
+        feature_passing: pass each level's residual-block feature up to the next level.
+        in_channels: channels of each image.
+        channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
+
+    Spatial sizes must be divisible by :attr:`multiple` ``= 2**levels`` (the coarsest level is at
+    ``S / 2**(L-1)`` and halves it once more); a ``ValueError`` names the shape otherwise.
+    """
+
+    def __init__(
+        self,
+        ndim: int = 3,
+        levels: int = 3,
+        channels: int = 16,
+        n_res_blocks: int = 3,
+        field: str = "velocity",
+        integration_steps: int = 7,
+        feature_passing: bool = True,
+        in_channels: int = 1,
+        channels_last: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"LapIRN 'ndim' must be 2 or 3, got {ndim!r}")
+        for name, value, low in (("levels", levels, 1), ("channels", channels, 1), ("n_res_blocks", n_res_blocks, 0),
+                                 ("integration_steps", integration_steps, 0), ("in_channels", in_channels, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"LapIRN '{name}' must be an int >= {low}, got {value!r}")
+        if field not in LAPIRN_FIELDS:
+            raise ValueError(f"LapIRN 'field' must be one of {list(LAPIRN_FIELDS)}, got {field!r}")
+        self.ndim = ndim
+        self.levels = levels
+        self.field = field
+        self.integration_steps = integration_steps
+        self.feature_passing = bool(feature_passing)
+        self.in_channels = in_channels
+        self.channels_last = channels_last
+        cin = 2 * in_channels + ndim  # warped moving, fixed, upsampled coarser field
+        self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks) for _ in range(levels))
+
+    @property
+    def multiple(self) -> int:
+        """Every spatial size of the input must be a multiple of this (the total stride)."""
+        return 2**self.levels
+
+    def level_shape(self, shape: Sequence[int], level: int) -> tuple[int, ...]:
+        """Grid of level ``level`` (0 = coarsest) for an input grid ``shape``: ``shape / 2**(L-1-level)``."""
+        f = 2 ** (self.levels - 1 - level)
+        return tuple(int(s) // f for s in shape)
+
+    def to_displacement(self, f: torch.Tensor) -> torch.Tensor:
+        """A field of this network -> its displacement (integrates a velocity)."""
+        return integrate(f, self.integration_steps) if self.field == "velocity" else f
+
+    def _check(self, moving: torch.Tensor, fixed: torch.Tensor, active_levels: int | None) -> int:
+        want = f"(B, {self.in_channels}, *S) with {self.ndim} spatial dims"
+        for name, t in (("moving", moving), ("fixed", fixed)):
+            if not isinstance(t, torch.Tensor) or t.dim() != self.ndim + 2 or t.shape[1] != self.in_channels:
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"LapIRN '{name}' must be {want}, got {got}")
+        if moving.shape != fixed.shape:
+            raise ValueError(f"LapIRN 'moving' {tuple(moving.shape)} and 'fixed' {tuple(fixed.shape)} differ in shape")
+        check_divisible("LapIRN", moving.shape[2:], self.multiple)
+        if active_levels is None:
+            return self.levels
+        if isinstance(active_levels, bool) or not isinstance(active_levels, int) or not 1 <= active_levels <= self.levels:
+            raise ValueError(f"LapIRN 'active_levels' must be an int in [1, {self.levels}] or None, got {active_levels!r}")
+        return active_levels
+
+    def forward(
+        self,
+        moving: torch.Tensor,
+        fixed: torch.Tensor,
+        active_levels: int | None = None,
+        upsample: bool = True,
+    ) -> torch.Tensor:
+        """The total field (velocity or displacement, see ``field``) of the first ``active_levels``
+        levels (``None``: all).
+
+        Returns ``(B, D, *S)`` on the input grid when ``upsample`` (a coarser result is brought
+        there by :func:`spatial.resize_field`), else ``(B, D, *level_shape(S, active_levels-1))``
+        on the grid of the finest active level.
+        """
+        n = self._check(moving, fixed, active_levels)
+        shape = tuple(moving.shape[2:])
+        cl = self.channels_last if self.channels_last is not None else moving.device.type == "cpu"
+        fmt = torch.contiguous_format
+        if cl:
+            fmt = torch.channels_last_3d if self.ndim == 3 else torch.channels_last
+        total: torch.Tensor | None = None
+        feat: torch.Tensor | None = None
+        for k in range(n):
+            grid = self.level_shape(shape, k)
+            m, f = resample_image(moving, grid), resample_image(fixed, grid)
+            if total is None:
+                prev = m.new_zeros(m.shape[0], self.ndim, *grid)
+            else:
+                prev = resize_field(total, grid)
+                m = warp(m, self.to_displacement(prev))
+            x = torch.cat([m, f, prev.to(m.dtype)], dim=1).contiguous(memory_format=fmt)
+            r, feat = self.level_nets[k](x, feat if self.feature_passing else None)
+            if total is None:
+                total = r
+            elif self.field == "velocity":
+                total = prev + r
+            else:
+                total = compose(prev, r)
+        assert total is not None
+        if upsample and tuple(total.shape[2:]) != shape:
+            total = resize_field(total, shape)
+        return total
