@@ -21,8 +21,7 @@ through the shared code, whatever the stage. ``train/stage`` is logged every epo
 
 from __future__ import annotations
 
-import contextlib
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -147,17 +146,6 @@ class LapIRNModule(RegistrationModule):
             raise RuntimeError(f"LapIRNModule stage {stage} grid {tuple(out.shape[2:])} != expected {grid}")
         return out
 
-    @contextlib.contextmanager
-    def _loss_on_grid(self, factor: int) -> Iterator[None]:
-        """Within the block the shared loss code compares on the grid ``S // factor`` (its
-        ``loss_grid="coarse"`` path with ``downsize=factor``); restored on exit."""
-        saved = self.downsize, self.loss_grid
-        self.downsize, self.loss_grid = factor, "coarse"
-        try:
-            yield
-        finally:
-            self.downsize, self.loss_grid = saved
-
     def compute_loss(self, batch: Mapping[str, Any], stage: int | None = None) -> dict[str, torch.Tensor]:
         """Named loss parts of stage ``stage`` (``None``: the current epoch's) at its resolution."""
         stage = self.stage if stage is None else int(stage)
@@ -166,5 +154,4 @@ class LapIRNModule(RegistrationModule):
         if stage == self.levels:
             return super().compute_loss(batch)
         out = self.stage_output(batch["moving"], batch["fixed"], stage)
-        with self._loss_on_grid(self.stage_factor(stage)):
-            return self._loss_parts(batch, out)
+        return self._loss_parts(batch, out, grid_factor=self.stage_factor(stage))

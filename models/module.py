@@ -173,11 +173,13 @@ class RegistrationModule(L.LightningModule):
             return self.net(moving, fixed)[crop]
         return self.net(moving, fixed)
 
-    def _coarse(self, img: torch.Tensor) -> torch.Tensor:
-        """``(B, C, *S)`` -> the network's grid ``S // downsize`` (linear, align_corners=True)."""
-        if self.downsize == 1:
+    def _coarse(self, img: torch.Tensor, factor: int | None = None) -> torch.Tensor:
+        """``(B, C, *S)`` -> the grid ``S // factor`` (default ``downsize``: the network's grid;
+        linear, align_corners=True)."""
+        factor = self.downsize if factor is None else int(factor)
+        if factor == 1:
             return img
-        shape = tuple(s // self.downsize for s in img.shape[2:])
+        shape = tuple(s // factor for s in img.shape[2:])
         mode = "trilinear" if img.dim() == 5 else "bilinear"
         return F.interpolate(img, size=shape, mode=mode, align_corners=True)
 
@@ -202,18 +204,21 @@ class RegistrationModule(L.LightningModule):
         return self._loss_parts(batch, self(batch["moving"], batch["fixed"]))
 
     def _loss_parts(
-        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None
+        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None,
+        grid_factor: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Loss parts from the network output ``out`` (and its full-resolution displacement
         ``u`` when already computed); with ``loss_grid="coarse"`` the coarse displacement and
-        downsampled images are compared instead."""
-        coarse = self.loss_grid == "coarse" and self.downsize > 1
+        images downsampled to the network's grid are compared instead. ``grid_factor``: compare
+        on ``S // grid_factor``, where ``out`` lives (a coarse training stage, e.g. LapIRN's)."""
+        factor = grid_factor if grid_factor is not None else (self.downsize if self.loss_grid == "coarse" else 1)
+        coarse = factor > 1
         if coarse:
             u = self.to_displacement(out)
         elif u is None:
             u = self.to_displacement(out, batch["fixed"].shape[2:])
-        fixed = self._coarse(batch["fixed"]) if coarse else batch["fixed"]
-        moving = self._coarse(batch["moving"]) if coarse else batch["moving"]
+        fixed = self._coarse(batch["fixed"], factor)
+        moving = self._coarse(batch["moving"], factor)
         moved = warp(moving, u)
         parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
@@ -224,7 +229,7 @@ class RegistrationModule(L.LightningModule):
             if "reg_reverse" in parts:
                 loss = loss + self.loss_cfg["reg_weight"] * parts["reg_reverse"]
         if self.loss_cfg["dice_weight"] > 0:
-            moving_oh, fixed_oh = self._label_maps(batch, coarse)
+            moving_oh, fixed_oh = self._label_maps(batch, factor)
             parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)
             loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
             if self.bidirectional:
@@ -233,9 +238,9 @@ class RegistrationModule(L.LightningModule):
         parts["loss"] = loss
         return parts
 
-    def _label_maps(self, batch: Mapping[str, Any], coarse: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-hot ``(moving, fixed)`` label maps for a Dice loss (soft maps on the network's grid
-        when ``coarse``); one clear error when the batch has no labels."""
+    def _label_maps(self, batch: Mapping[str, Any], factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-hot ``(moving, fixed)`` label maps for a Dice loss (soft maps on ``S // factor``
+        when ``factor > 1``); one clear error when the batch has no labels."""
         if "moving_label" not in batch or "fixed_label" not in batch:
             raise ValueError(
                 "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
@@ -243,9 +248,7 @@ class RegistrationModule(L.LightningModule):
             )
         n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
         moving_oh, fixed_oh = one_hot(batch["moving_label"], n), one_hot(batch["fixed_label"], n)
-        if coarse:
-            moving_oh, fixed_oh = self._coarse(moving_oh), self._coarse(fixed_oh)
-        return moving_oh, fixed_oh
+        return self._coarse(moving_oh, factor), self._coarse(fixed_oh, factor)
 
     def _reverse_parts(
         self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor,

@@ -189,12 +189,15 @@ class SymmetricRegistrationModule(RegistrationModule):
 
     # ------------------------------------------------------------------ training
     def _loss_parts(
-        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None
+        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None,
+        grid_factor: int | None = None,
     ) -> dict[str, torch.Tensor]:
         """Named parts (module docstring). Similarities and Dice are computed on the full grid
         (``loss_grid="full"``, fields upsampled) or the network's grid (``"coarse"``); the
         orientation, magnitude and smoothness terms always on the network's grid. ``u`` is
-        not needed (the maps are recomputed together)."""
+        not needed (the maps are recomputed together); ``grid_factor`` is not supported."""
+        if grid_factor is not None:
+            raise NotImplementedError("SymmetricRegistrationModule computes its loss on the full or the network's grid only")
         cfg = self.loss_cfg
         coarse = self.loss_grid == "coarse" and self.downsize > 1
         v_f, v_m = self.half_velocities(out)
@@ -220,7 +223,7 @@ class SymmetricRegistrationModule(RegistrationModule):
         loss = (loss + cfg["orientation_weight"] * parts["orientation"]
                 + cfg["magnitude_weight"] * parts["magnitude"] + cfg["reg_weight"] * parts["reg"])
         if cfg["dice_weight"] > 0:
-            moving_oh, fixed_oh = self._label_maps(batch, coarse)
+            moving_oh, fixed_oh = self._label_maps(batch, self.downsize if coarse else 1)
             parts["dice_loss"] = dice_loss(warp(moving_oh, fields["forward"]), fixed_oh)
             parts["dice_loss_reverse"] = dice_loss(warp(fixed_oh, fields["backward"]), moving_oh)
             loss = loss + cfg["dice_weight"] * (parts["dice_loss"] + parts["dice_loss_reverse"])
