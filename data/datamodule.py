@@ -45,8 +45,9 @@ class MNIDataModule(GeneratedDataModule):
         pairs_per_epoch: training pairs per epoch.
         seed: subjects and training pairs depend only on it.
         batch_size, num_workers: DataLoader settings.
-        deformation_scale, deformation_smoothness, bias, gamma, noise, contrast, labels: see
-            :class:`MNISubjects` (``labels="parcels"``: 17 finer labels).
+        deformation_scale, deformation_smoothness, bias, gamma, noise, contrast, labels,
+            slice_thickness: see :class:`MNISubjects` (``labels="parcels"``: 17 finer labels;
+            ``slice_thickness``: a resolution shift).
         with_labels: put ``fixed_label``/``moving_label`` in batches.
         val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
     """
@@ -69,6 +70,7 @@ class MNIDataModule(GeneratedDataModule):
         noise: float = DEFAULT_NOISE,
         contrast: str = "t1",
         labels: str = "tissue",
+        slice_thickness: float = 0.0,
         with_labels: bool = True,
         val_pairs: str = "consecutive",
         test_pairs: str = "consecutive",
@@ -87,6 +89,7 @@ class MNIDataModule(GeneratedDataModule):
             noise=noise,
             contrast=contrast,
             labels=labels,
+            slice_thickness=slice_thickness,
         )
         self._setup_splits(subjects, n_train, n_val, n_test, pairs_per_epoch, seed, batch_size, num_workers,
                            with_labels, val_pairs, test_pairs)

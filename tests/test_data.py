@@ -474,6 +474,19 @@ def test_mni_parcels_and_inverted_contrast():
     assert dm.num_labels == 18 and dm.label_names[17] == "WM_RAS"
 
 
+def test_mni_thick_slices_blur_only_the_last_axis_and_keep_labels():
+    """slice_thickness=6 (mm, 3 voxels at 2 mm): a resolution shift of the image alone."""
+    thin = MNISubjects(resolution=2, seed=0, cache=False)[1]
+    thick = MNISubjects(resolution=2, seed=0, slice_thickness=6.0, cache=False)[1]
+    assert torch.equal(thin["label"], thick["label"])
+    detail = lambda im, axis: float(im[0].diff(dim=axis).abs().mean())  # noqa: E731
+    assert detail(thick["image"], 2) < 0.85 * detail(thin["image"], 2)  # through-slice detail lost
+    assert detail(thick["image"], 0) > 0.85 * detail(thin["image"], 0)  # in-plane detail mostly kept
+    assert float(thick["image"].min()) >= 0.0 and float(thick["image"].max()) <= 1.0
+    with pytest.raises(ValueError, match="slice_thickness"):
+        MNISubjects(slice_thickness=-1)
+
+
 def test_mni_config_mirrors_the_datamodule_defaults():
     """configs/data/mni.yaml states every knob; its values are the class defaults (one truth)."""
     import inspect
