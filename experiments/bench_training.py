@@ -1,8 +1,15 @@
 """Benchmark of one training step per network on CPU, side by side with MONAI's VoxelMorph.
 
-    python experiments/bench_training.py [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm2 lkunet transmorph monai]
+    python experiments/bench_training.py [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm2 lkunet transmorph lapirn monai]
                                          [--repeats 3] [--threads N] [--field displacement|velocity]
-                                         [--transmorph-size base] [--no-memory] [--json out.json]
+                                         [--transmorph-size base] [--checkpoint] [--no-timing | --no-memory]
+                                         [--json out.json]
+
+Memory with and without activation checkpointing at the full OASIS size (one command each):
+
+    python experiments/bench_training.py --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing
+    python experiments/bench_training.py --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing \\
+        --checkpoint
 
 One step = forward + LNCC (window 9) + 0.1 · diffusion regulariser + backward + Adam step, on
 one random smooth pair (batch 1). Our networks run through ``RegistrationModule.compute_loss``
@@ -11,6 +18,10 @@ MONAI's ``monai.networks.nets.VoxelMorph`` (default backbone: widths 16/32/32/32
 16/16, maxpool, ~244 k parameters) runs its own forward (backbone + its DVF2DDF + its Warp)
 and is scored by the same LNCC and diffusion loss. ``--field displacement`` gives MONAI
 ``integration_steps=0``; ``velocity`` gives both sides 7 scaling-and-squaring steps.
+``lapirn`` is the whole 3-level pyramid (C=16, 3 residual blocks, feature passing) trained at
+once (the last stage of LapIRNModule's schedule), its field type the bench's ``--field``.
+``--checkpoint`` builds our networks with ``checkpoint=True`` (activation checkpointing, see
+:func:`models.networks.voxelmorph.checkpointed`); MONAI's has no such option and runs as is.
 
 Timing: all networks of a shape live in ONE process; after one warm-up step each, ``repeats``
 rounds time one step of every network in turn (interleaved, so load from other processes hits
@@ -22,7 +33,8 @@ so each network runs alone in a subprocess: the peak resident set over two train
 (``VmHWM`` of ``/proc/self/status``, reset just before them) minus the resident set before them
 (after the model and data are built) is the memory a training step adds (activations,
 gradients, Adam state, workspace). Linux only. (``ru_maxrss`` would be wrong here: a child
-inherits its parent's high-water mark, and the parent holds every network.)
+inherits its parent's high-water mark, and the parent holds every network.) The worker also
+times its second step; ``--no-timing`` skips the interleaved timing and reports that time.
 
 A network whose ``multiple`` does not divide the shape (TransMorph: 32, so 80×96×112) runs on
 inputs padded at the end of each axis to the next multiple (96×96×128), the field cropped
@@ -50,7 +62,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-NETS = ("vxm1", "vxm2", "lkunet", "transmorph", "monai")
+NETS = ("vxm1", "vxm2", "lkunet", "transmorph", "lapirn", "monai")
 LOSS = {"sim": "lncc", "reg": "diffusion", "reg_weight": 0.1}
 
 
@@ -90,21 +102,28 @@ class MonaiStep(nn.Module):
         return {"loss": sim + LOSS["reg_weight"] * reg, "sim": sim, "reg": reg}
 
 
-def build(name: str, shape: tuple[int, ...], field: str, tm_size: str) -> tuple[nn.Module, str]:
-    """A module with ``compute_loss(batch)`` for network ``name``, and a note for the table."""
+def build(name: str, shape: tuple[int, ...], field: str, tm_size: str,
+          checkpoint: bool = False) -> tuple[nn.Module, str]:
+    """A module with ``compute_loss(batch)`` for network ``name``, and a note for the table;
+    ``checkpoint``: our networks with activation checkpointing."""
     from models import RegistrationModule
-    from models.networks import LKUNet, TransMorph, VoxelMorphUNet
+    from models.networks import LapIRN, LKUNet, TransMorph, VoxelMorphUNet
 
     if name == "monai":
         return MonaiStep(field), "MONAI default backbone"
+    ck = {"checkpoint": checkpoint}
     if name in ("vxm1", "vxm2"):
-        net, note = VoxelMorphUNet(ndim=3, variant=name), ""
+        net, note = VoxelMorphUNet(ndim=3, variant=name, **ck), ""
     elif name == "lkunet":
-        net, note = LKUNet(ndim=3, start_channels=8, kernel_size=5), "C=8, k=5"
+        net, note = LKUNet(ndim=3, start_channels=8, kernel_size=5, **ck), "C=8, k=5"
     elif name == "transmorph":
-        net, note = TransMorph(ndim=3, size=tm_size), tm_size
+        net, note = TransMorph(ndim=3, size=tm_size, **ck), tm_size
+    elif name == "lapirn":
+        net, note = LapIRN(ndim=3, field=field, integration_steps=7, **ck), "3 levels, C=16"
     else:
         raise ValueError(f"bench_training: unknown network {name!r}; choose from {NETS}")
+    if checkpoint:
+        note = ", ".join(filter(None, [note, "checkpoint"]))
     if any(s % net.multiple for s in shape):
         padded = tuple(-(-s // net.multiple) * net.multiple for s in shape)
         note = ", ".join(filter(None, [note, f"padded to {'x'.join(map(str, padded))}"]))
@@ -140,12 +159,12 @@ def n_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad)
 
 
-def time_shape(shape, nets, repeats, field, tm_size) -> dict[str, dict]:
+def time_shape(shape, nets, repeats, field, tm_size, checkpoint: bool = False) -> dict[str, dict]:
     """Interleaved timing of every network in this process (see the module docstring)."""
     batch = make_batch(shape)
     steps, rows = {}, {}
     for name in nets:
-        module, note = build(name, shape, field, tm_size)
+        module, note = build(name, shape, field, tm_size, checkpoint)
         steps[name] = make_step(module, batch)
         rows[name] = {"net": name, "note": note, "params": n_params(module), "times": []}
         steps[name]()  # warm-up: allocator, oneDNN primitive caches, Adam state
@@ -171,12 +190,13 @@ def _status_kib(key: str) -> float:
     raise KeyError(key)
 
 
-def memory_worker(name: str, shape, field: str, tm_size: str) -> dict:
+def memory_worker(name: str, shape, field: str, tm_size: str, checkpoint: bool = False) -> dict:
     """Run in a fresh process: peak resident set during two training steps minus the resident
-    set just before them (MiB). Reads ``/proc/self/status`` (Linux): ``VmHWM`` belongs to this
-    process's own address space, unlike ``getrusage().ru_maxrss``, which a child started from
-    a big parent inherits (fork + exec keep the parent's high-water mark)."""
-    module, _ = build(name, shape, field, tm_size)
+    set just before them (MiB), and the wall time of the second step (s). Reads
+    ``/proc/self/status`` (Linux): ``VmHWM`` belongs to this process's own address space, unlike
+    ``getrusage().ru_maxrss``, which a child started from a big parent inherits (fork + exec keep
+    the parent's high-water mark)."""
+    module, _ = build(name, shape, field, tm_size, checkpoint)
     step = make_step(module, make_batch(shape))
     before = _status_kib("VmRSS")
     try:  # reset VmHWM to the current RSS (Linux >= 4.0); without it VmHWM covers the build too
@@ -185,16 +205,21 @@ def memory_worker(name: str, shape, field: str, tm_size: str) -> dict:
     except OSError:
         pass
     step()
+    t0 = time.perf_counter()
     step()
+    seconds = time.perf_counter() - t0
     peak = _status_kib("VmHWM")
-    return {"step_peak_mb": (peak - before) / 1024.0, "peak_rss_mb": peak / 1024.0}
+    return {"step_peak_mb": (peak - before) / 1024.0, "peak_rss_mb": peak / 1024.0, "step_seconds": seconds}
 
 
-def memory_of(name: str, shape, field: str, tm_size: str, threads: int | None) -> dict:
+def memory_of(name: str, shape, field: str, tm_size: str, threads: int | None, checkpoint: bool = False) -> dict:
+    """:func:`memory_worker` in a fresh subprocess (this script with ``--worker``)."""
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--shapes", "x".join(map(str, shape)),
            "--field", field, "--transmorph-size", tm_size]
     if threads:
         cmd += ["--threads", str(threads)]
+    if checkpoint:
+        cmd += ["--checkpoint"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -217,7 +242,11 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--field", choices=("displacement", "velocity"), default="displacement")
     ap.add_argument("--transmorph-size", default="base", choices=("tiny", "small", "base", "large"))
+    ap.add_argument("--checkpoint", action="store_true",
+                    help="build our networks with checkpoint=True (activation checkpointing)")
     ap.add_argument("--no-memory", action="store_true", help="skip the per-network memory subprocesses")
+    ap.add_argument("--no-timing", action="store_true",
+                    help="skip the interleaved timing; s / step is then the memory worker's second step")
     ap.add_argument("--json", default=None, help="also write the results to this JSON file")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -226,20 +255,35 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     if args.worker:
-        print(json.dumps(memory_worker(args.worker, args.shapes[0], args.field, args.transmorph_size)))
+        print(json.dumps(memory_worker(args.worker, args.shapes[0], args.field, args.transmorph_size,
+                                       args.checkpoint)))
         return 0
+    if args.no_timing and args.no_memory:
+        ap.error("--no-timing and --no-memory leave nothing to measure")
 
+    timing = ("the second of 2 steps in the memory subprocess" if args.no_timing
+              else f"median of {args.repeats} interleaved steps after 1 warm-up")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, field={args.field}, "
-          f"median of {args.repeats} interleaved steps after 1 warm-up\n")
+          f"checkpoint={args.checkpoint}, {timing}\n")
     print("| shape | network | params | s / step | x MONAI (same process) | step peak MB |")
     print("| --- | --- | --- | --- | --- | --- |", flush=True)
     results = []
     for shape in args.shapes:
-        rows = time_shape(shape, args.nets, args.repeats, args.field, args.transmorph_size)
+        if args.no_timing:
+            rows = {}
+            for name in args.nets:
+                module, note = build(name, shape, args.field, args.transmorph_size, args.checkpoint)
+                rows[name] = {"net": name, "note": note, "params": n_params(module)}
+                del module
+        else:
+            rows = time_shape(shape, args.nets, args.repeats, args.field, args.transmorph_size, args.checkpoint)
         for name, r in rows.items():
             r["shape"] = "x".join(map(str, shape))
+            r["checkpoint"] = args.checkpoint
             if not args.no_memory:
-                r.update(memory_of(name, shape, args.field, args.transmorph_size, args.threads))
+                r.update(memory_of(name, shape, args.field, args.transmorph_size, args.threads, args.checkpoint))
+            if args.no_timing:
+                r["seconds"] = r["step_seconds"]
             results.append(r)
             label = r["net"] + (f" ({r['note']})" if r["note"] else "")
             ratio = f"{r['ratio_vs_monai']:.2f}" if "ratio_vs_monai" in r else "—"

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, conv_nd
+from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, checkpointed, conv_nd
 from spatial import compose, integrate, resize_field, warp
 
 __all__ = ["LapIRN", "LAPIRN_FIELDS"]
@@ -137,6 +137,10 @@ class LapIRN(nn.Module):
         feature_passing: pass each level's residual-block feature up to the next level.
         in_channels: channels of each image.
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
+        checkpoint: activation checkpointing in training (see
+            :func:`models.networks.voxelmorph.checkpointed`): each level's CNN keeps only its
+            inputs and is recomputed in the backward pass. Same outputs and gradients; no effect
+            in eval or under ``no_grad``.
 
     Spatial sizes must be divisible by :attr:`multiple` ``= 2**levels`` (the coarsest level is at
     ``S / 2**(L-1)`` and halves it once more); a ``ValueError`` names the shape otherwise.
@@ -153,6 +157,7 @@ class LapIRN(nn.Module):
         feature_passing: bool = True,
         in_channels: int = 1,
         channels_last: bool | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -170,6 +175,7 @@ class LapIRN(nn.Module):
         self.feature_passing = bool(feature_passing)
         self.in_channels = in_channels
         self.channels_last = channels_last
+        self.checkpoint = bool(checkpoint)
         cin = 2 * in_channels + ndim  # warped moving, fixed, upsampled coarser field
         self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks) for _ in range(levels))
 
@@ -233,7 +239,7 @@ class LapIRN(nn.Module):
                 prev = resize_field(total, grid)
                 m = warp(m, self.to_displacement(prev))
             x = torch.cat([m, f, prev.to(m.dtype)], dim=1).contiguous(memory_format=fmt)
-            r, feat = self.level_nets[k](x, feat if self.feature_passing else None)
+            r, feat = checkpointed(self, self.level_nets[k], x, feat if self.feature_passing else None)
             if total is None:
                 total = r
             elif self.field == "velocity":

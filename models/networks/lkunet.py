@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, conv_nd
+from models.networks.voxelmorph import _memory_format, check_divisible, checkpointed, conv_nd
 
 __all__ = ["LKUNet", "LKBlock"]
 
@@ -106,6 +106,12 @@ class LKUNet(nn.Module):
         kernel_size: ``k`` of the LK blocks (odd, >= 3; the paper's default 5).
         in_channels: channels of each image.
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
+        checkpoint: activation checkpointing in training (see
+            :func:`models.networks.voxelmorph.checkpointed`): the full-resolution stem, each
+            encoder level (stride-2 conv + LK block) and each decoder level (transposed conv,
+            concatenation, two convs; the flow conv with the last) keep only their inputs and are
+            recomputed in the backward pass. Same outputs and gradients; no effect in eval or
+            under ``no_grad``.
     """
 
     levels = 4
@@ -117,6 +123,7 @@ class LKUNet(nn.Module):
         kernel_size: int = 5,
         in_channels: int = 1,
         channels_last: bool | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -128,6 +135,7 @@ class LKUNet(nn.Module):
         c = start_channels
         self.ndim = ndim
         self.channels_last = channels_last
+        self.checkpoint = bool(checkpoint)
         self.stem = nn.Sequential(ConvPReLU(ndim, 2 * in_channels, c), ConvPReLU(ndim, c, c))
         enc = [2 * c, 4 * c, 8 * c, 8 * c]
         self.down = nn.ModuleList()
@@ -168,14 +176,25 @@ class LKUNet(nn.Module):
         cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
         if cl:
             x = x.contiguous(memory_format=torch.channels_last_3d if self.ndim == 3 else torch.channels_last)
-        x = self.stem(x)
+        x = checkpointed(self, self.stem, x)
         feats = [x]
         for down, lk in zip(self.down, self.lk):
-            x = lk(down(x))
+            x = checkpointed(self, self._encoder_level, down, lk, x)
             feats.append(x)
         feats.pop()  # the bottleneck is not a skip
-        for up, dec in zip(self.up, self.dec):
-            x = up(x)
-            skip = feats.pop()
-            x = dec(torch.cat([x, skip], dim=1).contiguous(memory_format=_memory_format(skip)))
-        return conv_nd(x, self.flow.weight, self.flow.bias, padding=1).contiguous()
+        last = len(self.up) - 1
+        for i, (up, dec) in enumerate(zip(self.up, self.dec)):
+            x = checkpointed(self, self._decoder_level, up, dec, x, feats.pop(), i == last)
+        return x
+
+    @staticmethod
+    def _encoder_level(down: nn.Module, lk: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return lk(down(x))
+
+    def _decoder_level(self, up: nn.Module, dec: nn.Module, x: torch.Tensor, skip: torch.Tensor,
+                       flow: bool) -> torch.Tensor:
+        """``dec(cat([up(x), skip]))``, then the flow conv if ``flow`` (the full-resolution level)."""
+        x = dec(torch.cat([up(x), skip], dim=1).contiguous(memory_format=_memory_format(skip)))
+        if flow:
+            x = conv_nd(x, self.flow.weight, self.flow.bias, padding=1).contiguous()
+        return x

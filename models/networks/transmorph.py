@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, conv_nd
+from models.networks.voxelmorph import _memory_format, check_divisible, checkpointed, conv_nd
 
 __all__ = ["TransMorph", "TRANSMORPH_SIZES"]
 
@@ -100,6 +100,12 @@ class TransMorph(nn.Module):
         head_channels: channels of the full-resolution decoder stage (the paper's 16).
         in_channels: channels of each image.
         channels_last: run the convolutions in channels-last layout; ``None`` = on CPU only.
+        checkpoint: activation checkpointing in training (see
+            :func:`models.networks.voxelmorph.checkpointed`): each Swin stage (with the patch
+            embedding or the patch merging before it and its output norm) and each decoder block
+            (with the convolutional skip it reads, and the flow conv after the last) keep only
+            their inputs and are recomputed in the backward pass. Same outputs and gradients
+            (stochastic depth replays its random draws); no effect in eval or under ``no_grad``.
     """
 
     def __init__(
@@ -116,6 +122,7 @@ class TransMorph(nn.Module):
         head_channels: int = 16,
         in_channels: int = 1,
         channels_last: bool | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         from monai.networks.blocks import PatchEmbed
@@ -150,6 +157,7 @@ class TransMorph(nn.Module):
         self.patch_size = int(patch_size)
         self.window_size = window_size
         self.channels_last = channels_last
+        self.checkpoint = bool(checkpoint)
         cin = 2 * in_channels
         c = embed_dim
         self.patch_embed = PatchEmbed(patch_size=self.patch_size, in_chans=cin, embed_dim=c,
@@ -191,14 +199,21 @@ class TransMorph(nn.Module):
 
     def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Swin features ``[f0, ..., f_last]``, channels-first, at 1/4, 1/8, ... resolution."""
-        x = self.patch_embed(x)
         feats = []
-        for i, stage in enumerate(self.stages):
-            if i > 0:
-                x = _channels_first(self.merges[i - 1](_channels_last(x)))
-            x = stage(x.contiguous())
-            feats.append(_channels_first(self.norms[i](_channels_last(x))))
+        for i in range(len(self.stages)):
+            x, f = checkpointed(self, self._stage, i, x)
+            feats.append(f)
         return feats
+
+    def _stage(self, i: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage ``i`` on the previous stage's output (stage 0: on the image pair, after the patch
+        embedding; later ones after patch merging): ``(its output, its normalised feature)``."""
+        if i == 0:
+            x = self.patch_embed(x)
+        else:
+            x = _channels_first(self.merges[i - 1](_channels_last(x)))
+        x = self.stages[i](x.contiguous())
+        return x, _channels_first(self.norms[i](_channels_last(x)))
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         check_divisible("TransMorph", moving.shape[2:], self.multiple)
@@ -207,10 +222,25 @@ class TransMorph(nn.Module):
         cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
         fmt = (torch.channels_last_3d if self.ndim == 3 else torch.channels_last) if cl else torch.contiguous_format
         x = x.contiguous(memory_format=fmt)
-        pool = F.avg_pool3d if self.ndim == 3 else F.avg_pool2d
-        skips = [self.skip_full(x), self.skip_half(pool(x, 3, stride=2, padding=1))]
+        # skips, last one first; the two convolutional ones (None here) are computed inside the
+        # decoder block that reads them, so checkpointing does not keep them either
+        skips: list[torch.Tensor | None] = [None, None]
         skips += [f.contiguous(memory_format=fmt) for f in feats[:-1]]
         y = feats[-1].contiguous(memory_format=fmt)
-        for block in self.decoder:
-            y = block(y, skips.pop())
-        return conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous()
+        for j in range(len(self.decoder)):
+            y = checkpointed(self, self._decoder_level, j, y, skips.pop(), x)
+        return y
+
+    def _decoder_level(self, j: int, y: torch.Tensor, skip: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """Decoder block ``j`` on ``y`` and its skip; the last two blocks compute their skip from the
+        image pair ``x`` (``skip_half``, ``skip_full``); the last one ends with the flow conv."""
+        last = len(self.decoder) - 1
+        if j == last:
+            skip = self.skip_full(x)
+        elif j == last - 1:
+            pool = F.avg_pool3d if self.ndim == 3 else F.avg_pool2d
+            skip = self.skip_half(pool(x, 3, stride=2, padding=1))
+        y = self.decoder[j](y, skip)
+        if j == last:
+            y = conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous()
+        return y

@@ -9,18 +9,21 @@ This module also holds the pieces every network of :mod:`models.networks` shares
 divisibility check (:func:`check_divisible`, one error message for all networks),
 :func:`pad_to_multiple` for callers that would rather pad than crop, and
 :func:`upsample_conv`, a 3×3(×3) convolution of a ×2 nearest-upsampled tensor computed on the
-coarse grid.
+coarse grid, and :func:`checkpointed`, the activation-checkpointing switch every network's
+``checkpoint`` option goes through.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint as _checkpoint
 
-__all__ = ["VoxelMorphUNet", "VXM_WIDTHS", "check_divisible", "pad_to_multiple", "upsample_conv", "conv_nd"]
+__all__ = ["VoxelMorphUNet", "VXM_WIDTHS", "check_divisible", "checkpointed", "pad_to_multiple", "upsample_conv",
+           "conv_nd"]
 
 # Encoder / decoder widths of the paper's two variants.
 VXM_WIDTHS = {
@@ -48,6 +51,22 @@ def check_divisible(net: str, shape: Sequence[int], multiple: int) -> None:
             f"{net} needs spatial sizes divisible by {multiple}, got {shape}; crop or pad the data "
             f"(e.g. data.shape, or models.networks.pad_to_multiple) to a multiple of {multiple}"
         )
+
+
+def checkpointed(net: nn.Module, fn: Callable, *args):
+    """``fn(*args)``, run under activation checkpointing when ``net.checkpoint`` is set, ``net``
+    is in training mode and gradients are enabled; a plain call otherwise (eval, ``no_grad``).
+
+    Checkpointed, ``fn``'s intermediate tensors are not kept for the backward pass: only its
+    inputs (``args``) are, and ``fn`` runs a second time in the backward pass to rebuild the rest
+    (``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``; the RNG state is replayed,
+    so dropout / stochastic depth give the same numbers). Same outputs and gradients, less peak
+    memory, one extra forward of ``fn``. ``fn`` must not change module state (no running
+    statistics), and anything it reads besides ``args`` must not change before the backward.
+    """
+    if getattr(net, "checkpoint", False) and net.training and torch.is_grad_enabled():
+        return _checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "constant") -> tuple[torch.Tensor, tuple[slice, ...]]:
@@ -226,6 +245,10 @@ class VoxelMorphUNet(nn.Module):
         enc, dec: explicit widths; ``len(dec) >= len(enc)``.
         in_channels: channels of each image (1 for grey-level MRI).
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
+        checkpoint: activation checkpointing in training (:func:`checkpointed`): each encoder
+            level and each decoder level (the full-resolution one: every conv there and the
+            flow) keeps only its inputs and recomputes the rest in the backward pass. Same
+            outputs and gradients; no effect in eval or under ``no_grad``.
     """
 
     def __init__(
@@ -236,6 +259,7 @@ class VoxelMorphUNet(nn.Module):
         dec: Sequence[int] | None = None,
         in_channels: int = 1,
         channels_last: bool | None = None,
+        checkpoint: bool = False,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -252,6 +276,7 @@ class VoxelMorphUNet(nn.Module):
         self.ndim = ndim
         self.stride = 2 ** len(enc)
         self.channels_last = channels_last
+        self.checkpoint = bool(checkpoint)
         self.down = nn.ModuleList()
         cin = 2 * in_channels
         skips = [cin]
@@ -289,21 +314,28 @@ class VoxelMorphUNet(nn.Module):
         x = self._input(moving, fixed)
         feats = [x]
         for layer in self.down:
-            x = layer(x)
+            x = checkpointed(self, layer, x)
             feats.append(x)
         feats.pop()
-        rest = list(self.extra)
-        if self.up:
-            # decoder: up[0] reads the bottleneck; every later conv reads cat([up2(prev), skip])
-            x = self.up[0](x)
-            for layer in [*self.up[1:], *self.extra[:1]]:
-                x = layer.forward_up_cat(x, feats.pop())
-            if not self.extra:  # the flow layer itself reads the last cat([up2(x), skip])
-                w, c = self.flow.weight, x.shape[1]
-                out = conv_nd(feats.pop(), w[:, c:], self.flow.bias, padding=1) + upsample_conv(x, w[:, :c])
-                return out.contiguous()
-            rest = rest[1:]
-        for layer in rest:
+        if not self.up:
+            return checkpointed(self, self._tail, x)
+        # decoder: up[0] reads the bottleneck; every later conv reads cat([up2(prev), skip])
+        x = checkpointed(self, self.up[0], x)
+        for layer in self.up[1:]:
+            x = checkpointed(self, layer.forward_up_cat, x, feats.pop())
+        return checkpointed(self, self._full_resolution, x, feats.pop())
+
+    def _full_resolution(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """The last decoder level: the conv reading ``cat([up2(x), skip])`` (the first extra conv,
+        or the flow layer itself when there is none), the other extra convs, the flow."""
+        if not self.extra:
+            w, c = self.flow.weight, x.shape[1]
+            out = conv_nd(skip, w[:, c:], self.flow.bias, padding=1) + upsample_conv(x, w[:, :c])
+            return out.contiguous()
+        return self._tail(self.extra[0].forward_up_cat(x, skip), self.extra[1:])
+
+    def _tail(self, x: torch.Tensor, layers: Sequence[nn.Module] | None = None) -> torch.Tensor:
+        for layer in self.extra if layers is None else layers:
             x = layer(x)
         return conv_nd(x, self.flow.weight, self.flow.bias, padding=1).contiguous()
 
