@@ -312,7 +312,7 @@ def test_cli_exit_status_of_data_check_and_recipe(tmp_path):
 
 # ---------------------------------------------------------------- checkpoint of another model
 def _checkpoint(path: Path, model_name: str = "voxelmorph", weights_of: str | None = None, edit=None,
-                registration: bool = True) -> Path:
+                registration: bool = True, convention: str | None = None) -> Path:
     """What train.py's checkpoints hold (Lightning's dict + ``on_save_checkpoint``'s metadata)."""
     import torch
 
@@ -328,7 +328,7 @@ def _checkpoint(path: Path, model_name: str = "voxelmorph", weights_of: str | No
             "state_dict": weights.state_dict(), "hyper_parameters": {}}
     if registration:
         ckpt["registration"] = {"method": model.method, "model_config": config, "data_config": None,
-                                "field": "displacement", "displacement_convention": DISPLACEMENT_CONVENTION}
+                                "field": "displacement", "displacement_convention": convention or DISPLACEMENT_CONVENTION}
     torch.save(ckpt, path)
     return path
 
@@ -352,6 +352,9 @@ CHECKPOINTS = {
     "config_variant_mismatch": (lambda p: _checkpoint(p, edit=_variant), "does not match its stored model config"),
     "weights_of_another_method": (lambda p: _checkpoint(p, weights_of="lkunet"), "does not match its stored model"),
     "unknown_model_class": (lambda p: _checkpoint(p, edit=_target), "cannot be built here"),
+    # e.g. a field in grid_sample's normalised [-1, 1] units, or one that pushes forward
+    "another_displacement_convention": (lambda p: _checkpoint(p, convention="normalised [-1, 1], x - u(x)"),
+                                        "uses another displacement convention"),
 }
 
 
