@@ -35,8 +35,7 @@ def _box_sum_direct(x: torch.Tensor, window: int) -> torch.Tensor:
     kernel per axis through :func:`spatial.filters.separable_filter`, i.e. ``D * window``
     additions per voxel instead of ``window ** D``.
     """
-    ones = x.new_ones(window)
-    return separable_filter(x, [ones] * (x.dim() - 2), padding="zeros")
+    return separable_filter(x, [[1.0] * window] * (x.dim() - 2), padding="zeros")
 
 
 class _BoxSum(torch.autograd.Function):

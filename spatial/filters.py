@@ -40,7 +40,7 @@ def _filter_axis(x: torch.Tensor, k: list[float], axis: int, padding: str) -> to
 
 def separable_filter(
     x: torch.Tensor,
-    kernels: Sequence[torch.Tensor | None],
+    kernels: Sequence[torch.Tensor | Sequence[float] | None],
     padding: str = "zeros",
 ) -> torch.Tensor:
     """Depthwise separable filtering: ``(B, C, *S) -> (B, C, *S)``.
@@ -48,7 +48,8 @@ def separable_filter(
     ``out = x * k_0 (axis 0) * k_1 (axis 1) ...``: each channel is correlated with the odd-length
     1-D kernel ``kernels[i]`` along spatial axis ``i`` (``None`` skips an axis); 'same' output
     size with ``padding`` ``"zeros"`` or ``"replicate"`` (edge values repeated; kernels longer
-    than an axis repeat the edge too).
+    than an axis repeat the edge too). A kernel is a 1-D tensor or a sequence of floats: its taps
+    are scalars of the passes, so a CPU tensor or a list costs no device synchronisation.
 
     Each pass is a sum of shifted views (:func:`_filter_axis`), memory-bound and the same on
     every device: on 2 CPU cores it is 5-10x faster than grouped 1-D convolutions for the short
@@ -62,12 +63,18 @@ def separable_filter(
         raise ValueError(f"separable_filter() needs one kernel per spatial axis ({ndim}), got {len(kernels)}")
     if padding not in PADDINGS:
         raise ValueError(f"separable_filter() 'padding' must be one of {list(PADDINGS)}, got {padding!r}")
+    taps: list[list[float] | None] = []
     for axis, k in enumerate(kernels):
-        if k is not None and (k.dim() != 1 or k.numel() % 2 == 0):
-            raise ValueError(f"separable_filter() kernel {axis} must be 1-D of odd length, got shape {tuple(k.shape)}")
-    for axis, k in enumerate(kernels):
+        if isinstance(k, torch.Tensor):
+            if k.dim() != 1:
+                raise ValueError(f"separable_filter() kernel {axis} must be 1-D of odd length, got shape {tuple(k.shape)}")
+            k = k.detach().cpu().tolist()
+        if k is not None and len(k) % 2 == 0:
+            raise ValueError(f"separable_filter() kernel {axis} must be 1-D of odd length, got length {len(k)}")
+        taps.append(None if k is None else [float(v) for v in k])
+    for axis, k in enumerate(taps):
         if k is not None:
-            x = _filter_axis(x, [float(v) for v in k.detach().cpu().tolist()], axis + 2, padding)
+            x = _filter_axis(x, k, axis + 2, padding)
     return x
 
 
@@ -98,7 +105,7 @@ def gaussian_blur(
     sigmas = [float(sigma)] * ndim if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
     if len(sigmas) != ndim:
         raise ValueError(f"gaussian_blur() 'sigma' needs 1 or {ndim} values, got {len(sigmas)}")
-    kernels = [gaussian_kernel1d(s, truncate, x.dtype, x.device) if s > 0 else None for s in sigmas]
+    kernels = [gaussian_kernel1d(s, truncate, torch.float64) if s > 0 else None for s in sigmas]  # taps, on CPU
     if all(k is None for k in kernels):
         return x
     return separable_filter(x, kernels, padding=padding)
