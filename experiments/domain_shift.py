@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, ListConfig  # noqa: E402
 
-from experiments.compare import (  # noqa: E402
+from experiments.comparison import (  # noqa: E402
     PARADIGM_COLOURS,
     MethodResults,
     check_metric,

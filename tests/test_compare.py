@@ -15,7 +15,8 @@ import pytest
 from scipy import stats
 
 from data.io import DataError
-from experiments import compare as cmp
+from experiments import comparison as cmp
+from experiments.compare import write_comparison
 from experiments.runtime import ConfigError
 from metrics.results import PAIR_COLUMNS
 
@@ -145,7 +146,7 @@ def test_bad_input_one_clear_error(tmp_path, three):
 
 def test_writers(three, tmp_path):
     comp = cmp.compare([cmp.load_results(three[n]) for n in TABLE], "dice")
-    paths = cmp.write_comparison(tmp_path / "out", comp)
+    paths = write_comparison(tmp_path / "out", comp)
     rows = list(csv.DictReader(open(paths["csv"])))
     assert [r["method"] for r in rows] == list(TABLE)
     greedy = rows[0]
