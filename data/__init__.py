@@ -7,7 +7,7 @@ Every dataset item follows the batch contract: ``fixed``, ``moving`` float32 ``(
 :class:`DataError` with a one-line message naming the file or key at fault.
 """
 
-from data.datamodule import MNIDataModule, PairsCSVDataModule
+from data.datamodule import MNIDataModule, PairsCSVDataModule, SynthMorphDataModule
 from data.datasets_module import DatasetDataModule, PairDataset
 from data.layout import Layout, VolumeRef
 from data.klein import KleinDataModule
@@ -22,6 +22,7 @@ from data.preprocess import LabelMapping, PreprocessConfig, VolumeStore
 
 __all__ = [
     "DataError",
+    "SynthMorphDataModule",
     "Volume",
     "load_volume",
     "read_header",

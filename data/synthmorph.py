@@ -3,7 +3,7 @@
 Written from the paper (Hoffmann, Billot, Greve, Iglesias, Fischl, Dalca: "SynthMorph: learning
 contrast-invariant registration without acquired images", IEEE TMI 2022). A network trained on
 these pairs with a Dice loss on the labels only (``model.loss.sim=none``, ``dice_weight=1``) is
-then applied to real images of any contrast; :class:`SynthMorphDataModule` trains on synthetic
+then applied to real images of any contrast; :class:`data.datamodule.SynthMorphDataModule` trains on synthetic
 pairs and validates/tests on a wrapped real-image DataModule (default: the offline MNI one).
 
 Pair ``idx`` of epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e, idx])`` alone, so a
@@ -44,21 +44,18 @@ a loaded 2-core CPU (0.1 s at 32^3); ``data.num_workers`` draws pairs in paralle
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 from scipy import ndimage
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset, Sampler
 
 from data.generated import diagonal_affine, random_bias_field, random_displacement, smooth_noise
-from data.loaders import check_loader_args, make_loader
 from spatial.functional import warp
 
-__all__ = ["SynthMorphPairs", "EpochPairSampler", "SynthMorphDataModule"]
+__all__ = ["SynthMorphPairs", "EpochPairSampler"]
 
 # lengths are in mm unless the name says voxels
 DEFAULTS: dict[str, Any] = {
@@ -312,137 +309,3 @@ class EpochPairSampler(Sampler):
 
     def __len__(self) -> int:
         return self.num_samples
-
-
-def _plain_tuple(value: Any, kind: type) -> Any:
-    """``tuple(kind(v) for v in value)``, or ``value`` unchanged when that fails (checked later, by name)."""
-    try:
-        return tuple(kind(v) for v in value)
-    except (TypeError, ValueError):
-        return value
-
-
-def _build_evaluation(evaluation: Any, overrides: dict[str, int]) -> L.LightningDataModule:
-    """The evaluation DataModule: built from a config mapping (Hydra ``_target_``), given, or
-    the default :class:`data.MNIDataModule`; ``overrides`` (split sizes) go to its constructor."""
-    if evaluation is None:
-        from data.datamodule import MNIDataModule
-
-        return MNIDataModule(**overrides)
-    if isinstance(evaluation, L.LightningDataModule):
-        if overrides:
-            key = sorted(overrides)[0]
-            raise ValueError(f"SynthMorphDataModule() '{key}' is forwarded to an evaluation config; "
-                             f"set it on the evaluation DataModule that was passed built")
-        return evaluation
-    if isinstance(evaluation, Mapping):
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
-
-        node = OmegaConf.create(dict(evaluation) if not OmegaConf.is_config(evaluation) else evaluation)
-        if "_target_" not in node:
-            raise ValueError("SynthMorphDataModule() 'evaluation' config needs a '_target_' (e.g. data.MNIDataModule)")
-        built = instantiate(node, **overrides)
-        if not isinstance(built, L.LightningDataModule):
-            raise ValueError(f"SynthMorphDataModule() 'evaluation' must build a LightningDataModule, "
-                             f"got {type(built).__name__}")
-        return built
-    raise ValueError(f"SynthMorphDataModule() 'evaluation' must be a DataModule config, a DataModule or null, "
-                     f"got {type(evaluation).__name__}")
-
-
-class SynthMorphDataModule(L.LightningDataModule):
-    """Train on :class:`SynthMorphPairs`, validate and test on real images (``data=synthmorph``).
-
-    Training: ``pairs_per_epoch`` new synthetic pairs per epoch (:class:`EpochPairSampler`;
-    deterministic per ``(seed, epoch, idx)``, replayed exactly on resume). Validation and test
-    are the wrapped ``evaluation`` DataModule's (default: :class:`data.MNIDataModule` with its
-    defaults), as SynthMorph is trained on synthetic data and evaluated on real scans. The
-    number of labels need not match: the network sees only images; Dice metrics use the
-    evaluation labels (``num_labels``, ``label_names``, ``spacing``, ``shape`` are the
-    evaluation module's; the synthetic grid is ``train_set.shape``).
-
-    Args:
-        batch_size, num_workers: training loader (the evaluation module has its own).
-        evaluation: a DataModule config (mapping with ``_target_``), a built DataModule, or
-            None for ``data.MNIDataModule()``.
-        n_train, n_val, n_test: split sizes given to the evaluation DataModule's constructor
-            when not None (None: its own defaults). Only its val/test pairs are used; ``n_train``
-            fixes which subjects those are (with ``data=mni`` subjects ``n_train ..`` validate), so
-            the same values as an ``mni_*`` experiment give the same test pairs.
-        **generator: the settings of :class:`SynthMorphPairs` (``shape``, ``n_labels``, ``noise``,
-            ``pairs_per_epoch``, ``seed``, ...); an unknown one is an error naming it.
-    """
-
-    def __init__(
-        self,
-        batch_size: int = 1,
-        num_workers: int = 0,
-        evaluation: Any = None,
-        n_train: int | None = None,
-        n_val: int | None = None,
-        n_test: int | None = None,
-        **generator: Any,
-    ):
-        super().__init__()
-        valid = [p for p in inspect.signature(SynthMorphPairs).parameters]
-        unknown = sorted(set(generator) - set(valid))
-        if unknown:
-            raise ValueError(f"SynthMorphDataModule(): unknown setting(s) {unknown}; valid: {sorted(valid)}")
-        generator = {k: _plain_tuple(v, int if k == "shape" else float) if k in ("shape", "intensity_range") else v
-                     for k, v in generator.items()}  # ListConfig -> tuple
-        self.save_hyperparameters(ignore=["evaluation"])
-        self.batch_size, self.num_workers = check_loader_args(batch_size, num_workers, type(self).__name__)
-        self.train_set = SynthMorphPairs(**generator)
-        overrides = {k: v for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)) if v is not None}
-        self.evaluation = _build_evaluation(evaluation, overrides)
-
-    # ------------------------------------------------------------------ what other code reads
-    @property
-    def spacing(self) -> tuple[float, ...] | None:
-        return getattr(self.evaluation, "spacing", None)
-
-    @property
-    def shape(self) -> tuple[int, ...] | None:
-        return getattr(self.evaluation, "shape", None)
-
-    @property
-    def num_labels(self) -> int | None:
-        return getattr(self.evaluation, "num_labels", None)
-
-    @property
-    def label_names(self) -> dict[int, str]:
-        return dict(getattr(self.evaluation, "label_names", {}) or {})
-
-    def validate(self) -> None:
-        """The synthetic knobs were checked at construction; checks the evaluation data."""
-        validate = getattr(self.evaluation, "validate", None)
-        if callable(validate):
-            validate()
-
-    def save_label_map(self, out_dir) -> None:
-        """Results of remapped evaluation labels name the original ids (when the evaluation module does)."""
-        save = getattr(self.evaluation, "save_label_map", None)
-        if callable(save):
-            save(out_dir)
-
-    # ------------------------------------------------------------------ Lightning hooks
-    def prepare_data(self) -> None:
-        self.evaluation.prepare_data()
-
-    def setup(self, stage: str | None = None) -> None:
-        self.evaluation.trainer = self.trainer
-        self.evaluation.setup(stage)
-
-    def teardown(self, stage: str | None = None) -> None:
-        self.evaluation.teardown(stage)
-
-    def train_dataloader(self) -> DataLoader:
-        sampler = EpochPairSampler(len(self.train_set))
-        return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler)
-
-    def val_dataloader(self):
-        return self.evaluation.val_dataloader()
-
-    def test_dataloader(self):
-        return self.evaluation.test_dataloader()

@@ -15,7 +15,8 @@ import torch
 from conftest import ROOT, compose
 from data import MNIDataModule
 from data.loaders import ResumableLoader
-from data.synthmorph import EpochPairSampler, SynthMorphDataModule, SynthMorphPairs
+from data.datamodule import SynthMorphDataModule
+from data.synthmorph import EpochPairSampler, SynthMorphPairs
 from losses import NoSimilarity, build_similarity
 
 TINY = dict(shape=(32, 32, 32), n_labels=6, label_smoothness=3.0, pairs_per_epoch=3)
@@ -206,7 +207,7 @@ def test_config_mirrors_the_datamodule_defaults():
     cfg = compose("train", ["data=synthmorph"])
     params = {**inspect.signature(SynthMorphPairs).parameters, **inspect.signature(SynthMorphDataModule.__init__).parameters}
     params.pop("generator")  # **generator: SynthMorphPairs' settings
-    assert cfg.data._target_ == "data.synthmorph.SynthMorphDataModule"
+    assert cfg.data._target_ == "data.SynthMorphDataModule"
     assert set(params) - {"self", "evaluation"} <= set(cfg.data), "a knob is missing from the config"
     for key, value in cfg.data.items():
         if key.startswith("_") or key == "evaluation":
