@@ -46,16 +46,20 @@ _LOSS_DEFAULTS = {
 }
 
 
-def LossConfig(cfg: Mapping[str, Any] | None) -> dict[str, Any]:
-    """Fill a ``model.loss`` mapping with defaults and reject unknown keys (naming them)."""
+def LossConfig(cfg: Mapping[str, Any] | None, extra_weights: Mapping[str, float] | None = None) -> dict[str, Any]:
+    """Fill a ``model.loss`` mapping with defaults and reject unknown keys (naming them).
+
+    ``extra_weights``: the defaults of a subclass's own loss weights (e.g. the symmetric
+    method's), accepted and checked like ``reg_weight``."""
     cfg = to_plain(cfg or {})
-    unknown = sorted(set(cfg) - set(_LOSS_DEFAULTS))
+    defaults = {**_LOSS_DEFAULTS, **(extra_weights or {})}
+    unknown = sorted(set(cfg) - set(defaults))
     if unknown:
-        raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(_LOSS_DEFAULTS)}")
-    out = {**_LOSS_DEFAULTS, **cfg}
+        raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(defaults)}")
+    out = {**defaults, **cfg}
     out["sim_kwargs"] = dict(out["sim_kwargs"] or {})
     out["reg_kwargs"] = dict(out["reg_kwargs"] or {})
-    for key in ("reg_weight", "dice_weight", "inverse_consistency_weight"):
+    for key in ("reg_weight", "dice_weight", "inverse_consistency_weight", *(extra_weights or {})):
         if isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0:
             raise ValueError(f"model.loss.{key} must be a number >= 0, got {out[key]!r}")
     return out
@@ -107,6 +111,9 @@ class RegistrationModule(L.LightningModule):
     (:func:`models.networks.pad_to_multiple`), so any grid can be registered.
     """
 
+    # loss weights a subclass adds under ``model.loss`` (name -> default), checked by LossConfig
+    EXTRA_LOSS_WEIGHTS: Mapping[str, float] = {}
+
     def __init__(
         self,
         net: nn.Module | None = None,
@@ -132,7 +139,7 @@ class RegistrationModule(L.LightningModule):
         self.method = str(method)
         self.field = field
         self.integration_steps = int(integration_steps)
-        self.loss_cfg = LossConfig(loss)
+        self.loss_cfg = LossConfig(loss, self.EXTRA_LOSS_WEIGHTS)
         self.similarity = build_similarity(self.loss_cfg["sim"], **self.loss_cfg["sim_kwargs"])
         self.regulariser = build_regulariser(self.loss_cfg["reg"], **self.loss_cfg["reg_kwargs"])
         self.optimizer_factory = optimizer

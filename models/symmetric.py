@@ -36,9 +36,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from data.io import to_plain
 from losses import dice_loss
-from models.module import _LOSS_DEFAULTS, RegistrationModule
+from models.module import RegistrationModule
 from spatial import compose, integrate, jacobian_determinant, resize_field, warp
 
 __all__ = ["SymmetricNet", "SymmetricRegistrationModule", "symmetric_maps", "SYMMETRIC_LOSS_DEFAULTS"]
@@ -105,26 +104,12 @@ class SymmetricNet(nn.Module):
         return torch.cat([out[:b], out[b:]], 1)
 
 
-def _split_loss(loss: Mapping[str, Any] | None) -> tuple[dict[str, Any], dict[str, float]]:
-    """``model.loss`` -> (the shared keys for :func:`models.module.LossConfig`, the symmetric weights)."""
-    cfg = dict(to_plain(loss or {}))  # a copy: the caller's mapping is left alone
-    valid = set(_LOSS_DEFAULTS) | set(SYMMETRIC_LOSS_DEFAULTS)
-    unknown = sorted(set(cfg) - valid)
-    if unknown:
-        raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(valid)}")
-    sym = {k: cfg.pop(k, d) for k, d in SYMMETRIC_LOSS_DEFAULTS.items()}
-    for key, value in sym.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise ValueError(f"model.loss.{key} must be a number >= 0, got {value!r}")
-    return cfg, {k: float(v) for k, v in sym.items()}
-
-
 class SymmetricRegistrationModule(RegistrationModule):
     """SymNet-style symmetric, inverse-consistent diffeomorphic registration.
 
     The network (any project network, wrapped in :class:`SymmetricNet` unless it already is one)
     predicts the two half velocities ``(B, 2D, *S)`` on its grid (``S // downsize``);
-    :meth:`register` (through :meth:`to_displacement`) returns the integrated forward displacement
+    :meth:`register` (the base class's, through :meth:`to_displacement`) returns the integrated forward displacement
     fixed -> moving ``compose(exp(v_m), exp(-v_f))`` at full resolution, never a velocity.
     The loss is in the module docstring; its extra weights live under ``model.loss``
     (:data:`SYMMETRIC_LOSS_DEFAULTS`). Everything else (padding, downsize, ``loss_grid``,
@@ -134,6 +119,8 @@ class SymmetricRegistrationModule(RegistrationModule):
     do not apply (the method is symmetric and inverse consistent by construction) and must stay
     off.
     """
+
+    EXTRA_LOSS_WEIGHTS = SYMMETRIC_LOSS_DEFAULTS
 
     def __init__(
         self,
@@ -154,14 +141,12 @@ class SymmetricRegistrationModule(RegistrationModule):
                              "(it trains both directions by construction)")
         if net is None:
             raise ValueError("model.net must be a network for SymmetricRegistrationModule, got None")
-        shared, sym = _split_loss(loss)
         if not isinstance(net, SymmetricNet):
             net = SymmetricNet(net)
-        super().__init__(net=net, method=method, field="velocity", loss=shared, bidirectional=bidirectional, **kwargs)
+        super().__init__(net=net, method=method, field="velocity", loss=loss, bidirectional=bidirectional, **kwargs)
         if self.loss_cfg["inverse_consistency_weight"] != 0:
             raise ValueError("model.loss.inverse_consistency_weight must be 0 for SymmetricRegistrationModule "
                              "(its forward and backward maps are inverse by construction)")
-        self.loss_cfg.update(sym)
 
     # ------------------------------------------------------------------ fields
     @staticmethod
@@ -174,11 +159,6 @@ class SymmetricRegistrationModule(RegistrationModule):
                 f"got {tuple(out.shape)}"
             )
         return out[:, :ndim], out[:, ndim:]
-
-    def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
-        """Final displacement ``(B, D, *S)`` fixed -> moving, ``compose(exp(v_m), exp(-v_f))`` at full
-        resolution (integrated, never a velocity); the same path as validation (:meth:`to_displacement`)."""
-        return self.to_displacement(self(batch["moving"], batch["fixed"]), batch["fixed"].shape[2:])
 
     def to_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """Network output (two half velocities) -> the forward displacement fixed -> moving
