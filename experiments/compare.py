@@ -49,7 +49,7 @@ from experiments.comparison import (  # noqa: E402
     load_results,
 )
 from experiments.runs import parse_overrides, run_method  # noqa: E402
-from experiments.runtime import ConfigError, check_entry, guarded  # noqa: E402
+from experiments.runtime import ConfigError, check_entry, guarded, log_analysis  # noqa: E402
 from metrics.results import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["write_comparison", "markdown", "run_compare"]
@@ -238,6 +238,9 @@ def run_compare(cfg: DictConfig) -> Comparison:
     print(markdown(comp))
     print(f"comparison: {out_dir.resolve()} ({', '.join(p.name for p in paths.values())})")
     sys.stdout.flush()
+    scalars = {f"compare/{row['method']}/{metric}_{stat}": row[stat] for row in comp.table for stat in ("mean", "median")}
+    log_analysis(cfg, scalars, images={"compare/boxplot": paths["png"]},
+                 tables={"compare/summary": comp.table, "compare/tests": comp.tests})
     return comp
 
 

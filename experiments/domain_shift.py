@@ -38,7 +38,7 @@ from experiments.comparison import (  # noqa: E402
     load_results,
 )
 from experiments.runs import parse_overrides, run_method  # noqa: E402
-from experiments.runtime import ConfigError, check_entry, guarded, save_figure  # noqa: E402
+from experiments.runtime import ConfigError, check_entry, guarded, log_analysis, save_figure  # noqa: E402
 from metrics.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["find_checkpoint", "run_domain_shift"]
@@ -160,6 +160,9 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     print(md)
     print(f"domain shift: {out_dir.resolve()} (domain_shift.csv, domain_shift.md, tests.csv, domain_shift.png)")
     sys.stdout.flush()
+    scalars = {f"domain_shift/{r['test_set']}/{r['method']}/{metric}_mean": r["mean"] for r in rows}
+    log_analysis(cfg, scalars, images={"domain_shift/boxplots": out_dir / "domain_shift.png"},
+                 tables={"domain_shift/summary": rows, "domain_shift/tests": test_rows})
     return comparisons
 
 

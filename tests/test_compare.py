@@ -209,3 +209,21 @@ def test_cli_runs_eval_subprocesses(tmp_path):
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 1 and lines[-1].startswith("error: methods.broken: eval.py failed"), r.stderr[-2000:]
     assert "p.csv" in lines[-1] and (out / "runs" / "broken.log").is_file()
+
+
+def test_cli_logs_tables_figure_and_means_to_wandb_offline(three, tmp_path):
+    """logger=wandb without credentials: one offline run holding the summary and test tables,
+    the boxplot and each method's mean (to sync later with `wandb sync`)."""
+    out = tmp_path / "cmp"
+    r = _run([_methods({n: f"{{results: '{p}'}}" for n, p in three.items()}), f"paths.output_dir={out}",
+              f"hydra.run.dir={tmp_path / 'hydra'}", "logger=wandb"], timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    summary = json.loads(next(runs[0].rglob("media/table/compare/summary_*.table.json")).read_text())
+    assert [row[summary["columns"].index("method")] for row in summary["data"]] == list(TABLE)
+    tests = json.loads(next(runs[0].rglob("media/table/compare/tests_*.table.json")).read_text())
+    assert len(tests["data"]) == 2  # greedy (classical) against vxm and tm
+    assert list(runs[0].rglob("media/images/compare/boxplot_*.png"))
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline log: scalars by key
+    assert all(f"compare/{n}/dice_mean".encode() in record for n in TABLE)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -63,8 +64,18 @@ def test_domain_shift_end_to_end(tmp_path):
     # identity does not depend on intensities: the same Dice on both test sets
     ident = {r["test_set"]: float(r["mean"]) for r in rows if r["method"] == "identity"}
     assert ident["in_domain"] == pytest.approx(ident["inverted"])
-    again = _run(*args)  # resume: nothing is trained or evaluated again
-    assert again.returncode == 0 and again.stdout.count("not run again") == 5
+    again = _run(*args, "logger=wandb")  # resume: nothing is trained or evaluated again
+    assert again.returncode == 0 and again.stdout.count("not run again") == 5, again.stderr[-3000:]
+    # logger=wandb (offline here): the tables, the boxplots and every mean, in one run
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    table = json.loads(next(runs[0].rglob("media/table/domain_shift/summary_*.table.json")).read_text())
+    assert len(table["data"]) == 4 and "drop_from_reference" in table["columns"]
+    assert not list(runs[0].rglob("media/table/domain_shift/tests_*.table.json"))  # no classical method: no tests
+    assert list(runs[0].rglob("media/images/domain_shift/boxplots_*.png"))
+    record = next(runs[0].glob("run-*.wandb")).read_bytes()
+    assert all(f"domain_shift/{s}/{m}/dice_mean".encode() in record
+               for m in ("identity", "vxm") for s in ("in_domain", "inverted"))
 
 
 def test_domain_shift_bad_config(tmp_path):
