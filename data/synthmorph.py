@@ -28,7 +28,9 @@ except where voxels are said):
    ``mu_label(x) + sigma_label(x) * N(0, 1)``, Gaussian blur of ``U(0, blur)`` voxels (partial
    volume), multiplicative bias field ``exp(b * n)`` with ``b ~ U(0, bias)`` (n: unit-RMS noise
    smooth over 50 mm, :func:`data.generated.random_bias_field`), min-max normalised to [0, 1],
-   gamma ``x ** exp(gamma * N(0, 1))``.
+   gamma ``x ** exp(gamma * N(0, 1))``. ``shared_contrast=True`` (not the paper's; an ablation
+   and a warm-up): the moving image reuses the fixed image's per-label means and noise stds
+   (blur, bias and gamma are still its own), so the pair can be matched by intensity.
 
 Items follow the batch contract (:class:`data.generated.GeneratedPairDataset`'s keys): ``fixed``,
 ``moving`` float32 ``(1, *S)`` in [0, 1]; ``fixed_label``, ``moving_label`` int64 ``(1, *S)`` in
@@ -65,6 +67,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothness": 4.0,  # voxels
     "label_deformation_scale": 4.0,
     "shared_labels": True,
+    "shared_contrast": False,
     "deformation_scale": 3.0,
     "deformation_smoothness": 12.0,
     "intensity_range": (0.1, 0.9),
@@ -100,6 +103,8 @@ class SynthMorphPairs(Dataset):
             (0: fields not warped).
         shared_labels: fixed and moving are one label draw deformed twice (True, the paper's)
             or two independent draws.
+        shared_contrast: the moving image reuses the fixed image's per-label intensities
+            (False, the paper's: each image draws its own).
         deformation_scale: velocity RMS (mm) of each of the two deformations of a pair (0: none).
         deformation_smoothness: Gaussian sigma (mm, > 0) of the velocity noise (also used for
             the label-field warps).
@@ -124,6 +129,7 @@ class SynthMorphPairs(Dataset):
         label_smoothness: float = DEFAULTS["label_smoothness"],
         label_deformation_scale: float = DEFAULTS["label_deformation_scale"],
         shared_labels: bool = DEFAULTS["shared_labels"],
+        shared_contrast: bool = DEFAULTS["shared_contrast"],
         deformation_scale: float = DEFAULTS["deformation_scale"],
         deformation_smoothness: float = DEFAULTS["deformation_smoothness"],
         intensity_range: Sequence[float] = DEFAULTS["intensity_range"],
@@ -148,9 +154,11 @@ class SynthMorphPairs(Dataset):
         self.n_labels = int(n_labels)
         self.label_smoothness = _number(owner, "label_smoothness", label_smoothness, strict=True)
         self.label_deformation_scale = _number(owner, "label_deformation_scale", label_deformation_scale)
-        if not isinstance(shared_labels, (bool, np.bool_)):
-            raise ValueError(f"{owner}() 'shared_labels' must be true or false, got {shared_labels!r}")
+        for key, flag in (("shared_labels", shared_labels), ("shared_contrast", shared_contrast)):
+            if not isinstance(flag, (bool, np.bool_)):
+                raise ValueError(f"{owner}() '{key}' must be true or false, got {flag!r}")
         self.shared_labels = bool(shared_labels)
+        self.shared_contrast = bool(shared_contrast)
         self.deformation_scale = _number(owner, "deformation_scale", deformation_scale)
         self.deformation_smoothness = _number(owner, "deformation_smoothness", deformation_smoothness, strict=True)
         try:
@@ -216,8 +224,8 @@ class SynthMorphPairs(Dataset):
             fields_moving = fields_fixed if self.shared_labels else self._label_fields(rng)
             fixed_label = self._labels(rng, fields_fixed)
             moving_label = self._labels(rng, fields_moving)
-            fixed = self._image(rng, fixed_label)
-            moving = self._image(rng, moving_label)
+            fixed, contrast = self._image(rng, fixed_label)
+            moving, _ = self._image(rng, moving_label, contrast if self.shared_contrast else None)
         fixed_id, moving_id = self.pair_ids(epoch, idx)
         return {
             "fixed": fixed,
@@ -258,11 +266,15 @@ class SynthMorphPairs(Dataset):
         # numpy's argmax over the channel axis is much faster than torch's on CPU
         return sampled.numpy().argmax(0).astype(np.int64) + 1
 
-    def _image(self, rng: np.random.Generator, label: np.ndarray) -> torch.Tensor:
-        """``(1, *S)`` float32 in [0, 1]: per-label Gaussian intensities, blur, bias, min-max, gamma."""
-        lo, hi = self.intensity_range
-        means = rng.uniform(lo, hi, self.n_labels + 1).astype(np.float32)
-        stds = rng.uniform(0.0, self.noise, self.n_labels + 1).astype(np.float32)
+    def _image(self, rng: np.random.Generator, label: np.ndarray,
+               contrast: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[torch.Tensor, tuple]:
+        """``(1, *S)`` float32 in [0, 1]: per-label Gaussian intensities, blur, bias, min-max, gamma;
+        and its per-label ``(means, stds)`` (drawn unless ``contrast`` gives them)."""
+        if contrast is None:
+            lo, hi = self.intensity_range
+            contrast = (rng.uniform(lo, hi, self.n_labels + 1).astype(np.float32),
+                        rng.uniform(0.0, self.noise, self.n_labels + 1).astype(np.float32))
+        means, stds = contrast
         image = means[label] + stds[label] * rng.standard_normal(self.shape, dtype=np.float32)
         sigma = rng.uniform(0.0, self.blur)
         if sigma > 0:
@@ -275,7 +287,7 @@ class SynthMorphPairs(Dataset):
         image = (image - lo_) / (hi_ - lo_).clamp_min(1e-6)
         exponent = float(np.exp(self.gamma * rng.standard_normal()))
         image = image.clamp(0.0, 1.0) ** exponent
-        return image.clamp(0.0, 1.0).unsqueeze(0).contiguous()
+        return image.clamp(0.0, 1.0).unsqueeze(0).contiguous(), contrast
 
     def __repr__(self) -> str:
         return (
