@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import lightning as L
 from torch.utils.data import DataLoader
 
-from data.generated import GeneratedDataModule
+from data.generated import AxialSlices, GeneratedDataModule
 from data.loaders import check_loader_args, make_loader
 from data.io import DataError
 from data.mni import (
@@ -50,6 +50,9 @@ class MNIDataModule(GeneratedDataModule):
         deformation_scale, deformation_smoothness, bias, gamma, noise, contrast, labels,
             slice_thickness: see :class:`MNISubjects` (``labels="parcels"``: 17 finer labels;
             ``slice_thickness``: a resolution shift).
+        slice_index: None (3-D), or 2-D subjects: the slice at this index along the last (axial)
+            axis of every deformed 3-D subject (:class:`data.generated.AxialSlices`), e.g. 48 at
+            2 mm; 2-D networks (``model.net.ndim=2``) train in seconds per thousand steps.
         with_labels: put ``fixed_label``/``moving_label`` in batches.
         val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
     """
@@ -73,6 +76,7 @@ class MNIDataModule(GeneratedDataModule):
         contrast: str = "t1",
         labels: str = "tissue",
         slice_thickness: float = 0.0,
+        slice_index: int | None = None,
         with_labels: bool = True,
         val_pairs: str = "consecutive",
         test_pairs: str = "consecutive",
@@ -92,7 +96,10 @@ class MNIDataModule(GeneratedDataModule):
             contrast=contrast,
             labels=labels,
             slice_thickness=slice_thickness,
+            cache=slice_index is None,
         )
+        if slice_index is not None:  # 2-D: one axial slice of every 3-D subject (slices cached)
+            subjects = AxialSlices(subjects, slice_index)
         self._setup_splits(subjects, n_train, n_val, n_test, pairs_per_epoch, seed, batch_size, num_workers,
                            with_labels, val_pairs, test_pairs)
 

@@ -38,6 +38,7 @@ __all__ = [
     "diagonal_affine",
     "GeneratedPairDataset",
     "GeneratedDataModule",
+    "AxialSlices",
     "PAIR_SCHEMES",
 ]
 
@@ -104,6 +105,59 @@ def random_bias_field(
     mode = "trilinear" if len(shape) == 3 else "bilinear"
     b = F.interpolate(b, size=tuple(shape), mode=mode, align_corners=True)
     return torch.exp(float(strength) * b)
+
+
+class AxialSlices:
+    """2-D subjects: slice ``index`` along the last axis of every subject of a 3-D generator.
+
+    Each 3-D subject is generated whole (its deformation moves anatomy through the plane too,
+    so two subjects' slices differ out of plane as real 2-D acquisitions do) and cut; the slices
+    are kept in memory (``cache``), the 3-D subjects are not. ``shape`` and ``spacing`` lose the
+    last axis; ``affine`` stays ``(4, 4)``, mapping voxel ``(i, j)`` to the mm of ``(i, j, index)``.
+    """
+
+    def __init__(self, subjects, index: int, cache: bool = True):
+        n = int(subjects.shape[-1])
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not 0 <= int(index) < n:
+            raise ValueError(f"AxialSlices() 'slice_index' must be an int in 0 .. {n - 1} (the last axis "
+                             f"of the {tuple(subjects.shape)} grid), got {index!r}")
+        self.subjects, self.index, self.cache = subjects, int(index), bool(cache)
+        self._cache: dict[int, dict] = {}
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.subjects.shape[:-1])
+
+    @property
+    def spacing(self) -> tuple[float, ...]:
+        return tuple(self.subjects.spacing[:-1])
+
+    @property
+    def affine(self) -> np.ndarray:
+        a = np.array(self.subjects.affine, dtype=np.float64)
+        a[:, 3] += a[:, 2] * self.index
+        return a
+
+    @property
+    def label_names(self) -> dict[int, str]:
+        return self.subjects.label_names
+
+    def subject_id(self, k: int) -> str:
+        return self.subjects.subject_id(k)
+
+    def prepare(self) -> None:
+        self.subjects.prepare()
+
+    def __getitem__(self, k: int) -> dict:
+        k = int(k)
+        item = self._cache.get(k)
+        if item is None:
+            subject = self.subjects[k]
+            item = {"image": subject["image"][..., self.index].contiguous(),
+                    "label": subject["label"][..., self.index].contiguous(), "id": subject["id"]}
+            if self.cache:
+                self._cache[k] = item
+        return dict(item)
 
 
 class GeneratedPairDataset(Dataset):

@@ -487,6 +487,30 @@ def test_mni_thick_slices_blur_only_the_last_axis_and_keep_labels():
         MNISubjects(slice_thickness=-1)
 
 
+def test_mni_axial_slices_are_2d_subjects_cut_from_the_3d_ones():
+    """data.slice_index: each subject is its 3-D subject's slice at that index along the last
+    axis; the grid, spacing and affine follow; the pairs differ out of plane too; a bad index
+    is one error naming the key."""
+    from data.generated import AxialSlices
+
+    full = MNISubjects(resolution=2, seed=0, cache=False)
+    cut = AxialSlices(full, 48)
+    assert cut.shape == (96, 112) and cut.spacing == (2.0, 2.0)
+    one, three = cut[1], full[1]
+    assert one["image"].shape == (1, 96, 112) and one["label"].dtype == torch.int64
+    assert torch.equal(one["image"], three["image"][..., 48]) and torch.equal(one["label"], three["label"][..., 48])
+    assert one["id"] == three["id"] and cut[1]["image"] is one["image"]  # served from the cache
+    voxel = np.array([10, 20, 48, 1.0])
+    assert np.allclose(cut.affine @ np.array([10, 20, 0, 1.0]), np.asarray(full.affine) @ voxel)
+    dm = MNIDataModule(n_train=2, n_val=0, n_test=2, slice_index=48)
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["fixed"].shape == (1, 1, 96, 112) and batch["spacing"].shape == (1, 2)
+    assert dm.shape == (96, 112) and dm.spacing == (2.0, 2.0)
+    for bad in (96, -1, 4.5, True):
+        with pytest.raises(ValueError, match="slice_index"):
+            MNIDataModule(n_train=2, n_val=0, n_test=2, slice_index=bad)
+
+
 def test_mni_config_mirrors_the_datamodule_defaults():
     """configs/data/mni.yaml states every knob; its values are the class defaults (one truth)."""
     import inspect
