@@ -52,7 +52,7 @@ class MNIDataModule(GeneratedDataModule):
             ``slice_thickness``: a resolution shift).
         slice_index: None (3-D), or 2-D subjects: the slice at this index along the last (axial)
             axis of every deformed 3-D subject (:class:`data.generated.AxialSlices`), e.g. 48 at
-            2 mm; 2-D networks (``model.net.ndim=2``) train in seconds per thousand steps.
+            2 mm; 2-D networks (``model.net.ndim=2``) train thousands of steps in minutes on a CPU.
         with_labels: put ``fixed_label``/``moving_label`` in batches.
         val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
     """

@@ -171,6 +171,13 @@ class RegistrationModule(L.LightningModule):
         network's grid (``S // downsize``)."""
         if self.net is None:
             raise NotImplementedError(f"{type(self).__name__} has no network; override register()")
+        ndim = getattr(self.net, "ndim", None)
+        if ndim is not None and moving.dim() - 2 != ndim:
+            raise ValueError(
+                f"model.net.ndim={ndim}: {type(self.net).__name__} is {ndim}-D but the images are "
+                f"{moving.dim() - 2}-D {tuple(moving.shape[2:])}; set model.net.ndim={moving.dim() - 2} "
+                f"or give {ndim}-D data"
+            )
         if self.downsize > 1:
             moving, fixed = self._coarse(moving), self._coarse(fixed)
         multiple = int(getattr(self.net, "multiple", 1))

@@ -52,6 +52,8 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
         make_oasis(tmp_path / "OASIS")
         overrides = [o for o in overrides if not o.startswith("data.n_test")]  # OASIS tests its val pairs
         overrides += [f"paths.data_dir={tmp_path}", "data.n_train=3", "data.n_val=2", "data.shape=[32,32,32]"]
+    if experiment.startswith("mni2d_synthmorph"):  # its synthetic grid is the 2-D slice's
+        overrides.append("data.shape=[64,64]")
     cfg = compose("train", overrides)
     if cfg.data._target_.endswith("MNIDataModule"):
         assert cfg.data.shape == [64, 64, 64]

@@ -90,6 +90,14 @@ def test_shape_not_divisible_is_a_clear_error_naming_shape_and_multiple(name, mu
     assert net(x, x)[crop].shape == (1, 3, *bad)
 
 
+@pytest.mark.parametrize("net_ndim,image_shape", [(3, (32, 32)), (2, (16, 16, 16))])
+def test_network_and_image_dimensions_that_differ_are_one_error_naming_the_key(net_ndim, image_shape):
+    model = RegistrationModule(net=NETS["voxelmorph"](net_ndim), downsize=1)
+    x = torch.rand(1, 1, *image_shape)
+    with pytest.raises(ValueError, match=rf"model.net.ndim={net_ndim}: .* {len(image_shape)}-D"):
+        model.register({"fixed": x, "moving": x})
+
+
 # ------------------------------------------------------------------------------- fast paths
 @pytest.mark.parametrize("ndim,shape", [(2, (5, 7)), (3, (4, 5, 6))])
 def test_upsample_conv_equals_conv_of_nearest_upsampled_input(ndim, shape):
