@@ -36,7 +36,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, checkpointed, conv_nd
+from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
 from spatial import compose, integrate, resize_field, warp
 
 __all__ = ["LapIRN", "LAPIRN_FIELDS"]
@@ -160,12 +160,8 @@ class LapIRN(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"LapIRN 'ndim' must be 2 or 3, got {ndim!r}")
-        for name, value, low in (("levels", levels, 1), ("channels", channels, 1), ("n_res_blocks", n_res_blocks, 0),
-                                 ("integration_steps", integration_steps, 0), ("in_channels", in_channels, 1)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"LapIRN '{name}' must be an int >= {low}, got {value!r}")
+        check_net_args("LapIRN", ndim, levels=(levels, 1), channels=(channels, 1), n_res_blocks=(n_res_blocks, 0),
+                       integration_steps=(integration_steps, 0), in_channels=(in_channels, 1))
         if field not in LAPIRN_FIELDS:
             raise ValueError(f"LapIRN 'field' must be one of {list(LAPIRN_FIELDS)}, got {field!r}")
         self.ndim = ndim

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, checkpointed, conv_nd
+from models.networks.voxelmorph import _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
 
 __all__ = ["LKUNet", "LKBlock"]
 
@@ -126,11 +126,8 @@ class LKUNet(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"LKUNet 'ndim' must be 2 or 3, got {ndim}")
-        if isinstance(start_channels, bool) or not isinstance(start_channels, int) or start_channels < 1:
-            raise ValueError(f"LKUNet 'start_channels' must be a positive int, got {start_channels!r}")
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 3 or kernel_size % 2 == 0:
+        check_net_args("LKUNet", ndim, start_channels=(start_channels, 1), kernel_size=(kernel_size, 3))
+        if kernel_size % 2 == 0:
             raise ValueError(f"LKUNet 'kernel_size' must be an odd int >= 3, got {kernel_size!r}")
         c = start_channels
         self.ndim = ndim

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, checkpointed, conv_nd
+from models.networks.voxelmorph import _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
 
 __all__ = ["TransMorph", "TRANSMORPH_SIZES"]
 
@@ -128,8 +128,7 @@ class TransMorph(nn.Module):
         from monai.networks.blocks import PatchEmbed
         from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 
-        if ndim not in (2, 3):
-            raise ValueError(f"TransMorph 'ndim' must be 2 or 3, got {ndim}")
+        check_net_args("TransMorph", ndim)
         if size not in TRANSMORPH_SIZES:
             raise ValueError(f"TransMorph 'size' must be one of {sorted(TRANSMORPH_SIZES)}, got {size!r}")
         cfg = TRANSMORPH_SIZES[size]

@@ -15,15 +15,15 @@ coarse grid, and :func:`checkpointed`, the activation-checkpointing switch every
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint as _checkpoint
 
-__all__ = ["VoxelMorphUNet", "VXM_WIDTHS", "check_divisible", "checkpointed", "pad_to_multiple", "upsample_conv",
-           "conv_nd"]
+__all__ = ["VoxelMorphUNet", "VXM_WIDTHS", "check_divisible", "check_net_args", "checkpointed", "pad_to_multiple",
+           "upsample_conv", "conv_nd"]
 
 # Encoder / decoder widths of the paper's two variants.
 VXM_WIDTHS = {
@@ -51,6 +51,16 @@ def check_divisible(net: str, shape: Sequence[int], multiple: int) -> None:
             f"{net} needs spatial sizes divisible by {multiple}, got {shape}; crop or pad the data "
             f"(e.g. data.shape, or models.networks.pad_to_multiple) to a multiple of {multiple}"
         )
+
+
+def check_net_args(net: str, ndim: Any, **ints: tuple[Any, int]) -> None:
+    """One ``ValueError`` naming the network and the argument: ``ndim`` must be 2 or 3, and each
+    ``name=(value, low)`` an int ``>= low`` (bools refused)."""
+    if isinstance(ndim, bool) or ndim not in (2, 3):
+        raise ValueError(f"{net} 'ndim' must be 2 or 3, got {ndim!r}")
+    for name, (value, low) in ints.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{net} '{name}' must be an int >= {low}, got {value!r}")
 
 
 def checkpointed(net: nn.Module, fn: Callable, *args):
@@ -262,8 +272,7 @@ class VoxelMorphUNet(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
-        if ndim not in (2, 3):
-            raise ValueError(f"VoxelMorphUNet 'ndim' must be 2 or 3, got {ndim}")
+        check_net_args("VoxelMorphUNet", ndim)
         if enc is None or dec is None:
             if variant not in VXM_WIDTHS:
                 raise ValueError(f"VoxelMorphUNet 'variant' must be one of {sorted(VXM_WIDTHS)}, got {variant!r}")
