@@ -19,14 +19,14 @@ from torch import nn
 import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
+from models.loss_config import loss_config
 from metrics import dice as dice_metric
 from metrics import evaluate_pair
-from data.io import to_plain
 from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import compose, integrate, resize_field, warp
 
-__all__ = ["RegistrationModule", "IdentityRegistration", "LossConfig", "FIELDS", "LABEL_INTERPS", "PARADIGMS"]
+__all__ = ["RegistrationModule", "IdentityRegistration", "FIELDS", "LABEL_INTERPS", "PARADIGMS"]
 
 FIELDS = ("displacement", "velocity")
 LABEL_INTERPS = ("nearest", "linear")
@@ -34,36 +34,6 @@ LOSS_GRIDS = ("full", "coarse")
 # how a method got its field: no registration, per-pair optimisation, a network trained without /
 # with labels, or a network's prediction refined by per-pair optimisation
 PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
-
-_LOSS_DEFAULTS = {
-    "sim": "lncc",
-    "sim_kwargs": {},
-    "reg": "diffusion",
-    "reg_kwargs": {},
-    "reg_weight": 1.0,
-    "dice_weight": 0.0,
-    "inverse_consistency_weight": 0.0,
-}
-
-
-def LossConfig(cfg: Mapping[str, Any] | None, extra_weights: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Fill a ``model.loss`` mapping with defaults and reject unknown keys (naming them).
-
-    ``extra_weights``: the defaults of a subclass's own loss weights (e.g. the symmetric
-    method's), accepted and checked like ``reg_weight``."""
-    cfg = to_plain(cfg or {})
-    defaults = {**_LOSS_DEFAULTS, **(extra_weights or {})}
-    unknown = sorted(set(cfg) - set(defaults))
-    if unknown:
-        raise ValueError(f"model.loss has unknown key(s) {unknown}; valid keys: {sorted(defaults)}")
-    out = {**defaults, **cfg}
-    out["sim_kwargs"] = dict(out["sim_kwargs"] or {})
-    out["reg_kwargs"] = dict(out["reg_kwargs"] or {})
-    for key in ("reg_weight", "dice_weight", "inverse_consistency_weight", *(extra_weights or {})):
-        if isinstance(out[key], bool) or not isinstance(out[key], (int, float)) or out[key] < 0:
-            raise ValueError(f"model.loss.{key} must be a number >= 0, got {out[key]!r}")
-    return out
-
 
 class RegistrationModule(L.LightningModule):
     """Trains and evaluates a network ``net(moving, fixed) -> field``.
@@ -139,7 +109,7 @@ class RegistrationModule(L.LightningModule):
         self.method = str(method)
         self.field = field
         self.integration_steps = int(integration_steps)
-        self.loss_cfg = LossConfig(loss, self.EXTRA_LOSS_WEIGHTS)
+        self.loss_cfg = loss_config(loss, self.EXTRA_LOSS_WEIGHTS)
         self.similarity = build_similarity(self.loss_cfg["sim"], **self.loss_cfg["sim_kwargs"])
         self.regulariser = build_regulariser(self.loss_cfg["reg"], **self.loss_cfg["reg_kwargs"])
         self.optimizer_factory = optimizer
