@@ -81,7 +81,7 @@ class RegistrationModule(L.LightningModule):
     (:func:`models.networks.pad_to_multiple`), so any grid can be registered.
     """
 
-    # loss weights a subclass adds under ``model.loss`` (name -> default), checked by LossConfig
+    # loss weights a subclass adds under ``model.loss`` (name -> default), checked by models.loss_config.loss_config
     EXTRA_LOSS_WEIGHTS: Mapping[str, float] = {}
 
     def __init__(
