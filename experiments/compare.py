@@ -238,7 +238,8 @@ def run_compare(cfg: DictConfig) -> Comparison:
     print(markdown(comp))
     print(f"comparison: {out_dir.resolve()} ({', '.join(p.name for p in paths.values())})")
     sys.stdout.flush()
-    scalars = {f"compare/{row['method']}/{metric}_{stat}": row[stat] for row in comp.table for stat in ("mean", "median")}
+    scalars = {f"compare/{row['method']}/{metric}_{stat}": row[stat]
+               for row in comp.table for stat in ("mean", "median")}
     log_analysis(cfg, scalars, images={"compare/boxplot": paths["png"]},
                  tables={"compare/summary": comp.table, "compare/tests": comp.tests})
     return comp

@@ -109,7 +109,8 @@ def test_shared_contrast_gives_both_images_the_fixed_images_label_intensities(pa
     default, shared = pairs[(0, 1)], SynthMorphPairs(**TINY, shared_contrast=True)[(0, 1)]
     for key in ("fixed", "fixed_label", "moving_label"):
         assert torch.equal(default[key], shared[key]), key
-    both = sorted(set(torch.unique(shared["fixed_label"]).tolist()) & set(torch.unique(shared["moving_label"]).tolist()))
+    both = sorted(set(torch.unique(shared["fixed_label"]).tolist())
+                  & set(torch.unique(shared["moving_label"]).tolist()))
     means = {side: np.array([shared[side][0].numpy()[shared[f"{side}_label"][0].numpy() == k].mean() for k in both])
              for side in ("fixed", "moving")}
     from scipy.stats import spearmanr
