@@ -26,6 +26,7 @@ from experiments.runtime import (  # noqa: E402
     build_model,
     build_trainer,
     check_entry,
+    check_output_dir,
     finish_loggers,
     guarded,
     run_test,
@@ -39,6 +40,7 @@ def train(cfg: DictConfig) -> dict:
     check_entry(cfg, "train")
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
     model = build_model(cfg)
     trainer = build_trainer(cfg)
     summary: dict = {}

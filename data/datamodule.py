@@ -2,8 +2,10 @@
 
 Both modules expose ``train_dataloader``/``val_dataloader``/``test_dataloader``, the grid's
 ``spacing`` (mm, tuple) and ``shape`` (tuple, or None when pairs differ), ``num_labels``
-(largest label + 1, None without labels) and ``validate()``, the full data check to run
-before any result is written.
+(largest label + 1, None without labels), ``validate()``, the full data check to run
+before any result is written, ``test_pair_ids()`` (the ``(fixed_id, moving_id)`` of the test
+pairs a results folder must hold) and ``input_files()`` (the files the data reads, which no
+output folder may hold).
 """
 
 from __future__ import annotations
@@ -162,6 +164,15 @@ class PairsCSVDataModule(L.LightningDataModule):
                 )
             self._sets[split] = ds
         return self._sets[split]
+
+    def test_pair_ids(self) -> list[tuple[str, str]]:
+        """``(fixed_id, moving_id)`` of the test pairs, in CSV order (what a results folder must hold)."""
+        return self.dataset("test").pair_ids()
+
+    def input_files(self) -> list:
+        """The configured CSVs and every file they list (an output folder must not hold one)."""
+        files = [f for split in ("test", "train", "val") if self.has(split) for f in self.dataset(split).input_files()]
+        return list(dict.fromkeys(files))
 
     def _first(self) -> PairsCSVDataset:
         for split in ("test", "train", "val"):
@@ -326,6 +337,15 @@ class SynthMorphDataModule(L.LightningDataModule):
         validate = getattr(self.evaluation, "validate", None)
         if callable(validate):
             validate()
+
+    def test_pair_ids(self) -> list[tuple[str, str]]:
+        """The evaluation module's test pairs (the synthetic training pairs are never tested)."""
+        return self.evaluation.test_pair_ids()
+
+    def input_files(self) -> list:
+        """The evaluation module's input files (synthetic training pairs read none)."""
+        files = getattr(self.evaluation, "input_files", None)
+        return list(files()) if callable(files) else []
 
     def save_label_map(self, out_dir) -> None:
         """Results of remapped evaluation labels name the original ids (when the evaluation module does)."""

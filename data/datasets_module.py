@@ -17,6 +17,7 @@ training volumes independently, and draws random training pairs per epoch
     spacing                  float32 (3,)  mm of the preprocessed grid (what metrics use)
     fixed_affine             float64 (4, 4) voxel-to-world of the preprocessed fixed grid
     fixed_id, moving_id      str
+    pair_signature           str  the inputs' signature (files, preprocessing, label mapping)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from data.loaders import check_loader_args, make_loader
 from data.pairs_csv import SPACING_TOLERANCE
 from data.augment import VolumeAugmentation
 from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source
+from data.signature import file_signature, signature
 
 __all__ = ["PairDataset", "DatasetDataModule"]
 
@@ -106,7 +108,26 @@ class PairDataset(Dataset):
         item["fixed_affine"] = torch.from_numpy(np.asarray(fixed.affine, dtype=np.float64))
         item["fixed_id"] = fref.id
         item["moving_id"] = mref.id
+        item["pair_signature"] = self.pair_signature(index)
         return item
+
+    def pair_signature(self, index: int) -> str:
+        """Signature of pair ``index``'s inputs (:mod:`data.signature`): each volume's id and
+        files (path, size, mtime), the preprocessing config (with its code version), the label
+        mapping and the augmentation."""
+        fref, mref = self.pairs[index]
+        mapping = self.mapping if self.with_labels else None
+        volumes = {}
+        for side, ref in (("fixed", fref), ("moving", mref)):
+            volumes[side] = {"id": ref.id, "image": file_signature(ref.image),
+                             "label": file_signature(ref.label if self.with_labels else None)}
+        return signature({
+            "dataset": "layout",
+            **volumes,
+            "preprocess": {"key": self.store.config.key(), **self.store.config.to_dict()},
+            "label_mapping": None if mapping is None else mapping.to_dict(),
+            "augment": None if self.augment is None else repr(self.augment),
+        })
 
 
 class _VolumeCheck(Dataset):
@@ -242,6 +263,19 @@ class DatasetDataModule(L.LightningDataModule):
         for v in refs:
             seen.setdefault((v.id, v.image, v.label), v)
         return list(seen.values())
+
+    def test_pair_ids(self) -> list[tuple[str, str]]:
+        """``(fixed_id, moving_id)`` of the test pairs, in order (what a results folder must hold)."""
+        return [(f.id, m.id) for f, m in self.test_pairs]
+
+    def input_files(self) -> list[Path]:
+        """Every image and label file of the train, val and test sets (an output folder must not hold one)."""
+        files = []
+        for ref in self.used_volumes():
+            files.append(ref.image)
+            if ref.label is not None:
+                files.append(ref.label)
+        return list(dict.fromkeys(files))
 
     def _dataset(self, pairs: Sequence[Pair], augment: bool = False) -> PairDataset:
         return PairDataset(pairs, self.store, mapping=self.label_mapping_or_none(),

@@ -17,7 +17,7 @@ Random fields (numpy ``Generator`` in, so a subject depends only on its seed):
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import lightning as L
 import numpy as np
@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from data.io import DataError
 from data.loaders import check_loader_args, make_loader
 from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
+from data.signature import signature
 from spatial.functional import integrate, resize_field
 
 __all__ = [
@@ -169,14 +170,18 @@ class GeneratedPairDataset(Dataset):
             ``all_pairs(train_ids)`` with a :class:`RandomPairSampler`; for val/test a fixed
             list such as ``consecutive_pairs(ids)``.
         with_labels: include ``fixed_label``/``moving_label``.
+        config: the settings the subjects are generated with (recorded in each item's
+            ``pair_signature`` with the subject indices); default: ``repr(subjects)``.
     """
 
-    def __init__(self, subjects, pairs: Sequence[Sequence[int]], with_labels: bool = True):
+    def __init__(self, subjects, pairs: Sequence[Sequence[int]], with_labels: bool = True,
+                 config: Any = None):
         self.subjects = subjects
         self.pairs = [(int(a), int(b)) for a, b in pairs]
         if not self.pairs:
             raise DataError(f"{type(self).__name__}: 'pairs' is empty, expected at least one (fixed, moving) pair")
         self.with_labels = bool(with_labels)
+        self.config = repr(subjects) if config is None else config
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -197,7 +202,19 @@ class GeneratedPairDataset(Dataset):
         item["fixed_affine"] = torch.tensor(np.asarray(self.subjects.affine), dtype=torch.float64)
         item["fixed_id"] = fixed["id"]
         item["moving_id"] = moving["id"]
+        item["pair_signature"] = self.pair_signature(index)
         return item
+
+    def pair_ids(self) -> list[tuple[str, str]]:
+        """``(fixed_id, moving_id)`` of every pair, in order (from ``subjects.subject_id``)."""
+        return [(self.subjects.subject_id(a), self.subjects.subject_id(b)) for a, b in self.pairs]
+
+    def pair_signature(self, index: int) -> str:
+        """Signature of pair ``index``'s inputs: the generator (class and settings) and the two
+        subject indices (a subject depends only on them)."""
+        a, b = self.pairs[index]
+        return signature({"dataset": "generated", "generator": type(self.subjects).__name__,
+                          "config": self.config, "fixed": a, "moving": b, "with_labels": self.with_labels})
 
 
 class GeneratedDataModule(L.LightningDataModule):
@@ -244,17 +261,30 @@ class GeneratedDataModule(L.LightningDataModule):
         self.train_ids = list(range(self.n_train))
         self.val_ids = list(range(self.n_train, self.n_train + self.n_val))
         self.test_ids = list(range(self.n_train + self.n_val, self.n_train + self.n_val + self.n_test))
-        self.train_set = GeneratedPairDataset(subjects, all_pairs(self.train_ids), self.with_labels)
+        config = self._generator_config()
+        self.train_set = GeneratedPairDataset(subjects, all_pairs(self.train_ids), self.with_labels, config)
         self.val_set = (
-            GeneratedPairDataset(subjects, PAIR_SCHEMES[val_pairs](self.val_ids), self.with_labels)
+            GeneratedPairDataset(subjects, PAIR_SCHEMES[val_pairs](self.val_ids), self.with_labels, config)
             if self.val_ids
             else None
         )
         self.test_set = (
-            GeneratedPairDataset(subjects, PAIR_SCHEMES[test_pairs](self.test_ids), self.with_labels)
+            GeneratedPairDataset(subjects, PAIR_SCHEMES[test_pairs](self.test_ids), self.with_labels, config)
             if self.test_ids
             else None
         )
+
+    # settings that choose pairs or load them, not what a subject looks like (indices carry those)
+    _NOT_GENERATOR = ("n_train", "n_val", "n_test", "pairs_per_epoch", "batch_size", "num_workers",
+                      "val_pairs", "test_pairs")
+
+    def _generator_config(self) -> Any:
+        """The settings subjects are drawn with (the module's hyperparameters less split/loader
+        ones); ``repr(subjects)`` when the subclass saved none."""
+        hparams = getattr(self, "hparams", None)
+        if not isinstance(hparams, Mapping) or not hparams:
+            return repr(self.subjects)
+        return {k: v for k, v in sorted(hparams.items()) if k not in self._NOT_GENERATOR}
 
     @property
     def spacing(self) -> tuple[float, ...]:
@@ -271,6 +301,16 @@ class GeneratedDataModule(L.LightningDataModule):
     @property
     def label_names(self) -> dict[int, str]:
         return dict(self.subjects.label_names)
+
+    def test_pair_ids(self) -> list[tuple[str, str]]:
+        """``(fixed_id, moving_id)`` of the test pairs, in order (what a results folder must hold)."""
+        if self.test_set is None:
+            raise DataError("data.n_test is 0: no test subjects; set data.n_test >= 2")
+        return self.test_set.pair_ids()
+
+    def input_files(self) -> list:
+        """Generated subjects read no data files."""
+        return []
 
     def prepare_data(self) -> None:
         self.subjects.prepare()

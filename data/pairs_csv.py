@@ -7,7 +7,10 @@ CSV format (header row required, column order free, extra columns ignored)::
 
 ``fixed`` and ``moving`` are required; ``fixed_label`` and ``moving_label`` are optional
 but come together (both columns, and a value in both for every row). Relative paths are
-resolved against the CSV's folder. Item ids are the file names without ``.nii``/``.nii.gz``.
+resolved against the CSV's folder. Item ids are the file names without ``.nii``/``.nii.gz``
+when those are unique within the CSV; files whose names collide (``sub0/t1.nii.gz``,
+``sub1/t1.nii.gz``) get their path relative to the CSV's folder without the extension
+(``sub0/t1``, ``sub1/t1``). A CSV listing the same (fixed, moving) files twice is refused.
 
 Validation happens in two steps so that a run never stops half-way with partial results:
 
@@ -29,13 +32,19 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+import inspect
+
 from data.io import DataError, load_volume, normalize_intensity, read_header, volume_id
+from data.signature import file_signature, signature
 
 __all__ = ["PairsCSVDataset", "SPACING_TOLERANCE"]
 
 REQUIRED_COLUMNS = ("fixed", "moving")
 LABEL_COLUMNS = ("fixed_label", "moving_label")
 SPACING_TOLERANCE = 1e-3  # mm
+# what normalize=True does (recorded in every pair's signature: other settings, other results)
+_NORMALIZE_DEFAULTS = {k: v.default for k, v in inspect.signature(normalize_intensity).parameters.items()
+                       if v.default is not inspect.Parameter.empty}
 _CHECKS = ("full", "header")
 _RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
 
@@ -53,7 +62,8 @@ class PairsCSVDataset(Dataset):
 
     Item ``i`` is a dict: ``fixed``, ``moving`` float32 ``(1, X, Y, Z)`` in [0, 1]; with label
     columns ``fixed_label``, ``moving_label`` int64 ``(1, X, Y, Z)``; ``spacing`` float32 ``(3,)``
-    (the fixed image's, mm); ``fixed_id``, ``moving_id`` str.
+    (the fixed image's, mm); ``fixed_id``, ``moving_id`` str (unique per file, see the module
+    docstring); ``pair_signature`` str (:meth:`pair_signature`).
 
     Raises:
         DataError: on any problem, naming the CSV, its row (1-based data row, with the file
@@ -70,7 +80,9 @@ class PairsCSVDataset(Dataset):
         self._headers: dict[Path, tuple[tuple[int, int, int], tuple[float, float, float]]] = {}
         self._validated = False
         self._max_label: int | None = None
+        self._ids: dict[Path, str] = {}
         self._read_csv()
+        self._assign_ids()
         self._check_headers()
         if check == "full":
             self.validate()
@@ -118,6 +130,66 @@ class PairsCSVDataset(Dataset):
             entry["_row"] = number  # type: ignore[assignment]
             entry["_line"] = line  # type: ignore[assignment]
             self.rows.append(entry)
+
+    def _assign_ids(self) -> None:
+        """Item ids of the image files (fixed and moving columns): the file stem when no other file
+        of the CSV has it, else the path relative to the CSV's folder without the extension (with
+        it, if that still collides). One file (same resolved path) has one id. A (fixed, moving)
+        pair of files listed twice is a DataError naming both rows."""
+        folder = Path(os.path.abspath(self.csv_path.parent))
+        listed: dict[Path, Path] = {}  # resolved file -> its first listed path (names come from it)
+        for row in self.rows:
+            for col in REQUIRED_COLUMNS:
+                listed.setdefault(row[col].resolve(), Path(os.path.abspath(row[col])))
+        by_stem: dict[str, list[Path]] = {}
+        for key, path in listed.items():
+            by_stem.setdefault(volume_id(path), []).append(key)
+        relative: dict[Path, str] = {}
+        for key, path in listed.items():
+            if len(by_stem[volume_id(path)]) == 1:
+                self._ids[key] = volume_id(path)
+            else:
+                rel = Path(os.path.relpath(path, folder)).as_posix()
+                relative[key] = rel[: len(rel) - len(path.name)] + volume_id(path)
+        names = list(relative.values()) + list(self._ids.values())
+        for key, rel in relative.items():  # e.g. t1.nii and t1.nii.gz side by side: keep the extension
+            self._ids[key] = rel if names.count(rel) == 1 else Path(os.path.relpath(listed[key], folder)).as_posix()
+        first: dict[tuple[str, str], dict] = {}
+        for row in self.rows:
+            pair = self.pair_id_of(row)
+            if pair in first:
+                raise DataError(
+                    f"{self._where(row)} lists the same fixed and moving files as row {first[pair]['_row']} "
+                    f"(line {first[pair]['_line']}): fixed {row['fixed']}, moving {row['moving']}; "
+                    "each pair must appear once"
+                )
+            first[pair] = row
+
+    def pair_id_of(self, row: dict) -> tuple[str, str]:
+        """``(fixed_id, moving_id)`` of a CSV row."""
+        return self._ids[row["fixed"].resolve()], self._ids[row["moving"].resolve()]
+
+    def pair_ids(self) -> list[tuple[str, str]]:
+        """``(fixed_id, moving_id)`` of every pair, in CSV order (unique)."""
+        return [self.pair_id_of(row) for row in self.rows]
+
+    def input_files(self) -> list[Path]:
+        """The CSV and every file it lists (images and label maps)."""
+        files = [self.csv_path]
+        for row in self.rows:
+            files.extend(v for k, v in row.items() if not k.startswith("_"))
+        return list(dict.fromkeys(files))
+
+    def pair_signature(self, index: int) -> str:
+        """Signature of pair ``index``'s inputs (:mod:`data.signature`): resolved path, size and
+        mtime of each of its files, and the intensity normalisation."""
+        row = self.rows[index]
+        cols = REQUIRED_COLUMNS + (LABEL_COLUMNS if self.has_labels else ())
+        return signature({
+            "dataset": "pairs_csv",
+            "files": {col: file_signature(row[col]) for col in cols},
+            "normalize": _NORMALIZE_DEFAULTS if self.normalize else "clip [0, 1]",
+        })
 
     def _where(self, row: dict) -> str:
         return f"{self.csv_path}: row {row['_row']} (line {row['_line']})"
@@ -261,8 +333,8 @@ class PairsCSVDataset(Dataset):
         except DataError as err:
             raise DataError(f"{self._where(row)}: {err}") from err
         item["spacing"] = torch.tensor(self._headers[row["fixed"]][1], dtype=torch.float32)
-        item["fixed_id"] = volume_id(row["fixed"])
-        item["moving_id"] = volume_id(row["moving"])
+        item["fixed_id"], item["moving_id"] = self.pair_id_of(row)
+        item["pair_signature"] = self.pair_signature(index)
         return item
 
     def __repr__(self) -> str:

@@ -56,6 +56,7 @@ import numpy as np
 import torch
 
 from data.io import DataError, Volume, load_volume, normalize_intensity
+from data.signature import file_signature as _file_signature  # one file signature: cache and results
 from data.pairs_csv import SPACING_TOLERANCE  # one tolerance (mm) for "same grid" everywhere
 
 __all__ = [
@@ -245,17 +246,6 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
 
 def _fmt(values) -> str:
     return "(" + ", ".join(f"{v:g}" for v in values) + ")"
-
-
-def _file_signature(path: Path | None) -> list:
-    if path is None:
-        return [None]
-    path = Path(path)
-    try:
-        st = path.stat()
-    except OSError:
-        return [str(path.absolute()), None, None]
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
 def _label_dtype(label: np.ndarray) -> np.dtype:

@@ -6,7 +6,8 @@
 
 For every image of the evaluated pairs: ``MI(i; s) = H(s) - H(s | i)`` (:func:`metrics.information.
 intensity_label_information`, options ``mi.bins``, ``mi.mask``; a pair's value per ``mi.pair``).
-Joined with the eval run's ``pairs.csv`` (registered Dice per pair), it fits Dice = a + b·MI and
+Joined with the eval run's ``pairs.csv`` (registered Dice per pair; exactly the dataset's test pairs:
+other rows are left out, a test pair missing from it is an error naming it), it fits Dice = a + b·MI and
 Dice = a + b·log(MI) and prints Pearson r and its p-value for both (paper: r = 0.886 and 0.933
 over four brain datasets with ANTs). Writes to ``paths.output_dir``: ``mi_pairs.csv`` (one row
 per pair), ``mi_fit.json`` (both fits + the options), ``mi_scatter.png``; logs them to the
@@ -36,6 +37,7 @@ from metrics.results import atomic_write_text, csv_text  # noqa: E402
 __all__ = [
     "image_information",
     "read_pairs_csv",
+    "dataset_pairs",
     "join_pairs",
     "fit_dice_vs_mi",
     "predict_dice",
@@ -94,6 +96,31 @@ def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not rows:
         raise DataError(f"{path}: no pairs")
     return rows
+
+
+def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[str, str]],
+                  source: str | os.PathLike = "pairs.csv") -> list[Mapping[str, Any]]:
+    """The rows of a results ``pairs.csv`` for exactly the dataset's test pairs ``expected``
+    (``(fixed_id, moving_id)``), in the dataset's order. A dataset pair missing from the results,
+    or listed twice, is a DataError naming it; rows of other pairs are left out (see the count
+    this prints)."""
+    by_pair: dict[tuple[str, str], Mapping[str, Any]] = {}
+    for row in rows:
+        key = (str(row["fixed_id"]), str(row["moving_id"]))
+        if key in by_pair:
+            raise DataError(f"{source}: pair ({key[0]}, {key[1]}) is listed twice; results must list each pair once")
+        by_pair[key] = row
+    expected = [(str(f), str(m)) for f, m in expected]
+    missing = [p for p in expected if p not in by_pair]
+    if missing:
+        names = ", ".join(f"({f}, {m})" for f, m in missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(f"{source}: no result for {len(missing)} of the dataset's {len(expected)} test pairs: {names} "
+                        "(evaluate this data= into results_dir first)")
+    extra = len(by_pair) - len(set(expected))
+    if extra:
+        print(f"{source}: ignored {extra} rows of pairs outside the dataset's test pairs")
+        sys.stdout.flush()
+    return [by_pair[p] for p in expected]
 
 
 def join_pairs(
@@ -239,17 +266,17 @@ def mi_options(cfg) -> dict[str, Any]:
 
 def analyse(cfg) -> dict[str, Any]:
     """The script's work (see the module docstring); returns the fit."""
-    from experiments.runtime import build_datamodule, check_entry, log_analysis, run_eval
+    from experiments.runtime import build_datamodule, check_entry, check_output_dir, log_analysis, run_eval
 
     check_entry(cfg, "mi_analysis")
     opts = mi_options(cfg)
-    out_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
+    out_dir = check_output_dir(cfg.paths.output_dir, datamodule)
     results_dir = cfg.get("results_dir")
     if not results_dir:
         results_dir = out_dir / "eval"
         run_eval(cfg, results_dir, datamodule=datamodule)
-    pairs = read_pairs_csv(results_dir)
+    pairs = dataset_pairs(read_pairs_csv(results_dir), datamodule.test_pair_ids(), Path(results_dir) / "pairs.csv")
     dataset = datamodule.test_dataloader().dataset
     info = image_information(dataset, bins=opts["bins"], mask=opts["mask"],
                              ids={p["fixed_id"] for p in pairs} | {p["moving_id"] for p in pairs})

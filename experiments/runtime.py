@@ -26,6 +26,7 @@ __all__ = [
     "build_trainer",
     "run_test",
     "run_eval",
+    "check_output_dir",
     "log_analysis",
     "check_entry",
     "save_figure",
@@ -281,43 +282,127 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
     return build(cfg.trainer, "trainer", logger=loggers if loggers else False, callbacks=callbacks)
 
 
+# sub-folders a run writes into its output folder (an input file there could be overwritten)
+_WRITTEN_SUBFOLDERS = ("moved", ".parts", "test")
+
+
+def check_output_dir(out_dir: Any, datamodule=None, key: str = "paths.output_dir") -> Path:
+    """Refuse an output folder before anything is written: ConfigError naming ``key`` when it is
+    empty, or when it holds an input file of the run (``datamodule.input_files()``: pairs CSVs,
+    images, label maps) directly or under a sub-folder the run writes (``moved/``, ``.parts/``,
+    ``test/``), where a result file could replace it. Returns the folder as a Path."""
+    if out_dir is None or not str(out_dir).strip():
+        raise ConfigError(f"{key} is empty; give the folder to write results to ({key}=DIR)")
+    folder = Path(os.path.expanduser(str(out_dir))).resolve()
+    input_files = getattr(datamodule, "input_files", None)
+    if not callable(input_files):
+        return folder
+    risky = [folder / sub for sub in _WRITTEN_SUBFOLDERS]
+    for file in input_files():
+        path = Path(file).resolve()
+        if path.parent == folder or any(path.is_relative_to(sub) for sub in risky):
+            raise ConfigError(f"{key}={out_dir} holds the input file {path}, which the run's result files "
+                              f"could overwrite; write results to another folder")
+    return folder
+
+
+def _gather(trainer, obj: Any) -> list[Any]:
+    """``obj`` of every process (DDP: ``all_gather_object``; one process: ``[obj]``)."""
+    import torch.distributed as dist
+
+    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def _limits_test_batches(trainer) -> bool:
+    """Whether the trainer runs only some test batches (``fast_dev_run``, ``limit_test_batches``)."""
+    limit = getattr(trainer, "limit_test_batches", 1.0)
+    return bool(getattr(trainer, "fast_dev_run", False)) or not (isinstance(limit, float) and limit >= 1.0)
+
+
+def _test_pair_ids(datamodule) -> list[tuple[str, str]]:
+    """The datamodule's test pairs ``(fixed_id, moving_id)`` in order (``test_pair_ids()``)."""
+    ids = getattr(datamodule, "test_pair_ids", None)
+    if not callable(ids):
+        raise ConfigError(f"data: {type(datamodule).__name__} has no test_pair_ids(); the results writer "
+                          "needs the list of test pairs to know which results belong to the run")
+    return [(str(f), str(m)) for f, m in ids()]
+
+
 def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_outputs: bool = False,
              ckpt_path: str | None = None) -> dict[str, Any]:
     """Evaluate ``model`` on the datamodule's test pairs into ``out_dir`` (results contract).
 
-    Pairs already present in ``out_dir`` are skipped (resume). Returns the summary dict.
+    The output folder is checked first (:func:`check_output_dir`). A pair whose part in
+    ``out_dir`` has the same inputs, method (config and weights) and metric settings is reused
+    (resume); every other pair is computed. The CSVs and the summary hold exactly the test
+    pairs (:meth:`metrics.results.ResultsWriter.finalize`). Returns the summary dict.
     """
-    from metrics.results import ResultsWriter
+    from metrics.results import ResultsWriter, method_signature
 
+    check_output_dir(out_dir, datamodule)
+    expected = _test_pair_ids(datamodule)
     writer = ResultsWriter(out_dir, method=model.method, save_outputs=save_outputs,
                            label_interp=getattr(model, "label_interp", "nearest"))
     model.results = writer
     try:
         trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
         trainer.strategy.barrier("results")  # DDP: every rank's pairs are written before rank 0 gathers
+        gathered = _gather(trainer, (writer.run_id, sorted(writer.seen)))
     finally:
         model.results = None
     if trainer.is_global_zero:
+        if writer.method_hash is None:  # no test step ran here: the weights are those tested
+            writer.method_hash = method_signature(model)
+        seen = {tuple(p) for _, pairs in gathered for p in pairs}
+        run_ids = {run_id for run_id, _ in gathered}
+        tested = expected
+        if _limits_test_batches(trainer):
+            tested = [p for p in expected if p in seen]
+            print(f"[{model.method}] the trainer limits test batches (fast_dev_run / limit_test_batches): "
+                  f"{len(tested)} of {len(expected)} test pairs evaluated")
         save_label_map = getattr(datamodule, "save_label_map", None)
         if save_label_map is not None:  # remapped label ids: results name which original label each is
             save_label_map(out_dir)
-        summary = writer.finalize(extra={"paradigm": getattr(model, "paradigm", None)})
+        summary = writer.finalize(tested, extra={"paradigm": getattr(model, "paradigm", None)}, seen=seen,
+                                  run_ids=run_ids, n_test_pairs=len(expected))
+        _print_reuse(writer)
         _log_results_table(trainer, writer, summary)
         _print_summary(summary, out_dir)
         return summary
     return {}
 
 
+def _print_reuse(writer) -> None:
+    """Say how many pairs came from earlier runs, were recomputed as stale, or were left out."""
+    c = writer.counts
+    notes = []
+    if c.get("reused"):
+        notes.append(f"reused {c['reused']} of {c['expected']} pairs from {writer.parts_dir} (same inputs, "
+                     "method and metric settings)")
+    if c.get("stale"):
+        notes.append(f"recomputed {c['stale']} pairs whose earlier results had other inputs, method or metric settings")
+    if c.get("ignored"):
+        notes.append(f"ignored {c['ignored']} parts of pairs outside this run's test set")
+    if notes:
+        print(f"[{writer.method}] " + "; ".join(notes))
+
+
 def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodule=None) -> dict[str, Any]:
     """``eval.py``'s work: evaluate ``cfg.model`` (or ``cfg.ckpt_path``) on ``cfg.data`` into ``out_dir``
-    (default ``cfg.paths.output_dir``); a ready ``datamodule`` may be passed. Returns the summary."""
+    (default ``cfg.paths.output_dir``); a ready ``datamodule`` may be passed. Returns the summary.
+    The output folder is checked (:func:`check_output_dir`) before anything is written."""
     import lightning as L
 
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg) if datamodule is None else datamodule
+    out_dir = cfg.paths.output_dir if out_dir is None else out_dir
+    check_output_dir(out_dir, datamodule)
     model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
     trainer = build_trainer(cfg, with_callbacks=False)
-    out_dir = cfg.paths.output_dir if out_dir is None else out_dir
     try:
         return run_test(trainer, model, datamodule, out_dir, save_outputs=bool(cfg.get("save_outputs", False)))
     finally:
@@ -385,7 +470,7 @@ def _log_results_table(trainer, writer, summary: dict[str, Any]) -> None:
 
     for logger in trainer.loggers:
         if type(logger).__name__ == "WandbLogger":
-            rows = [d["pair"] for d in writer.load_parts()]
+            rows = writer.pairs
             logger.log_table(key="test/pairs", columns=PAIR_COLUMNS,
                              data=[[r.get(c) for c in PAIR_COLUMNS] for r in rows])
             logger.experiment.summary.update({f"test/{k}": v for k, v in summary.items()

@@ -345,9 +345,15 @@ class RegistrationModule(L.LightningModule):
             self.log("val/dice_best", self._val_best, sync_dist=True)
 
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        ids = list(zip(batch["fixed_id"], batch["moving_id"]))
-        if self.results is not None and all(self.results.is_done(f, m) for f, m in ids):
-            return  # resumed: every pair of this batch is already in the results folder
+        ids = [(str(f), str(m)) for f, m in zip(batch["fixed_id"], batch["moving_id"])]
+        signatures = batch.get("pair_signature")  # the inputs' signature (every dataset of data/ sets it)
+        if self.results is not None:
+            if self.results.method_hash is None:  # here, after Lightning restored a ckpt_path's weights
+                from metrics.results import method_signature
+
+                self.results.method_hash = method_signature(self)
+            if self.results.reuse_batch(ids, signatures):
+                return  # resumed: every pair has a part of the same inputs, method and metric settings
         start = time.perf_counter()
         u = self.register(batch)
         if u.device.type == "cuda":
@@ -371,7 +377,7 @@ class RegistrationModule(L.LightningModule):
             if self.results is not None:
                 if self.results.save_outputs:
                     self._save_outputs(batch, i, u, res["moved_label"], fixed_id, moving_id)
-                self.results.add(row, res["dice_per_label"])
+                self.results.add(row, res["dice_per_label"], None if signatures is None else signatures[i])
 
     def _save_outputs(self, batch, i, u, moved_label, fixed_id, moving_id) -> None:
         """Moved image, moved label and displacement of pair ``i`` as NIfTI, written all or none."""
