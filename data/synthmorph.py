@@ -54,6 +54,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, Sampler
 
+from data.signature import signature
 from data.generated import diagonal_affine, random_bias_field, random_displacement, smooth_noise
 from spatial.functional import warp
 
@@ -236,6 +237,9 @@ class SynthMorphPairs(Dataset):
             "fixed_affine": torch.tensor(self.affine, dtype=torch.float64),
             "fixed_id": fixed_id,
             "moving_id": moving_id,
+            # the batch contract's input signature (data.signature): the generator and the draw
+            "pair_signature": signature({"dataset": "synthmorph", "generator": repr(self), "epoch": int(epoch),
+                                         "idx": int(idx)}),
         }
 
     def _label_fields(self, rng: np.random.Generator) -> torch.Tensor:

@@ -247,7 +247,7 @@ def test_pairs_csv_without_labels(tmp_path):
     _subjects(tmp_path)
     ds = PairsCSVDataset(_csv(tmp_path / "p.csv", [("sub0.nii.gz", "sub1.nii.gz")], header="fixed,moving"))
     assert not ds.has_labels and ds.num_labels is None
-    assert set(ds[0]) == {"fixed", "moving", "spacing", "fixed_affine", "fixed_id", "moving_id"}
+    assert set(ds[0]) == {"fixed", "moving", "spacing", "fixed_affine", "fixed_id", "moving_id", "pair_signature"}
 
 
 def test_pairs_csv_shape_mismatch_names_row_and_shapes(tmp_path):
@@ -412,7 +412,8 @@ def test_mni_datamodule_batch_contract_and_splits():
     loader = dm.train_dataloader()
     assert len(loader) == 2  # ceil(3 / 2)
     batch = next(iter(loader))
-    assert set(batch) == {"fixed", "moving", "fixed_label", "moving_label", "spacing", "fixed_affine", "fixed_id", "moving_id"}
+    assert set(batch) == {"fixed", "moving", "fixed_label", "moving_label", "spacing", "fixed_affine", "fixed_id", "moving_id",
+                          "pair_signature"}
     for key in ("fixed", "moving"):
         assert batch[key].shape == (2, 1, 96, 112, 96) and batch[key].dtype == torch.float32
     for key in ("fixed_label", "moving_label"):
@@ -436,7 +437,7 @@ def test_mni_pair_dataset(mni):
     ds = GeneratedPairDataset(mni, [(0, 1), (1, 0)], with_labels=False)
     assert len(ds) == 2 and ds.subject_ids == [0, 1]
     item = ds[1]
-    assert set(item) == {"fixed", "moving", "spacing", "fixed_affine", "fixed_id", "moving_id"}
+    assert set(item) == {"fixed", "moving", "spacing", "fixed_affine", "fixed_id", "moving_id", "pair_signature"}
     assert item["fixed_id"] == "mni_0001" and torch.equal(item["fixed"], mni[1]["image"])
     torch.testing.assert_close(item["spacing"], torch.tensor([2.0, 2.0, 2.0]))
     with pytest.raises(DataError, match="empty"):

@@ -132,7 +132,7 @@ def test_oasis_subjects_sorted_splits_and_pairs(trees):
     assert len(dm.train_pairs) == 12  # all ordered pairs of 4 training subjects
     batch = next(iter(dm.val_dataloader()))
     assert set(batch) == {"fixed", "moving", "fixed_label", "moving_label", "spacing", "fixed_affine",
-                          "fixed_id", "moving_id"}
+                          "fixed_id", "moving_id", "pair_signature"}
     for key in ("fixed", "moving"):
         assert batch[key].shape == (1, 1, *SHAPE) and batch[key].dtype == torch.float32
         assert 0.0 <= batch[key].min() and batch[key].max() <= 1.0

@@ -20,7 +20,8 @@ from data.synthmorph import EpochPairSampler, SynthMorphPairs
 from losses import NoSimilarity, build_similarity
 
 TINY = dict(shape=(32, 32, 32), n_labels=6, label_smoothness=3.0, pairs_per_epoch=3)
-CONTRACT_KEYS = {"fixed", "moving", "fixed_label", "moving_label", "spacing", "fixed_affine", "fixed_id", "moving_id"}
+CONTRACT_KEYS = {"fixed", "moving", "fixed_label", "moving_label", "spacing", "fixed_affine", "fixed_id", "moving_id",
+                 "pair_signature"}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
