@@ -5,7 +5,8 @@
     python eval.py model=identity data=pairs_csv data.csv=my_pairs.csv paths.output_dir=DIR save_outputs=true
 
 ``DIR`` receives ``pairs.csv``, ``labels.csv``, ``summary.json`` (and ``moved/`` with
-``save_outputs=true``). Rerunning with the same ``DIR`` skips pairs already evaluated.
+``save_outputs=true``). Rerunning with the same ``DIR`` reuses the pairs whose inputs, method and
+metric settings are unchanged and recomputes the others; the files list exactly this run's test pairs.
 """
 
 from __future__ import annotations
