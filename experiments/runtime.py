@@ -293,16 +293,18 @@ def check_output_dir(out_dir: Any, datamodule=None, key: str = "paths.output_dir
     ``test/``), where a result file could replace it. Returns the folder as a Path."""
     if out_dir is None or not str(out_dir).strip():
         raise ConfigError(f"{key} is empty; give the folder to write results to ({key}=DIR)")
-    folder = Path(os.path.expanduser(str(out_dir))).resolve()
+    given = Path(os.path.expanduser(str(out_dir)))
+    folder = given.resolve()
     input_files = getattr(datamodule, "input_files", None)
     if not callable(input_files):
         return folder
-    risky = [folder / sub for sub in _WRITTEN_SUBFOLDERS]
+    folders = {folder, Path(os.path.abspath(given))}  # as given and with links resolved
+    risky = [f / sub for f in folders for sub in _WRITTEN_SUBFOLDERS]
     for file in input_files():
-        path = Path(file).resolve()
-        if path.parent == folder or any(path.is_relative_to(sub) for sub in risky):
-            raise ConfigError(f"{key}={out_dir} holds the input file {path}, which the run's result files "
-                              f"could overwrite; write results to another folder")
+        for path in (Path(os.path.abspath(file)), Path(file).resolve()):  # a link there, or its target
+            if path.parent in folders or any(path.is_relative_to(sub) for sub in risky):
+                raise ConfigError(f"{key}={out_dir} holds the input file {path}, which the run's result files "
+                                  f"could overwrite; write results to another folder")
     return folder
 
 
