@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from conftest import make_blob_pair
 from models import RegistrationModule
 from models.networks import LKBlock, LKUNet, TransMorph, VoxelMorphUNet, pad_to_multiple
-from models.networks.voxelmorph import conv_nd, upsample_conv
+from models.networks.blocks import conv_nd, upsample_conv
 
 # Small members of each family (the paper's LKU-Net(8, 5), TransMorph-tiny) so the file stays fast.
 NETS = {
