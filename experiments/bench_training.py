@@ -21,7 +21,7 @@ and is scored by the same LNCC and diffusion loss. ``--field displacement`` give
 ``lapirn`` is the whole 3-level pyramid (C=16, 3 residual blocks, feature passing) trained at
 once (the last stage of LapIRNModule's schedule), its field type the bench's ``--field``.
 ``--checkpoint`` builds our networks with ``checkpoint=True`` (activation checkpointing, see
-:func:`models.networks.voxelmorph.checkpointed`); MONAI's has no such option and runs as is.
+:func:`models.networks.blocks.checkpointed`); MONAI's has no such option and runs as is.
 
 Timing: all networks of a shape live in ONE process; after one warm-up step each, ``repeats``
 rounds time one step of every network in turn (interleaved, so load from other processes hits

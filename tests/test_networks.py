@@ -3,14 +3,16 @@ shape errors, and the exactness of their fast paths."""
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from conftest import make_blob_pair
 from models import RegistrationModule
-from models.networks import LKBlock, LKUNet, TransMorph, VoxelMorphUNet, pad_to_multiple
-from models.networks.voxelmorph import conv_nd, upsample_conv
+from models.networks import LapIRN, LKBlock, LKUNet, TransMorph, VoxelMorphUNet, pad_to_multiple
+from models.networks.blocks import conv_nd, upsample_conv
 
 # Small members of each family (the paper's LKU-Net(8, 5), TransMorph-tiny) so the file stays fast.
 NETS = {
@@ -76,6 +78,24 @@ def test_state_dict_round_trip_gives_identical_outputs(name, tmp_path):
     assert u0.abs().max() > 1e-3
     assert torch.equal(u0, u1)
 
+
+# Number of entries and sha256 (first 16 hex digits) of "key shape" lines of each default 3-D
+# network's state_dict, as checkpoints written before models/networks/blocks.py hold them. A change
+# here means old checkpoints no longer load: rename keys on load, or say so, before updating.
+STATE_DICT_KEYS = {
+    "voxelmorph": (lambda: VoxelMorphUNet(3, "vxm1"), 20, "b06eba193cb6bb17"),
+    "lkunet": (lambda: LKUNet(3, start_channels=8), 84, "d5bd02bccf8885d7"),
+    "transmorph": (lambda: TransMorph(3, "tiny"), 165, "a4182a6deb353c7b"),
+    "lapirn": (lambda: LapIRN(3), 72, "6e2d8f91673e45a3"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_DICT_KEYS))
+def test_state_dict_keys_and_shapes_are_those_old_checkpoints_hold(name):
+    make, count, digest = STATE_DICT_KEYS[name]
+    sd = make().state_dict()
+    text = "\n".join(f"{k} {tuple(v.shape)}" for k, v in sd.items())
+    assert (len(sd), hashlib.sha256(text.encode()).hexdigest()[:16]) == (count, digest), text
 
 @pytest.mark.parametrize("name,multiple", [("voxelmorph", 16), ("lkunet", 16), ("transmorph", 32)])
 def test_shape_not_divisible_is_a_clear_error_naming_shape_and_multiple(name, multiple):

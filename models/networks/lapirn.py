@@ -36,16 +36,13 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import ConvAct, _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
+from models.networks.blocks import ConvAct, apply_conv, check_divisible, check_net_args, checkpointed, concat_skip, \
+    conv_class, feature_format, flow_conv, up_conv
 from spatial import compose, integrate, resize_field, warp
 
 __all__ = ["LapIRN", "LAPIRN_FIELDS"]
 
 LAPIRN_FIELDS = ("displacement", "velocity")
-
-
-def _conv(ndim: int):
-    return getattr(nn, f"Conv{ndim}d")
 
 
 def resample_image(img: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
@@ -67,7 +64,7 @@ class ResBlock(nn.Module):
 
     def __init__(self, ndim: int, channels: int) -> None:
         super().__init__()
-        conv = _conv(ndim)
+        conv = conv_class(ndim)
         self.conv1 = conv(channels, channels, 3, padding=1)
         self.conv2 = conv(channels, channels, 3, padding=1)
         self.act = nn.LeakyReLU(0.2)
@@ -78,8 +75,8 @@ class ResBlock(nn.Module):
             nn.init.zeros_(c.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = conv_nd(self.act(x), self.conv1.weight, self.conv1.bias, padding=1)
-        h = conv_nd(self.act(h), self.conv2.weight, self.conv2.bias, padding=1)
+        h = apply_conv(self.conv1, self.act(x))
+        h = apply_conv(self.conv2, self.act(h))
         return x + h
 
 
@@ -98,15 +95,9 @@ class LevelNet(nn.Module):
         self.enc = nn.Sequential(ConvAct(ndim, cin, c), ConvAct(ndim, c, c))
         self.down = ConvAct(ndim, c, 2 * c, stride=2)
         self.res = nn.Sequential(*[ResBlock(ndim, 2 * c) for _ in range(n_res_blocks)])
-        up = getattr(nn, f"ConvTranspose{ndim}d")(2 * c, c, kernel_size=2, stride=2)
-        # He init by the true fan-in (stride = kernel: one tap per input channel per output voxel)
-        nn.init.normal_(up.weight, std=nn.init.calculate_gain("leaky_relu", 0.2) / (2 * c) ** 0.5)
-        nn.init.zeros_(up.bias)
-        self.up = nn.Sequential(up, nn.LeakyReLU(0.2))
+        self.up = nn.Sequential(up_conv(ndim, 2 * c, c, slope=0.2), nn.LeakyReLU(0.2))
         self.dec = ConvAct(ndim, 2 * c, c)
-        self.flow = _conv(ndim)(c, ndim, kernel_size=3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = flow_conv(ndim, c)
 
     def forward(self, x: torch.Tensor, coarse_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         skip = self.enc(x)
@@ -116,8 +107,8 @@ class LevelNet(nn.Module):
             h = h + F.interpolate(coarse_feat, size=h.shape[2:], mode=mode, align_corners=True)
         feat = self.res(h)
         y = self.up(feat)
-        y = self.dec(torch.cat([y, skip], dim=1).contiguous(memory_format=_memory_format(skip)))
-        return conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous(), feat
+        y = self.dec(concat_skip(y, skip))
+        return apply_conv(self.flow, y).contiguous(), feat
 
 
 class LapIRN(nn.Module):
@@ -138,7 +129,7 @@ class LapIRN(nn.Module):
         in_channels: channels of each image.
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
         checkpoint: activation checkpointing in training (see
-            :func:`models.networks.voxelmorph.checkpointed`): each level's CNN keeps only its
+            :func:`models.networks.blocks.checkpointed`): each level's CNN keeps only its
             inputs and is recomputed in the backward pass. Same outputs and gradients; no effect
             in eval or under ``no_grad``.
 
@@ -220,10 +211,7 @@ class LapIRN(nn.Module):
         """
         n = self._check(moving, fixed, active_levels)
         shape = tuple(moving.shape[2:])
-        cl = self.channels_last if self.channels_last is not None else moving.device.type == "cpu"
-        fmt = torch.contiguous_format
-        if cl:
-            fmt = torch.channels_last_3d if self.ndim == 3 else torch.channels_last
+        fmt = feature_format(self, moving.device)
         total: torch.Tensor | None = None
         feat: torch.Tensor | None = None
         for k in range(n):

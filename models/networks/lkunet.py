@@ -15,28 +15,10 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
+from models.networks.blocks import ConvAct, apply_conv, check_net_args, checkpointed, concat_skip, conv_class, \
+    flow_conv, pair_input, up_conv
 
 __all__ = ["LKUNet", "LKBlock"]
-
-
-def _conv(ndim: int):
-    return getattr(nn, f"Conv{ndim}d")
-
-
-class ConvPReLU(nn.Module):
-    """3×3(×3) convolution (optionally strided, He-initialised for PReLU) + PReLU."""
-
-    def __init__(self, ndim: int, cin: int, cout: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv = _conv(ndim)(cin, cout, kernel_size=3, stride=stride, padding=1)
-        self.act = nn.PReLU()
-        nn.init.kaiming_normal_(self.conv.weight, a=0.25, nonlinearity="leaky_relu")
-        nn.init.zeros_(self.conv.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        c = self.conv
-        return self.act(conv_nd(x, c.weight, c.bias, stride=c.stride[0], padding=1))
 
 
 class LKBlock(nn.Module):
@@ -53,7 +35,7 @@ class LKBlock(nn.Module):
         super().__init__()
         if kernel_size < 3 or kernel_size % 2 == 0:
             raise ValueError(f"LKBlock 'kernel_size' must be an odd int >= 3, got {kernel_size}")
-        conv = _conv(ndim)
+        conv = conv_class(ndim)
         self.ndim, self.kernel_size = ndim, kernel_size
         # torch's default init for the branches: their summed gain is about that of one He-initialised
         # conv, and the identity keeps the signal alive through the four LK blocks.
@@ -107,7 +89,7 @@ class LKUNet(nn.Module):
         in_channels: channels of each image.
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
         checkpoint: activation checkpointing in training (see
-            :func:`models.networks.voxelmorph.checkpointed`): the full-resolution stem, each
+            :func:`models.networks.blocks.checkpointed`): the full-resolution stem, each
             encoder level (stride-2 conv + LK block) and each decoder level (transposed conv,
             concatenation, two convs; the flow conv with the last) keep only their inputs and are
             recomputed in the backward pass. Same outputs and gradients; no effect in eval or
@@ -133,34 +115,26 @@ class LKUNet(nn.Module):
         self.ndim = ndim
         self.channels_last = channels_last
         self.checkpoint = bool(checkpoint)
-        self.stem = nn.Sequential(ConvPReLU(ndim, 2 * in_channels, c), ConvPReLU(ndim, c, c))
+        self.stem = nn.Sequential(ConvAct(ndim, 2 * in_channels, c, prelu=True), ConvAct(ndim, c, c, prelu=True))
         enc = [2 * c, 4 * c, 8 * c, 8 * c]
         self.down = nn.ModuleList()
         self.lk = nn.ModuleList()
         cin = c
         for w in enc:
-            self.down.append(ConvPReLU(ndim, cin, w, stride=2))
+            self.down.append(ConvAct(ndim, cin, w, stride=2, prelu=True))
             self.lk.append(LKBlock(ndim, w, kernel_size))
             cin = w
         skips = [c, *enc[:-1]]  # widths of the finer-level features, full res first
         dec = [(2 * c, 2 * c), (4 * c, 2 * c), (4 * c, 2 * c), (8 * c, 4 * c)]  # full res first
-        tconv = getattr(nn, f"ConvTranspose{ndim}d")
         self.up = nn.ModuleList()
         self.dec = nn.ModuleList()
         for level in reversed(range(self.levels)):  # 1/8, 1/4, 1/2, full
-            up = tconv(cin, cin, kernel_size=2, stride=2)
-            # He init by the true fan-in: with stride = kernel each output voxel sees one tap per
-            # input channel (torch's default init, by fan_in = cout * 2**D, shrinks the signal ~6x
-            # per upsampling, so the field starts learning from near-dead features)
-            nn.init.normal_(up.weight, std=nn.init.calculate_gain("leaky_relu", 0.25) / cin**0.5)
-            nn.init.zeros_(up.bias)
-            self.up.append(nn.Sequential(up, nn.PReLU()))
+            self.up.append(nn.Sequential(up_conv(ndim, cin, cin, slope=0.25), nn.PReLU()))
             w1, w2 = dec[level]
-            self.dec.append(nn.Sequential(ConvPReLU(ndim, cin + skips[level], w1), ConvPReLU(ndim, w1, w2)))
+            conv1, conv2 = ConvAct(ndim, cin + skips[level], w1, prelu=True), ConvAct(ndim, w1, w2, prelu=True)
+            self.dec.append(nn.Sequential(conv1, conv2))
             cin = w2
-        self.flow = _conv(ndim)(cin, ndim, kernel_size=3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = flow_conv(ndim, cin)
 
     @property
     def multiple(self) -> int:
@@ -168,11 +142,7 @@ class LKUNet(nn.Module):
         return 2**self.levels
 
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
-        check_divisible("LKUNet", moving.shape[2:], self.multiple)
-        x = torch.cat([moving, fixed], dim=1)
-        cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
-        if cl:
-            x = x.contiguous(memory_format=torch.channels_last_3d if self.ndim == 3 else torch.channels_last)
+        x = pair_input("LKUNet", self, moving, fixed)
         x = checkpointed(self, self.stem, x)
         feats = [x]
         for down, lk in zip(self.down, self.lk):
@@ -191,7 +161,7 @@ class LKUNet(nn.Module):
     def _decoder_level(self, up: nn.Module, dec: nn.Module, x: torch.Tensor, skip: torch.Tensor,
                        flow: bool) -> torch.Tensor:
         """``dec(cat([up(x), skip]))``, then the flow conv if ``flow`` (the full-resolution level)."""
-        x = dec(torch.cat([up(x), skip], dim=1).contiguous(memory_format=_memory_format(skip)))
+        x = dec(concat_skip(up(x), skip))
         if flow:
-            x = conv_nd(x, self.flow.weight, self.flow.bias, padding=1).contiguous()
+            x = apply_conv(self.flow, x).contiguous()
         return x

@@ -23,7 +23,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from models.networks.voxelmorph import _memory_format, check_divisible, check_net_args, checkpointed, conv_nd
+from models.networks.blocks import apply_conv, check_divisible, check_net_args, checkpointed, concat_skip, \
+    conv_class, feature_format, flow_conv
 
 __all__ = ["TransMorph", "TRANSMORPH_SIZES"]
 
@@ -43,12 +44,12 @@ class ConvNormAct(nn.Module):
 
     def __init__(self, ndim: int, cin: int, cout: int) -> None:
         super().__init__()
-        self.conv = getattr(nn, f"Conv{ndim}d")(cin, cout, kernel_size=3, padding=1, bias=False)
+        self.conv = conv_class(ndim)(cin, cout, kernel_size=3, padding=1, bias=False)
         self.norm = getattr(nn, f"InstanceNorm{ndim}d")(cout)
         self.act = nn.LeakyReLU(0.2, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.norm(conv_nd(x, self.conv.weight, None, padding=1)))
+        return self.act(self.norm(apply_conv(self.conv, x)))
 
 
 class DecoderBlock(nn.Module):
@@ -62,8 +63,38 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
         x = F.interpolate(x, size=skip.shape[2:], mode=self.mode, align_corners=False)
-        x = torch.cat([x, skip], dim=1).contiguous(memory_format=_memory_format(skip))
-        return self.conv2(self.conv1(x))
+        return self.conv2(self.conv1(concat_skip(x, skip)))
+
+
+def _swin_args(ndim: int, size: str, window_size: Sequence[int] | int | None, embed_dim: int | None,
+               depths: Sequence[int] | None, num_heads: Sequence[int] | None):
+    """TransMorph's checked encoder arguments ``(embed_dim, depths, num_heads, window_size)``: the
+    ``size`` preset's values where not given (``window_size``: the paper's default), each named in a
+    ``ValueError`` when out of range."""
+    check_net_args("TransMorph", ndim)
+    if size not in TRANSMORPH_SIZES:
+        raise ValueError(f"TransMorph 'size' must be one of {sorted(TRANSMORPH_SIZES)}, got {size!r}")
+    cfg = TRANSMORPH_SIZES[size]
+    embed_dim = int(embed_dim if embed_dim is not None else cfg["embed_dim"])
+    depths = tuple(int(d) for d in (depths if depths is not None else cfg["depths"]))
+    num_heads = tuple(int(h) for h in (num_heads if num_heads is not None else cfg["num_heads"]))
+    if len(depths) != len(num_heads) or len(depths) < 2:
+        raise ValueError(f"TransMorph needs as many 'depths' as 'num_heads' (>= 2), got {depths} and {num_heads}")
+    for i, h in enumerate(num_heads):
+        if (embed_dim * 2**i) % h:
+            raise ValueError(
+                f"TransMorph stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}] = {h}"
+            )
+    if window_size is None:
+        window_size = (5, 6, 7) if ndim == 3 else (7, 7)
+    if isinstance(window_size, int):
+        window_size = (window_size,) * ndim
+    window_size = tuple(int(w) for w in window_size)
+    if len(window_size) != ndim or min(window_size) < 1:
+        raise ValueError(f"TransMorph 'window_size' must be {ndim} positive ints, got {window_size}")
+    if embed_dim < 2:
+        raise ValueError(f"TransMorph 'embed_dim' must be >= 2, got {embed_dim}")
+    return embed_dim, depths, num_heads, window_size
 
 
 def _channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -101,7 +132,7 @@ class TransMorph(nn.Module):
         in_channels: channels of each image.
         channels_last: run the convolutions in channels-last layout; ``None`` = on CPU only.
         checkpoint: activation checkpointing in training (see
-            :func:`models.networks.voxelmorph.checkpointed`): each Swin stage (with the patch
+            :func:`models.networks.blocks.checkpointed`): each Swin stage (with the patch
             embedding or the patch merging before it and its output norm) and each decoder block
             (with the convolutional skip it reads, and the flow conv after the last) keep only
             their inputs and are recomputed in the backward pass. Same outputs and gradients
@@ -128,30 +159,7 @@ class TransMorph(nn.Module):
         from monai.networks.blocks import PatchEmbed
         from monai.networks.nets.swin_unetr import BasicLayer, PatchMerging
 
-        check_net_args("TransMorph", ndim)
-        if size not in TRANSMORPH_SIZES:
-            raise ValueError(f"TransMorph 'size' must be one of {sorted(TRANSMORPH_SIZES)}, got {size!r}")
-        cfg = TRANSMORPH_SIZES[size]
-        embed_dim = int(embed_dim if embed_dim is not None else cfg["embed_dim"])
-        depths = tuple(int(d) for d in (depths if depths is not None else cfg["depths"]))
-        num_heads = tuple(int(h) for h in (num_heads if num_heads is not None else cfg["num_heads"]))
-        if len(depths) != len(num_heads) or len(depths) < 2:
-            raise ValueError(f"TransMorph needs as many 'depths' as 'num_heads' (>= 2), got {depths} and {num_heads}")
-        for i, h in enumerate(num_heads):
-            if (embed_dim * 2**i) % h:
-                raise ValueError(
-                    f"TransMorph stage {i} has {embed_dim * 2**i} channels, not divisible by num_heads[{i}] = {h}"
-                )
-        if window_size is None:
-            window_size = (5, 6, 7) if ndim == 3 else (7, 7)
-        if isinstance(window_size, int):
-            window_size = (window_size,) * ndim
-        window_size = tuple(int(w) for w in window_size)
-        if len(window_size) != ndim or min(window_size) < 1:
-            raise ValueError(f"TransMorph 'window_size' must be {ndim} positive ints, got {window_size}")
-        if embed_dim < 2:
-            raise ValueError(f"TransMorph 'embed_dim' must be >= 2, got {embed_dim}")
-
+        embed_dim, depths, num_heads, window_size = _swin_args(ndim, size, window_size, embed_dim, depths, num_heads)
         self.ndim = ndim
         self.patch_size = int(patch_size)
         self.window_size = window_size
@@ -186,9 +194,7 @@ class TransMorph(nn.Module):
             x_ch = skip_ch
         self.decoder.append(DecoderBlock(ndim, x_ch, half, half))
         self.decoder.append(DecoderBlock(ndim, half, head_channels, head_channels))
-        self.flow = getattr(nn, f"Conv{ndim}d")(head_channels, ndim, kernel_size=3, padding=1)
-        nn.init.normal_(self.flow.weight, std=1e-5)
-        nn.init.zeros_(self.flow.bias)
+        self.flow = flow_conv(ndim, head_channels)
         self._stride = self.patch_size * 2 ** (len(depths) - 1)
 
     @property
@@ -218,8 +224,7 @@ class TransMorph(nn.Module):
         check_divisible("TransMorph", moving.shape[2:], self.multiple)
         x = torch.cat([moving, fixed], dim=1)
         feats = self.encode(x)
-        cl = self.channels_last if self.channels_last is not None else x.device.type == "cpu"
-        fmt = (torch.channels_last_3d if self.ndim == 3 else torch.channels_last) if cl else torch.contiguous_format
+        fmt = feature_format(self, x.device)
         x = x.contiguous(memory_format=fmt)
         # skips, last one first; the two convolutional ones (None here) are computed inside the
         # decoder block that reads them, so checkpointing does not keep them either
@@ -241,5 +246,5 @@ class TransMorph(nn.Module):
             skip = self.skip_half(pool(x, 3, stride=2, padding=1))
         y = self.decoder[j](y, skip)
         if j == last:
-            y = conv_nd(y, self.flow.weight, self.flow.bias, padding=1).contiguous()
+            y = apply_conv(self.flow, y).contiguous()
         return y
