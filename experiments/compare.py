@@ -48,7 +48,7 @@ from experiments.comparison import (  # noqa: E402
     compare,
     load_results,
 )
-from experiments.runs import parse_overrides, run_method  # noqa: E402
+from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
 from experiments.runtime import ConfigError, check_entry, guarded, log_analysis  # noqa: E402
 from metrics.results import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
 
@@ -195,7 +195,7 @@ def _method_specs(cfg: DictConfig) -> list[tuple[str, str, Any]]:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"{key}.results: expected a folder path, got {value!r}")
         else:
-            value = parse_overrides(value, f"{key}.{kind}")
+            value = method_overrides(kind, value, f"{key}.{kind}", cfg)
         specs.append((name, kind, value))
     overrides = cfg.get("paradigm") or {}
     for name, value in overrides.items():

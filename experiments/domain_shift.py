@@ -37,7 +37,7 @@ from experiments.comparison import (  # noqa: E402
     compare,
     load_results,
 )
-from experiments.runs import parse_overrides, run_method  # noqa: E402
+from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
 from experiments.runtime import ConfigError, check_entry, guarded, log_analysis, save_figure  # noqa: E402
 from metrics.results import atomic_write_text, csv_text  # noqa: E402
 
@@ -73,7 +73,7 @@ def _specs(cfg: DictConfig) -> list[tuple[str, str, Any]]:
             if not isinstance(value, str) or not Path(value).is_file():
                 raise ConfigError(f"{key}.ckpt: no checkpoint file at {value!r}")
         else:
-            value = parse_overrides(value, f"{key}.{kind}")
+            value = method_overrides(kind, value, f"{key}.{kind}", cfg)
         out.append((str(name), kind, value))
     return out
 
@@ -118,14 +118,13 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     metric = check_metric(str(cfg.metric))
     specs = _specs(cfg)
     sets = _test_sets(cfg)
-    train_common = parse_overrides(cfg.get("train_common") or [], "train_common")
     eval_common = parse_overrides(cfg.get("eval_common") or [], "eval_common")
     out_dir = Path(cfg.paths.output_dir)
     # 1. train every network once
     checkpoints: dict[str, Path] = {}
     for name, kind, value in specs:
         if kind == "train":
-            run_method(name, "train", value + train_common, out_dir)
+            run_method(name, "train", value, out_dir)  # value ends with train_common
             checkpoints[name] = find_checkpoint(out_dir / "runs" / name)
         elif kind == "ckpt":
             checkpoints[name] = Path(value)

@@ -19,7 +19,7 @@ from omegaconf import ListConfig
 
 from experiments.runtime import ConfigError
 
-__all__ = ["parse_overrides", "run_method"]
+__all__ = ["parse_overrides", "method_overrides", "run_method"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +37,16 @@ def parse_overrides(spec: Any, key: str) -> list[str]:
         if re.match(r"^[+~]*paths\.output_dir=", s):
             raise ConfigError(f"{key}: do not set paths.output_dir; methods run into <output_dir>/runs/<name>")
     return items
+
+
+def method_overrides(kind: str, spec: Any, key: str, cfg: Any) -> list[str]:
+    """A ``{train: [...]}`` / ``{eval: [...]}`` method's overrides (``spec`` at config key ``key``),
+    followed, for a train method, by the config's ``train_common`` (compare.py and domain_shift.py
+    alike): appended, so a ``train_common`` override wins over the method's own for the same key."""
+    overrides = parse_overrides(spec, key)
+    if kind == "train":
+        overrides += parse_overrides(cfg.get("train_common") or [], "train_common")
+    return overrides
 
 
 def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.PathLike) -> Path:

@@ -227,3 +227,31 @@ def test_cli_logs_tables_figure_and_means_to_wandb_offline(three, tmp_path):
     assert list(runs[0].rglob("media/images/compare/boxplot_*.png"))
     record = next(runs[0].glob("run-*.wandb")).read_bytes()  # the offline log: scalars by key
     assert all(f"compare/{n}/dice_mean".encode() in record for n in TABLE)
+
+
+def test_train_common_follows_every_train_method():
+    """``train_common`` (as in domain_shift.py) is appended to every ``{train: [...]}`` method's own
+    overrides, so it wins over a method's value of the same key; eval and results methods keep theirs."""
+    from omegaconf import OmegaConf
+
+    from conftest import compose
+    from experiments.compare import _method_specs
+
+    cfg = OmegaConf.create({"methods": {"r": {"results": "somewhere"}, "e": {"eval": ["model=identity"]},
+                                        "t": {"train": "model=lkunet trainer.max_epochs=8"}},
+                            "train_common": ["trainer.max_epochs=4", "logger=csv"], "paradigm": None})
+    specs = {name: (kind, value) for name, kind, value in _method_specs(cfg)}
+    assert specs == {"r": ("results", "somewhere"), "e": ("eval", ["model=identity"]),
+                     "t": ("train", ["model=lkunet", "trainer.max_epochs=8", "trainer.max_epochs=4", "logger=csv"])}
+    assert compose("train", specs["t"][1]).trainer.max_epochs == 4
+    cfg.train_common = ["paths.output_dir=/x"]
+    with pytest.raises(ConfigError, match="train_common: do not set paths.output_dir"):
+        _method_specs(cfg)
+    # mni_networks states its training budget once: every network gets it, lapirn its stages too
+    cfg = compose("compare", ["experiment=mni_networks"])
+    budget = ["trainer.max_epochs=4", "data.pairs_per_epoch=50", "model.downsize=2", "model.loss_grid=coarse"]
+    trains = {name: value for name, kind, value in _method_specs(cfg) if kind == "train"}
+    assert len(trains) == 11 and all(value[-4:] == budget for value in trains.values())
+    lapirn = compose("train", trains["lapirn_sup"] + list(cfg.common))
+    assert (lapirn.trainer.max_epochs, lapirn.data.pairs_per_epoch, lapirn.model.downsize, lapirn.model.loss_grid,
+            list(lapirn.model.stage_epochs), lapirn.model.loss.dice_weight) == (4, 50, 2, "coarse", [1, 2], 1.0)
