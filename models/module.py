@@ -302,7 +302,10 @@ class RegistrationModule(L.LightningModule):
                 else:
                     res["dice_identity"] = float("nan")
             except ValueError as exc:
-                raise MetricError(f"pair {_pair_name(batch, i)}: {exc}") from None
+                ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
+                pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}"
+                                   for v in ids)
+                raise MetricError(f"pair {pair}: {exc}") from None
             res["moved_label"] = moved_label[i] if has_labels else None
             rows.append(res)
         return rows
@@ -426,15 +429,6 @@ class IdentityRegistration(RegistrationModule):
     @property
     def paradigm(self) -> str:
         return "identity"
-
-
-def _pair_name(batch: Mapping[str, Any], i: int) -> str:
-    """``"<fixed_id> <- <moving_id>"`` of pair ``i`` (``"#i"`` where the batch has no ids)."""
-    ids = []
-    for key in ("fixed_id", "moving_id"):
-        v = batch.get(key)
-        ids.append(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}")
-    return f"{ids[0]} <- {ids[1]}"
 
 
 def _spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:
