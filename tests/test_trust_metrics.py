@@ -12,7 +12,17 @@ import pytest
 import torch
 
 import metrics
-from metrics import MetricError, dice, erased_penalty, evaluate_pair, folding_pct, hd95, jacobian_metrics, sdlogj, sdlogj_l2r
+from metrics import (
+    MetricError,
+    dice,
+    erased_penalty,
+    evaluate_pair,
+    folding_pct,
+    hd95,
+    jacobian_metrics,
+    sdlogj,
+    sdlogj_l2r,
+)
 
 
 # ----------------------------------------------------------------------------- the scorer's rule
@@ -233,7 +243,8 @@ def test_evaluate_pair_never_returns_a_non_finite_metric(monkeypatch):
 
     lab = torch.zeros(8, 8, 8, dtype=torch.int64)
     lab[2:6, 2:6, 2:6] = 1
-    monkeypatch.setattr(ev, "_metrics_from_det", lambda *a: {"sdlogj": math.nan, "sdlogj_l2r": 0.0, "folding_pct": 0.0})
+    forced = {"sdlogj": math.nan, "sdlogj_l2r": 0.0, "folding_pct": 0.0}
+    monkeypatch.setattr(ev, "_metrics_from_det", lambda *a: forced)
     with pytest.raises(ValueError, match=r"evaluate_pair\(\) 'sdlogj' is nan \(not finite\)"):
         evaluate_pair(lab, lab, lab, torch.zeros(1, 3, 8, 8, 8), 1.0)
 
