@@ -148,7 +148,7 @@ def main(argv=None) -> None:
     spacing = subjects.spacing
     pair = {"fixed": fixed, "moving": moving, "fixed_label": fixed_lab, "moving_label": moving_lab,
             "spacing": torch.tensor([spacing])}
-    before = dice(fixed_lab[0], moving_lab[0]).mean
+    before = dice(fixed_lab[0], moving_lab[0], moving_lab[0]).mean
     print(f"MNI {args.resolution} mm pair {tuple(args.pair)}, grid {tuple(fixed.shape[2:])}, "
           f"{args.threads} threads, Dice before {before:.4f}")
     print(f"{'method':16s} {'seconds':>8s} {'dice':>7s} {'hd95':>6s} {'fold%':>7s}")
@@ -158,7 +158,7 @@ def main(argv=None) -> None:
             start = time.perf_counter()
             u = run(fixed, moving, pair)
             times.append(time.perf_counter() - start)
-        res = evaluate_pair(fixed_lab[0], warp(moving_lab, u, mode="nearest")[0], u, spacing)
+        res = evaluate_pair(fixed_lab[0], moving_lab[0], warp(moving_lab, u, mode="nearest")[0], u, spacing)
         print(f"{name:16s} {statistics.median(times):8.2f} {res['dice']:7.4f} {res['hd95']:6.2f} "
               f"{res['folding_pct']:7.3f}", flush=True)
 

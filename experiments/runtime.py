@@ -84,7 +84,8 @@ def _path_error_line(exc: OSError) -> str:
 def _user_error_line(exc: BaseException) -> str | None:
     """The one line that reports an expected user error, or None for a bug (keeps its traceback).
 
-    The outermost :class:`data.io.DataError` / :class:`ConfigError` of the cause chain is reported
+    The outermost :class:`data.io.DataError` / :class:`ConfigError` / :class:`metrics.MetricError`
+    of the cause chain is reported
     (it names the file, CSV row or config key; inner causes are quoted inside it); else the
     outermost ``OSError`` naming a path (``PATH: strerror``); else the root cause of a Hydra /
     OmegaConf / ``ValueError``.
@@ -93,10 +94,11 @@ def _user_error_line(exc: BaseException) -> str | None:
     from omegaconf.errors import OmegaConfBaseException
 
     from data.io import DataError
+    from metrics import MetricError
 
     chain = _chain(exc)
     for e in chain:
-        if isinstance(e, (DataError, ConfigError)):
+        if isinstance(e, (DataError, ConfigError, MetricError)):
             return _one_line(e)
     for e in chain:
         if _is_path_error(e):

@@ -60,22 +60,26 @@ def label_map(x: Any, fn: str, name: str, ndim: int | None = None) -> torch.Tens
     return x
 
 
-def label_pair(
-    fixed: Any, moved: Any, fn: str, ndim: int | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Validate a fixed/moved pair of label maps on the same grid; returns two ``(*S)`` int64 tensors."""
-    f = label_map(fixed, fn, "fixed_label", ndim)
-    m = label_map(moved, fn, "moved_label", ndim)
-    if f.shape != m.shape:
-        shape_f = tuple(_to_tensor(fixed, fn, "fixed_label").shape)
-        shape_m = tuple(_to_tensor(moved, fn, "moved_label").shape)
-        raise ValueError(
-            f"{fn}() fixed_label and moved_label differ in shape: fixed {shape_f} vs moved {shape_m}; "
-            f"both must be on the fixed image's grid"
+def label_maps(
+    fixed: Any, moving: Any, moved: Any, fn: str, ndim: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate the fixed, un-warped moving and warped moving label maps of one pair.
+
+    All three must be on the same grid (the fixed image's; the datasets resample the moving
+    image to it). Returns three ``(*S)`` int64 tensors on the fixed map's device.
+    """
+    names = ("fixed_label", "moving_label", "moved_label")
+    maps = [label_map(x, fn, name, ndim) for x, name in zip((fixed, moving, moved), names)]
+    if len({tuple(x.shape) for x in maps}) > 1:
+        shapes = ", ".join(
+            f"{name} {tuple(_to_tensor(x, fn, name).shape)}"
+            for x, name in zip((fixed, moving, moved), names)
         )
-    if f.device != m.device:
-        m = m.to(f.device)
-    return f, m
+        raise ValueError(
+            f"{fn}() label maps differ in shape: {shapes}; all must be on the fixed image's grid"
+        )
+    f = maps[0]
+    return f, maps[1].to(f.device), maps[2].to(f.device)
 
 
 def label_subset(labels: Iterable[int] | torch.Tensor | None, fn: str) -> list[int] | None:
@@ -133,7 +137,9 @@ def spatial_ndim_from_spacing(spacing: Any) -> int | None:
 def displacement(u: Any, fn: str) -> torch.Tensor:
     """Validate a displacement of ONE pair, ``(1, D, *S)`` or ``(D, *S)``; returns ``(1, D, *S)``.
 
-    Half precision is promoted to float32 (finite differences in fp16 are too coarse).
+    Every value must be finite: a NaN or inf anywhere raises ``ValueError`` naming the count
+    (a NaN field would otherwise give a NaN SDlogJ and 0 % folding, since ``NaN <= 0`` is
+    False). Half precision is promoted to float32 (finite differences in fp16 are too coarse).
     """
     u = _to_tensor(u, fn, "u")
     if u.dim() in (3, 4) and u.shape[0] == u.dim() - 1:
@@ -145,6 +151,14 @@ def displacement(u: Any, fn: str) -> torch.Tensor:
         )
     check_field(u, "u", fn)
     u = u.detach()
+    bad = int(u.numel() - torch.count_nonzero(torch.isfinite(u)))
+    if bad:
+        n_nan = int(torch.count_nonzero(torch.isnan(u)))
+        raise ValueError(
+            f"{fn}() 'u' has {bad} non-finite value{'s' if bad != 1 else ''} "
+            f"({n_nan} NaN, {bad - n_nan} inf) of "
+            f"{u.numel()}; the displacement must be finite (a diverged registration?)"
+        )
     if u.dtype in (torch.float16, torch.bfloat16):
         u = u.float()
     return u
@@ -152,7 +166,7 @@ def displacement(u: Any, fn: str) -> torch.Tensor:
 
 __all__: Sequence[str] = [
     "label_map",
-    "label_pair",
+    "label_maps",
     "label_subset",
     "spacing_tuple",
     "spatial_ndim_from_spacing",

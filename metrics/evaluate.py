@@ -1,21 +1,43 @@
 """The one metric code path of the project: every validation, test and eval run calls
-:func:`evaluate_pair` on each pair, so learned and classical methods are scored identically."""
+:func:`evaluate_pair` on each pair, so learned and classical methods are scored identically.
+
+Rules (the official Learn2Reg 2021 scorer's, see :mod:`metrics.overlap` / :mod:`metrics.surface`):
+Dice and HD95 score the foreground labels present in the fixed AND the un-warped moving label
+map; a label the warp erases scores Dice 0 and the HD95 penalty (fixed grid diagonal in mm) and
+is counted in ``n_erased``. A labelled pair must yield a finite value for every metric it
+computes: no label in common, a non-finite displacement or any NaN result raises ``ValueError``
+(a failed pair is never turned into a NaN that a ``nanmean`` later drops). Callers that know
+the pair's ids re-raise it as :class:`MetricError` naming the pair.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any, Iterable
 
-from metrics._inputs import displacement, label_pair, label_subset, spacing_tuple
+from metrics._inputs import displacement, label_maps, label_subset, spacing_tuple
 from metrics.jacobian import _jacobian_det, _metrics_from_det
-from metrics.overlap import _dice_from_counts, _label_counts
+from metrics.overlap import _dice_from_counts, _label_counts, _present
 from metrics.surface import _hd95_arrays
 
 _NAN = math.nan
 
 
+class MetricError(ValueError):
+    """A pair whose metrics cannot be computed (no label in common, a non-finite displacement,
+    a NaN result); the message names the pair: ``"pair <fixed_id> <- <moving_id>: <reason>"``.
+    The entry points report it as one ``error: ...`` line."""
+
+
+def _label_list(labels: set[int], limit: int = 12) -> str:
+    ordered = sorted(labels)
+    shown = ", ".join(str(v) for v in ordered[:limit])
+    return f"[{shown}{', ...' if len(ordered) > limit else ''}] ({len(ordered)})"
+
+
 def evaluate_pair(
     fixed_label,
+    moving_label,
     moved_label,
     disp,
     spacing,
@@ -28,11 +50,14 @@ def evaluate_pair(
 
     Args:
         fixed_label: fixed label map ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)`` (integer), or None
-            when the pair has no labels: then every label metric is NaN.
-        moved_label: moving label map warped to the fixed grid with the final displacement
+            when the pair has no labels: then every label metric is NaN (label-free data).
+        moving_label: the UN-WARPED moving label map on the fixed grid (same shape; required
+            when ``fixed_label`` is given). With ``fixed_label`` it decides which labels are
+            scored (Learn2Reg scorer rule), so a warp that erases a label cannot hide it.
+        moved_label: the moving label map warped to the fixed grid with the final displacement
             (same shape; required when ``fixed_label`` is given).
         disp: FINAL displacement from fixed to moving, ``(1, D, *S)`` or ``(D, *S)``, voxel
-            units (never a velocity); None gives NaN Jacobian metrics.
+            units (never a velocity), every value finite; None gives NaN Jacobian metrics.
         spacing: mm per voxel of the fixed grid (scalar or one value per axis); used by HD95
             only (may be None when ``fixed_label`` is None or ``hd95_enabled`` is False).
         labels: optional subset of foreground labels (each >= 1) for Dice and HD95.
@@ -42,10 +67,19 @@ def evaluate_pair(
     Returns:
         ``{"dice": float, "hd95": float, "sdlogj": float, "sdlogj_l2r": float,
         "folding_pct": float, "dice_per_label": {label: float}, "hd95_per_label":
-        {label: float}}`` with the conventions of :func:`metrics.dice`, :func:`metrics.hd95`
-        (foreground only; labels absent from either image skipped; mean NaN if none left),
-        :func:`metrics.sdlogj` (whole field), :func:`metrics.sdlogj_l2r` (2-voxel crop) and
-        :func:`metrics.folding_pct` (whole field). The Jacobian is computed once.
+        {label: float}, "n_erased": int, "erased_labels": tuple}`` with the conventions of
+        :func:`metrics.dice` and :func:`metrics.hd95` (foreground labels present in the fixed
+        AND the un-warped moving map; a label erased by the warp scores Dice 0 and HD95 = the
+        fixed grid's diagonal in mm; ``n_erased`` / ``erased_labels`` count / list those,
+        0 / () for a label-free pair), :func:`metrics.sdlogj` (whole field),
+        :func:`metrics.sdlogj_l2r` (2-voxel crop) and :func:`metrics.folding_pct` (whole
+        field). The Jacobian is computed once. NaN only for what was not asked (no labels,
+        ``hd95_enabled=False``, no ``disp``).
+
+    Raises:
+        ValueError: bad inputs; a labelled pair with no foreground label in common between
+        ``fixed_label`` and ``moving_label`` (within ``labels`` when given); a non-finite
+        ``disp`` (naming the count); any computed metric that is not finite.
     """
     fn = "evaluate_pair"
     out: dict[str, Any] = {
@@ -56,30 +90,52 @@ def evaluate_pair(
         "folding_pct": _NAN,
         "dice_per_label": {},
         "hd95_per_label": {},
+        "n_erased": 0,
+        "erased_labels": (),
     }
+    computed: list[str] = []
     u = displacement(disp, fn) if disp is not None else None
     ndim = u.dim() - 2 if u is not None else None
 
     if fixed_label is not None:
-        if moved_label is None:
-            raise ValueError(f"{fn}() 'moved_label' is None but 'fixed_label' is given")
-        f, m = label_pair(fixed_label, moved_label, fn, ndim)
+        for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
+            if value is None:
+                raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
+        f, mv, m = label_maps(fixed_label, moving_label, moved_label, fn, ndim)
         if u is not None and tuple(u.shape[2:]) != tuple(f.shape):
             raise ValueError(
                 f"{fn}() 'disp' spatial shape {tuple(u.shape[2:])} differs from the label maps' "
                 f"{tuple(f.shape)}; labels must be on the displacement's (fixed) grid"
             )
         subset = label_subset(labels, fn)
-        d = _dice_from_counts(*_label_counts(f, m), subset)
+        counts = _label_counts(f, mv, m)
+        d = _dice_from_counts(counts, subset)
+        if not d.per_label:
+            in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
+            within = "" if subset is None else f" within labels={_label_list(set(subset))}"
+            raise ValueError(
+                f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
+                f"moving_label {_label_list(in_mv)}{within}: nothing to score (wrong label maps?)"
+            )
         out["dice"], out["dice_per_label"] = d.mean, d.per_label
+        out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
+        computed.append("dice")
         if hd95_enabled:
             sp = spacing_tuple(spacing, f.dim(), fn)
-            h = _hd95_arrays(f.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn)
+            h = _hd95_arrays(
+                f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
+            )
             out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
+            computed.append("hd95")
 
     if u is not None:
-        jac = _metrics_from_det(_jacobian_det(u), 0, 2, fn)
+        jac = _metrics_from_det(_jacobian_det(u, fn), 0, 2, fn)
         out["sdlogj"] = jac["sdlogj"]
         out["sdlogj_l2r"] = jac["sdlogj_l2r"]
         out["folding_pct"] = jac["folding_pct"]
+        computed += ["sdlogj", "sdlogj_l2r", "folding_pct"]
+
+    for key in computed:
+        if not math.isfinite(out[key]):
+            raise ValueError(f"{fn}() '{key}' is {out[key]} (not finite); a metric must be a number")
     return out

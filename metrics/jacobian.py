@@ -4,7 +4,9 @@ All metrics take the integrated displacement from fixed to moving, never a veloc
 (a velocity looks far smoother and never folds). ``u`` is one pair, ``(1, D, *S)`` or
 ``(D, *S)``, in voxel units (the project convention, see :mod:`spatial.functional`).
 ``J = det(I + ∇u)`` comes from :func:`spatial.jacobian_determinant` (central differences
-inside, one-sided on the border, as ``numpy.gradient``).
+inside, one-sided on the border, as ``numpy.gradient``). Every value of ``u`` must be finite:
+a NaN or inf raises ``ValueError`` naming the count (``NaN <= 0`` is False, so a NaN field
+would otherwise report 0 % folding).
 
 Conventions:
 
@@ -29,10 +31,22 @@ _CLIP_MIN = 1e-9
 _CLIP_MAX = 1e9
 
 
-def _jacobian_det(u: torch.Tensor) -> torch.Tensor:
-    """``(1, D, *S) -> (*S)`` determinant by :func:`spatial.jacobian_determinant` (no autograd)."""
+def _jacobian_det(u: torch.Tensor, fn: str) -> torch.Tensor:
+    """``(1, D, *S) -> (*S)`` determinant by :func:`spatial.jacobian_determinant` (no autograd).
+
+    A finite ``u`` whose determinant is not finite everywhere (values so large that the finite
+    differences overflow its dtype) raises ``ValueError``: no statistic of it would be a number.
+    """
     with torch.no_grad():
-        return jacobian_determinant(u)[0]
+        j = jacobian_determinant(u)[0]
+    bad = int(j.numel() - torch.count_nonzero(torch.isfinite(j)))
+    if bad:
+        raise ValueError(
+            f"{fn}() the Jacobian determinant of 'u' has {bad} non-finite value"
+            f"{'s' if bad != 1 else ''} of {j.numel()} (max |u| {float(u.abs().max()):.3g} "
+            f"overflows {u.dtype}); the displacement is not a usable field"
+        )
+    return j
 
 
 def _crop(x: torch.Tensor, crop: int, fn: str) -> torch.Tensor:
@@ -76,7 +90,7 @@ def jacobian_metrics(u, crop: int = 0, l2r_crop: int = 2) -> dict[str, float]:
         ``logj_mean`` is the mean of ``log(clip(J, 1e-9, 1e9))``.
     """
     u = displacement(u, "jacobian_metrics")
-    return _metrics_from_det(_jacobian_det(u), crop, l2r_crop, "jacobian_metrics")
+    return _metrics_from_det(_jacobian_det(u, "jacobian_metrics"), crop, l2r_crop, "jacobian_metrics")
 
 
 def sdlogj(u, crop: int = 0) -> float:
@@ -87,7 +101,7 @@ def sdlogj(u, crop: int = 0) -> float:
     Folded voxels (``J <= 0``) are clipped to ``1e-9`` (log ≈ -20.7), not dropped.
     """
     u = displacement(u, "sdlogj")
-    return _std_log(_crop(_jacobian_det(u), crop, "sdlogj"))[0]
+    return _std_log(_crop(_jacobian_det(u, "sdlogj"), crop, "sdlogj"))[0]
 
 
 def sdlogj_l2r(u, crop: int = 2) -> float:
@@ -98,7 +112,7 @@ def sdlogj_l2r(u, crop: int = 2) -> float:
     Population std (ddof 0), like ``numpy.std``.
     """
     u = displacement(u, "sdlogj_l2r")
-    return _std_log(_crop(_jacobian_det(u), crop, "sdlogj_l2r") + 3.0)[0]
+    return _std_log(_crop(_jacobian_det(u, "sdlogj_l2r"), crop, "sdlogj_l2r") + 3.0)[0]
 
 
 def folding_pct(u, crop: int = 0) -> float:
@@ -107,6 +121,6 @@ def folding_pct(u, crop: int = 0) -> float:
     ``u``: final displacement ``(1, D, *S)`` or ``(D, *S)`` (voxel units, never a velocity).
     """
     u = displacement(u, "folding_pct")
-    j = _crop(_jacobian_det(u), crop, "folding_pct")
+    j = _crop(_jacobian_det(u, "folding_pct"), crop, "folding_pct")
     return 100.0 * float(torch.count_nonzero(j <= 0)) / j.numel()
 

@@ -1,11 +1,21 @@
-"""Label overlap: Dice per label, Learn2Reg conventions.
+"""Label overlap: Dice per label, with the label rule of the official Learn2Reg 2021 scorer.
 
-Conventions (shared with :func:`metrics.surface.hd95`):
+The rule (shared with :func:`metrics.surface.hd95` and :func:`metrics.evaluate_pair`), as the
+scorer's ``evaluation.py`` applies it to every candidate label ``l``::
+
+    if (fixed == l).sum() == 0 or (moving == l).sum() == 0: nan
+    else: score(fixed == l, moving_warped == l)
+    mean = nanmean(per-label scores)
 
 * only foreground labels are scored; label 0 is background and never scored;
-* a label absent from EITHER image (fixed or moved) is skipped, not scored 0 and not NaN;
-  it is listed in ``LabelScores.skipped``;
-* the mean is the unweighted mean over the scored labels; NaN when no label is scorable.
+* which labels are scored is decided on the fixed map and the UN-WARPED moving map, never on the
+  warped one: a label is scored iff it is present in both (and in ``labels`` when given);
+* a scored label that the warp erased (absent from the warped moving map) scores Dice
+  ``2·0 / (|F_l| + 0) = 0``; it is scored, not skipped, and listed in ``LabelScores.erased``;
+* a candidate label absent from the fixed or the un-warped moving map is not scored (the
+  scorer's NaN) and is listed in ``LabelScores.skipped``;
+* the mean is the unweighted mean over the scored labels (``nanmean``); NaN when no label is
+  scored (:func:`metrics.evaluate_pair` refuses such a labelled pair with a ``ValueError``).
 """
 
 from __future__ import annotations
@@ -15,7 +25,7 @@ from typing import Iterable, NamedTuple
 
 import torch
 
-from metrics._inputs import label_pair, label_subset
+from metrics._inputs import label_maps, label_subset
 
 # Above this label value bincount tables get large: labels are first mapped to 0..K-1.
 _MAX_DIRECT_LABEL = 1 << 22
@@ -24,16 +34,20 @@ _MAX_DIRECT_LABEL = 1 << 22
 class LabelScores(NamedTuple):
     """Per-label scores of one image pair.
 
-    ``per_label``: ``{label: value}`` for the scored labels, ascending label order.
+    ``per_label``: ``{label: value}`` for the scored labels (present in the fixed AND the
+    un-warped moving map), ascending label order.
     ``mean``: unweighted mean of ``per_label`` values; ``nan`` when ``per_label`` is empty.
-    ``skipped``: candidate labels that were not scored because they are absent from the fixed
-    or the moved image (candidates are ``labels`` if given, else every foreground label found
-    in either image).
+    ``skipped``: candidate labels not scored because they are absent from the fixed or the
+    un-warped moving map (candidates are ``labels`` if given, else every foreground label found
+    in any of the three maps), ascending.
+    ``erased``: scored labels absent from the warped moving map (the warp erased them); they
+    are in ``per_label`` with Dice 0 / the HD95 penalty, ascending.
     """
 
     per_label: dict[int, float]
     mean: float
     skipped: tuple[int, ...] = ()
+    erased: tuple[int, ...] = ()
 
 
 def _mean(values: Iterable[float]) -> float:
@@ -41,69 +55,96 @@ def _mean(values: Iterable[float]) -> float:
     return math.fsum(values) / len(values) if values else math.nan
 
 
-def _label_counts(
-    f: torch.Tensor, m: torch.Tensor
-) -> tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor]:
-    """O(N) voxel counts per label: ``(label_values, |F_l|, |M_l|, |F_l ∩ M_l|)``.
+class _Counts(NamedTuple):
+    """Voxel counts per label value of the three maps (``values[i]`` is the label of index i)."""
 
-    Three ``bincount`` passes over the flattened maps (the intersection counts the fixed
-    labels where both maps agree), not one pass per label.
-    """
+    values: list[int]
+    fixed: list[int]
+    moving: list[int]
+    moved: list[int]
+    inter: list[int]  # |F_l ∩ W_l| (fixed vs warped moving)
+
+
+def _label_counts(f: torch.Tensor, moving: torch.Tensor, moved: torch.Tensor) -> _Counts:
+    """O(N) voxel counts per label: four ``bincount`` passes over the flattened maps (the
+    intersection counts the fixed labels where fixed and warped moving agree), not one pass
+    per label."""
     f = f.reshape(-1)
-    m = m.reshape(-1)
-    top = int(torch.maximum(f.max(), m.max())) if f.numel() else 0
+    mv = moving.reshape(-1)
+    m = moved.reshape(-1)
+    top = max((int(x.max()) for x in (f, mv, m) if x.numel()), default=0)
     if top < _MAX_DIRECT_LABEL:
         values = list(range(top + 1))
-        n = top + 1
     else:  # sparse, huge label values: compact to 0..K-1 first (sort-based, still one pass each)
-        uniq = torch.unique(torch.cat([f, m]))
-        f = torch.searchsorted(uniq, f)
-        m = torch.searchsorted(uniq, m)
+        uniq = torch.unique(torch.cat([f, mv, m]))
+        f, mv, m = (torch.searchsorted(uniq, x) for x in (f, mv, m))
         values = uniq.tolist()
-        n = len(values)
-    cf = torch.bincount(f, minlength=n)
-    cm = torch.bincount(m, minlength=n)
-    inter = torch.bincount(f[f == m], minlength=n)
-    return values, cf.cpu(), cm.cpu(), inter.cpu()
+    n = len(values)
+
+    def count(x: torch.Tensor) -> list[int]:
+        return torch.bincount(x, minlength=n).cpu().tolist()
+
+    return _Counts(values, count(f), count(mv), count(m), count(f[f == m]))
 
 
-def _dice_from_counts(
-    values: list[int], cf: torch.Tensor, cm: torch.Tensor, inter: torch.Tensor, labels: list[int] | None
-) -> LabelScores:
-    index = {v: i for i, v in enumerate(values)}
-    cf_l, cm_l, in_l = cf.tolist(), cm.tolist(), inter.tolist()
-    if labels is None:
-        candidates = [v for v, i in index.items() if v != 0 and (cf_l[i] > 0 or cm_l[i] > 0)]
-    else:
-        candidates = labels
+def _label_rule(
+    in_fixed: set[int], in_moving: set[int], in_moved: set[int], labels: list[int] | None
+) -> tuple[list[int], tuple[int, ...], tuple[int, ...]]:
+    """The scorer's label rule, ONE place for Dice and HD95: ``(scored, skipped, erased)``.
+
+    Args: the sets of foreground labels present in the fixed, the un-warped moving and the
+    warped moving map; ``labels`` the validated subset or None.
+    Scored: candidates present in the fixed AND the un-warped moving map. Skipped: the other
+    candidates. Erased: scored labels absent from the warped moving map. Candidates:
+    ``labels`` when given, else every foreground label of the three maps. All ascending.
+    """
+    candidates = sorted(in_fixed | in_moving | in_moved) if labels is None else labels
+    scored = [lab for lab in candidates if lab in in_fixed and lab in in_moving]
+    skipped = tuple(lab for lab in candidates if not (lab in in_fixed and lab in in_moving))
+    erased = tuple(lab for lab in scored if lab not in in_moved)
+    return scored, skipped, erased
+
+
+def _present(values: list[int], counts: list[int]) -> set[int]:
+    return {v for v, c in zip(values, counts) if c and v != 0}
+
+
+def _dice_from_counts(c: _Counts, labels: list[int] | None) -> LabelScores:
+    index = {v: i for i, v in enumerate(c.values)}
+    scored, skipped, erased = _label_rule(
+        _present(c.values, c.fixed), _present(c.values, c.moving), _present(c.values, c.moved), labels
+    )
     per_label: dict[int, float] = {}
-    skipped: list[int] = []
-    for lab in candidates:
-        i = index.get(lab)
-        if i is None or cf_l[i] == 0 or cm_l[i] == 0:
-            skipped.append(lab)
-            continue
-        per_label[lab] = 2.0 * in_l[i] / (cf_l[i] + cm_l[i])
-    return LabelScores(per_label, _mean(per_label.values()), tuple(skipped))
+    for lab in scored:
+        i = index[lab]
+        # |F_l| > 0 for a scored label, so the denominator is never 0; an erased label gives 0
+        per_label[lab] = 2.0 * c.inter[i] / (c.fixed[i] + c.moved[i])
+    return LabelScores(per_label, _mean(per_label.values()), skipped, erased)
 
 
-def dice(fixed_label, moved_label, labels: Iterable[int] | None = None) -> LabelScores:
-    """Dice overlap per foreground label: ``2 |F_l ∩ M_l| / (|F_l| + |M_l|)``.
+def dice(fixed_label, moving_label, moved_label, labels: Iterable[int] | None = None) -> LabelScores:
+    """Dice overlap per foreground label, ``2 |F_l ∩ W_l| / (|F_l| + |W_l|)``, with the label
+    rule of the Learn2Reg 2021 scorer (``compute_dice(fixed, moving, moving_warped, labels)``).
 
     Args:
-        fixed_label: fixed image's label map, integer tensor ``(*S)``, ``(1, *S)`` or
+        fixed_label: fixed image's label map ``F``, integer tensor ``(*S)``, ``(1, *S)`` or
             ``(1, 1, *S)`` (floats allowed only with integer values).
-        moved_label: moving label map warped to the fixed grid (same spatial shape).
-        labels: optional subset of foreground labels to score (each >= 1); default: every
-            foreground label present in either image.
+        moving_label: the UN-WARPED moving label map (same spatial shape); it decides, with
+            ``fixed_label``, which labels are scored. Required: scoring on the warped map
+            alone would skip the labels a bad warp erases.
+        moved_label: the moving label map warped to the fixed grid, ``W`` (same shape).
+        labels: optional subset of foreground labels to consider (each >= 1); default: every
+            foreground label found in any of the three maps.
 
     Returns:
-        :class:`LabelScores`. Conventions (Learn2Reg): background 0 is never scored; a label
-        absent from either image is skipped (listed in ``skipped``), not scored 0; ``mean``
-        is the unweighted mean over scored labels and is NaN if no label is scorable.
+        :class:`LabelScores`. Rule (Learn2Reg scorer): background 0 is never scored; a label
+        is scored iff it is present in ``fixed_label`` AND ``moving_label``; otherwise it is
+        skipped (listed in ``skipped``; the scorer's NaN). A scored label absent from
+        ``moved_label`` (erased by the warp) scores 0 and is listed in ``erased``. ``mean`` is
+        the unweighted mean over scored labels (``nanmean``), NaN if no label is scored.
 
-    Cost: O(N) with three ``bincount`` passes, independent of the number of labels.
+    Cost: O(N) with four ``bincount`` passes, independent of the number of labels.
     """
-    f, m = label_pair(fixed_label, moved_label, "dice")
+    f, mv, m = label_maps(fixed_label, moving_label, moved_label, "dice")
     subset = label_subset(labels, "dice")
-    return _dice_from_counts(*_label_counts(f, m), subset)
+    return _dice_from_counts(_label_counts(f, mv, m), subset)

@@ -12,8 +12,14 @@ with its default euclidean distance, re-implemented here):
   percentile with linear interpolation between order statistics (``numpy.percentile`` /
   ``torch.quantile`` default).
 
-Labels: foreground only (0 never scored); a label absent from either image is skipped
-(Learn2Reg convention) and listed in ``LabelScores.skipped``.
+Labels (the label rule of the official Learn2Reg 2021 scorer, see :mod:`metrics.overlap`):
+foreground only (0 never scored); a label is scored iff it is present in the fixed map AND the
+UN-WARPED moving map, else skipped (the scorer's NaN; listed in ``LabelScores.skipped``). A
+scored label that the warp erased (absent from the warped moving map) has no surface to measure:
+the surface-distance package returns ``inf`` there, a common scorer variant the image diagonal.
+Here it scores the finite penalty ``diag = sqrt(sum((n_i * spacing_i)^2))``, the diagonal of the
+fixed grid in mm (an upper bound of any distance inside the image), and is listed in
+``LabelScores.erased``; the mean (over scored labels) therefore stays finite.
 
 Each label is processed inside the bounding box of its union in both images (exact, see
 ``_label_hd95``), labels in parallel threads. Nearest surface voxels come from a k-d tree
@@ -34,8 +40,8 @@ import torch
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from metrics._inputs import label_pair, label_subset, spacing_tuple, spatial_ndim_from_spacing
-from metrics.overlap import _MAX_DIRECT_LABEL, LabelScores, _mean
+from metrics._inputs import label_maps, label_subset, spacing_tuple, spatial_ndim_from_spacing
+from metrics.overlap import _MAX_DIRECT_LABEL, LabelScores, _label_rule, _mean
 
 _METHODS = ("kdtree", "edt")
 
@@ -113,8 +119,15 @@ def _default_workers() -> int:
     return max(torch.get_num_threads(), 1)
 
 
+def erased_penalty(shape: Sequence[int], spacing: Sequence[float]) -> float:
+    """HD95 of a label erased by the warp: the diagonal of the fixed grid in mm,
+    ``sqrt(sum((n_i * spacing_i)^2))`` for a grid of ``n_i`` voxels of ``spacing_i`` mm."""
+    return float(np.sqrt(sum((float(n) * float(s)) ** 2 for n, s in zip(shape, spacing))))
+
+
 def _hd95_arrays(
     f: np.ndarray,
+    mv: np.ndarray,
     m: np.ndarray,
     spacing: Sequence[float],
     labels: list[int] | None,
@@ -122,60 +135,71 @@ def _hd95_arrays(
     workers: int | None = None,
     fn: str = "hd95",
 ) -> LabelScores:
-    """HD95 on validated ``(*S)`` non-negative int numpy arrays (the core of :func:`hd95`)."""
+    """HD95 on validated ``(*S)`` non-negative int numpy arrays (the core of :func:`hd95`):
+    fixed ``f``, un-warped moving ``mv``, warped moving ``m``."""
     if method not in _METHODS:
         raise ValueError(f"{fn}() 'method' must be one of {_METHODS}, got {method!r}")
-    top = int(max(f.max(), m.max())) if f.size else 0
+    penalty = erased_penalty(f.shape, spacing)
+    top = int(max(f.max(), mv.max(), m.max())) if f.size else 0
     if top < _MAX_DIRECT_LABEL:
-        return _hd95_direct(f, m, spacing, labels, method, workers)
+        return _hd95_direct(f, mv, m, spacing, labels, method, workers, penalty)
     # sparse, huge label values: relabel to 0..K-1 (0 stays background), score, map back
-    values = np.union1d([0], np.unique(np.concatenate([np.unique(f), np.unique(m)])))
+    values = np.union1d([0], np.unique(np.concatenate([np.unique(f), np.unique(mv), np.unique(m)])))
     index = {int(v): i for i, v in enumerate(values)}
-    fc = np.searchsorted(values, f)
-    mc = np.searchsorted(values, m)
-    sub = None if labels is None else [index[lab] for lab in labels if index.get(lab, 0) > 0]
-    res = _hd95_direct(fc, mc, spacing, sub, method, workers)
-    per_label = {int(values[i]): v for i, v in res.per_label.items()}
-    if labels is None:
-        skipped = tuple(int(values[i]) for i in res.skipped)
-    else:
-        skipped = tuple(lab for lab in labels if lab not in per_label)
-    return LabelScores(per_label, res.mean, skipped)
+    fc, mvc, mc = (np.searchsorted(values, x) for x in (f, mv, m))
+    # a requested label found in no map is kept in the rule's input under an index past the
+    # table (absent everywhere, so skipped) and mapped back to its own value below
+    back = {i: int(v) for i, v in enumerate(values)}
+    sub = None
+    if labels is not None:
+        sub = []
+        for lab in labels:
+            if lab not in index:
+                index[lab] = len(back)
+                back[len(back)] = lab
+            sub.append(index[lab])
+    res = _hd95_direct(fc, mvc, mc, spacing, sub, method, workers, penalty)
+    per_label = {back[i]: v for i, v in res.per_label.items()}
+    return LabelScores(
+        per_label,
+        res.mean,
+        tuple(back[i] for i in res.skipped),
+        tuple(back[i] for i in res.erased),
+    )
 
 
 def _hd95_direct(
     f: np.ndarray,
+    mv: np.ndarray,
     m: np.ndarray,
     spacing: Sequence[float],
     labels: list[int] | None,
     method: str,
     workers: int | None,
+    penalty: float,
 ) -> LabelScores:
-    max_label = max(labels) if labels else 0
     if labels is not None and not labels:
-        return LabelScores({}, _mean(()), ())
+        return LabelScores({}, _mean(()), (), ())
+    max_label = max(labels) if labels else 0
     # One O(N) pass per image gives the bounding box of every label value 1..max
     # (None where the label is absent).
-    objs_f = ndi.find_objects(f, max_label=max_label)
-    objs_m = ndi.find_objects(m, max_label=max_label)
+    objs_f, objs_mv, objs_m = (ndi.find_objects(x, max_label=max_label) for x in (f, mv, m))
 
     def box(objs: list, lab: int):
         return objs[lab - 1] if lab <= len(objs) else None
 
-    if labels is None:
-        n = max(len(objs_f), len(objs_m))
-        candidates = [lab for lab in range(1, n + 1) if box(objs_f, lab) or box(objs_m, lab)]
-    else:
-        candidates = labels
-    scored = [lab for lab in candidates if box(objs_f, lab) is not None and box(objs_m, lab) is not None]
-    scored_set = set(scored)
-    skipped = tuple(lab for lab in candidates if lab not in scored_set)
+    def present(objs: list) -> set[int]:
+        return {i + 1 for i, o in enumerate(objs) if o is not None}
+
+    scored, skipped, erased = _label_rule(present(objs_f), present(objs_mv), present(objs_m), labels)
+    erased_set = set(erased)
+    measured = [lab for lab in scored if lab not in erased_set]  # both masks non-empty
 
     def one(lab: int) -> float:
         return _label_hd95(f, m, lab, box(objs_f, lab), box(objs_m, lab), spacing, method)
 
     workers = _default_workers() if workers is None else int(workers)
-    if workers > 1 and len(scored) > 1:
+    if workers > 1 and len(measured) > 1:
         # scipy's distance transform, cKDTree queries and numpy's boolean kernels release the
         # GIL, so labels run in parallel threads; largest boxes are submitted first so that
         # the threads finish together.
@@ -183,18 +207,18 @@ def _hd95_direct(
             return int(np.prod([max(a.stop, b.stop) - min(a.start, b.start)
                                 for a, b in zip(box(objs_f, lab), box(objs_m, lab))]))
 
-        order = sorted(scored, key=volume, reverse=True)
-        with ThreadPoolExecutor(max_workers=min(workers, len(scored))) as pool:
+        order = sorted(measured, key=volume, reverse=True)
+        with ThreadPoolExecutor(max_workers=min(workers, len(measured))) as pool:
             found = dict(zip(order, pool.map(one, order)))
-        values = [found[lab] for lab in scored]
     else:
-        values = [one(lab) for lab in scored]
-    per_label = dict(zip(scored, values))
-    return LabelScores(per_label, _mean(per_label.values()), skipped)
+        found = {lab: one(lab) for lab in measured}
+    per_label = {lab: (penalty if lab in erased_set else found[lab]) for lab in scored}
+    return LabelScores(per_label, _mean(per_label.values()), skipped, erased)
 
 
 def hd95(
     fixed_label,
+    moving_label,
     moved_label,
     spacing,
     labels: Iterable[int] | None = None,
@@ -202,16 +226,21 @@ def hd95(
     method: str = "kdtree",
     workers: int | None = None,
 ) -> LabelScores:
-    """95th-percentile symmetric Hausdorff distance between label surfaces, in mm.
+    """95th-percentile symmetric Hausdorff distance between label surfaces, in mm, with the
+    label rule of the Learn2Reg 2021 scorer.
 
-    ``HD95_l = max(P95 d(∂F_l → ∂M_l), P95 d(∂M_l → ∂F_l))`` over voxel surfaces (face
-    connectivity), Euclidean distances scaled by ``spacing``, linear-interpolated percentiles:
-    the definition of MONAI's ``HausdorffDistanceMetric(percentile=95, include_background=False)``.
+    ``HD95_l = max(P95 d(∂F_l → ∂W_l), P95 d(∂W_l → ∂F_l))`` over voxel surfaces (face
+    connectivity) of the fixed map ``F`` and the warped moving map ``W``, Euclidean distances
+    scaled by ``spacing``, linear-interpolated percentiles: the definition of MONAI's
+    ``HausdorffDistanceMetric(percentile=95, include_background=False)``.
 
     Args:
-        fixed_label, moved_label: integer label maps on the fixed grid, ``(*S)``, ``(1, *S)``
-            or ``(1, 1, *S)``; for 2-D maps pass a length-2 ``spacing``.
-        spacing: mm per voxel along each spatial axis (scalar = isotropic).
+        fixed_label: fixed label map, ``(*S)``, ``(1, *S)`` or ``(1, 1, *S)``.
+        moving_label: the UN-WARPED moving label map (same shape); with ``fixed_label`` it
+            decides which labels are scored. Required.
+        moved_label: the moving label map warped to the fixed grid (same shape).
+        spacing: mm per voxel along each spatial axis of the fixed grid (scalar = isotropic);
+            for 2-D maps pass a length-2 ``spacing``.
         labels: optional subset of foreground labels (each >= 1).
         method: ``"kdtree"`` (default: exact nearest surface voxel by a k-d tree over the
             surface voxels, cost ~ surface area) or ``"edt"`` (exact Euclidean distance
@@ -221,11 +250,15 @@ def hd95(
         workers: threads over labels (default ``torch.get_num_threads()``).
 
     Returns:
-        :class:`LabelScores`; background never scored; a label absent from either image is
-        skipped (listed in ``skipped``); ``mean`` is NaN if no label is scorable.
+        :class:`LabelScores`. Rule (Learn2Reg scorer): background never scored; a label is
+        scored iff present in ``fixed_label`` AND ``moving_label``, else skipped (listed in
+        ``skipped``). A scored label absent from ``moved_label`` (erased by the warp) scores
+        the finite penalty :func:`erased_penalty`, the fixed grid's diagonal in mm
+        ``sqrt(sum((n_i * spacing_i)^2))``, and is listed in ``erased``. ``mean`` is the
+        unweighted mean over scored labels, NaN if no label is scored.
     """
     ndim = spatial_ndim_from_spacing(spacing)
-    f, m = label_pair(fixed_label, moved_label, "hd95", ndim)
+    f, mv, m = label_maps(fixed_label, moving_label, moved_label, "hd95", ndim)
     sp = spacing_tuple(spacing, f.dim(), "hd95")
     subset = label_subset(labels, "hd95")
-    return _hd95_arrays(f.cpu().numpy(), m.cpu().numpy(), sp, subset, method, workers)
+    return _hd95_arrays(f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, method, workers)

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from losses import build_regulariser, build_similarity, dice_loss, one_hot
 from models.loss_config import loss_config
 from metrics import dice as dice_metric
-from metrics import evaluate_pair
+from metrics import MetricError, evaluate_pair
 from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import compose, integrate, resize_field, warp
@@ -279,22 +279,33 @@ class RegistrationModule(L.LightningModule):
         return warp(one_hot(label, n), u).argmax(dim=1, keepdim=True)
 
     def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
+        """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
+        un-warped moving and the warped moving map). A pair that cannot be scored raises
+        :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``."""
         has_labels = "fixed_label" in batch and "moving_label" in batch
         moved_label = self.warp_label(batch["moving_label"], u) if has_labels else None
         rows = []
         for i in range(u.shape[0]):
-            spacing = _spacing_of(batch, i, u.shape[1])
-            res = evaluate_pair(
-                batch["fixed_label"][i] if has_labels else None,
-                moved_label[i] if has_labels else None,
-                u[i : i + 1],
-                spacing,
-                hd95_enabled=with_hd95,
-            )
-            if has_labels:
-                res["dice_identity"] = dice_metric(batch["fixed_label"][i], batch["moving_label"][i]).mean
-            else:
-                res["dice_identity"] = float("nan")
+            try:
+                spacing = _spacing_of(batch, i, u.shape[1])
+                res = evaluate_pair(
+                    batch["fixed_label"][i] if has_labels else None,
+                    batch["moving_label"][i] if has_labels else None,
+                    moved_label[i] if has_labels else None,
+                    u[i : i + 1],
+                    spacing,
+                    hd95_enabled=with_hd95,
+                )
+                if has_labels:  # no registration: the moving map is its own warp
+                    moving = batch["moving_label"][i]
+                    res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving).mean
+                else:
+                    res["dice_identity"] = float("nan")
+            except ValueError as exc:
+                ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
+                pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}"
+                                   for v in ids)
+                raise MetricError(f"pair {pair}: {exc}") from None
             res["moved_label"] = moved_label[i] if has_labels else None
             rows.append(res)
         return rows

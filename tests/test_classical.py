@@ -43,9 +43,9 @@ def greedy_result(mni_pair):
 class TestGreedyOnMNI:
     def test_raises_dice_without_folding(self, mni_pair, greedy_result):
         _, _, fixed_lab, moving_lab = mni_pair
-        before = dice(fixed_lab[0], moving_lab[0]).mean
+        before = dice(fixed_lab[0], moving_lab[0], moving_lab[0]).mean
         u = greedy_result.displacement
-        after = dice(fixed_lab[0], warp(moving_lab, u, mode="nearest")[0]).mean
+        after = dice(fixed_lab[0], moving_lab[0], warp(moving_lab, u, mode="nearest")[0]).mean
         assert before < 0.7
         assert after - before >= 0.1, (before, after)
         assert folding_pct(u) < 0.1
@@ -70,7 +70,7 @@ def test_syn_inverse_consistency(mni_pair):
     err = compose_fields(inv, u).norm(dim=1)
     assert err.mean() < 0.5
     assert folding_pct(u) < 0.1
-    assert dice(fixed_lab[0], warp(moving_lab, u, mode="nearest")[0]).mean > dice(fixed_lab[0], moving_lab[0]).mean + 0.05
+    assert dice(fixed_lab[0], moving_lab[0], warp(moving_lab, u, mode="nearest")[0]).mean > dice(fixed_lab[0], moving_lab[0], moving_lab[0]).mean + 0.05
 
 
 def _affine_pair(shape=(40, 44, 36)):
@@ -116,8 +116,9 @@ def test_eval_greedy_writes_results_contract(pairs_csv, tmp_path):
         rows = list(csv.DictReader(fh))
     assert all(float(r["seconds"]) > 0 for r in rows)
     fixed_lab = np.asarray(nib.load(str(pairs_csv.parent / "f0_seg.nii.gz")).dataobj).astype(np.int64)
+    moving_lab = np.asarray(nib.load(str(pairs_csv.parent / "m0_seg.nii.gz")).dataobj).astype(np.int64)
     moved_lab = np.asarray(nib.load(str(out / "moved" / "f0__m0_label.nii.gz")).dataobj).astype(np.int64)
-    d = dice(torch.as_tensor(fixed_lab), torch.as_tensor(moved_lab)).mean
+    d = dice(torch.as_tensor(fixed_lab), torch.as_tensor(moving_lab), torch.as_tensor(moved_lab)).mean
     assert d == pytest.approx(float(rows[0]["dice"]), abs=1e-6)
 
 

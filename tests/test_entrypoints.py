@@ -124,10 +124,11 @@ def test_results_contract_and_resume(pairs_csv, tmp_path):
     from metrics import dice
 
     fixed_lab = np.asarray(nib.load(str(pairs_csv.parent / "f0_seg.nii.gz")).dataobj)
+    moving_lab = np.asarray(nib.load(str(pairs_csv.parent / "m0_seg.nii.gz")).dataobj)
     moved_lab = np.asarray(nib.load(str(out / "moved" / "f0__m0_label.nii.gz")).dataobj)
     import torch
 
-    d = dice(torch.as_tensor(fixed_lab.astype(np.int64)), torch.as_tensor(moved_lab.astype(np.int64))).mean
+    d = dice(*(torch.as_tensor(x.astype(np.int64)) for x in (fixed_lab, moving_lab, moved_lab))).mean
     assert d == pytest.approx(float(rows[0]["dice"]), abs=1e-6)
     # rerun: nothing is recomputed (the part files are left untouched)
     parts = sorted((out / ".parts").rglob("*.json"))

@@ -188,14 +188,14 @@ def mni_pair():
     batch = {"fixed": a["image"][None], "moving": b["image"][None],
              "spacing": torch.tensor([subjects.spacing]),
              "fixed_affine": torch.from_numpy(np.array(subjects.template.affine))[None]}
-    return batch, a["label"], b["label"], dice(a["label"], b["label"]).mean
+    return batch, a["label"], b["label"], dice(a["label"], b["label"], b["label"]).mean
 
 
 def _dice_after(pair, u):
     from metrics import dice
 
     _, fixed_label, moving_label, _ = pair
-    return dice(fixed_label, warp(moving_label[None], u, mode="nearest")[0]).mean
+    return dice(fixed_label, moving_label, warp(moving_label[None], u, mode="nearest")[0]).mean
 
 
 @pytest.mark.parametrize("name", ["ants_fast", "demons"])

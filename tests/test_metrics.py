@@ -74,8 +74,9 @@ MOVED = torch.tensor([[[1, 2, 2], [2, 0, 0]], [[0, 4, 0], [0, 0, 0]]])
 
 def test_dice_hand_computed():
     # label 1: |F|=2 |M|=1 |F∩M|=1 -> 2/3; label 2: |F|=2 |M|=3 |F∩M|=2 -> 4/5;
-    # label 3 only in fixed, label 4 only in moved: skipped (not 0); background never scored
-    out = dice(FIXED, MOVED)
+    # label 3 only in fixed, label 4 only in moving (here moving = moved): skipped; background
+    # never scored
+    out = dice(FIXED, MOVED, MOVED)
     assert isinstance(out, LabelScores)
     assert out.per_label == pytest.approx({1: 2 / 3, 2: 4 / 5})
     assert out.mean == pytest.approx((2 / 3 + 4 / 5) / 2)
@@ -83,21 +84,21 @@ def test_dice_hand_computed():
 
 
 def test_dice_subset_and_nan_when_nothing_scorable():
-    out = dice(FIXED, MOVED, labels=[3, 2])
+    out = dice(FIXED, MOVED, MOVED, labels=[3, 2])
     assert out.per_label == pytest.approx({2: 0.8}) and out.mean == pytest.approx(0.8)
     assert out.skipped == (3,)
-    none = dice(FIXED, MOVED, labels=[3, 7])
+    none = dice(FIXED, MOVED, MOVED, labels=[3, 7])
     assert none.per_label == {} and math.isnan(none.mean) and none.skipped == (3, 7)
     with pytest.raises(ValueError, match=r"dice\(\) 'labels'.*background"):
-        dice(FIXED, MOVED, labels=[0, 1])
+        dice(FIXED, MOVED, MOVED, labels=[0, 1])
 
 
 def test_dice_accepts_leading_singletons_numpy_and_integral_floats():
-    ref = dice(FIXED, MOVED)
-    assert dice(FIXED[None, None], MOVED[None]).per_label == ref.per_label
-    assert dice(FIXED.numpy().astype(np.float64), MOVED.to(torch.int16)).per_label == ref.per_label
+    ref = dice(FIXED, MOVED, MOVED)
+    assert dice(FIXED[None, None], MOVED[None], MOVED).per_label == ref.per_label
+    assert dice(FIXED.numpy().astype(np.float64), MOVED.to(torch.int16), MOVED.numpy()).per_label == ref.per_label
     # huge label values take the compacting path, same result
-    big = dice(FIXED * 10**8, MOVED * 10**8)
+    big = dice(FIXED * 10**8, MOVED * 10**8, MOVED * 10**8)
     assert big.per_label == pytest.approx({k * 10**8: v for k, v in ref.per_label.items()})
 
 
@@ -107,8 +108,8 @@ def test_dice_matches_monai_on_labels_present_in_both():
     n = 7
     f = smooth_labels((20, 24, 18), n, seed=0)
     m = smooth_labels((20, 24, 18), n, seed=1)
-    m[m == 6] = 5  # label 6 absent from moved: skipped by us (MONAI would score it 0)
-    ours = dice(f, m)
+    m[m == 6] = 5  # label 6 absent from moving (= moved): skipped by us (MONAI would score it 0)
+    ours = dice(f, m, m)
     ref = DiceMetric(include_background=False, reduction="none")(onehot(m, n), onehot(f, n))[0]
     assert 6 in ours.skipped and 6 not in ours.per_label
     assert set(ours.per_label) == {1, 2, 3, 4, 5}
@@ -131,10 +132,10 @@ def test_hd95_cubes_offset_anisotropic(axis, method):
     sl[axis] = slice(sl[axis].start + k, sl[axis].stop + k)
     m[tuple(sl)] = 1
     f[9:11, 0:3, 8:12] = 2  # only in fixed: skipped
-    out = hd95(f, m, spacing, method=method)
+    out = hd95(f, m, m, spacing, method=method)
     assert out.per_label == pytest.approx({1: k * spacing[axis]})
     assert out.skipped == (2,)
-    assert hd95(f, f, spacing, method=method).per_label == {1: 0.0, 2: 0.0}
+    assert hd95(f, f, f, spacing, method=method).per_label == {1: 0.0, 2: 0.0}
 
 
 def test_hd95_percentile_interpolation_and_max_of_directed_2d():
@@ -147,7 +148,7 @@ def test_hd95_percentile_interpolation_and_max_of_directed_2d():
     f[1, 2:22] = 1
     m[1, 2:12] = 1
     for method in ("edt", "kdtree"):
-        out = hd95(f, m, (0.7, 1.3), method=method)
+        out = hd95(f, m, m, (0.7, 1.3), method=method)
         assert out.per_label[1] == pytest.approx(9.05 * 1.3)
         assert out.mean == pytest.approx(9.05 * 1.3)
 
@@ -166,7 +167,7 @@ def test_hd95_matches_monai(seed, spacing, shifted):
         m = smooth_labels(shape, n, seed + 100)
     ref = monai_hd95(f, m, spacing, n)
     for method in ("edt", "kdtree"):
-        ours = hd95(f, m, spacing, method=method)
+        ours = hd95(f, m, m, spacing, method=method)
         assert set(ours.per_label) == {lab for lab in range(1, n) if (f == lab).any() and (m == lab).any()}
         for lab, v in ours.per_label.items():
             assert v == pytest.approx(float(ref[lab - 1]), abs=0.01)
@@ -177,7 +178,7 @@ def test_hd95_crop_is_exact_against_full_image_brute_force(method):
     spacing = (1.0, 2.0, 0.6)
     f = smooth_labels((16, 14, 18), 5, seed=3)
     m = smooth_labels((16, 14, 18), 5, seed=4)
-    ours = hd95(f, m, spacing, method=method)
+    ours = hd95(f, m, m, spacing, method=method)
     assert len(ours.per_label) >= 3
     for lab, v in ours.per_label.items():
         assert v == pytest.approx(brute_force_hd95(f, m, lab, spacing), abs=1e-9)
@@ -186,15 +187,15 @@ def test_hd95_crop_is_exact_against_full_image_brute_force(method):
 def test_hd95_subset_threads_and_spacing_forms():
     f = smooth_labels((16, 14, 18), 5, seed=5)
     m = smooth_labels((16, 14, 18), 5, seed=6)
-    full = hd95(f, m, (1.0, 1.0, 1.0))
-    assert hd95(f, m, 1.0, workers=1).per_label == full.per_label
-    assert hd95(f, m, torch.tensor([[1.0, 1.0, 1.0]])).per_label == full.per_label
-    sub = hd95(f[None, None], m[None], [1, 1, 1], labels=[2, 9])
+    full = hd95(f, m, m, (1.0, 1.0, 1.0))
+    assert hd95(f, m, m, 1.0, workers=1).per_label == full.per_label
+    assert hd95(f, m, m, torch.tensor([[1.0, 1.0, 1.0]])).per_label == full.per_label
+    sub = hd95(f[None, None], m[None], m, [1, 1, 1], labels=[2, 9])
     assert sub.per_label == {2: full.per_label[2]} and sub.skipped == (9,)
     # huge label values (relabelled internally) give the same scores under their own names
-    big = hd95(f * 10**8, m * 10**8, 1.0)
+    big = hd95(f * 10**8, m * 10**8, m * 10**8, 1.0)
     assert big.per_label == {k * 10**8: v for k, v in full.per_label.items()}
-    assert hd95(f * 10**8, m * 10**8, 1.0, labels=[2 * 10**8, 7]).per_label == {2 * 10**8: full.per_label[2]}
+    assert hd95(f * 10**8, m * 10**8, m * 10**8, 1.0, labels=[2 * 10**8, 7]).per_label == {2 * 10**8: full.per_label[2]}
 
 
 # ----------------------------------------------------------------------------- Jacobian
@@ -285,26 +286,28 @@ def test_evaluate_pair_is_the_individual_metrics():
     m = smooth_labels((16, 18, 14), 5, seed=10)
     u = smooth_field((16, 18, 14), amplitude=2.0, seed=11, dtype=torch.float32)
     sp = (1.0, 1.2, 0.9)
-    out = evaluate_pair(f[None, None], m[None, None], u, torch.tensor(sp)[None])
-    keys = {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "dice_per_label", "hd95_per_label"}
+    out = evaluate_pair(f[None, None], m[None, None], m[None, None], u, torch.tensor(sp)[None])
+    keys = {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "dice_per_label", "hd95_per_label",
+            "n_erased", "erased_labels"}
     assert set(out) == keys
-    d, h = dice(f, m), hd95(f, m, sp)
+    d, h = dice(f, m, m), hd95(f, m, m, sp)
+    assert out["n_erased"] == 0 and out["erased_labels"] == ()
     assert out["dice"] == d.mean and out["dice_per_label"] == d.per_label
     assert out["hd95"] == pytest.approx(h.mean) and out["hd95_per_label"] == pytest.approx(h.per_label)
     assert out["sdlogj"] == sdlogj(u) and out["sdlogj_l2r"] == sdlogj_l2r(u)
     assert out["folding_pct"] == folding_pct(u)
     assert all(isinstance(out[k], float) for k in ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct"))
-    sub = evaluate_pair(f, m, u, sp, labels=[1, 3], hd95_enabled=False)
+    sub = evaluate_pair(f, m, m, u, sp, labels=[1, 3], hd95_enabled=False)
     assert set(sub["dice_per_label"]) <= {1, 3} and math.isnan(sub["hd95"])
 
 
 def test_evaluate_pair_without_labels_or_field():
     u = identity_grid((8, 9, 10), dtype=torch.float64)[None]
-    out = evaluate_pair(None, None, u, None)
+    out = evaluate_pair(None, None, None, u, None)
     assert math.isnan(out["dice"]) and math.isnan(out["hd95"]) and out["dice_per_label"] == {}
     assert out["sdlogj"] == pytest.approx(0.0, abs=1e-12) and out["folding_pct"] == 0.0
     f = smooth_labels((8, 9, 10), 3, seed=12)
-    no_field = evaluate_pair(f, f, None, 1.0)
+    no_field = evaluate_pair(f, f, f, None, 1.0)
     assert no_field["dice"] == 1.0 and no_field["hd95"] == 0.0 and math.isnan(no_field["sdlogj"])
 
 
@@ -312,9 +315,9 @@ def test_evaluate_pair_without_labels_or_field():
 @pytest.mark.parametrize(
     "call, name",
     [
-        (lambda f, m: dice(f, m), "dice"),
-        (lambda f, m: hd95(f, m, (1, 1, 1)), "hd95"),
-        (lambda f, m: evaluate_pair(f, m, None, (1, 1, 1)), "evaluate_pair"),
+        (lambda f, m: dice(f, m, m), "dice"),
+        (lambda f, m: hd95(f, m, m, (1, 1, 1)), "hd95"),
+        (lambda f, m: evaluate_pair(f, m, m, None, (1, 1, 1)), "evaluate_pair"),
     ],
 )
 def test_shape_mismatch_names_function_and_both_shapes(call, name):
@@ -326,7 +329,7 @@ def test_shape_mismatch_names_function_and_both_shapes(call, name):
     assert f"{name}()" in msg and "(1, 1, 8, 9, 10)" in msg and "(8, 9, 11)" in msg
 
 
-@pytest.mark.parametrize("fn", [dice, lambda f, m: hd95(f, m, 1.0)])
+@pytest.mark.parametrize("fn", [lambda f, m: dice(f, m, m), lambda f, m: hd95(f, m, m, 1.0)])
 def test_bad_label_maps(fn):
     f = torch.zeros(6, 6, 6, dtype=torch.int64)
     with pytest.raises(ValueError, match="non-integer"):
@@ -340,11 +343,13 @@ def test_bad_label_maps(fn):
 def test_evaluate_pair_bad_inputs():
     f = torch.ones(8, 8, 8, dtype=torch.int64)
     with pytest.raises(ValueError, match=r"evaluate_pair\(\) 'disp' spatial shape"):
-        evaluate_pair(f, f, torch.zeros(1, 3, 8, 8, 9), 1.0)
+        evaluate_pair(f, f, f, torch.zeros(1, 3, 8, 8, 9), 1.0)
     with pytest.raises(ValueError, match=r"evaluate_pair\(\) 'spacing' is required"):
-        evaluate_pair(f, f, torch.zeros(1, 3, 8, 8, 8), None)
+        evaluate_pair(f, f, f, torch.zeros(1, 3, 8, 8, 8), None)
+    with pytest.raises(ValueError, match=r"evaluate_pair\(\) 'moving_label' is None"):
+        evaluate_pair(f, None, f, None, 1.0)
     with pytest.raises(ValueError, match=r"evaluate_pair\(\) 'moved_label' is None"):
-        evaluate_pair(f, None, None, 1.0)
+        evaluate_pair(f, f, None, None, 1.0)
 
 
 def test_public_api():
