@@ -73,6 +73,13 @@ def train(cfg: DictConfig) -> dict:
     stop = StopCheckpoint()
     trainer = build_trainer(cfg, extra_callbacks=[stop])
     stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
+    test_ckpt = None  # train=false: the checkpoint whose weights are tested (never fresh weights)
+    if trainable and not cfg.train and ckpt_path:
+        test_ckpt = stop.path if str(ckpt_path) == "last" else str(ckpt_path)
+        if str(ckpt_path) in _SPECIAL_CKPT and (str(ckpt_path) != "last" or not os.path.isfile(test_ckpt)):
+            raise ConfigError(f"ckpt_path={ckpt_path} with train=false: no such checkpoint"
+                              + (f" ({test_ckpt} does not exist)" if str(ckpt_path) == "last" else "")
+                              + "; give the path of the checkpoint to test")
     summary: dict = {}
     phase = "training"
     try:
@@ -92,7 +99,7 @@ def train(cfg: DictConfig) -> dict:
             if cfg.train and trainable and trainer.checkpoint_callback is not None:
                 ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
             elif not cfg.train and trainable:
-                ckpt = ckpt_path
+                ckpt = test_ckpt
             if ckpt is None and hasattr(model, "check_finite_weights"):
                 model.check_finite_weights("before testing:")
             out_dir = os.path.join(cfg.paths.output_dir, "test")

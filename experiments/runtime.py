@@ -297,12 +297,13 @@ CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
 def _load_error(exc: BaseException) -> str:
     """A short reason for a refused / unreadable checkpoint (torch's weights-only message is long)."""
     text = _one_line(exc)
-    if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported operand" in text:
+    if "Weights only load failed" in text or "nsupported" in text:
         import re
 
-        m = re.search(r"(Unsupported (?:global|operand)[^.;]*)", text)
+        m = re.search(r"unsupported (?:global:? )?(GLOBAL \S+?)\.?(?:\s|$)|unsupported (operand \S+)", text, re.I)
+        what = next((g for g in m.groups() if g), "") if m else ""
         return ("it holds objects that are not plain data (a pickle that would run code on loading), so it "
-                "is refused unread" + (f": {m.group(1).strip()}" if m else ""))
+                "is refused unread" + (f" ({what})" if what else ""))
     return text if len(text) <= 300 else text[:300] + " ..."
 
 

@@ -287,7 +287,7 @@ class RegistrationModule(L.LightningModule):
         return parts["loss"]
 
     def _all_ranks(self, ok: bool) -> bool:
-        """``ok`` on every DDP rank (so that all ranks stop together); ``ok`` alone without one."""
+        """``ok`` on every DDP rank (each rank's loss differs: all stop together); ``ok`` alone without DDP."""
         trainer = getattr(self, "_trainer", None)
         if trainer is not None and trainer.world_size > 1:
             return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
@@ -303,7 +303,7 @@ class RegistrationModule(L.LightningModule):
         raise NonFiniteError(
             f"step {self.global_step}: loss is {float(loss):.4g} ({_format_parts(parts)})"
             + (f" on pair {pairs}" if pairs else "")
-            + "; training stopped, nothing of this step saved (lower model.optimizer.lr, set "
+            + "; training stopped before this step's update (lower model.optimizer.lr, set "
             "trainer.gradient_clip_val, or check the data)"
         )
 
@@ -321,12 +321,12 @@ class RegistrationModule(L.LightningModule):
         return [k for k, ok in zip(tensors, flags) if not ok]
 
     def check_finite_weights(self, context: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
-        """:class:`NonFiniteError` ``"<context> weights non-finite: <names>"`` if any weight is NaN/inf."""
+        """:class:`NonFiniteError` ``"<context> weights non-finite (<names>)"`` if any weight is NaN/inf.
+        Local (no collective): DDP ranks hold the same weights."""
         bad = self.non_finite_weights(state)
-        if not self._all_ranks(not bad):
+        if bad:
             names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise NonFiniteError(f"{context} weights non-finite ({names or 'on another rank'}); "
-                                 "they are not saved nor tested")
+            raise NonFiniteError(f"{context} weights non-finite ({names}); they are not saved nor tested")
 
     @property
     def trainable(self) -> bool:
