@@ -183,6 +183,8 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
                 line = str(stop) or stopping.generic_message(stop, _script_of(main), _output_dir_of(args))
                 print(f"error: {line}", file=sys.stderr)
                 sys.stdout.flush()
+                sys.stderr.flush()
+                stopping.hand_over(stop)  # a launcher's requeue signal: it requeues the job now
                 sys.exit(stop.exit_code)
             if not isinstance(exc, Exception):
                 raise

@@ -17,11 +17,14 @@ Either way :func:`experiments.runtime.guarded` prints ONE ``error:`` line with t
 resumes (the same command with ``paths.output_dir`` pinned; ``ckpt_path=last`` for ``train.py``)
 and exits with ``128 + signal`` (143 for SIGTERM). A second SIGTERM while stopping is ignored.
 
-Lightning's SLURM auto-requeue (``SLURMEnvironment(auto_requeue=True)``: SIGUSR1 saves an
-``hpc_ckpt_N.ckpt`` from inside the signal handler and calls ``scontrol requeue``) is not what
-this project relies on: its checkpoint is written wherever the handler interrupts the step, and
-the submitit launcher (``hydra/launcher=slurm``) requeues on its own signal (SIGUSR2). A job
-resumes by running with ``ckpt_path=last`` in the same ``paths.output_dir`` (README "Training").
+SLURM requeueing. Lightning's own (``SLURMEnvironment(auto_requeue=True)``: SIGUSR1 saves an
+``hpc_ckpt_N.ckpt`` from inside the signal handler, wherever it interrupts the step, and calls
+``scontrol requeue``) is not used: nobody sends SIGUSR1 unless ``#SBATCH --signal=USR1@...`` asks.
+The submitit launcher (``hydra/launcher=slurm``) asks SLURM for SIGUSR2 90 s before the time
+limit and requeues the job on it. When such a launcher's handler is installed, SIGUSR2 is
+handled like SIGTERM first (``last.ckpt`` saved at the next batch boundary), then handed to the
+launcher (:func:`hand_over`), which requeues. The requeued job runs the same config: give sweeps
+``ckpt_path=last`` so that it resumes from that ``last.ckpt`` (README "Training").
 """
 
 from __future__ import annotations
@@ -35,10 +38,12 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "resume_command", "StopCheck",
-           "StopCheckpoint"]
+__all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "hand_over", "resume_command",
+           "StopCheck", "StopCheckpoint"]
 
-_state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None}
+_state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None, "requeue": None}
+# a job launcher's "time is nearly up" signal: submitit (hydra/launcher=slurm) requeues on SIGUSR2
+REQUEUE_SIGNAL = getattr(signal, "SIGUSR2", None)
 
 
 class Stopped(BaseException):
@@ -69,9 +74,21 @@ def handler(signum: int, frame: Any) -> None:
         _state["signum"] = signum
     if not first:
         return  # already stopping: let the first stop finish its work (saving, cleaning up)
-    if signal.getsignal(signum) is not handler:
-        return  # a trainer's handler is in front and called this one: Lightning stops at a batch boundary
+    term = signal.getsignal(signal.SIGTERM)
+    if term is not handler:  # a trainer's handler is in front: Lightning stops at its next batch boundary
+        if signum != signal.SIGTERM and callable(term):
+            term(signal.SIGTERM, frame)  # (the requeue signal: ask Lightning as SIGTERM would)
+        return
     raise Stopped(signum)
+
+
+def hand_over(stop: Stopped) -> None:
+    """After a stop by the launcher's requeue signal, call the launcher's own handler (submitit:
+    requeue the job, then exit); returns if there is none or it returns."""
+    requeue = _state.get("requeue")
+    if stop.signum == REQUEUE_SIGNAL and callable(requeue):
+        _state["requeue"] = None
+        requeue(stop.signum, None)
 
 
 class installed:
@@ -85,6 +102,11 @@ class installed:
             _state["previous"] = signal.getsignal(signal.SIGTERM)
             _state["signum"] = None
             signal.signal(signal.SIGTERM, handler)
+            _state["requeue"] = None
+            requeue = signal.getsignal(REQUEUE_SIGNAL) if REQUEUE_SIGNAL is not None else None
+            if callable(requeue) and requeue is not handler:  # a launcher requeues on it: save first
+                _state["requeue"] = requeue
+                signal.signal(REQUEUE_SIGNAL, handler)
         _state["depth"] += 1
         return self
 
@@ -96,6 +118,8 @@ class installed:
             previous = _state["previous"]
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             _state["previous"] = None
+            if _state["requeue"] is not None:  # kept for hand_over() after the stop is reported
+                signal.signal(REQUEUE_SIGNAL, _state["requeue"])
 
 
 def requested() -> int | None:

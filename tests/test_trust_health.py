@@ -495,3 +495,41 @@ def test_a_train_py_checkpoint_loads_as_data(tmp_path):
                                           f"model.init_from={tmp_path / 'run' / 'checkpoints' / 'last.ckpt'}",
                                           "data=pairs_csv", f"data.csv={csv}"])
     assert summary["paradigm"] == "hybrid" and summary["n_pairs"] == 2
+
+
+# ============================================================================== 5. a launcher's requeue signal
+class SignalAtStep(L.Callback):
+    """Sends this process ``signum`` after optimiser step ``step``."""
+
+    def __init__(self, step: int, signum: int) -> None:
+        self.step, self.signum = step, int(signum)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), self.signum)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR2"), reason="no SIGUSR2 on this platform")
+def test_a_launchers_requeue_signal_saves_first_then_the_launcher_requeues(tmp_path, capsys):
+    """submitit (hydra/launcher=slurm) requeues on SIGUSR2 from its own handler and exits. With
+    such a handler installed, train.py first saves last.ckpt at the next batch boundary, prints the
+    resume line, then calls the launcher's handler (once), whose exit ends the run."""
+    calls = []
+
+    def launcher(signum, frame):  # what submitit's handler does: requeue, then sys.exit(-1)
+        calls.append((signum, (tmp_path / "part" / "checkpoints" / "last.ckpt").exists()))
+        sys.exit(-1)
+
+    previous = signal.signal(signal.SIGUSR2, launcher)
+    try:
+        csv = _pairs(tmp_path / "d", 2)
+        usr2 = ["+callbacks.term._target_=test_trust_health.SignalAtStep", "+callbacks.term.step=3",
+                f"+callbacks.term.signum={int(signal.SIGUSR2)}"]
+        code = _exit_code(_train, tmp_path / "part", [*_csv_data(csv), "trainer.max_epochs=50", *usr2])
+        assert signal.getsignal(signal.SIGUSR2) is launcher  # put back
+    finally:
+        signal.signal(signal.SIGUSR2, previous)
+    assert code == -1 and calls == [(signal.SIGUSR2, True)]
+    _one_error(capsys.readouterr().err, "stopped by SIGUSR2 at step 3", "ckpt_path=last")
+    assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert not (tmp_path / "part" / "test").exists()
