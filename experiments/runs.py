@@ -79,10 +79,13 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
             if proc.poll() is None:  # this script is stopping: let the run save its state, then end it
                 proc.terminate()
                 try:
-                    proc.wait(timeout=120)
+                    rest, _ = proc.communicate(timeout=120)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-                    proc.wait()
+                    rest, _ = proc.communicate()
+                if rest:  # the run's last words (its resume line) go to the log too
+                    sys.stdout.write(rest)
+                    log.write(rest)
     sys.stdout.flush()
     if rc != 0:
         raise ConfigError(f"methods.{name}: {script} failed (exit status {rc}): {last_error or last or 'no output'} "

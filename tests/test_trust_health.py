@@ -16,7 +16,9 @@
   (``ckpt_path`` of eval.py and train.py, ``model.init_from``).
 
 The subprocess tests use 16^3 pairs-CSV volumes (or 24^3 synthetic data) and poll for the first
-checkpoint / pair before signalling; each takes ~30-40 s on 2 busy cores and is marked slow.
+checkpoint / pair before signalling (bounded timeouts). Those of train.py, eval.py and mi_sweep.py
+take 30-90 s each on 2 busy cores and are marked slow (``pytest -m slow``); the run_method one
+(~20 s) and the in-process signal tests run by default.
 """
 
 from __future__ import annotations
@@ -533,3 +535,29 @@ def test_a_launchers_requeue_signal_saves_first_then_the_launcher_requeues(tmp_p
     _one_error(capsys.readouterr().err, "stopped by SIGUSR2 at step 3", "ckpt_path=last")
     assert torch.load(tmp_path / "part" / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert not (tmp_path / "part" / "test").exists()
+
+
+def test_compare_and_domain_shift_pass_sigterm_on_to_the_method_they_run(tmp_path):
+    """experiments/runs.run_method (compare.py, domain_shift.py) stopped by SIGTERM while its eval.py
+    child runs: the child gets SIGTERM too (it used to be SIGKILLed), keeps its finished pairs and
+    exits 143 with its own resume line; the parent's stop propagates (guarded prints its resume)."""
+    import threading
+
+    from experiments import stopping
+    from experiments.runs import run_method
+
+    csv = _pairs(tmp_path / "d", 2)
+    parts = tmp_path / "cmp" / "runs" / "greedy" / ".parts"
+
+    def signal_when_a_pair_is_done():
+        start = time.monotonic()
+        while not any(parts.rglob("*.json")) and time.monotonic() - start < 240:
+            time.sleep(0.1)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signal_when_a_pair_is_done, daemon=True).start()
+    with pytest.raises(stopping.Stopped), stopping.installed():
+        run_method("greedy", "eval", ["model=greedy", *FAST, "data=pairs_csv", f"data.csv={csv}"], tmp_path / "cmp")
+    log = (tmp_path / "cmp" / "runs" / "greedy.log").read_text()
+    assert "error: stopped by SIGTERM; finished pairs are kept in" in log, log[-2000:]
+    assert any(parts.rglob("*.json")) and not (tmp_path / "cmp" / "runs" / "greedy" / "summary.json").exists()
