@@ -237,15 +237,20 @@ def test_a_value_of_the_wrong_type_is_one_error_naming_the_key(entry, overrides,
 def test_every_shipped_config_passes_the_type_check():
     """No false alarm: every experiment (with its script's config) and every group option."""
     import yaml
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
 
     from experiments.config_check import check_config
 
-    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
-        entry = (yaml.safe_load(path.read_text()) or {}).get("entry", "train")
-        check_config(compose(entry, [f"experiment={path.stem}", "paths.output_dir=/tmp/unused"]))
-    for group in ("model", "data", "trainer", "callbacks", "logger"):
-        for path in sorted((ROOT / "configs" / group).glob("*.yaml")):
-            check_config(compose("train", [f"{group}={path.stem}", "paths.output_dir=/tmp/unused"]))
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+            entry = (yaml.safe_load(path.read_text()) or {}).get("entry", "train")
+            check_config(hydra_compose(entry, [f"experiment={path.stem}", "paths.output_dir=/tmp/unused"]))
+        options = {g: sorted(p.stem for p in (ROOT / "configs" / g).glob("*.yaml"))
+                   for g in ("model", "data", "trainer", "callbacks", "logger")}
+        for i in range(max(map(len, options.values()))):  # every option of every group at least once
+            chosen = [f"{g}={names[i % len(names)]}" for g, names in options.items()]
+            check_config(hydra_compose("train", [*chosen, "paths.output_dir=/tmp/unused"]))
 
 
 def test_type_rules():
@@ -282,6 +287,7 @@ def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_unin
     last.ckpt at step 5, exits 143 naming it and the resume command, tests nothing; resuming with
     ckpt_path=last ends with the same weights and test metrics as an uninterrupted run (CPU).
     MNI data: its training loader resumes mid-epoch (data.loaders.ResumableLoader)."""
+    handler_before = signal.getsignal(signal.SIGTERM)
     base = ["data=mni", "data.shape=[32,32,32]", "data.n_train=4", "data.n_val=2", "data.n_test=2",
             "data.pairs_per_epoch=4", "trainer.max_epochs=2", "seed=3"]
     full = _train(tmp_path / "full", base)
@@ -293,7 +299,7 @@ def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_unin
     assert "not tested" in line and not (part / "test").exists()
     saved = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
     assert (saved["global_step"], saved["epoch"]) == (5, 1)
-    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # handlers are put back
+    assert signal.getsignal(signal.SIGTERM) is handler_before  # the stop handler is put back
     resumed = _train(part, base + ["ckpt_path=last"])
     wf = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
     wr = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
