@@ -7,6 +7,10 @@
 ``DIR`` receives ``pairs.csv``, ``labels.csv``, ``summary.json`` (and ``moved/`` with
 ``save_outputs=true``). Rerunning with the same ``DIR`` reuses the pairs whose inputs, method and
 metric settings are unchanged and recomputes the others; the files list exactly this run's test pairs.
+
+SIGTERM (``kill``, ``scancel``, a SLURM time limit) stops it after the current pair: finished
+pairs stay in ``DIR/.parts/``, no summary is written, the exit status is 143 and the line printed
+is the command that resumes. A ``ckpt_path`` is read as data (``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ class InstanceOptimisationModule(RegistrationModule):
         if init_from:
             from experiments.runtime import load_model_from_checkpoint
 
-            self._init_model = load_model_from_checkpoint(init_from)
+            # read as data (weights only); errors name model.init_from and the file
+            self._init_model = load_model_from_checkpoint(init_from, key="model.init_from")
             self._init_model.eval()
             if algorithm == "affine" or getattr(self.config, "affine", None) is not None:
                 raise ValueError("model.init_from starts the deformable stage: use algorithm greedy or syn without an affine stage")
@@ -65,6 +66,22 @@ class InstanceOptimisationModule(RegistrationModule):
 
     def configure_optimizers(self):
         return None
+
+    @property
+    def trainable(self) -> bool:
+        """Nothing to fit: each pair is optimised at test time (an ``init_from`` network is fixed)."""
+        return False
+
+    @classmethod
+    def settings_hints(cls, node: Mapping[str, Any]) -> dict[str, Any]:
+        """The types of the ``**settings`` of ``node``'s algorithm (its config dataclass's fields),
+        so that a config check names ``model.lr`` for ``model.lr=abc``."""
+        import dataclasses
+        import typing
+
+        config_cls = ALGORITHMS[str(node.get("algorithm", "greedy"))]
+        hints = typing.get_type_hints(config_cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(config_cls) if f.name in hints}
 
     @property
     def paradigm(self) -> str:

@@ -52,7 +52,9 @@ def method_overrides(kind: str, spec: Any, key: str, cfg: Any) -> list[str]:
 def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.PathLike) -> Path:
     """Run ``eval.py`` / ``train.py`` for one method into ``out_dir/runs/<name>``; its results folder.
 
-    Skipped when the results folder already has a ``summary.json`` (resume). Output is echoed and
+    Skipped when the results folder already has a ``summary.json`` (resume; a training resumes from
+    its ``last.ckpt``: ``ckpt_path=last`` unless the overrides set one). If this script is stopped
+    (SIGTERM), the run gets SIGTERM too and up to 2 minutes to save its state. Output is echoed and
     kept in ``out_dir/runs/<name>.log``; a non-zero exit raises :class:`ConfigError` naming the method.
     """
     run_dir = (Path(out_dir) / "runs" / name).resolve()
@@ -62,6 +64,8 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
         return results_dir
     script = "train.py" if kind == "train" else "eval.py"
     cmd = [sys.executable, str(ROOT / script), *overrides, f"paths.output_dir={run_dir}"]
+    if kind == "train" and not any(re.match(r"^[+~]*ckpt_path=", s) for s in overrides):
+        cmd.append("ckpt_path=last")  # a rerun after a stop resumes the training (none yet: starts afresh)
     if not any(re.match(r"^[+~]*hydra\.run\.dir=", s) for s in overrides):
         cmd.append(f"hydra.run.dir={run_dir}")  # keep Hydra's .hydra/ with the run, not in logs/
     log_path = run_dir.parent / f"{name}.log"
@@ -82,9 +86,16 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
                         last_error = last
             rc = proc.wait()
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            if proc.poll() is None:  # this script is stopping: let the run save its state, then end it
+                proc.terminate()
+                try:
+                    rest, _ = proc.communicate(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    rest, _ = proc.communicate()
+                if rest:  # the run's last words (its resume line) go to the log too
+                    sys.stdout.write(rest)
+                    log.write(rest)
     sys.stdout.flush()
     if rc != 0:
         raise ConfigError(f"methods.{name}: {script} failed (exit status {rc}): {last_error or last or 'no output'} "

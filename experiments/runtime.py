@@ -1,7 +1,8 @@
 """Shared plumbing of the entry points (``train.py``, ``eval.py``, experiment scripts).
 
 * building objects from config with errors that name the config key at fault;
-* loading self-describing checkpoints;
+* loading self-describing checkpoints as data (``torch.load(weights_only=True)``, :func:`read_checkpoint`;
+  Lightning's own loads go through the same function: :class:`SafeCheckpointIO`);
 * running the test phase into the results contract (:mod:`metrics.results`);
 * :func:`guarded`: bad input ends with ONE line on stderr and exit code 1.
 """
@@ -23,6 +24,8 @@ __all__ = [
     "build_datamodule",
     "build_model",
     "load_model_from_checkpoint",
+    "read_checkpoint",
+    "CHECKPOINT_SAFE_GLOBALS",
     "build_trainer",
     "run_test",
     "run_eval",
@@ -85,7 +88,7 @@ def _user_error_line(exc: BaseException) -> str | None:
     """The one line that reports an expected user error, or None for a bug (keeps its traceback).
 
     The outermost :class:`data.io.DataError` / :class:`ConfigError` / :class:`metrics.MetricError`
-    of the cause chain is reported
+    / :class:`models.module.NonFiniteError` (a training that diverged) of the cause chain is reported
     (it names the file, CSV row or config key; inner causes are quoted inside it); else the
     outermost ``OSError`` naming a path (``PATH: strerror``); else the root cause of a Hydra /
     OmegaConf / ``ValueError``.
@@ -95,10 +98,11 @@ def _user_error_line(exc: BaseException) -> str | None:
 
     from data.io import DataError
     from metrics import MetricError
+    from models.module import NonFiniteError
 
     chain = _chain(exc)
     for e in chain:
-        if isinstance(e, (DataError, ConfigError, MetricError)):
+        if isinstance(e, (DataError, ConfigError, MetricError, NonFiniteError)):
             return _one_line(e)
     for e in chain:
         if _is_path_error(e):
@@ -149,23 +153,43 @@ def _one_line_hydra_errors() -> None:
 
 
 def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn expected user errors into one ``error: ...`` line and exit status 1.
+    """Turn expected user errors into one ``error: ...`` line and exit status 1, and a stop by
+    SIGTERM into one line saying how to resume and exit status 143.
 
     Expected errors: :class:`data.io.DataError` and :class:`ConfigError` (both ValueErrors; the
     outermost one in the cause chain is printed, as it carries the most context),
-    ``FileNotFoundError`` and other ``OSError``\ s naming a path (an unwritable output folder, a
-    full disk: ``PATH: reason``), and Hydra / OmegaConf errors (unknown keys, bad overrides;
-    decorating also makes ``@hydra.main``'s own composition errors one line:
-    :func:`_one_line_hydra_errors`). Anything else is a bug and keeps its traceback.
-    Set ``HYDRA_FULL_ERROR=1`` to see the traceback instead.
+    :class:`models.module.NonFiniteError` (training diverged), ``FileNotFoundError`` and other
+    ``OSError``\ s naming a path (an unwritable output folder, a full disk: ``PATH: reason``), and
+    Hydra / OmegaConf errors (unknown keys, bad overrides; decorating also makes ``@hydra.main``'s
+    own composition errors one line: :func:`_one_line_hydra_errors`). Anything else is a bug and
+    keeps its traceback. Set ``HYDRA_FULL_ERROR=1`` to see the traceback instead.
+
+    Signals (:mod:`experiments.stopping`): while ``main`` runs, SIGTERM stops it at the next safe
+    point (a batch boundary inside Lightning, at once elsewhere); the line printed is the
+    :class:`experiments.stopping.Stopped` message ``main`` raised, or else "finished pairs are kept
+    in <paths.output_dir>; resume with: python <script> ... paths.output_dir=<dir>" (the same
+    command: results folders skip finished pairs). Exit status ``128 + signal``.
     """
     _one_line_hydra_errors()
 
     @functools.wraps(main)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from experiments import stopping
+
         try:
-            return main(*args, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - filtered below
+            with stopping.installed():
+                return main(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - filtered below
+            stop = stopping.as_stop(exc)
+            if stop is not None:
+                line = str(stop) or stopping.generic_message(stop, _script_of(main), _output_dir_of(args))
+                print(f"error: {line}", file=sys.stderr)
+                sys.stdout.flush()
+                sys.stderr.flush()
+                stopping.hand_over(stop)  # a launcher's requeue signal: it requeues the job now
+                sys.exit(stop.exit_code)
+            if not isinstance(exc, Exception):
+                raise
             line = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else _user_error_line(exc)
             if line is None:
                 raise
@@ -175,22 +199,52 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _script_of(main: Callable[..., Any]) -> str | None:
+    """The entry script that defines ``main``, relative to the project root (``eval.py``,
+    ``experiments/mi_sweep.py``), or None."""
+    import inspect
+
+    try:
+        path = Path(inspect.getsourcefile(inspect.unwrap(main)) or "").resolve()
+        return path.relative_to(Path(__file__).resolve().parents[1]).as_posix()
+    except (TypeError, ValueError):
+        return None
+
+
+def _output_dir_of(args: tuple) -> str | None:
+    cfg = args[0] if args else None
+    if isinstance(cfg, DictConfig):
+        try:
+            return str(cfg.paths.output_dir)
+        except Exception:  # noqa: BLE001 - no paths.output_dir here
+            return None
+    return None
+
+
 def check_entry(cfg: DictConfig, *accepted: str) -> None:
     """ConfigError unless ``cfg.entry`` (absent: ``"train"``) is one of ``accepted``: an experiment
-    file written for another script (``entry: compare``) names the script to run it with."""
+    file written for another script (``entry: compare``) names the script to run it with. Then the
+    config's values are checked for type (:func:`experiments.config_check.check_config`: ``seed``,
+    ``train``/``test``/``save_outputs`` strict booleans, every ``_target_`` node against what it
+    builds, the optimiser built once)."""
     entry = str(cfg.get("entry") or "train")
     if entry not in accepted:
         script = ENTRY_SCRIPTS.get(entry, entry)
         name = cfg.get("experiment_name") or "this experiment"
         raise ConfigError(f"experiment: {name} is run by {script} (entry: {entry}): "
                           f"python {script} experiment={name}")
+    from experiments.config_check import check_config
+
+    check_config(cfg)  # values of the wrong type: one error naming the key, before any work
 
 
 def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate(node)``; a failure is re-raised naming ``key``.
 
-    A :class:`data.io.DataError` raised inside a constructor is re-raised as is (it already
-    names the file at fault); other errors become :class:`ConfigError` ``"<key>: <cause>"``.
+    Values of the wrong type are refused first (:func:`experiments.config_check.check_node`). A
+    :class:`data.io.DataError` or :class:`ConfigError` raised inside a constructor is re-raised as
+    is (it already names the file / key at fault); other errors become :class:`ConfigError`
+    ``"<key>: <cause>"``.
     """
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
@@ -199,11 +253,15 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
     if node is None:
         raise ConfigError(f"config key '{key}' is not set")
+    if isinstance(node, DictConfig) and "_target_" in node:
+        from experiments.config_check import check_node
+
+        check_node(node, key)
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as exc:
         cause = _root_cause(exc)
-        if isinstance(cause, DataError):
+        if isinstance(cause, (DataError, ConfigError)):
             raise cause from None
         if cause is exc:
             raise ConfigError(f"{key}: {_one_line(exc)}") from exc
@@ -231,47 +289,116 @@ def build_model(cfg: DictConfig):
     return model
 
 
-def load_model_from_checkpoint(path: str | os.PathLike):
-    """Rebuild a model from a checkpoint written by ``train.py`` without being told its config."""
-    import torch
-    from hydra.utils import instantiate
+# Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
+# (tensors, numbers, strings, None, dtypes, lists, tuples, dicts, OrderedDicts): none. Inspected:
+# a train.py checkpoint holds the weights, Adam states, Lightning's loop counters and callback
+# states, the datamodule's hyper-parameters, the loader's RNG states (data/loaders.py stores
+# numpy's state as a tensor for this reason) and the `registration` dict of plain values;
+# RegistrationModule.on_save_checkpoint keeps it so. A type added here must be plain data.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
 
-    from metrics.results import DISPLACEMENT_CONVENTION
+
+def _load_error(exc: BaseException) -> str:
+    """A short reason for a refused / unreadable checkpoint (torch's weights-only message is long)."""
+    text = _one_line(exc)
+    if "Weights only load failed" in text or "nsupported" in text:
+        import re
+
+        m = re.search(r"unsupported (?:global:? )?(GLOBAL \S+?)\.?(?:\s|$)|unsupported (operand \S+)", text, re.I)
+        what = next((g for g in m.groups() if g), "") if m else ""
+        return ("it holds objects that are not plain data (a pickle that would run code on loading), so it "
+                "is refused unread" + (f" ({what})" if what else ""))
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict[str, Any]:
+    """A checkpoint written by ``train.py``, read as data: ``torch.load(weights_only=True)`` with
+    :data:`CHECKPOINT_SAFE_GLOBALS` (a pickle that would execute code is refused without running
+    it), then checked: this project's ``registration`` metadata, the displacement convention, a
+    ``state_dict`` of finite weights. Any failure is ONE :class:`ConfigError` naming ``key`` (the
+    config key that gave the path: ``ckpt_path``, ``model.init_from``) and the file."""
+    import torch
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"ckpt_path: no checkpoint file at {path}")
+        raise ConfigError(f"{key}: no checkpoint file at {path}")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file
-        raise ConfigError(f"ckpt_path: cannot read checkpoint {path}: {_one_line(exc)}") from exc
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or refused file
+        raise ConfigError(f"{key}: cannot read checkpoint {path}: {_load_error(exc)}") from None
+    _check_checkpoint(ckpt, path, key)
+    return ckpt
+
+
+def _check_checkpoint(ckpt: Any, path: Path, key: str) -> None:
+    import torch
+
+    from metrics.results import DISPLACEMENT_CONVENTION
+
     meta = ckpt.get("registration") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or not meta.get("model_config"):
-        raise ConfigError(f"ckpt_path: {path} is not a checkpoint written by this project's train.py "
+        raise ConfigError(f"{key}: {path} is not a checkpoint written by this project's train.py "
                           "(no 'registration' model config inside)")
     if meta.get("displacement_convention") != DISPLACEMENT_CONVENTION:
-        raise ConfigError(f"ckpt_path: {path} uses another displacement convention "
+        raise ConfigError(f"{key}: {path} uses another displacement convention "
                           f"({meta.get('displacement_convention')!r}); expected {DISPLACEMENT_CONVENTION!r}")
-    if not isinstance(ckpt.get("state_dict"), dict):
-        raise ConfigError(f"ckpt_path: {path} holds no 'state_dict' (weights) beside its model config")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{key}: {path} holds no 'state_dict' (weights) beside its model config")
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"{key}: {path} holds non-finite weights ({', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}); it is not used")
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
+    """Rebuild a model from a checkpoint written by ``train.py`` without being told its config.
+
+    Read as data (:func:`read_checkpoint`); errors name ``key`` (``ckpt_path`` for eval.py,
+    ``model.init_from`` for a refined classical method) and the file."""
+    from hydra.utils import instantiate
+
+    path = Path(path)
+    ckpt = read_checkpoint(path, key)
+    meta = ckpt["registration"]
     try:
         model = instantiate(OmegaConf.create(meta["model_config"]))
     except Exception as exc:  # noqa: BLE001 - a config of another version of the code
-        raise ConfigError(f"ckpt_path: {path}: its stored model config cannot be built here "
+        raise ConfigError(f"{key}: {path}: its stored model config cannot be built here "
                           f"({_one_line(_root_cause(exc))})") from exc
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         detail = _one_line(exc)
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-        raise ConfigError(f"ckpt_path: {path} does not match its stored model config: {detail}") from exc
+        raise ConfigError(f"{key}: {path} does not match its stored model config: {detail}") from exc
     model.model_config = meta["model_config"]
     model.data_config = meta.get("data_config")
     return model
 
 
-def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
-    """Instantiate ``cfg.trainer`` with the configured loggers and callbacks."""
+def _safe_checkpoint_io(key: str = "ckpt_path"):
+    """A Lightning ``CheckpointIO`` whose every load is :func:`read_checkpoint` (weights only, the
+    allow-list, the checks; ``weights_only=False`` is never honoured): resuming ``train.py
+    ckpt_path=...`` and testing the best checkpoint read checkpoints as data, with one error."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class SafeCheckpointIO(TorchCheckpointIO):
+        def load_checkpoint(self, path, map_location=None, weights_only=None):  # noqa: ARG002
+            return read_checkpoint(path, key)
+
+    return SafeCheckpointIO()
+
+
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks: list | tuple = ()):
+    """Instantiate ``cfg.trainer`` with the configured loggers and callbacks (+ ``extra_callbacks``).
+
+    Every trainer also gets :class:`experiments.stopping.StopCheck` (a SIGTERM during a loop's last
+    batch still stops the run) and reads checkpoints only as data (:func:`_safe_checkpoint_io`)."""
+    from experiments.stopping import StopCheck
+
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
         if node is not None and "_target_" in node:
@@ -281,7 +408,14 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True):
         for name, node in (cfg.get("callbacks") or {}).items():
             if node is not None and "_target_" in node:
                 callbacks.append(build(node, f"callbacks.{name}"))
-    return build(cfg.trainer, "trainer", logger=loggers if loggers else False, callbacks=callbacks)
+    callbacks += [*extra_callbacks, StopCheck()]
+    node = cfg.trainer
+    plugins = [_safe_checkpoint_io()]
+    if node is not None and node.get("plugins"):
+        configured = build(node.plugins, "trainer.plugins")
+        plugins = [*(configured if isinstance(configured, (list, tuple)) else [configured]), *plugins]
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "plugins"])
+    return build(node, "trainer", logger=loggers if loggers else False, callbacks=callbacks, plugins=plugins)
 
 
 # sub-folders a run writes into its output folder (an input file there could be overwritten)

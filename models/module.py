@@ -26,7 +26,8 @@ from models.networks import pad_to_multiple
 from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
 from spatial import compose, integrate, resize_field, warp
 
-__all__ = ["RegistrationModule", "IdentityRegistration", "FIELDS", "LABEL_INTERPS", "PARADIGMS"]
+__all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
+           "LABEL_INTERPS", "PARADIGMS"]
 
 FIELDS = ("displacement", "velocity")
 LABEL_INTERPS = ("nearest", "linear")
@@ -34,6 +35,30 @@ LOSS_GRIDS = ("full", "coarse")
 # how a method got its field: no registration, per-pair optimisation, a network trained without /
 # with labels, or a network's prediction refined by per-pair optimisation
 PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
+
+
+class NonFiniteError(FloatingPointError):
+    """Training produced a non-finite loss or non-finite weights: the run stops with this one line
+    (the global step and the loss parts); such weights are never saved nor tested."""
+
+
+def configured_call(factory: Callable[..., Any], args: Sequence[Any], key: str) -> Any:
+    """``factory(*args)`` (an optimiser / scheduler built from config); its ``TypeError`` /
+    ``ValueError`` becomes a ``ValueError`` naming the config key: ``"<key>.lr: Invalid learning
+    rate: -1"`` when exactly one configured value appears in the message, else ``"<key>: ..."``."""
+    try:
+        return factory(*args)
+    except (TypeError, ValueError) as exc:
+        message = " ".join(str(exc).split())
+        values = dict(getattr(factory, "keywords", None) or {})
+        named = [k for k, v in values.items() if str(v) in message]
+        where = f"{key}.{named[0]}" if len(named) == 1 else key
+        raise ValueError(f"{where}: {message}") from None
+
+
+def _format_parts(parts: Mapping[str, torch.Tensor]) -> str:
+    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items() if k != "loss")
+
 
 class RegistrationModule(L.LightningModule):
     """Trains and evaluates a network ``net(moving, fixed) -> field``.
@@ -255,20 +280,70 @@ class RegistrationModule(L.LightningModule):
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)
+        self._check_finite_loss(parts, batch)
         bs = batch["fixed"].shape[0]
         for k, v in parts.items():
             self.log(f"train/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=bs, on_step=True, on_epoch=True)
         return parts["loss"]
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every DDP rank (each rank's loss differs: all stop together); ``ok`` alone without DDP."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+        return ok
+
+    def _check_finite_loss(self, parts: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
+        """Stop before a non-finite loss reaches the weights: one error naming the global step,
+        the pair and every loss part with its value."""
+        loss = parts["loss"].detach()
+        if self._all_ranks(bool(torch.isfinite(loss).all())):
+            return
+        pairs = ", ".join(f"{f} <- {m}" for f, m in zip(batch.get("fixed_id", []), batch.get("moving_id", [])))
+        raise NonFiniteError(
+            f"step {self.global_step}: loss is {float(loss):.4g} ({_format_parts(parts)})"
+            + (f" on pair {pairs}" if pairs else "")
+            + "; training stopped before this step's update (lower model.optimizer.lr, set "
+            "trainer.gradient_clip_val, or check the data)"
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimiser step: weights that became non-finite stop training at this step."""
+        self.check_finite_weights(f"step {self.global_step}: the optimiser step made")
+
+    def non_finite_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Names of the floating-point weights (``state``, default the module's) that hold NaN or inf."""
+        state = self.state_dict() if state is None else state
+        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
+        if not tensors:
+            return []
+        flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()
+        return [k for k, ok in zip(tensors, flags) if not ok]
+
+    def check_finite_weights(self, context: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """:class:`NonFiniteError` ``"<context> weights non-finite (<names>)"`` if any weight is NaN/inf.
+        Local (no collective): DDP ranks hold the same weights."""
+        bad = self.non_finite_weights(state)
+        if bad:
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteError(f"{context} weights non-finite ({names}); they are not saved nor tested")
+
+    @property
+    def trainable(self) -> bool:
+        """Whether ``train.py`` has something to fit: a network with parameters that take gradients
+        (identity and the classical optimisers have none and are only tested)."""
+        return self.net is not None and any(p.requires_grad for p in self.net.parameters())
 
     def configure_optimizers(self):
         params = [p for p in self.parameters() if p.requires_grad]
         if not params:
             return None
         factory = self.optimizer_factory or (lambda ps: torch.optim.Adam(ps, lr=1e-4))
-        opt = factory(params)
+        opt = configured_call(factory, (params,), "model.optimizer")
         if self.scheduler_factory is None:
             return opt
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+        scheduler = configured_call(self.scheduler_factory, (opt,), "model.scheduler")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ evaluation
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
@@ -413,6 +488,14 @@ class RegistrationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Describe the checkpoint (``registration``: model and data configs, the convention) and
+        keep it plain data that ``torch.load(weights_only=True)`` reads back: configs and paths
+        become plain values; anything else that is not plain stops the save, naming its place.
+        Non-finite weights are never saved (:class:`NonFiniteError`)."""
+        self.check_finite_weights(f"step {self.global_step}: checkpoint not saved:", checkpoint.get("state_dict"))
+        for key in list(checkpoint):
+            if key != "state_dict":
+                checkpoint[key] = _plain_data(checkpoint[key], key)
         checkpoint["registration"] = {
             "method": self.method,
             "model_config": self.model_config,
@@ -420,6 +503,41 @@ class RegistrationModule(L.LightningModule):
             "field": self.field,
             "displacement_convention": DISPLACEMENT_CONVENTION,
         }
+
+
+def _plain_data(value: Any, where: str) -> Any:
+    """``value`` as the types a weights-only ``torch.load`` accepts (tensors, numbers, strings, None,
+    dtypes, lists, tuples, dicts); OmegaConf containers, paths and numpy values are converted; a
+    ``ValueError`` naming ``where`` for anything else."""
+    from collections import OrderedDict
+    from pathlib import PurePath
+
+    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.Size,
+                                           torch.device)):
+        return value
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    if isinstance(value, np.generic):
+        return value.item()
+    try:
+        from omegaconf import Container, OmegaConf
+
+        if isinstance(value, Container):
+            value = OmegaConf.to_container(value, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    if isinstance(value, OrderedDict):
+        return OrderedDict((k, _plain_data(v, f"{where}/{k}")) for k, v in value.items())
+    if isinstance(value, dict):
+        return {k: _plain_data(v, f"{where}/{k}") for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        items = [_plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if isinstance(value, tuple) else set(items) if isinstance(value, set) else items
+    raise ValueError(f"checkpoint entry {where} holds a {type(value).__module__}.{type(value).__name__}, "
+                     "which a weights-only checkpoint load refuses; store plain values (numbers, strings, "
+                     "tensors, lists, dicts) instead")
 
 
 class IdentityRegistration(RegistrationModule):

@@ -463,11 +463,12 @@ def test_write_failure_of_a_moved_volume_eval(tmp_path, monkeypatch, capsys):
 
 
 def test_write_failure_train_test_phase(tmp_path, monkeypatch, capsys):
-    """train.py's test phase writes the same results contract (here with train=false: test only)."""
+    """train.py's test phase writes the same results contract (here model=identity with train=false:
+    test only; a network with train=false needs a ckpt_path, test_trust_health.py)."""
     csv = _good_csv(tmp_path / "data")
     out = tmp_path / "out"
     _fail_replace(monkeypatch, os.sep + "summary.json")
-    code = _exit_code(_train, out, ["data=pairs_csv", f"data.test_csv={csv}", "train=false"])
+    code = _exit_code(_train, out, ["data=pairs_csv", f"data.test_csv={csv}", "model=identity", "train=false"])
     assert code == 1
     _one_error(capsys.readouterr().err, out / "test" / "summary.json")
     _assert_no_results(out)

@@ -1,0 +1,224 @@
+"""Stopping a run on a signal, keeping what is finished, and saying how to resume.
+
+SIGTERM is what ``kill``, ``scancel`` and SLURM at a time limit or on preemption send. Every entry
+point decorated with :func:`experiments.runtime.guarded` (``train.py``, ``eval.py``, the experiment
+scripts) installs :func:`handler` for it while it runs:
+
+* inside a Lightning run (``trainer.fit`` / ``trainer.test``), Lightning's own SIGTERM handler is
+  in front (``lightning.pytorch.trainer.connectors.signal_connector``; it calls the handler it
+  found, this one, too): Lightning finishes the current batch and raises ``SIGTERMException`` at
+  the next batch boundary. A signal during the last batch of a loop, which Lightning lets pass,
+  is caught by :class:`StopCheck` at the end of the loop. ``train.py`` saves ``last.ckpt`` at that
+  point (:class:`StopCheckpoint`); evaluation has written every finished pair to ``.parts/``;
+* outside a Lightning run (building data, an analysis script's own work, waiting for a method
+  run as a subprocess), the handler raises :class:`Stopped` at once, like Ctrl-C does.
+
+Either way :func:`experiments.runtime.guarded` prints ONE ``error:`` line with the command that
+resumes (the same command with ``paths.output_dir`` pinned; ``ckpt_path=last`` for ``train.py``)
+and exits with ``128 + signal`` (143 for SIGTERM). A second SIGTERM while stopping is ignored.
+
+SLURM requeueing. Lightning's own (``SLURMEnvironment(auto_requeue=True)``: SIGUSR1 saves an
+``hpc_ckpt_N.ckpt`` from inside the signal handler, wherever it interrupts the step, and calls
+``scontrol requeue``) is not used: nobody sends SIGUSR1 unless ``#SBATCH --signal=USR1@...`` asks.
+The submitit launcher (``hydra/launcher=slurm``) asks SLURM for SIGUSR2 90 s before the time
+limit and requeues the job on it. When such a launcher's handler is installed, SIGUSR2 is
+handled like SIGTERM first (``last.ckpt`` saved at the next batch boundary), then handed to the
+launcher (:func:`hand_over`), which requeues. The requeued job runs the same config: give sweeps
+``ckpt_path=last`` so that it resumes from that ``last.ckpt`` (README "Training").
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Iterable
+
+__all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "hand_over", "resume_command",
+           "StopCheck", "StopCheckpoint"]
+
+_state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None, "requeue": None}
+# a job launcher's "time is nearly up" signal: submitit (hydra/launcher=slurm) requeues on SIGUSR2
+REQUEUE_SIGNAL = getattr(signal, "SIGUSR2", None)
+
+
+class Stopped(BaseException):
+    """The run was stopped by signal ``signum``; ``str()`` is the line to print (may be empty: then
+    :func:`experiments.runtime.guarded` writes the generic one). A ``BaseException`` like
+    ``KeyboardInterrupt``: ``except Exception`` clauses let it pass."""
+
+    def __init__(self, signum: int, message: str = "") -> None:
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+def handler(signum: int, frame: Any) -> None:
+    """Record the stop; raise :class:`Stopped` unless a Lightning run handles it at its next batch."""
+    first = _state["signum"] is None
+    if first:
+        _state["signum"] = signum
+    if not first:
+        return  # already stopping: let the first stop finish its work (saving, cleaning up)
+    term = signal.getsignal(signal.SIGTERM)
+    if term is not handler:  # a trainer's handler is in front: Lightning stops at its next batch boundary
+        if signum != signal.SIGTERM and callable(term):
+            term(signal.SIGTERM, frame)  # (the requeue signal: ask Lightning as SIGTERM would)
+        return
+    raise Stopped(signum)
+
+
+def hand_over(stop: Stopped) -> None:
+    """After a stop by the launcher's requeue signal, call the launcher's own handler (submitit:
+    requeue the job, then exit); returns if there is none or it returns."""
+    requeue = _state.get("requeue")
+    if stop.signum == REQUEUE_SIGNAL and callable(requeue):
+        _state["requeue"] = None
+        requeue(stop.signum, None)
+
+
+class installed:
+    """Context: :func:`handler` handles SIGTERM inside (re-entrant: the outermost one installs it and
+    puts the previous handler back on exit). Clears the recorded stop on entry."""
+
+    def __enter__(self) -> "installed":
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        if _state["depth"] == 0:
+            _state["previous"] = signal.getsignal(signal.SIGTERM)
+            _state["signum"] = None
+            signal.signal(signal.SIGTERM, handler)
+            _state["requeue"] = None
+            requeue = signal.getsignal(REQUEUE_SIGNAL) if REQUEUE_SIGNAL is not None else None
+            if callable(requeue) and requeue is not handler:  # a launcher requeues on it: save first
+                _state["requeue"] = requeue
+                signal.signal(REQUEUE_SIGNAL, handler)
+        _state["depth"] += 1
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        _state["depth"] -= 1
+        if _state["depth"] == 0:
+            previous = _state["previous"]
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            _state["previous"] = None
+            if _state["requeue"] is not None:  # kept for hand_over() after the stop is reported
+                signal.signal(REQUEUE_SIGNAL, _state["requeue"])
+
+
+def requested() -> int | None:
+    """The signal that asked this run to stop, or None."""
+    return _state["signum"]
+
+
+def as_stop(exc: BaseException) -> Stopped | None:
+    """``exc`` as a :class:`Stopped` when it is one (or Lightning's ``SIGTERMException``), else None."""
+    if isinstance(exc, Stopped):
+        return exc
+    if type(exc).__name__ == "SIGTERMException":
+        return Stopped(requested() or signal.SIGTERM)
+    return None
+
+
+def task_overrides(script: str) -> list[str] | None:
+    """The command-line overrides of this run (Hydra's ``overrides.task``; a multirun job's own
+    values), or None when unknown (a config composed in process)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return [str(o) for o in HydraConfig.get().overrides.task]
+    except Exception:  # noqa: BLE001 - no Hydra run: fall back to argv
+        pass
+    if sys.argv and os.path.basename(sys.argv[0]) == os.path.basename(script):
+        return [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
+    return None
+
+
+def resume_command(script: str, output_dir: str | os.PathLike, extra: Iterable[str] = ()) -> str:
+    """``python SCRIPT <this run's overrides> paths.output_dir=<absolute> <extra>`` (the run's own
+    ``paths.output_dir`` / ``ckpt_path`` overrides replaced)."""
+    overrides = task_overrides(script)
+    extra = list(extra)
+    replaced = {"paths.output_dir"} | {e.split("=", 1)[0] for e in extra}
+    words = ["python", script]
+    if overrides is None:
+        words.append("<the same overrides>")
+    else:
+        words += [o for o in overrides if re.sub(r"^[+~]+", "", o).split("=", 1)[0] not in replaced]
+    words += [f"paths.output_dir={Path(output_dir).resolve()}", *extra]
+    return " ".join(w if w == "<the same overrides>" else shlex.quote(w) for w in words)
+
+
+def generic_message(stop: Stopped, script: str | None, output_dir: str | os.PathLike | None) -> str:
+    """The line for a stopped ``eval.py`` / experiment script: finished pairs are kept; rerun."""
+    name = signal_name(stop.signum)
+    if script is None or output_dir is None:
+        return f"stopped by {name}; finished work is kept: rerun the same command to resume"
+    return (f"stopped by {name}; finished pairs are kept in {Path(output_dir).resolve()} (a rerun skips them); "
+            f"resume with: {resume_command(script, output_dir)}")
+
+
+# ---------------------------------------------------------------------------------- callbacks
+import lightning.pytorch as pl  # noqa: E402
+
+
+class StopCheck(pl.Callback):
+    """Raise :class:`Stopped` at the end of fit / test when a SIGTERM came during the last batch
+    (Lightning lets a signal during a loop's last batch pass, and resets its flag on the next run)."""
+
+    def _check(self) -> None:
+        signum = requested()
+        if signum is not None:
+            raise Stopped(signum)
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check()
+
+    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check()
+
+
+class StopCheckpoint(pl.Callback):
+    """``train.py``: when fit stops on a signal (at a batch boundary), save the full training state
+    to ``path`` (``last.ckpt``) so that ``ckpt_path=last`` resumes from that very step.
+
+    Also remembers the exception that ended fit (``exception``: Lightning turns Ctrl-C into
+    ``sys.exit(1)``), the step saved (``saved_step``) or why nothing was saved (``not_saved``: the
+    weights are not finite; such weights are never written).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.exception: BaseException | None = None
+        self.saved_step: int | None = None
+        self.not_saved: str | None = None
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self.exception = exception
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if as_stop(exception) is None or self.path is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
+        except Exception as exc:  # noqa: BLE001 - reported in the stop line; never half a stop
+            self.not_saved = " ".join(str(exc).split())
+            return
+        self.saved_step = int(trainer.global_step)
