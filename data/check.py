@@ -64,7 +64,7 @@ def _extent_mm(mask: np.ndarray, affine: np.ndarray, spacing: Sequence[float], o
 
 
 def _inspect(ref: VolumeRef, config: PreprocessConfig, run_preprocess: bool) -> dict[str, Any]:
-    image, label = load_source(ref.image, ref.label)
+    image, label = load_source(ref.image, ref.label, config.normalize)
     arr = image.array
     info: dict[str, Any] = {
         "id": ref.id,

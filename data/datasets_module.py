@@ -145,7 +145,7 @@ class _VolumeCheck(Dataset):
         label = ref.label if self.with_labels else None
         try:
             if self.store.cache_dir is None:
-                img, lab = load_source(ref.image, label)
+                img, lab = load_source(ref.image, label, self.store.config.normalize)
                 return {
                     "id": ref.id,
                     "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],

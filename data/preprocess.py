@@ -179,12 +179,20 @@ class Prepared:
     source_spacing: tuple[float, float, float] | None = None
 
 
-def load_source(image_path: str | os.PathLike, label_path: str | os.PathLike | None) -> tuple[Volume, Volume | None]:
+def load_source(
+    image_path: str | os.PathLike, label_path: str | os.PathLike | None, normalize: str | None = None
+) -> tuple[Volume, Volume | None]:
     """Load an image and its label map with every check of :mod:`data.io`, plus pair checks.
+
+    ``normalize`` (a :data:`NORMALIZATIONS` name, or None to skip): the source image normalised
+    that way must not be all zeros, the check :func:`preprocess` makes on its result, made here
+    on the source voxels so that a data check without preprocessing finds it (resampling and
+    crop/pad can still change the outcome; :func:`preprocess` checks again).
 
     Raises:
         DataError: a file is missing/unreadable/invalid (named by :func:`load_volume`); the
-            image is constant; the label map's shape differs from its image's, or its
+            image is constant, or all zeros after ``normalize`` (a binary mask under
+            ``"percentile"``); the label map's shape differs from its image's, or its
             voxel-to-world affine does (orientation, origin, spacing: :func:`data.io.grid_mismatch`),
             naming both files.
     """
@@ -192,6 +200,8 @@ def load_source(image_path: str | os.PathLike, label_path: str | os.PathLike | N
     lo, hi = float(image.array.min()), float(image.array.max())
     if not hi > lo:
         raise DataError(f"{image_path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+    if normalize is not None:
+        _normalized(image, normalize)
     if label_path is None:
         return image, None
     label = load_volume(label_path, kind="label")
@@ -242,19 +252,8 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
         if use_mask and not subject["brain"].data.any():
             crop = tio.CropOrPad(config.shape, padding_mode=0)
         subject = crop(subject)
-    arr = subject["image"].data[0].numpy()
-    if config.normalize == "percentile":
-        arr = normalize_intensity(arr, *_PERCENTILES, nonzero=True)
-        how = "data.normalize=percentile: 0.5/99.5 percentiles of the nonzero voxels"
-    elif config.normalize == "minmax":
-        arr = normalize_intensity(arr, 0.0, 100.0, nonzero=False)
-        how = "data.normalize=minmax"
-    else:
-        arr = np.clip(arr, 0.0, 1.0)
-        how = "data.normalize=none: values clipped to [0, 1]"
-    if config.shape is not None:
-        how += f", after crop/pad to data.shape={list(config.shape)}"
-    require_contrast(_name(image), arr, how)
+    after = "" if config.shape is None else f", after crop/pad to data.shape={list(config.shape)}"
+    arr = _normalized(image, config.normalize, subject["image"].data[0].numpy(), after)
     out_label = None
     if label is not None:
         out_label = subject["label"].data[0].numpy().astype(np.int64)
@@ -267,6 +266,24 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
         source_shape=tuple(int(s) for s in image.array.shape),
         source_spacing=tuple(float(s) for s in image.spacing),
     )
+
+
+def _normalized(image: Volume, normalize: str, array: np.ndarray | None = None, after: str = "") -> np.ndarray:
+    """``array`` (default: the image's voxels) normalised as ``normalize`` says; DataError naming
+    the image file when the result is all zeros (:func:`data.io.require_contrast`)."""
+    arr = image.array if array is None else array
+    if normalize == "percentile":
+        arr = normalize_intensity(arr, *_PERCENTILES, nonzero=True)
+        how = "data.normalize=percentile: 0.5/99.5 percentiles of the nonzero voxels"
+    elif normalize == "minmax":
+        arr = normalize_intensity(arr, 0.0, 100.0, nonzero=False)
+        how = "data.normalize=minmax"
+    elif normalize == "none":
+        arr = np.clip(arr, 0.0, 1.0)
+        how = "data.normalize=none: values clipped to [0, 1]"
+    else:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    return require_contrast(_name(image), arr, how + after)
 
 
 def preprocessed_shape(

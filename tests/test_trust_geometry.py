@@ -231,6 +231,12 @@ def test_image_normalising_to_zeros_is_refused(kind, tmp_path):
             must=[tmp_path / "m.nii.gz", "all zeros", "data.normalize=percentile"])
     # the same mask under min-max normalisation has contrast: not an error
     assert preprocess(image, label, PreprocessConfig(spacing=None, normalize="minmax")).image.max() == 1.0
+    # a dataset's full check (no cache: no preprocessing) and data.check find it on the source voxels
+    root = _ibsr(tmp_path / "IBSR18")
+    _save(root / "IBSR_02" / "IBSR_02_ana_strip.nii.gz", bad)
+    dm = KleinDataModule("ibsr18", str(root), strict_count=False, shape=[16, 16, 16])
+    _raises(dm.validate, must=["IBSR_02_ana_strip.nii.gz", "all zeros"])
+    assert check_main(["ibsr18", str(root), "--expect", "2"]) == 1
 
 
 @pytest.mark.parametrize("kind", ["5d_vector", "rgb24", "xyz3"])
