@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Sequence
-
 import math
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 
 from spatial.filters import gaussian_blur
 
-__all__ = ["level_shape", "downsample", "check_pair", "min_input_size", "ConvergenceMonitor", "MIN_LEVEL_VOXELS"]
+__all__ = ["level_shape", "level_need", "min_input_size", "downsample", "check_pair", "ConvergenceMonitor",
+           "MIN_LEVEL_VOXELS"]
 
 # The fewest voxels per axis of any pyramid level: an affine (12 parameters in 3-D) and a smooth
 # field are both determined on 4^3 = 64 voxels, not on 2 or 3 per axis.

@@ -431,8 +431,9 @@ class DatasetDataModule(L.LightningDataModule):
         """The full data check, run before any result is written; raises DataError on the first problem.
 
         Every volume of the train/val/test sets is loaded once and checked (readable, 3-D,
-        finite, non-constant image, whole non-negative labels, not all zero, on the image's
-        grid in world space: shape and voxel-to-world affine). With ``cache_dir`` it is also preprocessed into the cache (a later run
+        finite, non-constant image not all zero after ``data.normalize``, whole non-negative
+        labels, not all zero, on the image's grid in world space: shape and voxel-to-world
+        affine). With ``cache_dir`` it is also preprocessed into the cache (a later run
         trusts cache entries whose source files are unchanged). Then: ``labels_subset`` ids
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """

@@ -58,7 +58,8 @@ def compact_labels(*labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tens
         if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"compact_labels() labels must be integer tensors, got {getattr(t, 'dtype', type(t))}")
     device = labels[0].device
-    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.long) for t in labels] + [torch.zeros(1, dtype=torch.long, device=device)])
+    zero = torch.zeros(1, dtype=torch.long, device=device)  # background always gets index 0
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.long) for t in labels] + [zero])
     if int(flat.min()) < 0:
         raise ValueError(f"compact_labels() label ids must be non-negative, got min {int(flat.min())}")
     hi = int(flat.max())

@@ -313,7 +313,9 @@ class RegistrationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``)."""
+        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``). ``"linear"``
+        warps a one-hot over the ids present (:func:`losses.compact_labels`: K + 1 channels, not
+        max id + 1) and maps the argmax back to the ids."""
         if self.label_interp == "nearest":
             return warp(label, u, mode="nearest")
         # one-hot over the ids present (0 included), warped linearly, argmax, back to the ids: the

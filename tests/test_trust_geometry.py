@@ -305,7 +305,8 @@ def test_six_voxels_refused_for_the_greedy_pyramid(tmp_path, capsys):
     for text in ("f.nii.gz", "(6, 16, 16)", "axis 0", "fewer than the 7", "model.scales=[4, 2, 1]",
                  "model.sim_kwargs.window=7"):
         assert text in errors[0], (text, errors[0])
-    assert not any(p.name in ("pairs.csv", "summary.json", "labels.csv") for p in out.rglob("*")) if out.exists() else True
+    left = [p for p in out.rglob("*") if p.name in ("pairs.csv", "summary.json", "labels.csv")] if out.exists() else []
+    assert not left, left
 
 
 def test_classical_min_input_size_from_scales_window_and_smoothing():
@@ -336,6 +337,8 @@ def test_dataset_volume_shapes_predict_preprocessing(tmp_path):
     shapes = dm.volume_shapes("test")
     assert [s for _, s in shapes] == [(16, 16, 1)] * 2 and shapes[0][0].endswith("IBSR_01_ana_strip.nii.gz")
     _raises(_trainer().test, _NoRegistration(), datamodule=dm, must=["IBSR_01_ana_strip.nii.gz", "axis 2"])
+    native = KleinDataModule("ibsr18", str(root), strict_count=False, shape=None, spacing=2.0)
+    assert [s for _, s in native.volume_shapes("test")] == [(8, 8, 8)] * 2  # 16 voxels of 1 mm at 2 mm
 
 
 # ============================================================== 3. labels survive
@@ -415,7 +418,8 @@ def test_dice_loss_one_hot_equals_dense_and_stays_small(monkeypatch):
     torch.testing.assert_close(dice_loss(warp(moving_oh, u), fixed_oh), dense)
     # sparse large ids: the same loss as the small ids they stand for, on 3 channels
     lut = torch.tensor([0, 7, 40000])
-    small_f, small_m = torch.from_numpy(rng.integers(0, 3, (1, 1, *shape))), torch.from_numpy(rng.integers(0, 3, (1, 1, *shape)))
+    small_f = torch.from_numpy(rng.integers(0, 3, (1, 1, *shape)))
+    small_m = torch.from_numpy(rng.integers(0, 3, (1, 1, *shape)))
     want = dice_loss(warp(one_hot(small_m, 3), u[:1]), one_hot(small_f, 3))
     calls: list[int] = []
     _few_channel_spy(monkeypatch, calls)
