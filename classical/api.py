@@ -11,9 +11,9 @@ import torch
 from classical.affine import affine
 from classical.config import AffineConfig, GreedyConfig, SyNConfig, config_from_dict
 from classical.deformable import greedy, syn
-from classical.pyramid import check_pair
+from classical.pyramid import check_pair, level_need, min_input_size
 
-__all__ = ["register", "RegistrationResult"]
+__all__ = ["register", "RegistrationResult", "input_size_requirement"]
 
 Config = AffineConfig | GreedyConfig | SyNConfig
 
@@ -37,6 +37,38 @@ class RegistrationResult:
     seconds: float = 0.0
 
 
+def input_size_requirement(config: Config) -> tuple[int, str]:
+    """``(fewest voxels per axis, the config keys that set it)`` for ``config``.
+
+    Each stage (the affine one, then the deformable one) needs on every pyramid level
+    :func:`classical.pyramid.level_need` voxels: at least 4, the LNCC window, and the ±2 sigma
+    core of the Gaussian smoothing (``2 * ceil(2 sigma) + 1`` for ``grad_sigma`` and
+    ``warp_sigma``). :func:`classical.pyramid.min_input_size` turns that into an input size
+    through the scales (a level keeps ``min(8, n)`` voxels, so the largest scale matters once a
+    level needs more than 8). Defaults: greedy 7 (window 7; grad_sigma 1.5 -> 7), SyN 7
+    (grad_sigma 1.5), affine 4 (MSE). The keys are named as in ``configs/model/*.yaml``.
+    """
+    stages = []
+    if isinstance(config, AffineConfig):
+        stages.append(("model.", config, level_need(config.sim, config.sim_kwargs)))
+    else:
+        if config.affine is not None:
+            aff = config.affine
+            stages.append(("model.affine.", aff, level_need(aff.sim, aff.sim_kwargs)))
+        stages.append(("model.", config, level_need(config.sim, config.sim_kwargs,
+                                                      (config.grad_sigma, config.warp_sigma))))
+    size, parts = 1, []
+    for prefix, cfg, need in stages:
+        size = max(size, min_input_size(cfg.scales, need))
+        keys = f"{prefix}scales={list(cfg.scales)}, {prefix}sim={cfg.sim}"
+        if cfg.sim == "lncc":
+            keys += f", {prefix}sim_kwargs.window={cfg.sim_kwargs.get('window', 9)}"
+        if isinstance(cfg, GreedyConfig):
+            keys += f", {prefix}grad_sigma={cfg.grad_sigma:g}, {prefix}warp_sigma={cfg.warp_sigma:g}"
+        parts.append(f"{need} voxels on every pyramid level: {keys}")
+    return size, "; ".join(parts)
+
+
 def register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
@@ -55,8 +87,9 @@ def register(
         spacing, moving_spacing: voxel sizes (mm) when known; they must agree (the optimiser
             works in voxels of one grid; resample first otherwise).
 
-    Raises ``ValueError`` naming the problem for shape or spacing mismatch, NaN/infinite or
-    constant images (similarity undefined) and invalid settings.
+    Raises ``ValueError`` naming the problem for shape or spacing mismatch, an axis shorter
+    than :func:`input_size_requirement`, NaN/infinite or constant images (similarity undefined)
+    and invalid settings.
     """
     if isinstance(config, Mapping):
         values = dict(config)
@@ -64,6 +97,13 @@ def register(
     if not isinstance(config, (AffineConfig, GreedyConfig)):
         raise TypeError(f"register(): 'config' must be an AffineConfig, GreedyConfig or SyNConfig, got {type(config).__name__}")
     check_pair(fixed, moving, "register()")
+    minimum, reason = input_size_requirement(config)
+    for axis, n in enumerate(fixed.shape[2:]):
+        if n < minimum:
+            raise ValueError(
+                f"register(): input shape {tuple(fixed.shape[2:])} has {n} voxel(s) on axis {axis}, fewer than "
+                f"the {minimum} this config needs ({reason})"
+            )
     if spacing is not None and moving_spacing is not None:
         a, b = [float(s) for s in spacing], [float(s) for s in moving_spacing]
         if len(a) != len(b) or any(abs(x - y) > 1e-4 * max(abs(x), 1.0) for x, y in zip(a, b)):

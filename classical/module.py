@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from classical.api import RegistrationResult, register
+from classical.api import RegistrationResult, input_size_requirement, register
 from classical.config import ALGORITHMS, config_from_dict
 from data.io import to_plain
 from models.module import RegistrationModule
@@ -66,6 +66,22 @@ class InstanceOptimisationModule(RegistrationModule):
 
     def configure_optimizers(self):
         return None
+
+    def min_input_size(self) -> int:
+        """Fewest voxels per axis: every pyramid level of every stage must hold what its similarity
+        and smoothing need, given the largest scale (:func:`classical.api.input_size_requirement`:
+        7 for the default greedy and SyN configs, 4 for affine). An ``init_from`` network's own
+        minimum counts too."""
+        size = input_size_requirement(self.config)[0]
+        if self._init_model is not None:
+            size = max(size, self._init_model.min_input_size())
+        return size
+
+    def min_input_size_reason(self) -> str:
+        reason = input_size_requirement(self.config)[1]
+        if self._init_model is not None:
+            reason += f"; model.init_from network: {self._init_model.min_input_size_reason()}"
+        return reason
 
     @property
     def trainable(self) -> bool:

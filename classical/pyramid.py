@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
@@ -9,12 +10,44 @@ import torch.nn.functional as F
 
 from spatial.filters import gaussian_blur
 
-__all__ = ["level_shape", "downsample", "check_pair", "ConvergenceMonitor"]
+__all__ = ["level_shape", "level_need", "min_input_size", "downsample", "check_pair", "ConvergenceMonitor",
+           "MIN_LEVEL_VOXELS"]
+
+# The fewest voxels per axis of any pyramid level: an affine (12 parameters in 3-D) and a smooth
+# field are both determined on 4^3 = 64 voxels, not on 2 or 3 per axis.
+MIN_LEVEL_VOXELS = 4
 
 
 def level_shape(shape: Sequence[int], scale: float) -> tuple[int, ...]:
     """Grid of a pyramid level: ``round(n / scale)`` per axis, at least 8 voxels."""
     return tuple(max(int(round(n / scale)), min(8, n)) for n in shape)
+
+
+def level_need(sim: str, sim_kwargs: dict | None, sigmas: Sequence[float] = ()) -> int:
+    """Fewest voxels per axis a pyramid level needs: the largest of :data:`MIN_LEVEL_VOXELS`;
+    the LNCC window (``sim == "lncc"``: ``sim_kwargs["window"]``, default 9), which must fit in
+    the level, else every window is clipped to the whole axis and the "local" correlation is
+    global along it; and ``2 * ceil(2 sigma) + 1`` for each Gaussian smoothing ``sigma`` (the
+    gradient's and the field's, in voxels of the level), the kernel's ±2 sigma core (95 % of its
+    weight), without which smoothing flattens the field to a translation along that axis."""
+    need = MIN_LEVEL_VOXELS
+    if sim == "lncc":
+        need = max(need, int((sim_kwargs or {}).get("window", 9)))
+    for sigma in sigmas:
+        if sigma > 0:
+            need = max(need, 2 * math.ceil(2 * float(sigma)) + 1)
+    return need
+
+
+def min_input_size(scales: Sequence[float], need: int) -> int:
+    """The smallest axis length ``n`` whose every pyramid level (:func:`level_shape` at each of
+    ``scales``) has at least ``need`` voxels. :func:`level_shape` keeps ``min(8, n)`` voxels at
+    any scale, so for ``need <= 8`` this is ``need`` itself; beyond 8 the largest scale sets it
+    (about ``need * max(scales)``)."""
+    n = 1
+    while any(level_shape((n,), s)[0] < need for s in scales):
+        n += 1
+    return n
 
 
 def downsample(img: torch.Tensor, scale: float) -> torch.Tensor:

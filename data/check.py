@@ -5,8 +5,9 @@
 
 ``<dataset>``: ``oasis``, ``oasis_l2r``, ``ibsr18``, ``cumc12``, ``mgh10``, ``lpba40`` (the
 ``data=`` config names). Every expected file is looked for and loaded once with the checks of
-:mod:`data.io` (readable, 3-D, finite; labels whole, non-negative, with their image's shape
-and spacing). The table gives subject and pair counts against the paper's, the image shapes,
+:mod:`data.io` (readable, 3-D, one scalar channel, finite; labels whole, non-negative, at most
+``data.io.MAX_LABEL_VALUES`` distinct values, on their image's grid in world space: shape and
+voxel-to-world affine, so a label map stored flipped or shifted against its image is a problem). The table gives subject and pair counts against the paper's, the image shapes,
 spacings, orientations and intensity ranges found, label sets, the brain extent against the
 dataset's default crop, and the missing or unreadable files. With ``--preprocess`` each
 volume also goes through the dataset's default preprocessing and the share of label voxels
@@ -63,7 +64,7 @@ def _extent_mm(mask: np.ndarray, affine: np.ndarray, spacing: Sequence[float], o
 
 
 def _inspect(ref: VolumeRef, config: PreprocessConfig, run_preprocess: bool) -> dict[str, Any]:
-    image, label = load_source(ref.image, ref.label)
+    image, label = load_source(ref.image, ref.label, config.normalize)
     arr = image.array
     info: dict[str, Any] = {
         "id": ref.id,

@@ -200,6 +200,21 @@ class PairsCSVDataModule(L.LightningDataModule):
             return None
         return max(counts)
 
+    def volume_shapes(self, stage: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
+        """``(image file, spatial shape from its header)`` of every fixed and moving image ``stage``
+        reads (``"fit"``: train and val; ``"validate"``: val; ``"test"``/``"predict"``: test; None:
+        all configured), for the model's input-size check (label maps share their image's shape)."""
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        wanted = splits.get(stage, tuple(self._paths)) if stage else tuple(self._paths)
+        out: dict[str, tuple[int, ...]] = {}
+        for split in wanted:
+            if self.has(split):
+                ds = self.dataset(split)
+                for i, shape in enumerate(ds.shapes):
+                    for path in (ds.rows[i]["fixed"], ds.rows[i]["moving"]):
+                        out.setdefault(str(path), tuple(shape))
+        return list(out.items())
+
     def setup(self, stage: str | None = None) -> None:
         needed = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
         for split in needed.get(stage, ()) if stage else ():

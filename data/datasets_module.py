@@ -28,17 +28,17 @@ from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
 import lightning as L
+import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from data.io import DataError, to_plain
+from data.io import SPACING_TOLERANCE, DataError, read_grid, to_plain
 from data.layout import Layout, Pair, VolumeRef
 from data.pairs import RandomPairSampler, all_pairs
 from data.loaders import check_loader_args, make_loader
-from data.pairs_csv import SPACING_TOLERANCE
 from data.augment import VolumeAugmentation
-from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source
+from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source, preprocessed_shape
 from data.signature import file_signature, signature
 
 __all__ = ["PairDataset", "DatasetDataModule"]
@@ -79,8 +79,24 @@ class PairDataset(Dataset):
         return self.store.get(ref.key, ref.image, ref.label if self.with_labels else None)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The pair ``index`` on its common preprocessed grid.
+
+        Raises DataError naming both image files when the preprocessed fixed and moving grids
+        differ in shape, spacing or orientation (axis codes, :func:`nibabel.aff2axcodes`): the
+        pair is registered in voxel space, so these must agree. Their origins are NOT compared:
+        each subject lies in its own scanner space, and the paper's protocol registers
+        inter-subject pairs on the common grid made by reorientation, resampling and crop/pad
+        (the residual offset and rotation between subjects are part of what registration
+        recovers). A pairs CSV, whose files claim one grid, compares full affines instead.
+        """
         fref, mref = self.pairs[index]
         fixed, moving = self.volume(fref), self.volume(mref)
+        f_codes, m_codes = _axcodes(fixed.affine), _axcodes(moving.affine)
+        if f_codes != m_codes:
+            raise DataError(
+                f"{mref.image}: preprocessed orientation {m_codes} differs from its fixed image {fref.image} "
+                f"({f_codes}); set data.orientation (e.g. RAS) to reorient both to one voxel order"
+            )
         if fixed.image.shape != moving.image.shape:
             raise DataError(
                 f"{mref.image}: preprocessed shape {moving.image.shape} differs from its fixed image {fref.image} "
@@ -130,6 +146,10 @@ class PairDataset(Dataset):
         })
 
 
+def _axcodes(affine: np.ndarray) -> str:
+    return "".join(str(c) for c in nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
+
+
 class _VolumeCheck(Dataset):
     """Validation work items for DataLoader workers: returns a summary dict or the error line."""
 
@@ -146,7 +166,7 @@ class _VolumeCheck(Dataset):
         label = ref.label if self.with_labels else None
         try:
             if self.store.cache_dir is None:
-                img, lab = load_source(ref.image, label)
+                img, lab = load_source(ref.image, label, self.store.config.normalize)
                 return {
                     "id": ref.id,
                     "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],
@@ -382,6 +402,32 @@ class DatasetDataModule(L.LightningDataModule):
         shapes = {g[0] for g in self._grid_values()}
         return next(iter(shapes)) if len(shapes) == 1 else None
 
+    def volume_shapes(self, stage: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
+        """``(image file, preprocessed spatial shape)`` of every volume ``stage`` reads (``"fit"``:
+        train and val; ``"validate"``: val; ``"test"``/``"predict"``: test; None: all), for the
+        model's input-size check. The shape is ``data.shape`` when set, else predicted from the
+        file's header (:func:`data.preprocess.preprocessed_shape`; no voxel is read)."""
+        refs = self._stage_volumes(stage)
+        if self.preprocess_config.shape is not None:
+            return [(str(ref.image), tuple(self.preprocess_config.shape)) for ref in refs]
+        out = []
+        for ref in refs:
+            grid = read_grid(ref.image)
+            out.append((str(ref.image), preprocessed_shape(grid.shape, grid.affine, self.preprocess_config)))
+        return out
+
+    def _stage_volumes(self, stage: str | None) -> list[VolumeRef]:
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        wanted = splits.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+        refs = list(self.train_volumes) if "train" in wanted else []
+        for name, pairs in (("val", self.val_pairs), ("test", self.test_pairs)):
+            if name in wanted:
+                refs.extend(v for p in pairs for v in p)
+        seen: dict[tuple, VolumeRef] = {}
+        for v in refs:
+            seen.setdefault((v.id, v.image), v)
+        return list(seen.values())
+
     def _grid_values(self) -> set[tuple]:
         if self._grids is None:
             grids = set()
@@ -419,8 +465,9 @@ class DatasetDataModule(L.LightningDataModule):
         """The full data check, run before any result is written; raises DataError on the first problem.
 
         Every volume of the train/val/test sets is loaded once and checked (readable, 3-D,
-        finite, non-constant image, whole non-negative labels, not all zero, with the image's
-        shape and spacing). With ``cache_dir`` it is also preprocessed into the cache (a later run
+        finite, non-constant image not all zero after ``data.normalize``, whole non-negative
+        labels, not all zero, on the image's grid in world space: shape and voxel-to-world
+        affine). With ``cache_dir`` it is also preprocessed into the cache (a later run
         trusts cache entries whose source files are unchanged). Then: ``labels_subset`` ids
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """

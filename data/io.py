@@ -18,7 +18,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import nibabel as nib
 import numpy as np
@@ -29,8 +29,16 @@ from nibabel.wrapstruct import WrapStructError
 __all__ = [
     "DataError",
     "Volume",
+    "Grid",
     "load_volume",
     "read_header",
+    "read_grid",
+    "grid_mismatch",
+    "require_contrast",
+    "SPACING_TOLERANCE",
+    "DIRECTION_TOLERANCE",
+    "ORIGIN_TOLERANCE",
+    "MAX_LABEL_VALUES",
     "normalize_intensity",
     "save_nifti_atomic",
     "nifti_bytes",
@@ -52,6 +60,14 @@ _READ_ERRORS = (
 
 _KINDS = ("image", "label")
 
+# "Same grid in world space" (:func:`grid_mismatch`): two voxel-to-world matrices agree when
+SPACING_TOLERANCE = 1e-3  # mm: voxel sizes (header zooms and affine column norms) agree within this
+DIRECTION_TOLERANCE = 1e-4  # unit axis directions (direction cosines) agree within this per component
+ORIGIN_TOLERANCE = 1e-3  # mm: the world positions of voxel (0, 0, 0) lie within this distance
+# A label map has at most this many distinct values: FreeSurfer's largest lookup tables use a few
+# hundred ids; an intensity image given as labels (e.g. whole-valued intensities 0..4000) has more.
+MAX_LABEL_VALUES = 2000
+
 
 class DataError(ValueError):
     """Bad input data. The message names the file (or key) at fault and what was expected."""
@@ -69,6 +85,16 @@ class Volume:
     """
 
     array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    path: Path | None = None
+
+
+class Grid(NamedTuple):
+    """A file's grid from its header: ``shape`` (3 ints), ``spacing`` (mm, header zooms) and
+    ``affine`` (``(4, 4)`` voxel-to-world)."""
+
+    shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     affine: np.ndarray
 
@@ -97,6 +123,32 @@ def _open(path: str | os.PathLike) -> nib.spatialimages.SpatialImage:
         return nib.load(str(path))
     except _READ_ERRORS as err:
         raise DataError(f"{path}: unreadable or corrupt image file ({_one_line(err)})") from err
+
+
+_VECTOR_INTENTS = ("vector", "displacement vector", "rgb vector", "rgba vector")
+
+
+def _check_scalar(path: Path | str, img) -> None:
+    """Refuse a vector or colour image: an RGB/RGBA voxel type, a NIfTI vector (5-D
+    ``(X, Y, Z, 1, K)`` or a vector intent code), or ``(X, Y, Z, 3|4)`` components on a 4th axis."""
+    header = img.header
+    dtype = header.get_data_dtype()
+    shape = tuple(int(s) for s in img.shape)
+    what = None
+    if dtype.names is not None:
+        what = f"voxel type {'/'.join(dtype.names)} with {len(dtype.names)} components"
+    else:
+        try:
+            intent = header.get_intent()[0] if hasattr(header, "get_intent") else ""
+        except (KeyError, ValueError, HeaderDataError):  # unknown intent code: not a vector one
+            intent = ""
+        extra = [s for s in shape[3:] if s != 1]
+        if (len(shape) >= 5 and extra) or (len(shape) == 4 and shape[3] in (3, 4)) or (
+            intent in _VECTOR_INTENTS and extra
+        ):
+            what = f"shape {shape}: {int(np.prod(extra))} components per voxel"
+    if what is not None:
+        raise DataError(f"{path}: vector/RGB image, expected one scalar channel ({what})")
 
 
 def _spatial_shape(path: Path | str, shape: Sequence[int]) -> tuple[int, int, int]:
@@ -163,23 +215,80 @@ def _check_complete(path: Path, img) -> None:
         raise DataError(f"{path}: truncated file, header needs {end} bytes of data but it holds {total}")
 
 
-def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Validate a file cheaply from its header and return ``(shape, spacing)``.
+def read_grid(path: str | os.PathLike) -> Grid:
+    """Validate a file cheaply from its header and return its :class:`Grid` (shape, spacing, affine).
 
-    Checks that the file exists, nibabel can parse its header, it is 3-D (a trailing
-    singleton 4th dimension is allowed) and is not obviously truncated (file size for
-    ``.nii``, the gzip size trailer for ``.nii.gz``). Voxel values are not read: NaNs or
-    non-integer labels are only found by :func:`load_volume`.
+    Checks that the file exists, nibabel can parse its header, it holds one scalar channel
+    (not a vector/RGB image), it is 3-D (a trailing singleton 4th dimension is allowed) and is
+    not obviously truncated (file size for ``.nii``, the gzip size trailer for ``.nii.gz``).
+    Voxel values are not read: NaNs or non-integer labels are only found by :func:`load_volume`.
 
     Raises:
         DataError: naming ``path`` and what was expected.
     """
     path = Path(path)
     img = _open(path)
+    _check_scalar(path, img)
     shape = _spatial_shape(path, img.shape)
     spacing = _spacing(path, img.header)
     _check_complete(path, img)
-    return shape, spacing
+    return Grid(shape, spacing, np.asarray(img.affine, dtype=np.float64))
+
+
+def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """``(shape, spacing)`` of :func:`read_grid` (same checks)."""
+    grid = read_grid(path)
+    return grid.shape, grid.spacing
+
+
+def _axcodes(affine: np.ndarray) -> str:
+    return "".join(str(c) for c in nib.aff2axcodes(affine))
+
+
+def _fmt(values) -> str:
+    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
+def grid_mismatch(
+    affine_a: np.ndarray,
+    affine_b: np.ndarray,
+    spacing_a: Sequence[float] | None = None,
+    spacing_b: Sequence[float] | None = None,
+) -> str | None:
+    """How two voxel-to-world matrices differ, in words, or None when they agree.
+
+    Two grids of one shape are the same grid in world space when, within the tolerances
+    (module constants): the voxel sizes agree within :data:`SPACING_TOLERANCE` mm (the header
+    zooms ``spacing_a``/``spacing_b`` when given, and the affine column norms); the unit axis
+    directions (direction cosines) agree within :data:`DIRECTION_TOLERANCE` per component; and
+    the world positions of voxel ``(0, 0, 0)`` (the origins) lie within
+    :data:`ORIGIN_TOLERANCE` mm. The words name each difference: orientation codes (e.g.
+    ``"orientation LAS vs RAS"``, :func:`nibabel.aff2axcodes`) or the rotation between axes with
+    the same codes, the origin offset in mm, the voxel sizes.
+    """
+    a = np.asarray(affine_a, dtype=np.float64)
+    b = np.asarray(affine_b, dtype=np.float64)
+    norms_a, norms_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    words = []
+    codes_a, codes_b = _axcodes(a), _axcodes(b)
+    dir_a = a[:3, :3] / np.where(norms_a > 0, norms_a, 1.0)
+    dir_b = b[:3, :3] / np.where(norms_b > 0, norms_b, 1.0)
+    if codes_a != codes_b:
+        words.append(f"orientation {codes_a} vs {codes_b}")
+    elif np.abs(dir_a - dir_b).max() > DIRECTION_TOLERANCE:
+        cosines = np.clip(np.sum(dir_a * dir_b, axis=0), -1.0, 1.0)
+        angle = float(np.degrees(np.arccos(cosines)).max())
+        words.append(f"axis directions rotated by up to {angle:.3g} degrees (both {codes_a})")
+    offset = a[:3, 3] - b[:3, 3]
+    if np.linalg.norm(offset) > ORIGIN_TOLERANCE:
+        words.append(f"origin offset {np.linalg.norm(offset):.4g} mm {_fmt(offset)}")
+    if spacing_a is not None and spacing_b is not None and not np.allclose(
+        spacing_a, spacing_b, rtol=0.0, atol=SPACING_TOLERANCE
+    ):
+        words.append(f"spacing {_fmt(spacing_a)} vs {_fmt(spacing_b)} mm")
+    elif not np.allclose(norms_a, norms_b, rtol=0.0, atol=SPACING_TOLERANCE):
+        words.append(f"voxel sizes in the affine {_fmt(norms_a)} vs {_fmt(norms_b)} mm")
+    return ", ".join(words) if words else None
 
 
 def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
@@ -192,16 +301,18 @@ def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
             fine) and non-negative.
 
     Raises:
-        DataError: missing, unreadable, corrupt or truncated file; not 3-D (a trailing
-            singleton 4th dimension is squeezed); NaN or infinite voxels; for labels,
-            non-integer or negative values, or no foreground voxel at all (an all-zero map: every
-            label map is used for Dice, which is undefined without foreground). The message
-            names ``path``.
+        DataError: missing, unreadable, corrupt or truncated file; a vector/RGB image (RGB voxel
+            type, ``(X, Y, Z, 1, K)``, ``(X, Y, Z, 3)``); not 3-D (a trailing singleton 4th
+            dimension is squeezed); NaN or infinite voxels; for labels, non-integer or negative
+            values, no foreground voxel at all (an all-zero map: every label map is used for Dice,
+            which is undefined without foreground), or more than :data:`MAX_LABEL_VALUES` distinct
+            values (an intensity image given as labels). The message names ``path``.
     """
     if kind not in _KINDS:
         raise ValueError(f"load_volume() 'kind' must be one of {_KINDS}, got {kind!r}")
     path = Path(path)
     img = _open(path)
+    _check_scalar(path, img)
     shape = _spatial_shape(path, img.shape)
     spacing = _spacing(path, img.header)
     try:
@@ -225,9 +336,27 @@ def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
         if not data.any():
             raise DataError(f"{path}: label map is empty (every voxel is 0); expected at least one foreground "
                             "label (Dice is undefined on an empty label map)")
+        _check_label_count(path, data)
     else:
         data = np.ascontiguousarray(data, dtype=np.float32)
-    return Volume(array=data, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64))
+    return Volume(array=data, spacing=spacing, affine=np.asarray(img.affine, dtype=np.float64), path=path)
+
+
+def _check_label_count(path: Path, data: np.ndarray) -> None:
+    """At most :data:`MAX_LABEL_VALUES` distinct values (``data``: non-negative int64)."""
+    hi = int(data.max()) if data.size else 0
+    if hi < MAX_LABEL_VALUES:  # non-negative ids 0..hi: at most hi + 1 distinct values
+        return
+    flat = data.reshape(-1)
+    if hi < 2**24:  # a count table is faster than sorting
+        n = int(np.count_nonzero(np.bincount(flat, minlength=0)))
+    else:
+        n = int(np.unique(flat).size)
+    if n > MAX_LABEL_VALUES:
+        raise DataError(
+            f"{path}: label map has {n} distinct values, more than a segmentation has (at most "
+            f"{MAX_LABEL_VALUES}, data.io.MAX_LABEL_VALUES); is this an intensity image given as labels?"
+        )
 
 
 def _as_labels(path: Path, data: np.ndarray) -> np.ndarray:
@@ -267,8 +396,8 @@ def normalize_intensity(
 
     Returns:
         ``float32`` array of the same shape in [0, 1]. A constant image (``hi <= lo``)
-        returns all zeros: the caller decides whether that is an error
-        (:meth:`data.PairsCSVDataset.validate` treats it as one).
+        returns all zeros, and so does an image whose nonzero voxels share one value (a binary
+        mask, a single bright voxel in zeros): callers refuse that with :func:`require_contrast`.
     """
     if not 0.0 <= lower < upper <= 100.0:
         raise ValueError(f"normalize_intensity() needs 0 <= lower < upper <= 100, got {lower}, {upper}")
@@ -283,6 +412,22 @@ def normalize_intensity(
         return np.zeros_like(x)
     out = (np.clip(x, lo, hi) - lo) / (hi - lo)
     return np.clip(out, 0.0, 1.0, out=out).astype(np.float32, copy=False)
+
+
+def require_contrast(path: str | os.PathLike, normalized: np.ndarray, how: str) -> np.ndarray:
+    """Return ``normalized`` (an image after intensity normalisation ``how``), or raise when it
+    is all zeros: nothing to register. Normalising a binary 0/1 mask or a single bright voxel in
+    zeros gives all zeros (its nonzero voxels share one value, so the percentiles coincide).
+
+    Raises:
+        DataError: naming ``path``.
+    """
+    if not np.any(normalized > 0):
+        raise DataError(
+            f"{path}: image is all zeros after intensity normalisation ({how}); a binary mask or a "
+            f"single bright voxel normalises so (its nonzero voxels share one value): expected an intensity image"
+        )
+    return normalized
 
 
 def _nifti_dtype(array: np.ndarray) -> np.dtype:
@@ -350,8 +495,8 @@ def save_nifti_atomic(
 
     Args:
         array: numpy array or torch tensor (``(X, Y, Z)`` or any nibabel-storable shape).
-            Floats are stored as ``float32``; integers in the smallest of uint8/int16/int32
-            that holds their range; booleans as uint8.
+            Floats are stored as ``float32``; integers in the smallest of uint8/int16/int32/int64
+            that holds their range (lossless: label ids are never narrowed); booleans as uint8.
         affine: ``(4, 4)`` voxel-to-world matrix (identity if None); written as sform and qform.
         path: target file; ``.nii.gz`` compresses, ``.nii`` does not.
         description: stored in the header's ``descrip`` field, cut to its 80 bytes

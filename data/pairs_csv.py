@@ -14,12 +14,19 @@ when those are unique within the CSV; files whose names collide (``sub0/t1.nii.g
 
 Validation happens in two steps so that a run never stops half-way with partial results:
 
-* construction checks every row from the headers only (cheap): files exist and parse, are
-  3-D, fixed and moving share shape and spacing (within ``1e-3`` mm), each label map has its
-  image's shape;
+* construction checks every row from the headers only (cheap): files exist and parse, hold
+  one scalar channel (no vector/RGB image), are 3-D; fixed and moving share one grid in world
+  space, and so does each label map with its image: the same shape and the same voxel-to-world
+  affine (:func:`data.io.grid_mismatch`: voxel sizes within ``1e-3`` mm, axis directions within
+  ``1e-4``, origins within ``1e-3`` mm). Pairs are registered in voxel space, so a moving image
+  stored in another orientation (LAS vs RAS), shifted (another origin) or with a label map
+  flipped against its image would be registered and scored wrongly: each is one DataError
+  naming both files and the difference (resample onto the fixed image's grid first);
 * :meth:`PairsCSVDataset.validate` loads each distinct file once and checks the voxels
-  (NaN/inf, whole non-negative labels with some foreground, a non-constant image, the [0, 1]
-  range when ``normalize=False``). ``check="full"`` (the default) runs it in the constructor.
+  (NaN/inf, whole non-negative labels with some foreground and at most
+  :data:`data.io.MAX_LABEL_VALUES` distinct values, a non-constant image that is not all zeros
+  after normalisation, the [0, 1] range when ``normalize=False``). ``check="full"`` (the
+  default) runs it in the constructor.
 """
 
 from __future__ import annotations
@@ -34,17 +41,27 @@ from torch.utils.data import Dataset
 
 import inspect
 
-from data.io import DataError, load_volume, normalize_intensity, read_header, volume_id
+from data.io import (
+    SPACING_TOLERANCE,  # re-exported: one tolerance (mm) for "same grid" everywhere
+    DataError,
+    Grid,
+    grid_mismatch,
+    load_volume,
+    normalize_intensity,
+    read_grid,
+    require_contrast,
+    volume_id,
+)
 from data.signature import file_signature, signature
 
 __all__ = ["PairsCSVDataset", "SPACING_TOLERANCE"]
 
 REQUIRED_COLUMNS = ("fixed", "moving")
 LABEL_COLUMNS = ("fixed_label", "moving_label")
-SPACING_TOLERANCE = 1e-3  # mm
 # what normalize=True does (recorded in every pair's signature: other settings, other results)
 _NORMALIZE_DEFAULTS = {k: v.default for k, v in inspect.signature(normalize_intensity).parameters.items()
                        if v.default is not inspect.Parameter.empty}
+_NORMALISATION = "0.5/99.5 percentiles of its nonzero voxels"
 _CHECKS = ("full", "header")
 _RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
 
@@ -77,7 +94,7 @@ class PairsCSVDataset(Dataset):
         self.normalize = bool(normalize)
         self.rows: list[dict[str, Path]] = []
         self.has_labels = False
-        self._headers: dict[Path, tuple[tuple[int, int, int], tuple[float, float, float]]] = {}
+        self._headers: dict[Path, Grid] = {}
         self._validated = False
         self._max_label: int | None = None
         self._ids: dict[Path, str] = {}
@@ -197,34 +214,42 @@ class PairsCSVDataset(Dataset):
     def _header(self, path: Path, row: dict, col: str):
         if path not in self._headers:
             try:
-                self._headers[path] = read_header(path)
+                self._headers[path] = read_grid(path)
             except DataError as err:
                 raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
         return self._headers[path]
 
     def _check_headers(self) -> None:
         for row in self.rows:
-            f_shape, f_spacing = self._header(row["fixed"], row, "fixed")
-            m_shape, m_spacing = self._header(row["moving"], row, "moving")
+            fixed = self._header(row["fixed"], row, "fixed")
+            moving = self._header(row["moving"], row, "moving")
             where = self._where(row)
-            if f_shape != m_shape:
+            if fixed.shape != moving.shape:
                 raise DataError(
-                    f"{where}: fixed {row['fixed']} has shape {f_shape} but moving {row['moving']} has "
-                    f"shape {m_shape}; a pair must share one grid (resample first)"
+                    f"{where}: fixed {row['fixed']} has shape {fixed.shape} but moving {row['moving']} has "
+                    f"shape {moving.shape}; a pair must share one grid (resample first)"
                 )
-            if not np.allclose(f_spacing, m_spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+            diff = grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
+            if diff:
                 raise DataError(
-                    f"{where}: fixed {row['fixed']} has spacing {_fmt(f_spacing)} mm but moving {row['moving']} "
-                    f"has {_fmt(m_spacing)} mm (tolerance {SPACING_TOLERANCE} mm); a pair must share one grid"
+                    f"{where}: fixed {row['fixed']} and moving {row['moving']} are not on one grid in world "
+                    f"space ({diff}); resample the moving image onto the fixed image's grid first"
                 )
             if self.has_labels:
                 for img_col, lab_col in zip(REQUIRED_COLUMNS, LABEL_COLUMNS):
-                    l_shape, _ = self._header(row[lab_col], row, lab_col)
-                    i_shape = self._headers[row[img_col]][0]
-                    if l_shape != i_shape:
+                    label = self._header(row[lab_col], row, lab_col)
+                    image = self._headers[row[img_col]]
+                    if label.shape != image.shape:
                         raise DataError(
-                            f"{where}: {lab_col} {row[lab_col]} has shape {l_shape} but {img_col} "
-                            f"{row[img_col]} has shape {i_shape}; expected equal shapes"
+                            f"{where}: {lab_col} {row[lab_col]} has shape {label.shape} but {img_col} "
+                            f"{row[img_col]} has shape {image.shape}; expected equal shapes"
+                        )
+                    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
+                    if diff:
+                        raise DataError(
+                            f"{where}: {lab_col} {row[lab_col]} is not on the grid of its {img_col} image "
+                            f"{row[img_col]} in world space ({diff}); expected the label map in its image's "
+                            f"voxel-to-world frame"
                         )
 
     # --------------------------------------------------------------- validation
@@ -232,8 +257,9 @@ class PairsCSVDataset(Dataset):
         """Load every distinct file once and check voxel values; raise DataError on the first problem.
 
         Checks, beyond the header checks of construction: finite voxels; labels whole,
-        non-negative and not all zero; images not constant; with ``normalize=False`` images
-        within [0, 1].
+        non-negative, not all zero, at most :data:`data.io.MAX_LABEL_VALUES` distinct values;
+        images not constant and not all zeros after normalisation (a binary mask); with
+        ``normalize=False`` images within [0, 1].
         Also records the largest label (:attr:`num_labels`). Run it before writing any result.
         """
         max_label = -1
@@ -249,7 +275,7 @@ class PairsCSVDataset(Dataset):
                 try:
                     vol = load_volume(path, kind=kind)
                     if kind == "image":
-                        self._check_image_values(path, vol.array)
+                        self._prepared(path, vol.array)
                     elif vol.array.size:
                         max_label = max(max_label, int(vol.array.max()))
                 except DataError as err:
@@ -266,6 +292,13 @@ class PairsCSVDataset(Dataset):
                 f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
                 f"set normalize=True or rescale the file"
             )
+
+    def _prepared(self, path: Path, array: np.ndarray) -> np.ndarray:
+        """The image as items hold it (checked, normalised or clipped to [0, 1]), never all zeros."""
+        self._check_image_values(path, array)
+        if self.normalize:
+            return require_contrast(path, normalize_intensity(array), _NORMALISATION)
+        return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
 
     @property
     def validated(self) -> bool:
@@ -294,12 +327,12 @@ class PairsCSVDataset(Dataset):
     @property
     def shapes(self) -> list[tuple[int, int, int]]:
         """Spatial shape of each pair (from headers)."""
-        return [self._headers[row["fixed"]][0] for row in self.rows]
+        return [self._headers[row["fixed"]].shape for row in self.rows]
 
     @property
     def spacings(self) -> list[tuple[float, float, float]]:
         """Fixed-image spacing (mm) of each pair (from headers)."""
-        return [self._headers[row["fixed"]][1] for row in self.rows]
+        return [self._headers[row["fixed"]].spacing for row in self.rows]
 
     def pair_paths(self, index: int) -> dict[str, Path]:
         """The resolved file paths of pair ``index`` (keys: the CSV columns used)."""
@@ -313,12 +346,7 @@ class PairsCSVDataset(Dataset):
 
     def _image_and_affine(self, path: Path) -> tuple[torch.Tensor, np.ndarray]:
         vol = load_volume(path, kind="image")
-        arr = vol.array
-        if self.normalize:
-            arr = normalize_intensity(arr)
-        else:
-            self._check_image_values(path, arr)
-            arr = np.clip(arr, 0.0, 1.0)
+        arr = self._prepared(path, vol.array)
         tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).unsqueeze(0)
         return tensor, np.asarray(vol.affine, dtype=np.float64)
 
@@ -340,6 +368,3 @@ class PairsCSVDataset(Dataset):
     def __repr__(self) -> str:
         return f"PairsCSVDataset({str(self.csv_path)!r}, pairs={len(self)}, labels={self.has_labels})"
 
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"

@@ -3,8 +3,10 @@
 One volume (an image and its label map) goes through, in this order:
 
 1. :func:`data.io.load_volume` for both files (every input check of ``data/io.py``), then the
-   label map must have its image's shape and spacing (:class:`~data.io.DataError` otherwise);
-   it is then placed on the image's voxel-to-world matrix (tiny header differences ignored);
+   label map must lie on its image's grid in world space: the same shape and voxel-to-world
+   affine (:func:`data.io.grid_mismatch`; a :class:`~data.io.DataError` naming both files and
+   the difference otherwise, e.g. a label map stored flipped); within those tolerances it is
+   then placed on the image's voxel-to-world matrix;
 2. ``orientation``: :class:`torchio.ToOrientation` (``"RAS"`` = canonical; ``None`` keeps the
    file's voxel order, as the OASIS sets do so that their grid matches the literature);
 3. ``spacing``: :class:`torchio.Resample` to that spacing in mm (a number = isotropic;
@@ -15,7 +17,9 @@ One volume (an image and its label map) goes through, in this order:
    intensity > 0 (``"foreground"``; skull-stripped images have a zero background);
 5. ``normalize``: ``"percentile"`` = :func:`data.io.normalize_intensity` (0.5/99.5
    percentiles of the nonzero voxels), ``"minmax"`` = ``(x - min) / (max - min)`` over all
-   voxels, ``"none"`` = the file must already hold [0, 1] intensities (clipped to it).
+   voxels, ``"none"`` = the file must already hold [0, 1] intensities (clipped to it). A
+   result that is all zeros (a binary mask under ``"percentile"``, a brain cropped away) is a
+   :class:`~data.io.DataError` naming the image file.
 
 The result (:class:`Prepared`) carries the spacing and affine of the *preprocessed* grid: the
 spacing the metrics use (the voxels the network and the metrics see have that size) and the
@@ -55,9 +59,16 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from data.io import DataError, Volume, load_volume, normalize_intensity
+from data.io import (
+    SPACING_TOLERANCE,  # one tolerance (mm) for "same grid" everywhere
+    DataError,
+    Volume,
+    grid_mismatch,
+    load_volume,
+    normalize_intensity,
+    require_contrast,
+)
 from data.signature import file_signature as _file_signature  # one file signature: cache and results
-from data.pairs_csv import SPACING_TOLERANCE  # one tolerance (mm) for "same grid" everywhere
 
 __all__ = [
     "CACHE_VERSION",
@@ -67,6 +78,7 @@ __all__ = [
     "Prepared",
     "load_source",
     "preprocess",
+    "preprocessed_shape",
     "VolumeStore",
     "LabelMapping",
     "VolumeAugmentation",
@@ -168,17 +180,29 @@ class Prepared:
     source_spacing: tuple[float, float, float] | None = None
 
 
-def load_source(image_path: str | os.PathLike, label_path: str | os.PathLike | None) -> tuple[Volume, Volume | None]:
+def load_source(
+    image_path: str | os.PathLike, label_path: str | os.PathLike | None, normalize: str | None = None
+) -> tuple[Volume, Volume | None]:
     """Load an image and its label map with every check of :mod:`data.io`, plus pair checks.
+
+    ``normalize`` (a :data:`NORMALIZATIONS` name, or None to skip): the source image normalised
+    that way must not be all zeros, the check :func:`preprocess` makes on its result, made here
+    on the source voxels so that a data check without preprocessing finds it (resampling and
+    crop/pad can still change the outcome; :func:`preprocess` checks again).
 
     Raises:
         DataError: a file is missing/unreadable/invalid (named by :func:`load_volume`); the
-            image is constant; the label map's shape or spacing differs from its image's.
+            image is constant, or all zeros after ``normalize`` (a binary mask under
+            ``"percentile"``); the label map's shape differs from its image's, or its
+            voxel-to-world affine does (orientation, origin, spacing: :func:`data.io.grid_mismatch`),
+            naming both files.
     """
     image = load_volume(image_path, kind="image")
     lo, hi = float(image.array.min()), float(image.array.max())
     if not hi > lo:
         raise DataError(f"{image_path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+    if normalize is not None:
+        _normalized(image, normalize)
     if label_path is None:
         return image, None
     label = load_volume(label_path, kind="label")
@@ -187,16 +211,22 @@ def load_source(image_path: str | os.PathLike, label_path: str | os.PathLike | N
             f"{label_path}: label map has shape {label.array.shape} but its image {image_path} has shape "
             f"{image.array.shape}; expected equal shapes"
         )
-    if not np.allclose(label.spacing, image.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
+    if diff:
         raise DataError(
-            f"{label_path}: label map has spacing {_fmt(label.spacing)} mm but its image {image_path} has "
-            f"{_fmt(image.spacing)} mm; expected the same grid"
+            f"{label_path}: label map is not on the grid of its image {image_path} in world space ({diff}); "
+            f"expected the label map in its image's voxel-to-world frame"
         )
     return image, label
 
 
 def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) -> Prepared:
-    """Reorient, resample, crop/pad and normalise one volume (module docstring); labels nearest."""
+    """Reorient, resample, crop/pad and normalise one volume (module docstring); labels nearest.
+
+    Raises:
+        DataError: the normalised image is all zeros, or a label id exceeds int32; naming the
+            file (``Volume.path``).
+    """
     import torchio as tio
 
     affine = np.asarray(image.affine, dtype=np.float64)
@@ -205,7 +235,7 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
         # int32: nibabel (inside torchio's reorientation) refuses int64 without a header
         lab = label.array
         if lab.size and lab.max() > np.iinfo(np.int32).max:
-            raise DataError(f"expected label ids <= {np.iinfo(np.int32).max}, found {lab.max()}")
+            raise DataError(f"{_name(label)}: expected label ids <= {np.iinfo(np.int32).max}, found {lab.max()}")
         images["label"] = tio.LabelMap(tensor=torch.from_numpy(lab.astype(np.int32)[None]), affine=affine)
     use_mask = config.shape is not None and config.crop_center == "foreground"
     if use_mask:
@@ -223,13 +253,8 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
         if use_mask and not subject["brain"].data.any():
             crop = tio.CropOrPad(config.shape, padding_mode=0)
         subject = crop(subject)
-    arr = subject["image"].data[0].numpy()
-    if config.normalize == "percentile":
-        arr = normalize_intensity(arr, *_PERCENTILES, nonzero=True)
-    elif config.normalize == "minmax":
-        arr = normalize_intensity(arr, 0.0, 100.0, nonzero=False)
-    else:
-        arr = np.clip(arr, 0.0, 1.0)
+    after = "" if config.shape is None else f", after crop/pad to data.shape={list(config.shape)}"
+    arr = _normalized(image, config.normalize, subject["image"].data[0].numpy(), after)
     out_label = None
     if label is not None:
         out_label = subject["label"].data[0].numpy().astype(np.int64)
@@ -244,8 +269,54 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
     )
 
 
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+def _normalized(image: Volume, normalize: str, array: np.ndarray | None = None, after: str = "") -> np.ndarray:
+    """``array`` (default: the image's voxels) normalised as ``normalize`` says; DataError naming
+    the image file when the result is all zeros (:func:`data.io.require_contrast`)."""
+    arr = image.array if array is None else array
+    if normalize == "percentile":
+        arr = normalize_intensity(arr, *_PERCENTILES, nonzero=True)
+        how = "data.normalize=percentile: 0.5/99.5 percentiles of the nonzero voxels"
+    elif normalize == "minmax":
+        arr = normalize_intensity(arr, 0.0, 100.0, nonzero=False)
+        how = "data.normalize=minmax"
+    elif normalize == "none":
+        arr = np.clip(arr, 0.0, 1.0)
+        how = "data.normalize=none: values clipped to [0, 1]"
+    else:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    return require_contrast(_name(image), arr, how + after)
+
+
+def preprocessed_shape(
+    shape: Sequence[int], affine: np.ndarray, config: PreprocessConfig
+) -> tuple[int, int, int]:
+    """The grid :func:`preprocess` makes from a file of ``shape`` and ``affine`` (its header),
+    without reading voxels: reorientation permutes the axes, resampling gives
+    ``floor(n * spacing / target)`` per axis (torchio's rule; singleton axes stay 1), crop/pad
+    gives ``config.shape``."""
+    import nibabel as nib
+
+    if config.shape is not None:
+        return tuple(config.shape)  # type: ignore[return-value]
+    shape = np.array([int(s) for s in shape[:3]])
+    spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    if config.orientation is not None:
+        ornt = nib.orientations.ornt_transform(
+            nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(config.orientation))
+        )
+        order = ornt[:, 0].astype(int)  # source axis i becomes axis order[i]
+        new_shape, new_spacing = np.empty_like(shape), np.empty_like(spacing)
+        new_shape[order], new_spacing[order] = shape, spacing
+        shape, spacing = new_shape, new_spacing
+    if config.spacing is not None and not np.allclose(spacing, config.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+        resampled = np.floor(shape * spacing / np.asarray(config.spacing, dtype=np.float64)).astype(int)
+        shape = np.where(shape == 1, 1, resampled)
+    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+
+
+def _name(volume: Volume) -> str:
+    """The file a volume was loaded from (for messages)."""
+    return str(volume.path) if getattr(volume, "path", None) is not None else "volume"
 
 
 def _label_dtype(label: np.ndarray) -> np.dtype:
@@ -297,10 +368,7 @@ class VolumeStore:
             if prepared is not None:
                 return prepared
         img, lab = load_source(image, label)
-        try:
-            prepared = preprocess(img, lab, self.config)
-        except DataError as err:
-            raise DataError(f"{label if label is not None else image}: {err}") from err
+        prepared = preprocess(img, lab, self.config)  # its errors name the file at fault
         if path is not None:
             self._write(path, prepared, volume_id, image, label)
         return prepared

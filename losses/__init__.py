@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from losses.dice import DiceLoss, dice_loss, one_hot
+from losses.dice import DiceLoss, compact_labels, dice_loss, one_hot
 from losses.regularisers import BendingEnergy, Diffusion, NoRegulariser, bending_energy, diffusion
 from losses.similarity import LNCC, MSE, MutualInformation, NoSimilarity, lncc, mse, mutual_information
 
@@ -32,6 +32,7 @@ __all__ = [
     "BendingEnergy",
     "NoRegulariser",
     "one_hot",
+    "compact_labels",
     "dice_loss",
     "DiceLoss",
     "SIMILARITIES",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["one_hot", "dice_loss", "DiceLoss"]
+__all__ = ["one_hot", "compact_labels", "dice_loss", "DiceLoss"]
 
 
 def one_hot(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -39,6 +39,42 @@ def one_hot(label: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.fl
             )
     classes = torch.arange(num_classes, device=label.device).view(1, num_classes, *([1] * (label.dim() - 2)))
     return (label.long() == classes).to(dtype)
+
+
+def compact_labels(*labels: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Map label maps with sparse ids (e.g. ``{0, 7, 40000}``) to contiguous indices ``0..K``.
+
+    Returns ``(ids, indices)``: ``ids`` the sorted distinct ids over ALL ``labels`` together, 0
+    always included (so index 0 is the background); ``indices[i]`` has ``labels[i]``'s shape with
+    each voxel's position in ``ids`` (``ids[indices[i]] == labels[i]``). A one-hot of
+    ``indices`` has ``K + 1 = len(ids)`` channels instead of ``max id + 1``: the same channels
+    minus the ids present nowhere (all-zero channels), in the same order. This is
+    ``torch.unique(..., return_inverse=True)``; for ids below ``max(numel, 65536)`` a lookup
+    table over ``bincount`` gives the identical result in linear time.
+    """
+    if not labels:
+        raise ValueError("compact_labels() needs at least one label tensor")
+    for t in labels:
+        if not isinstance(t, torch.Tensor) or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"compact_labels() labels must be integer tensors, got {getattr(t, 'dtype', type(t))}")
+    device = labels[0].device
+    zero = torch.zeros(1, dtype=torch.long, device=device)  # background always gets index 0
+    flat = torch.cat([t.reshape(-1).to(device=device, dtype=torch.long) for t in labels] + [zero])
+    if int(flat.min()) < 0:
+        raise ValueError(f"compact_labels() label ids must be non-negative, got min {int(flat.min())}")
+    hi = int(flat.max())
+    if hi < max(flat.numel(), 1 << 16):
+        present = torch.bincount(flat, minlength=hi + 1) > 0
+        ids = present.nonzero().squeeze(1)
+        lut = torch.cumsum(present, 0) - 1
+        inverse = lut[flat]
+    else:
+        ids, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+    out, start = [], 0
+    for t in labels:
+        out.append(inverse[start : start + t.numel()].view(t.shape))
+        start += t.numel()
+    return ids, out
 
 
 def dice_loss(

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from losses import build_regulariser, build_similarity, dice_loss, one_hot
+from losses import build_regulariser, build_similarity, compact_labels, dice_loss, one_hot
 from models.loss_config import loss_config
 from metrics import dice as dice_metric
 from metrics import MetricError, evaluate_pair
@@ -255,8 +255,12 @@ class RegistrationModule(L.LightningModule):
                 "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
                 "use a dataset with labels or set model.loss.dice_weight=0"
             )
-        n = int(max(batch["fixed_label"].max(), batch["moving_label"].max())) + 1
-        moving_oh, fixed_oh = one_hot(batch["moving_label"], n), one_hot(batch["fixed_label"], n)
+        # sparse ids ({0, 7, 40000}) -> contiguous channels over fixed and moving together: the
+        # channels absent from both are all zero and masked out of the Dice loss, so the loss equals
+        # the dense one-hot's on K + 1 channels instead of max id + 1
+        ids, (moving_idx, fixed_idx) = compact_labels(batch["moving_label"], batch["fixed_label"])
+        n = int(ids.numel())
+        moving_oh, fixed_oh = one_hot(moving_idx, n), one_hot(fixed_idx, n)
         return self._coarse(moving_oh, factor), self._coarse(fixed_oh, factor)
 
     def _reverse_parts(
@@ -345,13 +349,55 @@ class RegistrationModule(L.LightningModule):
         scheduler = configured_call(self.scheduler_factory, (opt,), "model.scheduler")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
+    # ------------------------------------------------------------------ input size
+    def min_input_size(self) -> int:
+        """Fewest voxels per spatial axis this method registers: ``2 * model.downsize`` (the
+        network's grid ``S // downsize`` needs 2 voxels per axis: the warp's normalised
+        coordinates ``2 x / (n - 1) - 1`` and the Jacobian's finite differences are undefined on
+        a single voxel). Subclasses with coarser stages override it."""
+        return 2 * self.downsize
+
+    def min_input_size_reason(self) -> str:
+        """The config keys that set :meth:`min_input_size`, with their values, for messages."""
+        return f"2 voxels per axis on the network's grid at model.downsize={self.downsize}"
+
+    def setup(self, stage: str) -> None:
+        """Before any registration runs (Lightning calls this after the DataModule's setup):
+        every input volume must have at least :meth:`min_input_size` voxels on each axis.
+        The DataModule lists its volumes with ``volume_shapes(stage)`` (``(file, shape)``);
+        generated data (no such method) is not checked.
+
+        Raises:
+            DataError: naming the file, its shape, the axis, the minimum and the config keys.
+        """
+        trainer = getattr(self, "_trainer", None)
+        shapes_of = getattr(getattr(trainer, "datamodule", None), "volume_shapes", None)
+        if not callable(shapes_of):
+            return
+        minimum = self.min_input_size()
+        for name, shape in shapes_of(stage):
+            for axis, n in enumerate(shape):
+                if n < minimum:
+                    from data.io import DataError
+
+                    raise DataError(
+                        f"{name}: shape {tuple(shape)} has {n} voxel(s) on axis {axis}, fewer than the {minimum} "
+                        f"that model {self.method} needs ({self.min_input_size_reason()}); give larger volumes "
+                        f"(data.shape for datasets) or change those settings"
+                    )
+
     # ------------------------------------------------------------------ evaluation
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``)."""
+        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``). ``"linear"``
+        warps a one-hot over the ids present (:func:`losses.compact_labels`: K + 1 channels, not
+        max id + 1) and maps the argmax back to the ids."""
         if self.label_interp == "nearest":
             return warp(label, u, mode="nearest")
-        n = int(label.max()) + 1
-        return warp(one_hot(label, n), u).argmax(dim=1, keepdim=True)
+        # one-hot over the ids present (0 included), warped linearly, argmax, back to the ids: the
+        # same result as a dense one-hot of max id + 1 channels (absent channels stay 0 and never win)
+        ids, (index,) = compact_labels(label)
+        moved = warp(one_hot(index, int(ids.numel())), u).argmax(dim=1, keepdim=True)
+        return ids.to(label.dtype)[moved]
 
     def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
         """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
@@ -476,7 +522,8 @@ class RegistrationModule(L.LightningModule):
         disp = u[i].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
         arrays = {
             "image": (moved[0, 0].detach().cpu().numpy().astype(np.float32), None),
-            "label": (None if moved_label is None else moved_label[0].detach().cpu().numpy().astype(np.int16), None),
+            # int64 as warped; data.io stores it in the smallest integer type that holds every id (lossless)
+            "label": (None if moved_label is None else moved_label[0].detach().cpu().numpy().astype(np.int64), None),
             "disp": (np.moveaxis(disp, 0, -1), "disp vox fixed->moving; moved(x)=moving(x+u(x))"),
         }
         files = {}
