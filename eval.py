@@ -15,18 +15,10 @@ is the command that resumes. A ``ckpt_path`` is read as data (``torch.load(weigh
 
 from __future__ import annotations
 
-import os
-import sys
+from omegaconf import DictConfig
 
-_ROOT = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, _ROOT)
-# job processes started for this run (submitit launchers, DDP ranks) import the project too
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from experiments.runtime import check_entry, guarded, run_eval  # noqa: E402
+from app import check_entry, guarded, run_eval
+from app.entry import hydra_main
 
 
 @guarded
@@ -35,7 +27,7 @@ def evaluate(cfg: DictConfig) -> dict:
     return run_eval(cfg)
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="eval")
+@hydra_main("eval")
 def main(cfg: DictConfig) -> None:
     evaluate(cfg)
 

@@ -28,18 +28,23 @@ class InstanceOptimisationModule(RegistrationModule):
     Args:
         algorithm: ``"affine"``, ``"greedy"`` or ``"syn"``.
         method: name in result files (default: the algorithm).
-        init_from: path of a checkpoint written by ``train.py``: its network's prediction
-            initialises the optimisation (test-time refinement of a learned method).
+        init_from: path of a checkpoint written by ``train.py`` whose network's prediction
+            initialises the optimisation (test-time refinement of a learned method): recorded; the
+            application layer reads it (``app.build.build_model``) and passes ``init_model``.
+        init_model: that network (a :class:`RegistrationModule`), or None.
         label_interp, hd95: as :class:`RegistrationModule`.
         **settings: the algorithm's settings (:mod:`classical.config`), e.g. ``scales``,
             ``iterations``, ``lr``, ``grad_sigma``, ``warp_sigma``, ``sim``, ``sim_kwargs``, ``affine``.
     """
+
+    HPARAMS_IGNORE = ("init_model",)
 
     def __init__(
         self,
         algorithm: str = "greedy",
         method: str | None = None,
         init_from: str | None = None,
+        init_model: RegistrationModule | None = None,
         label_interp: str = "nearest",
         hd95: bool = True,
         **settings: Any,
@@ -53,13 +58,12 @@ class InstanceOptimisationModule(RegistrationModule):
             raise ValueError(f"model: {exc}") from exc
         self.algorithm = algorithm
         self.init_from = init_from
-        self._init_model: RegistrationModule | None = None
-        if init_from:
-            from experiments.runtime import load_model_from_checkpoint
-
-            # read as data (weights only); errors name model.init_from and the file
-            self._init_model = load_model_from_checkpoint(init_from, key="model.init_from")
-            self._init_model.eval()
+        if init_from and init_model is None:
+            raise ValueError("model.init_from: the checkpoint is read by the application layer (app.build.build_model), "
+                             "which passes its model as init_model")
+        self._init_model: RegistrationModule | None = init_model
+        if init_model is not None:
+            init_model.eval()
             if algorithm == "affine" or getattr(self.config, "affine", None) is not None:
                 raise ValueError("model.init_from starts the deformable stage: use algorithm greedy or syn without an affine stage")
         self.last_results: list[RegistrationResult] = []

@@ -450,8 +450,8 @@ def _nifti_dtype(array: np.ndarray) -> np.dtype:
 
 def _file_mode(path: Path) -> int:
     """Mode of an existing target, else 0o666 minus the process umask (one rule for every file
-    this project writes: :func:`metrics.results.file_mode`)."""
-    from metrics.results import file_mode
+    this project writes: :func:`app.results.file_mode`)."""
+    from app.results import file_mode
 
     return file_mode(path)
 
@@ -477,7 +477,7 @@ def _nifti_image(array, affine, description: str | None, fn: str) -> "nib.Nifti1
 def nifti_bytes(array, affine, name: str | os.PathLike, description: str | None = None) -> bytes:
     """The bytes of the NIfTI file :func:`save_nifti_atomic` would write at ``name`` (gzip-compressed
     when it ends in ``.gz``), for writing several files all or none
-    (:func:`metrics.results.atomic_write_files`)."""
+    (:func:`app.results.atomic_write_files`)."""
     data = _nifti_image(array, affine, description, "nifti_bytes").to_bytes()
     return gzip.compress(data, compresslevel=1, mtime=0) if str(name).lower().endswith(".gz") else data
 

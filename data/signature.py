@@ -1,5 +1,5 @@
 """Signatures of a pair's inputs: what a result was computed from, so a rerun reuses it only
-when nothing changed (:class:`metrics.results.ResultsWriter`).
+when nothing changed (:class:`app.results.ResultsWriter`).
 
 Every pair dataset puts ``pair_signature`` (a str, :func:`signature` of a description) in its
 items: for files the resolved paths, sizes and modification times of the fixed, moving and label

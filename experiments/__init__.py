@@ -1,1 +1,1 @@
-"""Entry-point plumbing (:mod:`experiments.runtime`), benchmarks and the paper's experiments."""
+"""Entry-point plumbing (:mod:`app.build`), benchmarks and the paper's experiments."""

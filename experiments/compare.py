@@ -4,7 +4,7 @@
     python experiments/compare.py "methods={greedy: {results: outputs/greedy}, vxm: {results: outputs/vxm}}" metric=hd95 tests=all
 
 Config: ``configs/compare.yaml`` (its header documents the keys). Each method's results come
-from a results folder (the contract of :mod:`metrics.results`) or from an ``eval.py`` /
+from a results folder (the contract of :mod:`app.results`) or from an ``eval.py`` /
 ``train.py`` run this script starts. Outputs in ``paths.output_dir``:
 
 * ``comparison.csv`` — one row per method: ``method, paradigm, metric, n, mean, std, median``
@@ -49,8 +49,8 @@ from experiments.comparison import (  # noqa: E402
     load_results,
 )
 from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
-from experiments.runtime import ConfigError, check_entry, guarded, log_analysis  # noqa: E402
-from metrics.results import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
+from app import ConfigError, check_entry, guarded, log_analysis  # noqa: E402
+from app.results import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["write_comparison", "markdown", "run_compare"]
 

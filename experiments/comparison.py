@@ -3,7 +3,7 @@ summarise each method and run paired tests. No Hydra, no files written: the libr
 ``experiments/compare.py`` (which also writes the tables and the boxplot) and
 ``experiments/domain_shift.py``.
 
-``load_results`` reads a results folder (the contract of :mod:`metrics.results`), ``align``
+``load_results`` reads a results folder (the contract of :mod:`app.results`), ``align``
 keeps the pairs common to all methods, ``summary_table`` and ``paired_tests`` (Wilcoxon
 signed-rank and paired t-test, two-sided) compute the statistics, ``compare`` does all of it.
 """
@@ -21,8 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from data.io import DataError
-from experiments.runtime import ConfigError
-from metrics.results import PAIR_COLUMNS
+from app import ConfigError
+from app.results import PAIR_COLUMNS
 from models.module import PARADIGMS
 
 __all__ = [

@@ -38,8 +38,8 @@ from experiments.comparison import (  # noqa: E402
     load_results,
 )
 from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
-from experiments.runtime import ConfigError, check_entry, guarded, log_analysis, save_figure  # noqa: E402
-from metrics.results import atomic_write_text, csv_text  # noqa: E402
+from app import ConfigError, check_entry, guarded, log_analysis, save_figure  # noqa: E402
+from app.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["find_checkpoint", "run_domain_shift"]
 

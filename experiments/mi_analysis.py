@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 
 from data.io import DataError  # noqa: E402
 from metrics.information import LabelInformation, intensity_label_information, pair_information  # noqa: E402
-from metrics.results import atomic_write_text, csv_text  # noqa: E402
+from app.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = [
     "image_information",
@@ -215,7 +215,7 @@ def plot_scatter(rows: Sequence[Mapping[str, Any]], fit: Mapping[str, Any], path
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    from experiments.runtime import save_figure
+    from app import save_figure
 
     save_figure(fig, path)
 
@@ -266,7 +266,7 @@ def mi_options(cfg) -> dict[str, Any]:
 
 def analyse(cfg) -> dict[str, Any]:
     """The script's work (see the module docstring); returns the fit."""
-    from experiments.runtime import build_datamodule, check_entry, check_output_dir, log_analysis, run_eval
+    from app import build_datamodule, check_entry, check_output_dir, log_analysis, run_eval
 
     check_entry(cfg, "mi_analysis")
     opts = mi_options(cfg)
@@ -294,7 +294,7 @@ def analyse(cfg) -> dict[str, Any]:
 def _main() -> None:
     import hydra
 
-    from experiments.runtime import guarded
+    from app import guarded
 
     run = guarded(analyse)  # made before hydra.main runs: Hydra's own errors also become one line
 

@@ -33,8 +33,8 @@ from experiments.mi_analysis import (  # noqa: E402
     read_pairs_csv,
     write_outputs,
 )
-from experiments.runtime import ConfigError, build_datamodule, check_entry, log_analysis, run_eval  # noqa: E402
-from metrics.results import atomic_write_text, csv_text  # noqa: E402
+from app import ConfigError, build_datamodule, check_entry, log_analysis, run_eval  # noqa: E402
+from app.results import atomic_write_text, csv_text  # noqa: E402
 
 __all__ = ["sweep"]
 
@@ -106,7 +106,7 @@ def _cell(value: Any) -> str:
 def _main() -> None:
     import hydra
 
-    from experiments.runtime import guarded
+    from app import guarded
 
     run = guarded(sweep)  # made before hydra.main runs: Hydra's own errors also become one line
 

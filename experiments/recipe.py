@@ -69,7 +69,7 @@ labelled OASIS subjects. Below 20 a set is as small as IBSR18 (18), CUMC12 (12) 
 guarantee (raise it when you can).
 
 Bad input (unknown config name, missing CSV, ``--set`` without ``=``) ends with one
-``error: ...`` line and exit status 1 (:func:`experiments.runtime.guarded`).
+``error: ...`` line and exit status 1 (:func:`app.build.guarded`).
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ from experiments.recipe_data import (  # noqa: E402
     parse_sets,
     shift_statistic,
 )
-from experiments.runtime import ConfigError  # noqa: E402
+from app import ConfigError  # noqa: E402
 
 __all__ = [
     "CLASSICAL",
@@ -277,7 +277,7 @@ def _load_curve(path: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, decide, print; returns the report (also written to ``--out/recipe.json``)."""
-    from metrics.results import atomic_write_text
+    from app.results import atomic_write_text
 
     if args.max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")
@@ -369,7 +369,7 @@ def _side_dict(s: Side) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Command line entry point (bad input: one ``error:`` line, exit 1)."""
-    from experiments.runtime import guarded
+    from app import guarded
 
     args = _parser().parse_args(argv)
     return guarded(run)(args)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from experiments.runtime import ConfigError
+from app import ConfigError
 
 __all__ = ["Side", "intensity_histogram", "js_divergence", "measure_side", "parse_sets", "shift_statistic",
            "HIST_BINS", "MI_BINS"]
@@ -102,7 +102,7 @@ def _datamodule(source: str, overrides: Sequence[str], flag: str):
     from omegaconf.errors import OmegaConfBaseException
 
     from data.io import DataError
-    from experiments.runtime import build
+    from app import build
 
     is_csv = source.lower().endswith(".csv")
     if is_csv:

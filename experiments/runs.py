@@ -17,7 +17,7 @@ from typing import Any
 
 from omegaconf import ListConfig
 
-from experiments.runtime import ConfigError
+from app import ConfigError
 
 __all__ = ["parse_overrides", "method_overrides", "run_method"]
 

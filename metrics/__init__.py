@@ -18,12 +18,13 @@ Conventions (the official Learn2Reg 2021 scorer, each named in its function's do
   callers naming the pair re-raise :class:`MetricError` (``"pair F <- M: reason"``).
 """
 
-from metrics.evaluate import MetricError, evaluate_pair
+from metrics.evaluate import PAIR_METRICS, MetricError, evaluate_pair
 from metrics.jacobian import folding_pct, jacobian_metrics, sdlogj, sdlogj_l2r
 from metrics.overlap import LabelScores, dice
 from metrics.surface import erased_penalty, hd95
 
 __all__ = [
+    "PAIR_METRICS",
     "LabelScores",
     "MetricError",
     "dice",

@@ -21,6 +21,8 @@ from metrics.overlap import _dice_from_counts, _label_counts, _present
 from metrics.surface import _hd95_arrays
 
 _NAN = math.nan
+# the per-pair metrics every result row holds, in the order of the results files (the one list)
+PAIR_METRICS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
 
 
 class MetricError(ValueError):

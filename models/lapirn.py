@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from data.io import to_plain
+from models.specs import built
 from models.module import RegistrationModule
 from models.networks import pad_to_multiple
 from spatial import resize_field
@@ -60,21 +61,22 @@ class LapIRNModule(RegistrationModule):
         integration_steps: int | None = None,
         **kwargs: Any,
     ) -> None:
+        net_obj = built(net)  # a spec (from the config or a checkpoint's hyper-parameters) or the net
         for attr in ("levels", "field", "multiple"):
-            if not hasattr(net, attr):
+            if not hasattr(net_obj, attr):
                 raise ValueError(f"LapIRNModule 'net' must be a LapIRN-like network with '{attr}', "
-                                 f"got {type(net).__name__}")
-        if field is not None and field != net.field:
-            raise ValueError(f"model.field={field!r} but model.net.field={net.field!r}: LapIRN adds its "
+                                 f"got {type(net_obj).__name__}")
+        if field is not None and field != net_obj.field:
+            raise ValueError(f"model.field={field!r} but model.net.field={net_obj.field!r}: LapIRN adds its "
                              "levels' fields inside the network, so both must agree")
-        if kwargs.get("bidirectional") and net.field == "displacement":
+        if kwargs.get("bidirectional") and net_obj.field == "displacement":
             # the reverse pass of a displacement net would run the whole pyramid on the full grid,
             # not the stage's; a velocity's reverse (-v) stays on the stage grid
             raise ValueError("model.bidirectional=true needs model.field=velocity for LapIRN (the coarse stages "
                              "train on their own grid; the reverse field is then exp(-v) on that grid)")
-        steps = getattr(net, "integration_steps", 7) if integration_steps is None else integration_steps
-        super().__init__(net=net, method=method, field=net.field, integration_steps=steps, **kwargs)
-        self.levels = int(net.levels)
+        steps = getattr(net_obj, "integration_steps", 7) if integration_steps is None else integration_steps
+        super().__init__(net=net_obj, method=method, field=net_obj.field, integration_steps=steps, **kwargs)
+        self.levels = int(net_obj.levels)
         stage_epochs = to_plain(stage_epochs)
         if (not isinstance(stage_epochs, (list, tuple)) or len(stage_epochs) != self.levels - 1
                 or any(isinstance(e, bool) or not isinstance(e, int) or e < 0 for e in stage_epochs)

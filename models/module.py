@@ -8,6 +8,7 @@ displacement, so a learned network and a classical optimiser are scored identica
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from typing import Any, Callable, Mapping, Sequence
@@ -21,10 +22,10 @@ import torch.nn.functional as F
 from losses import build_regulariser, build_similarity, compact_labels, dice_loss, one_hot
 from models.loss_config import loss_config
 from metrics import dice as dice_metric
-from metrics import MetricError, evaluate_pair
+from metrics import PAIR_METRICS, MetricError, evaluate_pair
 from models.networks import pad_to_multiple
-from metrics.results import DISPLACEMENT_CONVENTION, ResultsWriter, nanmean as _nanmean
-from spatial import compose, integrate, resize_field, warp
+from models.specs import built, factory
+from spatial import DISPLACEMENT_CONVENTION, compose, integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
            "LABEL_INTERPS", "PARADIGMS"]
@@ -35,6 +36,9 @@ LOSS_GRIDS = ("full", "coarse")
 # how a method got its field: no registration, per-pair optimisation, a network trained without /
 # with labels, or a network's prediction refined by per-pair optimisation
 PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
+# 2: the model is rebuilt from Lightning's hyper_parameters and registration.target;
+# 1 (before): from registration.model_config, a resolved Hydra config (still read)
+CHECKPOINT_FORMAT = 2
 
 
 class NonFiniteError(FloatingPointError):
@@ -64,8 +68,9 @@ class RegistrationModule(L.LightningModule):
     """Trains and evaluates a network ``net(moving, fixed) -> field``.
 
     Args:
-        net: an ``nn.Module`` returning ``(B, D, *S)``; ``None`` for methods that override
-            :meth:`register` (classical optimisers, identity).
+        net: an ``nn.Module`` returning ``(B, D, *S)``, or its spec (:mod:`models.specs`: what the
+            configs pass, so that checkpoints rebuild the model); ``None`` for methods that
+            override :meth:`register` (classical optimisers, identity).
         method: name written in result files (``method`` column) and logs.
         field: ``"displacement"`` (the net predicts ``u``) or ``"velocity"`` (it predicts a
             stationary velocity integrated by scaling and squaring with ``integration_steps``).
@@ -73,8 +78,8 @@ class RegistrationModule(L.LightningModule):
             sim(fixed, moved) + reg_weight·reg(net output) + dice_weight·Dice loss of the
             moving one-hot labels warped linearly (needs labels when ``dice_weight > 0``);
             ``inverse_consistency_weight`` (default 0) weighs the ``bidirectional`` term below.
-        optimizer: a partial ``torch.optim`` constructor taking the parameters (Hydra
-            ``_partial_: true``); default Adam(lr=1e-4).
+        optimizer: a ``torch.optim`` constructor taking the parameters: a spec
+            (``{_target_: torch.optim.Adam, lr: 1e-3}``) or a callable; default Adam(lr=1e-4).
         scheduler: optional partial LR scheduler taking the optimiser.
         label_interp: how evaluation warps the moving label: ``"nearest"`` (default) or
             ``"linear"`` (one-hot, linear interpolation, argmax).
@@ -108,16 +113,18 @@ class RegistrationModule(L.LightningModule):
 
     # loss weights a subclass adds under ``model.loss`` (name -> default), checked by models.loss_config.loss_config
     EXTRA_LOSS_WEIGHTS: Mapping[str, float] = {}
+    # constructor arguments of a subclass that are objects, not plain data: not hyper-parameters
+    HPARAMS_IGNORE: Sequence[str] = ()
 
     def __init__(
         self,
-        net: nn.Module | None = None,
+        net: nn.Module | Mapping[str, Any] | None = None,
         method: str = "model",
         field: str = "displacement",
         integration_steps: int = 7,
         loss: Mapping[str, Any] | None = None,
-        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
-        scheduler: Callable[..., Any] | None = None,
+        optimizer: Callable[..., torch.optim.Optimizer] | Mapping[str, Any] | None = None,
+        scheduler: Callable[..., Any] | Mapping[str, Any] | None = None,
         label_interp: str = "nearest",
         hd95: bool = True,
         downsize: int = 1,
@@ -126,19 +133,20 @@ class RegistrationModule(L.LightningModule):
         bidirectional: bool = False,
     ) -> None:
         super().__init__()
+        self._save_init_args()
         if field not in FIELDS:
             raise ValueError(f"model.field must be one of {list(FIELDS)}, got {field!r}")
         if label_interp not in LABEL_INTERPS:
             raise ValueError(f"model.label_interp must be one of {list(LABEL_INTERPS)}, got {label_interp!r}")
-        self.net = net
+        self.net = built(net)
         self.method = str(method)
         self.field = field
         self.integration_steps = int(integration_steps)
         self.loss_cfg = loss_config(loss, self.EXTRA_LOSS_WEIGHTS)
         self.similarity = build_similarity(self.loss_cfg["sim"], **self.loss_cfg["sim_kwargs"])
         self.regulariser = build_regulariser(self.loss_cfg["reg"], **self.loss_cfg["reg_kwargs"])
-        self.optimizer_factory = optimizer
-        self.scheduler_factory = scheduler
+        self.optimizer_factory = factory(optimizer)
+        self.scheduler_factory = factory(scheduler)
         self.label_interp = label_interp
         self.hd95_at_val = bool(hd95)
         if isinstance(downsize, bool) or not isinstance(downsize, int) or downsize < 1:
@@ -153,12 +161,22 @@ class RegistrationModule(L.LightningModule):
         if not isinstance(bidirectional, bool):
             raise ValueError(f"model.bidirectional must be a bool (true/false), got {bidirectional!r}")
         self.bidirectional = bidirectional
-        # set by train.py / eval.py; stored in checkpoints so they describe themselves
-        self.model_config: dict[str, Any] | None = None
-        self.data_config: dict[str, Any] | None = None
-        self.results: ResultsWriter | None = None
         self._val_best = -math.inf
         self._val_rows: list[dict[str, float]] = []
+
+    def _save_init_args(self) -> None:
+        """Hyper-parameters = the arguments of the outermost constructor (a subclass's), so that
+        ``type(self)(**hparams)`` rebuilds the model (``load_from_checkpoint``, ``eval.py``):
+        plain values and specs are kept; objects (a built net, a partial, ``HPARAMS_IGNORE``) are
+        not, and a model built from them cannot be rebuilt from a checkpoint."""
+        frame = outer = inspect.currentframe().f_back  # RegistrationModule.__init__
+        while frame is not None and frame.f_code.co_name == "__init__" and frame.f_locals.get("self") is self:
+            outer, frame = frame, frame.f_back
+        objects = [k for k, v in outer.f_locals.items() if k in self.HPARAMS_IGNORE or isinstance(v, nn.Module)]
+        self.save_hyperparameters(ignore=objects or None, frame=outer)
+        for key in list(self.hparams):
+            if key in self.HPARAMS_IGNORE or not _is_plain(self.hparams[key]):
+                del self.hparams[key]
 
     # ------------------------------------------------------------------ core API
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
@@ -361,31 +379,6 @@ class RegistrationModule(L.LightningModule):
         """The config keys that set :meth:`min_input_size`, with their values, for messages."""
         return f"2 voxels per axis on the network's grid at model.downsize={self.downsize}"
 
-    def setup(self, stage: str) -> None:
-        """Before any registration runs (Lightning calls this after the DataModule's setup):
-        every input volume must have at least :meth:`min_input_size` voxels on each axis.
-        The DataModule lists its volumes with ``volume_shapes(stage)`` (``(file, shape)``);
-        generated data (no such method) is not checked.
-
-        Raises:
-            DataError: naming the file, its shape, the axis, the minimum and the config keys.
-        """
-        trainer = getattr(self, "_trainer", None)
-        shapes_of = getattr(getattr(trainer, "datamodule", None), "volume_shapes", None)
-        if not callable(shapes_of):
-            return
-        minimum = self.min_input_size()
-        for name, shape in shapes_of(stage):
-            for axis, n in enumerate(shape):
-                if n < minimum:
-                    from data.io import DataError
-
-                    raise DataError(
-                        f"{name}: shape {tuple(shape)} has {n} voxel(s) on axis {axis}, fewer than the {minimum} "
-                        f"that model {self.method} needs ({self.min_input_size_reason()}); give larger volumes "
-                        f"(data.shape for datasets) or change those settings"
-                    )
-
     # ------------------------------------------------------------------ evaluation
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``). ``"linear"``
@@ -441,7 +434,7 @@ class RegistrationModule(L.LightningModule):
                 for k, v in self._loss_parts(batch, out, u).items():
                     self.log(f"val/{k}", v, batch_size=u.shape[0], sync_dist=True)
         for res in self._evaluate_batch(batch, u, self.hd95_at_val):
-            self._val_rows.append({k: res[k] for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity")})
+            self._val_rows.append({k: res[k] for k in (*PAIR_METRICS, "dice_identity")})
         if batch_idx == 0:
             self._log_example(batch, u)
 
@@ -476,66 +469,34 @@ class RegistrationModule(L.LightningModule):
         if math.isfinite(self._val_best):
             self.log("val/dice_best", self._val_best, sync_dist=True)
 
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        ids = [(str(f), str(m)) for f, m in zip(batch["fixed_id"], batch["moving_id"])]
-        signatures = batch.get("pair_signature")  # the inputs' signature (every dataset of data/ sets it)
-        if self.results is not None:
-            if self.results.method_hash is None:  # here, after Lightning restored a ckpt_path's weights
-                from metrics.results import method_signature
-
-                self.results.method_hash = method_signature(self)
-            if self.results.reuse_batch(ids, signatures):
-                return  # resumed: every pair has a part of the same inputs, method and metric settings
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Register the batch and score every pair (the one metric path); returns one result per
+        pair and writes nothing (the application's results callback stores them):
+        ``{"pair": row of the results contract, "labels": Dice per label, "erased": labels the
+        warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
+        "moved_label": (1, *S) or None}``."""
         start = time.perf_counter()
-        u = self.register(batch)
+        u = self.register(batch).detach()
         if u.device.type == "cuda":
             torch.cuda.synchronize(u.device)
         seconds = (time.perf_counter() - start) / u.shape[0]
-        for i, res in enumerate(self._evaluate_batch(batch, u.detach(), with_hd95=True)):
-            fixed_id, moving_id = ids[i]
-            row = {
-                "fixed_id": fixed_id,
-                "moving_id": moving_id,
-                "dice": res["dice"],
-                "hd95": res["hd95"],
-                "sdlogj": res["sdlogj"],
-                "sdlogj_l2r": res["sdlogj_l2r"],
-                "folding_pct": res["folding_pct"],
-                "seconds": seconds,
-                "dice_identity": res["dice_identity"],
-            }
-            for k in ("dice", "hd95", "sdlogj", "folding_pct", "dice_identity"):
-                self.log(f"test/{k}", float(row[k]) if row[k] is not None else float("nan"), batch_size=1, sync_dist=True)
-            if self.results is not None:
-                if self.results.save_outputs:
-                    self._save_outputs(batch, i, u, res["moved_label"], fixed_id, moving_id)
-                self.results.add(row, res["dice_per_label"], None if signatures is None else signatures[i])
-
-    def _save_outputs(self, batch, i, u, moved_label, fixed_id, moving_id) -> None:
-        """Moved image, moved label and displacement of pair ``i`` as NIfTI, written all or none."""
-        from data.io import nifti_bytes
-        from metrics.results import atomic_write_files
-
-        affine = _affine_of(batch, i, u.shape[1])
-        moved = warp(batch["moving"][i : i + 1], u[i : i + 1].to(batch["moving"].dtype))
-        writer = self.results
-        disp = u[i].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
-        arrays = {
-            "image": (moved[0, 0].detach().cpu().numpy().astype(np.float32), None),
-            # int64 as warped; data.io stores it in the smallest integer type that holds every id (lossless)
-            "label": (None if moved_label is None else moved_label[0].detach().cpu().numpy().astype(np.int64), None),
-            "disp": (np.moveaxis(disp, 0, -1), "disp vox fixed->moving; moved(x)=moving(x+u(x))"),
-        }
-        files = {}
-        for kind, (array, description) in arrays.items():
-            if array is not None:
-                path = writer.moved_path(fixed_id, moving_id, kind)
-                files[path] = nifti_bytes(array, affine, path, description)
-        atomic_write_files(files)
+        signatures = batch.get("pair_signature")
+        results = []
+        for i, res in enumerate(self._evaluate_batch(batch, u, with_hd95=True)):
+            row = {"fixed_id": str(batch["fixed_id"][i]), "moving_id": str(batch["moving_id"][i]),
+                   **{k: res[k] for k in PAIR_METRICS}, "n_erased": res["n_erased"], "seconds": seconds,
+                   "dice_identity": res["dice_identity"]}
+            for k in (*PAIR_METRICS, "dice_identity"):
+                self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
+            results.append({"pair": row, "labels": res["dice_per_label"], "erased": res["erased_labels"],
+                            "signature": None if signatures is None else signatures[i],
+                            "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
+        return results
 
     # ------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Describe the checkpoint (``registration``: model and data configs, the convention) and
+        """Describe the checkpoint (``registration``: the class whose ``hyper_parameters`` rebuild the
+        model, the method, the field, the displacement convention) and
         keep it plain data that ``torch.load(weights_only=True)`` reads back: configs and paths
         become plain values; anything else that is not plain stops the save, naming its place.
         Non-finite weights are never saved (:class:`NonFiniteError`)."""
@@ -544,9 +505,9 @@ class RegistrationModule(L.LightningModule):
             if key != "state_dict":
                 checkpoint[key] = _plain_data(checkpoint[key], key)
         checkpoint["registration"] = {
+            "format": CHECKPOINT_FORMAT,
+            "target": f"{type(self).__module__}.{type(self).__qualname__}",
             "method": self.method,
-            "model_config": self.model_config,
-            "data_config": self.data_config,
             "field": self.field,
             "displacement_convention": DISPLACEMENT_CONVENTION,
         }
@@ -611,12 +572,21 @@ def _spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...
     return tuple(float(s) for s in row[:ndim])
 
 
-def _affine_of(batch: Mapping[str, Any], i: int, ndim: int) -> np.ndarray:
-    aff = batch.get("fixed_affine")
-    if aff is not None:
-        aff = torch.as_tensor(aff)
-        return (aff[i] if aff.dim() == 3 else aff).cpu().numpy().astype(np.float64)
-    out = np.eye(4)
-    for k, s in enumerate(_spacing_of(batch, i, ndim)):
-        out[k, k] = s
-    return out
+def _nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (a validation epoch's logged means), NaN when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def _is_plain(value: Any) -> bool:
+    """Plain data or a spec (what a hyper-parameter may hold), not an object."""
+    from models.specs import plain
+
+    value = plain(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, (list, tuple)):
+        return all(_is_plain(v) for v in value)
+    if isinstance(value, Mapping):
+        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
+    return False

@@ -37,6 +37,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from losses import dice_loss
+from models.specs import built
 from models.module import RegistrationModule
 from spatial import compose, integrate, jacobian_determinant, resize_field, warp
 
@@ -141,9 +142,10 @@ class SymmetricRegistrationModule(RegistrationModule):
                              "(it trains both directions by construction)")
         if net is None:
             raise ValueError("model.net must be a network for SymmetricRegistrationModule, got None")
-        if not isinstance(net, SymmetricNet):
-            net = SymmetricNet(net)
-        super().__init__(net=net, method=method, field="velocity", loss=loss, bidirectional=bidirectional, **kwargs)
+        net_obj = built(net)  # a spec (from the config or a checkpoint's hyper-parameters) or the net
+        if not isinstance(net_obj, SymmetricNet):
+            net_obj = SymmetricNet(net_obj)
+        super().__init__(net=net_obj, method=method, field="velocity", loss=loss, bidirectional=bidirectional, **kwargs)
         if self.loss_cfg["inverse_consistency_weight"] != 0:
             raise ValueError("model.loss.inverse_consistency_weight must be 0 for SymmetricRegistrationModule "
                              "(its forward and backward maps are inverse by construction)")

@@ -113,7 +113,7 @@ def log_figure(fig, key: str, loggers: Iterable[Any], step: int, fallback_dir: s
                 sent = True
         if not sent and fallback_dir is not None:
             path = Path(fallback_dir) / f"{key.replace('/', '_')}_{step:06d}.png"
-            from experiments.runtime import save_figure
+            from app import save_figure
 
             save_figure(fig, path)
     finally:

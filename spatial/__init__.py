@@ -4,6 +4,7 @@ See :mod:`spatial.functional` for the convention; :mod:`spatial.layers` wraps it
 """
 
 from spatial.functional import (
+    DISPLACEMENT_CONVENTION,
     check_field,
     compose,
     identity_grid,
@@ -18,6 +19,7 @@ from spatial.filters import gaussian_blur, gaussian_kernel1d, separable_filter
 from spatial.layers import IntegrateVelocity, SpatialTransformer
 
 __all__ = [
+    "DISPLACEMENT_CONVENTION",
     "check_field",
     "compose",
     "identity_grid",

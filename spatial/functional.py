@@ -19,7 +19,14 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+
+# the one displacement convention, as recorded in results and checkpoints (they refuse another)
+DISPLACEMENT_CONVENTION = (
+    "u(B,D,*S) voxel units, channel i along array axis i; moved(x)=moving(x+u(x)); fixed->moving"
+)
+
 __all__ = [
+    "DISPLACEMENT_CONVENTION",
     "identity_grid",
     "warp",
     "compose",

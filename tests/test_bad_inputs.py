@@ -2,7 +2,7 @@
 and ``experiments/recipe.py``.
 
 Each case asserts the same contract: a non-zero exit (in process: ``SystemExit(1)`` from
-:func:`experiments.runtime.guarded`, or ``data.check``'s return value 1), ONE clear line that
+:func:`app.build.guarded`, or ``data.check``'s return value 1), ONE clear line that
 names the file / config key at fault (``error: ...`` on stderr; ``data.check`` lists it as the
 single line under ``problems:``) and no result files left in the output folder (no
 ``pairs.csv``, ``labels.csv``, ``summary.json``, ``recipe.json``, no ``*.tmp``).
@@ -22,7 +22,7 @@ Cases:
   that named no file. Data without labels leaves the label columns out instead.
 * unknown dataset root (``paths.data_dir=/nonexistent``) for OASIS and a Klein set.
 * unknown config key: a key the config lacks (Hydra's own composition error, through the
-  command line: one line too, see :func:`experiments.runtime._one_line_hydra_errors`) and an
+  command line: one line too, see :func:`app.build._one_line_hydra_errors`) and an
   added key the class refuses (``+data.nope=1``, ``+model.loss.nope=1``).
 * a checkpoint of another model (``eval.py ckpt_path=...``): not a checkpoint at all, a
   Lightning checkpoint without this project's ``registration`` metadata, stored model config
@@ -31,7 +31,7 @@ Cases:
   what ``on_save_checkpoint`` writes (a positive control checks the hand-built one loads).
 * a write failure while saving results (monkeypatched ``os.replace`` / ``tempfile.mkstemp``
   raising ``OSError``, as chmod does not stop root): the summary set (all three files are
-  renamed into place together, :func:`metrics.results.atomic_write_files`), a per-pair part,
+  renamed into place together, :func:`app.results.atomic_write_files`), a per-pair part,
   a moved NIfTI (image, label and displacement of a pair are one set) and ``recipe.json``. Finished per-pair parts in ``DIR/.parts/`` may stay: they
   are the resume state (a rerun rebuilds the CSVs and summary from them), not results.
 """
@@ -316,8 +316,8 @@ def _checkpoint(path: Path, model_name: str = "voxelmorph", weights_of: str | No
     """What train.py's checkpoints hold (Lightning's dict + ``on_save_checkpoint``'s metadata)."""
     import torch
 
-    from experiments.runtime import build_model
-    from metrics.results import DISPLACEMENT_CONVENTION
+    from app import build_model
+    from app.results import DISPLACEMENT_CONVENTION
 
     model = build_model(compose("train", [f"model={model_name}", "data=pairs_csv", "data.csv=x.csv"]))
     weights = model if weights_of is None else build_model(compose("train", [f"model={weights_of}"]))

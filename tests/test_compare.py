@@ -17,8 +17,8 @@ from scipy import stats
 from data.io import DataError
 from experiments import comparison as cmp
 from experiments.compare import write_comparison
-from experiments.runtime import ConfigError
-from metrics.results import PAIR_COLUMNS
+from app import ConfigError
+from app.results import PAIR_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = str(ROOT / "experiments" / "compare.py")

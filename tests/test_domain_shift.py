@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from experiments.domain_shift import find_checkpoint
-from experiments.runtime import ConfigError
+from app import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["data=mni", "data.shape=[64,64,64]", "data.n_train=2", "data.n_val=2", "data.n_test=3",

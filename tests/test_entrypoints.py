@@ -74,7 +74,7 @@ def test_script_experiments_compose_with_their_script(experiment):
     config, every method they would run composes too, and train.py refuses them by name."""
     from omegaconf import OmegaConf
 
-    from experiments.runtime import ConfigError, check_entry
+    from app import ConfigError, check_entry
 
     entry = _entry(experiment)
     cfg = compose(entry, [f"experiment={experiment}"])

@@ -325,7 +325,7 @@ def test_eval_py_evaluates_a_lapirn_checkpoint(pairs_csv, tmp_path):
     from conftest import compose
 
     import eval as eval_entry
-    from experiments.runtime import build_model, load_model_from_checkpoint
+    from app import build_model, load_model_from_checkpoint
 
     cfg = compose("train", ["model=lapirn", "model.net.channels=4", "model.net.n_res_blocks=1",
                             "model.integration_steps=4", "data=pairs_csv", f"data.csv={pairs_csv}"])

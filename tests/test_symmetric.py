@@ -274,8 +274,8 @@ def test_experiment_files_compose_to_the_symmetric_module():
 
 
 def test_checkpoint_round_trip_and_eval_writes_the_results_contract(tmp_path, pairs_csv):
-    from experiments.runtime import build_model, load_model_from_checkpoint
-    from metrics.results import DISPLACEMENT_CONVENTION
+    from app import build_model, load_model_from_checkpoint
+    from app.results import DISPLACEMENT_CONVENTION
 
     import eval as eval_entry
 
@@ -337,7 +337,7 @@ def test_bad_symmetric_config_is_one_clear_error(kwargs, match):
 
 
 def test_bad_config_through_the_entry_point_names_the_key(tmp_path):
-    from experiments.runtime import ConfigError, build_model
+    from app import ConfigError, build_model
 
     with pytest.raises(ConfigError, match="model.bidirectional must be a bool"):
         build_model(compose_cfg("train", ["model.bidirectional=maybe", f"paths.output_dir={tmp_path}"]))

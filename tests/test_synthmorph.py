@@ -234,7 +234,7 @@ def test_bad_knobs_raise_one_clear_error_naming_the_key(key, value):
 
 
 def test_bad_knob_through_the_config_is_one_config_error():
-    from experiments.runtime import ConfigError, build_datamodule
+    from app import ConfigError, build_datamodule
 
     cfg = compose("train", ["data=synthmorph", "data.blur=-1"])
     with pytest.raises(ConfigError, match=r"^data: .*'blur' must be"):

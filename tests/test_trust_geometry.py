@@ -43,7 +43,7 @@ from data.klein import KleinDataModule  # noqa: E402
 from data.pairs_csv import PairsCSVDataset  # noqa: E402
 from data.preprocess import PreprocessConfig, load_source, preprocess, preprocessed_shape  # noqa: E402
 from losses import compact_labels, dice_loss, one_hot  # noqa: E402
-from metrics.results import ResultsWriter  # noqa: E402
+from app.results import ResultsWriter  # noqa: E402
 from models.module import IdentityRegistration  # noqa: E402
 from spatial import warp  # noqa: E402
 

@@ -240,7 +240,7 @@ def test_every_shipped_config_passes_the_type_check():
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from experiments.config_check import check_config
+    from app.config_check import check_config
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
         for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
@@ -256,8 +256,8 @@ def test_every_shipped_config_passes_the_type_check():
 def test_type_rules():
     import typing
 
-    from experiments.config_check import _check_value
-    from experiments.runtime import ConfigError
+    from app.config_check import _check_value
+    from app import ConfigError
 
     ok = [(1, float), (1.5, float), (True, bool), (None, typing.Optional[int]), ("32-true", typing.Literal["32-true"]),
           (3, typing.Union[float, torch.Tensor])]
@@ -491,7 +491,7 @@ def test_lightning_resume_reads_last_ckpt_as_data(tmp_path, capsys):
 def test_a_train_py_checkpoint_loads_as_data(tmp_path):
     """What train.py writes loads with weights_only=True and the project's (empty) allow-list,
     and initialises a refined classical method (model.init_from)."""
-    from experiments.runtime import CHECKPOINT_SAFE_GLOBALS, read_checkpoint
+    from app.checkpoints import CHECKPOINT_SAFE_GLOBALS, read_checkpoint
 
     csv = _pairs(tmp_path / "d", 2)
     _train(tmp_path / "run", [*_csv_data(csv), "trainer.max_epochs=1", "test=false"])

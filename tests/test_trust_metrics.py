@@ -312,7 +312,7 @@ def test_evaluate_batch_scores_a_label_the_warp_erases():
 
 
 def test_metric_error_is_the_reported_line():
-    from experiments.runtime import _user_error_line
+    from app.errors import user_error_line as _user_error_line
 
     inner = ValueError("evaluate_pair() 'u' has 1 non-finite values")
     err = MetricError("pair f0 <- m0: evaluate_pair() 'u' has 1 non-finite values")

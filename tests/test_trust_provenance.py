@@ -141,7 +141,7 @@ def test_changed_method_config_recomputes_every_pair(tmp_path):
 
 
 def test_method_signature_follows_config_and_every_weight():
-    from metrics.results import method_signature
+    from app.results import method_signature
 
     from models.networks import VoxelMorphUNet
 
@@ -177,7 +177,7 @@ def test_network_with_other_weights_never_reuses_results(tmp_path):
 
 
 def test_writer_reuses_only_matching_parts(tmp_path):
-    from metrics.results import ResultsWriter
+    from app.results import ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h1")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
@@ -246,7 +246,7 @@ def test_results_of_another_csv_in_the_same_folder_are_not_merged(tmp_path, caps
 
 
 def test_finalize_names_a_test_pair_without_a_result(tmp_path):
-    from metrics.results import ResultsError, ResultsWriter
+    from app.results import ResultsError, ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
@@ -283,7 +283,7 @@ def test_train_test_phase_resume_ignores_other_pairs(tmp_path):
 
 # ============================================================================ 3. strict means
 def _finalize_with(tmp_path, values):
-    from metrics.results import ResultsWriter
+    from app.results import ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     for k, (dice, hd95) in enumerate(values):
@@ -293,7 +293,7 @@ def _finalize_with(tmp_path, values):
 
 
 def test_a_metric_finite_for_some_pairs_only_is_an_error_naming_them(tmp_path):
-    from metrics.results import ResultsError
+    from app.results import ResultsError
 
     with pytest.raises(ResultsError, match=r"'hd95' is not finite for pair\(s\) \(f1, m1\)"):
         _finalize_with(tmp_path, [(0.5, 2.0), (0.7, float("nan")), (0.6, 3.0)])
@@ -337,7 +337,7 @@ def test_names_differing_in_unsafe_characters_stay_two_pairs(tmp_path):
 
 
 def test_pair_names_are_unique_per_exact_pair():
-    from metrics.results import pair_name
+    from app.results import pair_name
 
     pairs = [("a b", "m"), ("a_b", "m"), ("a__b", "c"), ("a", "b__c"), ("a_", "_b"), ("a", "__b"), ("f0", "m0"),
              ("sub0/t1", "m"), ("sub0_t1", "m"), ("x" * 300, "m"), ("x" * 300 + "y", "m")]

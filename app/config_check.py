@@ -48,7 +48,7 @@ _GROUPS = ("model", "data", "trainer", "callbacks", "logger")
 
 
 def _error(key: str, message: str) -> Exception:
-    from experiments.runtime import ConfigError
+    from app.errors import ConfigError
 
     return ConfigError(f"{key}: {message}")
 
@@ -77,12 +77,12 @@ def _plain_type_ok(value: Any, types: tuple[type, ...]) -> bool:
 
 def check_config(cfg: DictConfig) -> None:
     """Top-level keys, then every ``_target_`` node of the groups the entry points build, then the
-    optimiser. Raises :class:`experiments.runtime.ConfigError` naming the first bad key."""
-    for key, types in TOP_LEVEL.items():
+    optimiser. Raises :class:`app.build.ConfigError` naming the first bad key."""
+    for key, allowed in TOP_LEVEL.items():
         if key in cfg:
             ok, value = _get(cfg, key)
-            if ok and not _plain_type_ok(value, types):
-                raise _error(key, f"expected {_describe(types)}, got {value!r}")
+            if ok and not _plain_type_ok(value, allowed):
+                raise _error(key, f"expected {_describe(allowed)}, got {value!r}")
     for group in _GROUPS:
         ok, node = _get(cfg, group) if group in cfg else (False, None)
         if not ok or not isinstance(node, DictConfig):
@@ -98,6 +98,8 @@ def check_config(cfg: DictConfig) -> None:
 
 
 # ------------------------------------------------------------------------------ annotations
+
+
 def _locate(path: str) -> Any:
     try:
         from hydra.utils import get_object
@@ -246,6 +248,8 @@ def _expected(plain: list[type], literals: list[Any], sequence: Any) -> str:
 
 
 # ------------------------------------------------------------------------------ optimiser
+
+
 def check_optimizer(cfg: DictConfig) -> None:
     """Build ``model.optimizer`` (and ``model.scheduler``) once on a dummy parameter: a value the
     optimiser refuses (``lr=-1``) is an error naming ``model.optimizer.<key>`` before any work."""
@@ -256,19 +260,19 @@ def check_optimizer(cfg: DictConfig) -> None:
     if not ok or not isinstance(opt_node, DictConfig) or "_target_" not in opt_node:
         return
     import torch
-    from hydra.utils import instantiate
 
     from models.module import configured_call
+    from models.specs import factory as spec_factory
 
     try:
-        factory = instantiate(opt_node)
+        factory = spec_factory(opt_node)
     except Exception as exc:  # noqa: BLE001 - an unknown class or argument
         raise _error("model.optimizer", _cause_line(exc)) from exc
     opt = _configured(configured_call, factory, ([torch.nn.Parameter(torch.zeros(1))],), "model.optimizer")
     ok, sched_node = _get(model, "scheduler") if "scheduler" in model else (False, None)
     if ok and isinstance(sched_node, DictConfig) and "_target_" in sched_node:
         try:
-            scheduler = instantiate(sched_node)
+            scheduler = spec_factory(sched_node)
         except Exception as exc:  # noqa: BLE001
             raise _error("model.scheduler", _cause_line(exc)) from exc
         _configured(configured_call, scheduler, (opt,), "model.scheduler")
@@ -278,7 +282,7 @@ def _configured(call: Any, factory: Any, args: tuple, key: str) -> Any:
     try:
         return call(factory, args, key)
     except ValueError as exc:  # it names the key already
-        from experiments.runtime import ConfigError
+        from app.errors import ConfigError
 
         raise ConfigError(str(exc)) from None
 

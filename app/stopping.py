@@ -1,7 +1,7 @@
 """Stopping a run on a signal, keeping what is finished, and saying how to resume.
 
 SIGTERM is what ``kill``, ``scancel`` and SLURM at a time limit or on preemption send. Every entry
-point decorated with :func:`experiments.runtime.guarded` (``train.py``, ``eval.py``, the experiment
+point decorated with :func:`app.build.guarded` (``train.py``, ``eval.py``, the experiment
 scripts) installs :func:`handler` for it while it runs:
 
 * inside a Lightning run (``trainer.fit`` / ``trainer.test``), Lightning's own SIGTERM handler is
@@ -13,7 +13,7 @@ scripts) installs :func:`handler` for it while it runs:
 * outside a Lightning run (building data, an analysis script's own work, waiting for a method
   run as a subprocess), the handler raises :class:`Stopped` at once, like Ctrl-C does.
 
-Either way :func:`experiments.runtime.guarded` prints ONE ``error:`` line with the command that
+Either way :func:`app.build.guarded` prints ONE ``error:`` line with the command that
 resumes (the same command with ``paths.output_dir`` pinned; ``ckpt_path=last`` for ``train.py``)
 and exits with ``128 + signal`` (143 for SIGTERM). A second SIGTERM while stopping is ignored.
 
@@ -48,7 +48,7 @@ REQUEUE_SIGNAL = getattr(signal, "SIGUSR2", None)
 
 class Stopped(BaseException):
     """The run was stopped by signal ``signum``; ``str()`` is the line to print (may be empty: then
-    :func:`experiments.runtime.guarded` writes the generic one). A ``BaseException`` like
+    :func:`app.build.guarded` writes the generic one). A ``BaseException`` like
     ``KeyboardInterrupt``: ``except Exception`` clauses let it pass."""
 
     def __init__(self, signum: int, message: str = "") -> None:

@@ -1,0 +1,124 @@
+"""Building the run's objects from its config, with errors that name the config key at fault:
+the DataModule (validated before anything is written), the model, the trainer (loggers, callbacks,
+checkpoints read as data)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from app.errors import ConfigError, one_line, root_cause
+
+__all__ = ["ENTRY_SCRIPTS", "check_entry", "build", "build_datamodule", "build_model", "build_trainer"]
+
+# which script runs a config: experiment files for the analysis scripts set `entry`
+ENTRY_SCRIPTS = {
+    "train": "train.py",
+    "eval": "eval.py",
+    "compare": "experiments/compare.py",
+    "mi_analysis": "experiments/mi_analysis.py",
+    "mi_sweep": "experiments/mi_sweep.py",
+    "domain_shift": "experiments/domain_shift.py",
+}
+
+
+def check_entry(cfg: DictConfig, *accepted: str) -> None:
+    """ConfigError unless ``cfg.entry`` (absent: ``"train"``) is one of ``accepted``: an experiment
+    file written for another script (``entry: compare``) names the script to run it with. Then the
+    config's values are checked for type (:func:`app.config_check.check_config`: ``seed``,
+    ``train``/``test``/``save_outputs`` strict booleans, every ``_target_`` node against what it
+    builds, the optimiser built once)."""
+    entry = str(cfg.get("entry") or "train")
+    if entry not in accepted:
+        script = ENTRY_SCRIPTS.get(entry, entry)
+        name = cfg.get("experiment_name") or "this experiment"
+        raise ConfigError(f"experiment: {name} is run by {script} (entry: {entry}): "
+                          f"python {script} experiment={name}")
+    from app.config_check import check_config
+
+    check_config(cfg)  # values of the wrong type: one error naming the key, before any work
+
+
+def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate(node)``; a failure is re-raised naming ``key``.
+
+    Values of the wrong type are refused first (:func:`app.config_check.check_node`). A
+    :class:`data.io.DataError` or :class:`ConfigError` raised inside a constructor is re-raised as
+    is (it already names the file / key at fault); other errors become :class:`ConfigError`
+    ``"<key>: <cause>"``.
+    """
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    from data.io import DataError
+
+    if node is None:
+        raise ConfigError(f"config key '{key}' is not set")
+    if isinstance(node, DictConfig) and "_target_" in node:
+        from app.config_check import check_node
+
+        check_node(node, key)
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as exc:
+        cause = root_cause(exc)
+        if isinstance(cause, (DataError, ConfigError)):
+            raise cause from None
+        if cause is exc:
+            raise ConfigError(f"{key}: {one_line(exc)}") from exc
+        raise ConfigError(f"{key}: {one_line(cause)}") from exc
+    except DataError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{key}: {one_line(exc)}") from exc
+
+
+def build_datamodule(cfg: DictConfig):
+    """Instantiate ``cfg.data`` and validate every file the run will read (before any output)."""
+    dm = build(cfg.data, "data")
+    validate = getattr(dm, "validate", None)
+    if callable(validate):
+        validate()
+    return dm
+
+
+def build_model(cfg: DictConfig):
+    """Instantiate ``cfg.model`` (the model builds its net and optimiser from their specs and keeps
+    them as hyper-parameters). ``model.init_from`` (a classical method refining a learned one): the
+    checkpoint is read here (:func:`app.checkpoints.load_model_from_checkpoint`) and its model
+    passed as ``init_model``."""
+    kwargs = {}
+    if cfg.model is not None and cfg.model.get("init_from"):
+        from app.checkpoints import load_model_from_checkpoint
+
+        kwargs["init_model"] = load_model_from_checkpoint(cfg.model.init_from, "model.init_from")
+    return build(cfg.model, "model", **kwargs)
+
+
+def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks: list | tuple = ()):
+    """Instantiate ``cfg.trainer`` with the configured loggers and callbacks (+ ``extra_callbacks``).
+
+    Every trainer also gets :class:`app.stopping.StopCheck` (a SIGTERM during a loop's last
+    batch still stops the run) and reads checkpoints only as data (:func:`_safe_checkpoint_io`)."""
+    from app.stopping import StopCheck
+
+    loggers = []
+    for name, node in (cfg.get("logger") or {}).items():
+        if node is not None and "_target_" in node:
+            loggers.append(build(node, f"logger.{name}"))
+    callbacks = []
+    if with_callbacks:
+        for name, node in (cfg.get("callbacks") or {}).items():
+            if node is not None and "_target_" in node:
+                callbacks.append(build(node, f"callbacks.{name}"))
+    callbacks += [*extra_callbacks, StopCheck()]
+    node = cfg.trainer
+    from app.checkpoints import safe_checkpoint_io
+
+    plugins = [safe_checkpoint_io()]
+    if node is not None and node.get("plugins"):
+        configured = build(node.plugins, "trainer.plugins")
+        plugins = [*(configured if isinstance(configured, (list, tuple)) else [configured]), *plugins]
+        node = OmegaConf.masked_copy(node, [k for k in node if k != "plugins"])
+    return build(node, "trainer", logger=loggers if loggers else False, callbacks=callbacks, plugins=plugins)

@@ -1,0 +1,80 @@
+"""Lightning callbacks of the application layer.
+
+:class:`ResultsCallback` receives what ``RegistrationModule.test_step`` returns (one result per
+pair: the row, the per-label Dice, the displacement, the moved label; the module writes nothing)
+and stores it in the results folder (:class:`app.parts.ResultsWriter`), with the moved image,
+moved label and displacement as NIfTI when ``save_outputs`` is set.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from app.parts import ResultsWriter
+from app.results import atomic_write_files
+
+__all__ = ["ResultsCallback", "moved_volumes"]
+
+DISP_DESCRIPTION = "disp vox fixed->moving; moved(x)=moving(x+u(x))"
+
+
+class ResultsCallback(Callback):
+    """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``)."""
+
+    def __init__(self, writer: ResultsWriter, save_outputs: bool = False) -> None:
+        self.writer = writer
+        self.save_outputs = bool(save_outputs)
+
+    def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int,
+                          dataloader_idx: int = 0) -> None:
+        for i, result in enumerate(outputs or ()):
+            if self.save_outputs:
+                self._save(batch, i, result)
+            self.writer.add(result)
+
+    def _save(self, batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> None:
+        """The pair's moved image, moved label and displacement as NIfTI, written all or none."""
+        from data.io import nifti_bytes
+
+        pair = result["pair"]
+        files = {}
+        for kind, (array, description) in moved_volumes(batch, i, result).items():
+            path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
+            files[path] = nifti_bytes(array, _affine(batch, i, result["displacement"].shape[1]), path, description)
+        atomic_write_files(files)
+
+
+def moved_volumes(batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, str | None]]:
+    """``{"image": moved image, "label": moved label (when the pair has labels), "disp": u as
+    (*S, D)}`` of pair ``i`` as numpy arrays with their NIfTI descriptions. The label keeps every id
+    (int64; :mod:`data.io` stores it in the smallest integer type that holds them)."""
+    from spatial import warp
+
+    u = result["displacement"]
+    moving = batch["moving"][i : i + 1]
+    moved = warp(moving, u.to(device=moving.device, dtype=moving.dtype))
+    out = {"image": (moved[0, 0].detach().cpu().numpy().astype(np.float32), None)}
+    if result.get("moved_label") is not None:
+        out["label"] = (result["moved_label"][0].detach().cpu().numpy().astype(np.int64), None)
+    disp = u[0].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
+    out["disp"] = (np.moveaxis(disp, 0, -1), DISP_DESCRIPTION)
+    return out
+
+
+def _affine(batch: Mapping[str, Any], i: int, ndim: int) -> np.ndarray:
+    """The fixed grid's voxel-to-world matrix of pair ``i`` (``fixed_affine``; else the spacing)."""
+    aff = batch.get("fixed_affine")
+    if aff is not None:
+        aff = torch.as_tensor(aff)
+        return (aff[i] if aff.dim() == 3 else aff).cpu().numpy().astype(np.float64)
+    out = np.eye(4)
+    sp = batch.get("spacing")
+    if sp is not None:
+        sp = torch.as_tensor(sp)
+        for k, s in enumerate((sp[i] if sp.dim() == 2 else sp)[:ndim].tolist()):
+            out[k, k] = s
+    return out

@@ -1,0 +1,132 @@
+"""Checkpoints are data: reading a ``train.py`` checkpoint (``torch.load(weights_only=True)``, checked)
+and rebuilding the model it describes; Lightning's own loads go through the same reader."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from app.errors import ConfigError, one_line, root_cause
+
+__all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "safe_checkpoint_io"]
+
+# Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
+# (tensors, numbers, strings, None, dtypes, lists, tuples, dicts, OrderedDicts): none. Inspected:
+# a train.py checkpoint holds the weights, Adam states, Lightning's loop counters and callback
+# states, the datamodule's hyper-parameters, the loader's RNG states (data/loaders.py stores
+# numpy's state as a tensor for this reason) and the `registration` dict of plain values;
+# RegistrationModule.on_save_checkpoint keeps it so. A type added here must be plain data.
+CHECKPOINT_SAFE_GLOBALS: tuple[Any, ...] = ()
+
+
+def _load_error(exc: BaseException) -> str:
+    """A short reason for a refused / unreadable checkpoint (torch's weights-only message is long)."""
+    text = one_line(exc)
+    if "Weights only load failed" in text or "nsupported" in text:
+        import re
+
+        m = re.search(r"unsupported (?:global:? )?(GLOBAL \S+?)\.?(?:\s|$)|unsupported (operand \S+)", text, re.I)
+        what = next((g for g in m.groups() if g), "") if m else ""
+        return ("it holds objects that are not plain data (a pickle that would run code on loading), so it "
+                "is refused unread" + (f" ({what})" if what else ""))
+    return text if len(text) <= 300 else text[:300] + " ..."
+
+
+def read_checkpoint(path: str | os.PathLike, key: str = "ckpt_path") -> dict[str, Any]:
+    """A checkpoint written by ``train.py``, read as data: ``torch.load(weights_only=True)`` with
+    :data:`CHECKPOINT_SAFE_GLOBALS` (a pickle that would execute code is refused without running
+    it), then checked: this project's ``registration`` metadata, the displacement convention, a
+    ``state_dict`` of finite weights. Any failure is ONE :class:`ConfigError` naming ``key`` (the
+    config key that gave the path: ``ckpt_path``, ``model.init_from``) and the file."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{key}: no checkpoint file at {path}")
+    try:
+        with torch.serialization.safe_globals(list(CHECKPOINT_SAFE_GLOBALS)):
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable or refused file
+        raise ConfigError(f"{key}: cannot read checkpoint {path}: {_load_error(exc)}") from None
+    _check_checkpoint(ckpt, path, key)
+    return ckpt
+
+
+def _check_checkpoint(ckpt: Any, path: Path, key: str) -> None:
+    import torch
+
+    from spatial import DISPLACEMENT_CONVENTION
+
+    meta = ckpt.get("registration") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or not (meta.get("target") or meta.get("model_config")):
+        raise ConfigError(f"{key}: {path} is not a checkpoint written by this project's train.py "
+                          "(no 'registration' model description inside)")
+    if meta.get("displacement_convention") != DISPLACEMENT_CONVENTION:
+        raise ConfigError(f"{key}: {path} uses another displacement convention "
+                          f"({meta.get('displacement_convention')!r}); expected {DISPLACEMENT_CONVENTION!r}")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict):
+        raise ConfigError(f"{key}: {path} holds no 'state_dict' (weights) beside its model description")
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+           and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ConfigError(f"{key}: {path} holds non-finite weights ({', '.join(bad[:3])}"
+                          f"{' ...' if len(bad) > 3 else ''}); it is not used")
+
+
+_HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_")
+
+
+def model_description(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(class path, constructor arguments)`` of the model a checkpoint holds: format 2 (this
+    code: ``registration.target`` + Lightning's ``hyper_parameters``) or format 1 (earlier
+    ``train.py``: ``registration.model_config``, a resolved Hydra config of the module)."""
+    meta = ckpt["registration"]
+    if meta.get("target"):
+        return str(meta["target"]), dict(ckpt.get("hyper_parameters") or {})
+    config = dict(meta["model_config"])
+    return str(config.get("_target_")), {k: v for k, v in config.items() if k not in _HYDRA_KEYS}
+
+
+def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
+    """Rebuild a model from a checkpoint written by ``train.py`` without being told its config.
+
+    Read as data (:func:`read_checkpoint`); the class must be a ``RegistrationModule`` and every
+    part it builds within :data:`models.specs.ALLOWED_TARGETS` (a file names no code to run).
+    Errors name ``key`` (``ckpt_path`` for eval.py, ``model.init_from`` for a refined classical
+    method) and the file."""
+    from models.module import RegistrationModule
+    from models.specs import locate
+
+    path = Path(path)
+    ckpt = read_checkpoint(path, key)
+    target, kwargs = model_description(ckpt)
+    try:
+        cls = locate(target)
+        if not (isinstance(cls, type) and issubclass(cls, RegistrationModule)):
+            raise ValueError(f"{target} is not a RegistrationModule")
+        model = cls(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - a description of another version of the code
+        raise ConfigError(f"{key}: {path}: its stored model cannot be built here "
+                          f"({one_line(root_cause(exc))})") from exc
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except RuntimeError as exc:
+        detail = one_line(exc)
+        detail = detail if len(detail) <= 300 else detail[:300] + " ..."
+        raise ConfigError(f"{key}: {path} does not match its stored model description: {detail}") from exc
+    return model
+
+
+def safe_checkpoint_io(key: str = "ckpt_path"):
+    """A Lightning ``CheckpointIO`` whose every load is :func:`read_checkpoint` (weights only, the
+    allow-list, the checks; ``weights_only=False`` is never honoured): resuming ``train.py
+    ckpt_path=...`` and testing the best checkpoint read checkpoints as data, with one error."""
+    from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+    class SafeCheckpointIO(TorchCheckpointIO):
+        def load_checkpoint(self, path, map_location=None, weights_only=None):  # noqa: ARG002
+            return read_checkpoint(path, key)
+
+    return SafeCheckpointIO()

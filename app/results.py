@@ -1,0 +1,276 @@
+"""The results contract: what a results folder holds, how its files are named, and the one reader.
+
+Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase write it through
+:class:`app.parts.ResultsWriter`):
+
+* ``DIR/pairs.csv`` — one row per pair of the run's test set: :data:`PAIR_COLUMNS` (the metrics
+  of :data:`metrics.PAIR_METRICS`, ``n_erased`` = labels the warp erased (Dice 0, HD95 the grid
+  diagonal), ``seconds`` = registration only, ``dice_identity`` = Dice with no registration).
+* ``DIR/labels.csv`` — one row per pair and label: :data:`LABEL_COLUMNS` (``erased`` 1 when the
+  warp erased that label).
+* ``DIR/summary.json`` — ``n_pairs, n_test_pairs`` and the mean of each :data:`SUMMARY_COLUMNS`
+  (``<column>_mean``; ``dice_std``), ``n_erased_total``, ``method``, ``paradigm``, ``label_interp``,
+  ``label_rule``, ``metrics_version``, ``displacement_convention``. A metric is averaged only when it
+  is finite for every pair; when it is finite for none (no labels: every Dice) its mean is
+  ``null``; a mix is an error naming the pairs (:class:`ResultsError`).
+* with ``save_outputs``: ``DIR/moved/<pair name>_{image,label,disp}.nii.gz`` (:func:`pair_name`).
+* ``DIR/.parts/<method>/<pair name>.json``: one finished pair with its provenance (:mod:`app.parts`).
+
+:func:`read_results` is the one reader of a results folder (``experiments/comparison.py``,
+``experiments/mi_analysis.py``): it checks the columns and the numbers and names the file at fault.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from data.io import DataError
+from metrics import PAIR_METRICS
+
+__all__ = ["PAIR_COLUMNS", "LABEL_COLUMNS", "SUMMARY_COLUMNS", "LABEL_RULE", "ResultsError", "Results",
+           "read_results", "pair_name", "csv_text", "atomic_write_text", "atomic_write_bytes",
+           "atomic_write_files", "file_mode"]
+
+PAIR_COLUMNS = ["fixed_id", "moving_id", "method", *PAIR_METRICS, "n_erased", "seconds", "dice_identity"]
+LABEL_COLUMNS = ["fixed_id", "moving_id", "method", "label", "dice", "erased"]
+# the per-pair columns summary.json averages (each finite for every pair, or for none)
+SUMMARY_COLUMNS = (*PAIR_METRICS, "dice_identity", "seconds")
+# which labels a pair scores (metrics.dice / metrics.hd95), recorded in every summary
+LABEL_RULE = ("foreground labels present in the fixed and the un-warped moving label map (Learn2Reg 2021); "
+              "a label the warp erases scores Dice 0 and HD95 = the fixed grid's diagonal in mm")
+
+
+class ResultsError(ValueError):
+    """The results of a run do not add up (a test pair without a result, a metric finite for some
+    pairs only); the message names the folder and the pairs."""
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (:func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``.
+
+    On failure no temporary file is left and ``path`` is untouched; an ``OSError`` (permission
+    denied, disk full...) is re-raised naming ``path``, not the temporary file.
+    """
+    atomic_write_files({path: data})
+
+
+def atomic_write_files(files: dict[str | os.PathLike, bytes | str]) -> None:
+    """Write several files (bytes, or text as UTF-8) all or nothing, each like :func:`atomic_write_bytes`.
+
+    Every file is first written to a temporary file beside its target; only when all are written
+    are they renamed into place. If anything fails, the temporary files are removed; if it fails
+    after a rename, every target of the set is deleted (the results contract rebuilds them from
+    the parts on a rerun), so a reader never finds a set with files missing or files from
+    different calls. A failure before any rename leaves existing targets untouched.
+    ``OSError``\ s are re-raised naming the target file.
+    """
+    staged: list[tuple[str, Path]] = []
+    renamed = False
+    try:
+        for target, data in files.items():
+            target = Path(target)
+            payload = data.encode("utf-8") if isinstance(data, str) else data
+            staged.append((_write_temporary(target, payload), target))
+        for tmp, target in staged:
+            try:
+                os.replace(tmp, target)
+            except OSError as exc:
+                raise _naming(exc, target) from exc
+            renamed = True
+    except BaseException:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        if renamed:
+            for _, target in staged:
+                target.unlink(missing_ok=True)
+        raise
+
+
+def _naming(exc: OSError, target: Path) -> OSError:
+    """``exc`` as an OSError about ``target`` (same errno, so the same subclass), e.g.
+    ``[Errno 28] cannot write (No space left on device): 'DIR/summary.json'``."""
+    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
+    return OSError(exc.errno, f"cannot write ({reason})", str(target))
+
+
+def _write_temporary(target: Path, data: bytes) -> str:
+    """Write ``data`` to a new temporary file beside ``target`` (flushed to disk, with the mode
+    :func:`file_mode` gives ``target``); returns its path."""
+    tmp = None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, file_mode(target))  # mkstemp makes 0600: give the mode an ordinary file gets
+        return tmp
+    except BaseException as exc:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise _naming(exc, target) from exc
+        raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the system tells it (Linux
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(path: str | os.PathLike) -> int:
+    """Permission bits for a file about to be (re)written atomically at ``path``: those of the
+    existing file (writing into a file keeps its mode), else ``0o666 & ~umask``, what ``open()``
+    gives a new file. Temporary files (``mkstemp``: 0600) get this mode before the rename, so
+    results are as readable to collaborators as any file the user writes."""
+    try:
+        return os.stat(path).st_mode & 0o7777
+    except (FileNotFoundError, NotADirectoryError):
+        return 0o666 & ~_umask()
+
+
+# ---------------------------------------------------------------------------- names
+_PLAIN_ID = re.compile(r"[A-Za-z0-9.\-]+(?:_[A-Za-z0-9.\-]+)*\Z")
+
+
+_MAX_STEM = 150  # characters of a file-name stem (a hash keeps long ones unique)
+
+
+def _safe_name(key: str) -> str:
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in key)
+
+
+def _short_hash(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value).encode("utf-8")).hexdigest()[:12]
+
+
+def _name(parts: Sequence[str]) -> str:
+    """A file-name stem unique per exact ``parts``: ``parts`` joined by ``__`` when every part is
+    plain (ASCII letters, digits, ``.``, ``-`` and single inner ``_``: such a join splits back
+    one way only), else their safe forms (other characters as ``_``) plus ``+`` and a 12-hex-digit
+    hash of the exact parts. ``+`` never occurs in a plain name, so the two kinds never meet."""
+    plain = "__".join(parts)
+    if all(_PLAIN_ID.match(p) for p in parts) and len(plain) <= _MAX_STEM:
+        return plain
+    return "__".join(_safe_name(p) for p in parts)[:_MAX_STEM] + "+" + _short_hash(list(parts))
+
+
+def pair_name(fixed_id: str, moving_id: str) -> str:
+    """The file-name stem of a pair's part and moved volumes, one per exact ``(fixed_id, moving_id)``:
+    ``f0__m0`` for plain ids, ``a_b__m0+<hash>`` for ``("a b", "m0")`` (:func:`_name`)."""
+    return _name([str(fixed_id), str(moving_id)])
+
+
+def _pair_text(pair: tuple[str, str]) -> str:
+    return f"({pair[0]}, {pair[1]})"
+
+
+def _pairs_text(pairs: Sequence[tuple[str, str]], n: int = 5) -> str:
+    text = ", ".join(_pair_text(p) for p in pairs[:n])
+    return text + (f" and {len(pairs) - n} more" if len(pairs) > n else "")
+
+
+def csv_text(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """CSV text of ``rows`` (dicts): ``columns`` in order (default: every key, first-seen order);
+    missing keys are blank, extra keys ignored; values as ``csv`` writes them (NaN -> ``nan``)."""
+    rows = list(rows)
+    if columns is None:
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", restval="", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+@dataclass
+class Results:
+    """One results folder, read by :func:`read_results`: ``rows`` maps ``(fixed_id, moving_id)`` to
+    ``{column: float}`` for the numeric :data:`PAIR_COLUMNS` (an empty cell is NaN) in file order;
+    ``summary`` is ``summary.json`` (empty when absent); ``methods`` the ``method`` column's values."""
+
+    folder: Path
+    rows: dict[tuple[str, str], dict[str, float]]
+    summary: dict[str, Any] = field(default_factory=dict)
+    methods: list[str] = field(default_factory=list)
+
+
+_NUMERIC = [c for c in PAIR_COLUMNS if c not in ("fixed_id", "moving_id", "method")]
+
+
+def _number(text: str | None, where: str) -> float:
+    if text is None or text.strip() == "" or text.strip().lower() in ("none", "null", "nan"):
+        return float("nan")
+    try:
+        return float(text)
+    except ValueError:
+        raise DataError(f"{where}: expected a number, got {text!r}") from None
+
+
+def read_results(path: str | os.PathLike) -> Results:
+    """Read a results folder: ``path/pairs.csv`` (or ``path/test/pairs.csv`` for a ``train.py`` run
+    folder) and ``summary.json`` when present. A missing or empty file, a missing column of
+    :data:`PAIR_COLUMNS`, a pair listed twice or a non-number is one :class:`data.io.DataError`
+    naming the file (and line)."""
+    folder = Path(path)
+    if not (folder / "pairs.csv").is_file() and (folder / "test" / "pairs.csv").is_file():
+        folder = folder / "test"
+    csv_path = folder / "pairs.csv"
+    if not csv_path.is_file():
+        what = "no such folder" if not folder.exists() else "no pairs.csv (not a results folder of eval.py/train.py)"
+        raise DataError(f"{csv_path}: {what}")
+    rows: dict[tuple[str, str], dict[str, float]] = {}
+    methods: list[str] = []
+    with open(csv_path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        header = reader.fieldnames or []
+        missing = [c for c in PAIR_COLUMNS if c not in header]
+        if missing:
+            raise DataError(f"{csv_path}: missing column(s) {','.join(missing)}; "
+                            f"expected {','.join(PAIR_COLUMNS)}, got {','.join(header) or 'an empty file'}")
+        for line, raw in enumerate(reader, start=2):
+            key = (str(raw["fixed_id"]), str(raw["moving_id"]))
+            if key in rows:
+                raise DataError(f"{csv_path}: line {line}: pair {key[0]} -> {key[1]} appears twice")
+            rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in _NUMERIC}
+            if raw["method"] and raw["method"] not in methods:
+                methods.append(raw["method"])
+    if not rows:
+        raise DataError(f"{csv_path}: no pairs (header only)")
+    summary: dict[str, Any] = {}
+    summary_path = folder / "summary.json"
+    if summary_path.is_file():
+        try:
+            summary = json.loads(summary_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{summary_path}: not readable JSON ({exc})") from None
+        if not isinstance(summary, dict):
+            raise DataError(f"{summary_path}: expected a JSON object")
+    return Results(folder=folder, rows=rows, summary=summary, methods=methods)

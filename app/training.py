@@ -1,0 +1,138 @@
+"""``train.py``: fit a learned method, then test it into the results contract (:mod:`app.evaluation`).
+
+A model with nothing to train (identity, classical optimisers) is only tested. Stops (SIGTERM,
+Ctrl-C, a SLURM requeue signal) save ``last.ckpt`` at a batch boundary and end with the command
+that resumes (:mod:`app.stopping`); a network that took no optimiser step is never tested as a
+trained method.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from app.build import build_datamodule, build_model, build_trainer, check_entry
+from app.checkpoints import read_checkpoint
+from app.errors import ConfigError
+from app.evaluation import check_input_sizes, check_output_dir, run_test
+from app.loggers import finish_loggers
+
+__all__ = ["run_train"]
+
+
+# Lightning resolves these ckpt_path values itself (through the same weights-only reader)
+_SPECIAL_CKPT = ("last", "hpc", "best")
+
+
+def run_train(cfg: DictConfig) -> dict:
+    """Fit ``cfg.model`` (a network with trainable parameters), then test it into ``test/``.
+
+    A model with nothing to train (identity, classical optimisers) is only tested. A network is
+    tested only if it was trained here (at least one optimiser step) or comes from ``ckpt_path``;
+    non-finite losses or weights stop training with one error (:class:`models.module.NonFiniteError`).
+    SIGTERM saves ``checkpoints/last.ckpt`` at the next batch boundary and exits 143 with the
+    resume command; Ctrl-C exits 130 with it (resuming from the last saved checkpoint); neither
+    goes on to test.
+    """
+    import lightning as L
+
+    from app.stopping import StopCheckpoint
+
+    check_entry(cfg, "train")
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
+        read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
+    model = build_model(cfg)
+    trainable = bool(getattr(model, "trainable", True))
+    if trainable and cfg.test and not cfg.train and not ckpt_path:
+        raise ConfigError(f"train=false: {model.method} is a network with untrained (random) weights; "
+                          "give ckpt_path=<a checkpoint> to test a trained one (or use eval.py ckpt_path=...)")
+    if cfg.train and not trainable:
+        print(f"[{model.method}] nothing to train (no trainable parameters): testing only")
+    stop = StopCheckpoint()
+    trainer = build_trainer(cfg, extra_callbacks=[stop])
+    stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
+    test_ckpt = None  # train=false: the checkpoint whose weights are tested (never fresh weights)
+    if trainable and not cfg.train and ckpt_path:
+        test_ckpt = stop.path if str(ckpt_path) == "last" else str(ckpt_path)
+        if str(ckpt_path) in _SPECIAL_CKPT and (str(ckpt_path) != "last" or not os.path.isfile(test_ckpt)):
+            raise ConfigError(f"ckpt_path={ckpt_path} with train=false: no such checkpoint"
+                              + (f" ({test_ckpt} does not exist)" if str(ckpt_path) == "last" else "")
+                              + "; give the path of the checkpoint to test")
+    summary: dict = {}
+    phase = "training"
+    try:
+        for logger in trainer.loggers:  # the resolved config: what the dashboard groups and filters by
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.train and trainable:
+            check_input_sizes(model, datamodule, "fit")
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+            if trainer.global_step == 0:
+                raise ConfigError(
+                    f"train: no optimiser step was taken (trainer.max_epochs={cfg.trainer.get('max_epochs')}, "
+                    f"trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
+                    f"{cfg.trainer.get('limit_train_batches')}); an untrained {model.method} is not tested as a "
+                    "trained method: train at least one step, or test a checkpoint with eval.py ckpt_path=...")
+        if cfg.test:
+            phase = "testing"
+            ckpt = None
+            if cfg.train and trainable and trainer.checkpoint_callback is not None:
+                ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+            elif not cfg.train and trainable:
+                ckpt = test_ckpt
+            out_dir = os.path.join(cfg.paths.output_dir, "test")
+            summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs, ckpt_path=ckpt)
+    except BaseException as exc:  # noqa: BLE001 - stops become the resume line; the rest passes
+        stopped = _stopped(exc, stop, trainer, cfg, phase, resume_ckpt)
+        if stopped is None:
+            raise
+        raise stopped from None
+    finally:
+        finish_loggers(trainer)
+    return summary
+
+
+def _last_checkpoint(trainer, output_dir: str) -> tuple[str, str]:
+    """Where a stop saves the training state, and the ``ckpt_path`` value that resumes from it:
+    ``last.ckpt`` in the folder of the checkpoint callbacks (``ckpt_path=last`` finds it there),
+    else ``<output_dir>/checkpoints/last.ckpt`` named by its path."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    dirs = [cb.dirpath for cb in trainer.checkpoint_callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath]
+    if dirs:
+        return os.path.join(str(dirs[0]), "last.ckpt"), "last"
+    path = os.path.join(str(output_dir), "checkpoints", "last.ckpt")
+    return path, path
+
+
+def _stopped(exc: BaseException, stop, trainer, cfg: DictConfig, phase: str, resume_ckpt: str):
+    """The :class:`app.stopping.Stopped` (with train.py's resume line) for a stop, else None."""
+    import signal
+
+    from app.stopping import Stopped, as_stop, resume_command, signal_name
+
+    command = resume_command("train.py", cfg.paths.output_dir, [f"ckpt_path={resume_ckpt}"])
+    interrupted = isinstance(exc, KeyboardInterrupt) or (
+        isinstance(exc, SystemExit) and isinstance(stop.exception, KeyboardInterrupt))
+    where = f"at step {trainer.global_step} (epoch {trainer.current_epoch})" if phase == "training" else "while testing"
+    if interrupted:
+        last = stop.path if stop.path and os.path.isfile(stop.path) else None
+        saved = (f"the last saved checkpoint is {last}" if last else
+                 "no checkpoint was saved yet (the command below starts afresh)")
+        return Stopped(signal.SIGINT, f"interrupted (Ctrl-C) {where}; not tested; {saved}; resume with: {command}")
+    got = as_stop(exc)
+    if got is None:
+        return None
+    name = signal_name(got.signum)
+    if phase == "training":
+        if stop.saved_step is not None:
+            saved = f"saved {stop.path} (step {stop.saved_step})"
+        else:
+            saved = f"training state NOT saved ({stop.not_saved or 'no checkpoint callback ran'})"
+        return Stopped(got.signum, f"stopped by {name} {where}; {saved}; not tested; resume with: {command}")
+    return Stopped(got.signum, f"stopped by {name} while testing; checkpoints and finished test pairs are kept "
+                               f"in {os.path.abspath(str(cfg.paths.output_dir))}; resume with: {command}")
