@@ -61,7 +61,7 @@ def _check_checkpoint(ckpt: Any, path: Path, key: str) -> None:
     meta = ckpt.get("registration") if isinstance(ckpt, dict) else None
     if not isinstance(meta, dict) or not (meta.get("target") or meta.get("model_config")):
         raise ConfigError(f"{key}: {path} is not a checkpoint written by this project's train.py "
-                          "(no 'registration' model description inside)")
+                          "(no 'registration' model config inside)")
     if meta.get("displacement_convention") != DISPLACEMENT_CONVENTION:
         raise ConfigError(f"{key}: {path} uses another displacement convention "
                           f"({meta.get('displacement_convention')!r}); expected {DISPLACEMENT_CONVENTION!r}")
@@ -108,14 +108,14 @@ def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
             raise ValueError(f"{target} is not a RegistrationModule")
         model = cls(**kwargs)
     except Exception as exc:  # noqa: BLE001 - a description of another version of the code
-        raise ConfigError(f"{key}: {path}: its stored model cannot be built here "
+        raise ConfigError(f"{key}: {path}: its stored model config cannot be built here "
                           f"({one_line(root_cause(exc))})") from exc
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as exc:
         detail = one_line(exc)
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
-        raise ConfigError(f"{key}: {path} does not match its stored model description: {detail}") from exc
+        raise ConfigError(f"{key}: {path} does not match its stored model config: {detail}") from exc
     return model
 
 

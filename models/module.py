@@ -452,7 +452,7 @@ class RegistrationModule(L.LightningModule):
         moved = warp(batch["moving"][:1], u[:1])
         title = f"{batch['fixed_id'][0]} <- {batch['moving_id'][0]}, epoch {self.current_epoch}"
         fig = pair_figure(batch["fixed"][0], batch["moving"][0], moved[0], u[0], title=title)
-        log_figure(fig, "val/example", image_loggers, self.global_step, fallback_dir=None)
+        log_figure(fig, "val/example", image_loggers, self.global_step)
 
     def _can_compute_loss(self, batch: Mapping[str, Any]) -> bool:
         return self.loss_cfg["dice_weight"] == 0 or ("fixed_label" in batch and "moving_label" in batch)
@@ -486,8 +486,9 @@ class RegistrationModule(L.LightningModule):
             row = {"fixed_id": str(batch["fixed_id"][i]), "moving_id": str(batch["moving_id"][i]),
                    **{k: res[k] for k in PAIR_METRICS}, "n_erased": res["n_erased"], "seconds": seconds,
                    "dice_identity": res["dice_identity"]}
-            for k in (*PAIR_METRICS, "dice_identity"):
-                self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
+            if self._trainer is not None:  # called by a Trainer (not directly)
+                for k in (*PAIR_METRICS, "dice_identity"):
+                    self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
             results.append({"pair": row, "labels": res["dice_per_label"], "erased": res["erased_labels"],
                             "signature": None if signatures is None else signatures[i],
                             "displacement": u[i : i + 1], "moved_label": res["moved_label"]})

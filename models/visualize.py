@@ -9,8 +9,6 @@ takes images (W&B) and otherwise saves a PNG.
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
@@ -100,21 +98,14 @@ def pair_figure(
     return fig
 
 
-def log_figure(fig, key: str, loggers: Iterable[Any], step: int, fallback_dir: str | os.PathLike | None) -> None:
-    """Send ``fig`` to the loggers that take images (W&B ``log_image``); with none, save
-    ``fallback_dir/<key with / as _>_<step>.png``. Closes the figure."""
+def log_figure(fig, key: str, loggers: Iterable[Any], step: int) -> None:
+    """Send ``fig`` to the loggers that take images (W&B ``log_image``) and close it. (Saving a
+    figure to a file is the application's: :func:`app.loggers.save_figure`.)"""
     import matplotlib.pyplot as plt
 
-    sent = False
     try:
         for logger in loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(key=key, images=[fig], step=step)
-                sent = True
-        if not sent and fallback_dir is not None:
-            path = Path(fallback_dir) / f"{key.replace('/', '_')}_{step:06d}.png"
-            from app import save_figure
-
-            save_figure(fig, path)
     finally:
         plt.close(fig)

@@ -313,15 +313,18 @@ def test_cli_exit_status_of_data_check_and_recipe(tmp_path):
 # ---------------------------------------------------------------- checkpoint of another model
 def _checkpoint(path: Path, model_name: str = "voxelmorph", weights_of: str | None = None, edit=None,
                 registration: bool = True, convention: str | None = None) -> Path:
-    """What train.py's checkpoints hold (Lightning's dict + ``on_save_checkpoint``'s metadata)."""
+    """What train.py's checkpoints of format 1 held (Lightning's dict + ``on_save_checkpoint``'s
+    metadata: the resolved model config); format 2 is tested in tests/test_app.py."""
     import torch
+    from omegaconf import OmegaConf
 
     from app import build_model
-    from app.results import DISPLACEMENT_CONVENTION
+    from spatial import DISPLACEMENT_CONVENTION
 
-    model = build_model(compose("train", [f"model={model_name}", "data=pairs_csv", "data.csv=x.csv"]))
+    cfg = compose("train", [f"model={model_name}", "data=pairs_csv", "data.csv=x.csv"])
+    model = build_model(cfg)
     weights = model if weights_of is None else build_model(compose("train", [f"model={weights_of}"]))
-    config = model.model_config
+    config = OmegaConf.to_container(cfg.model, resolve=True)
     if edit is not None:
         edit(config)
     ckpt = {"epoch": 0, "global_step": 1, "pytorch-lightning_version": "2.4.0",

@@ -43,7 +43,8 @@ from data.klein import KleinDataModule  # noqa: E402
 from data.pairs_csv import PairsCSVDataset  # noqa: E402
 from data.preprocess import PreprocessConfig, load_source, preprocess, preprocessed_shape  # noqa: E402
 from losses import compact_labels, dice_loss, one_hot  # noqa: E402
-from app.results import ResultsWriter  # noqa: E402
+from app.evaluation import run_test  # noqa: E402
+from app.parts import ResultsWriter  # noqa: E402
 from models.module import IdentityRegistration  # noqa: E402
 from spatial import warp  # noqa: E402
 
@@ -282,7 +283,7 @@ def test_singleton_axis_refused_before_registration(tmp_path):
     (tmp_path / "pairs.csv").write_text("fixed,moving\nf.nii.gz,m.nii.gz\n")
     dm = PairsCSVDataModule(csv=str(tmp_path / "pairs.csv"))
     assert dm.volume_shapes("test") == [(str(tmp_path / "f.nii.gz"), shape), (str(tmp_path / "m.nii.gz"), shape)]
-    _raises(_trainer().test, _NoRegistration(), datamodule=dm,
+    _raises(run_test, _trainer(), _NoRegistration(), dm, tmp_path / "out",
             must=[tmp_path / "f.nii.gz", "(32, 32, 1)", "axis 2", "fewer than the 2", "model.downsize=1"])
     assert IdentityRegistration(downsize=2).min_input_size() == 4
 
@@ -336,23 +337,24 @@ def test_dataset_volume_shapes_predict_preprocessing(tmp_path):
     dm = KleinDataModule("ibsr18", str(root), strict_count=False, shape=[16, 16, 1])
     shapes = dm.volume_shapes("test")
     assert [s for _, s in shapes] == [(16, 16, 1)] * 2 and shapes[0][0].endswith("IBSR_01_ana_strip.nii.gz")
-    _raises(_trainer().test, _NoRegistration(), datamodule=dm, must=["IBSR_01_ana_strip.nii.gz", "axis 2"])
+    _raises(run_test, _trainer(), _NoRegistration(), dm, tmp_path / "out", must=["IBSR_01_ana_strip.nii.gz", "axis 2"])
     native = KleinDataModule("ibsr18", str(root), strict_count=False, shape=None, spacing=2.0)
     assert [s for _, s in native.volume_shapes("test")] == [(8, 8, 8)] * 2  # 16 voxels of 1 mm at 2 mm
 
 
 # ============================================================== 3. labels survive
 def test_saved_moved_label_keeps_ids_above_int16(tmp_path):
+    from app.callbacks import ResultsCallback
+
     model = IdentityRegistration()
-    model.results = ResultsWriter(tmp_path, method="identity", save_outputs=True)
+    callback = ResultsCallback(ResultsWriter(tmp_path, method="identity", method_hash="h"), save_outputs=True)
     lab = torch.zeros(1, 1, 6, 6, 6, dtype=torch.int64)
     lab[..., :3] = 40000
     lab[..., 3:5] = 7
     batch = {"fixed": torch.rand(1, 1, 6, 6, 6), "moving": torch.rand(1, 1, 6, 6, 6), "fixed_label": lab,
              "moving_label": lab, "spacing": torch.ones(1, 3), "fixed_id": ["a"], "moving_id": ["b"]}
-    u = model.register(batch)
-    model._save_outputs(batch, 0, u, model.warp_label(lab, u)[0], "a", "b")
-    saved = load_volume(model.results.moved_path("a", "b", "label"), kind="label").array
+    callback.on_test_batch_end(None, model, model.test_step(batch, 0), batch, 0)
+    saved = load_volume(callback.writer.moved_path("a", "b", "label"), kind="label").array
     np.testing.assert_array_equal(saved, lab[0, 0].numpy())
 
 

@@ -141,7 +141,7 @@ def test_changed_method_config_recomputes_every_pair(tmp_path):
 
 
 def test_method_signature_follows_config_and_every_weight():
-    from app.results import method_signature
+    from app.parts import method_signature
 
     from models.networks import VoxelMorphUNet
 
@@ -149,18 +149,16 @@ def test_method_signature_follows_config_and_every_weight():
 
     def model():
         torch.manual_seed(0)
-        m = RegistrationModule(net=VoxelMorphUNet(ndim=2, enc=(4, 4), dec=(4, 4)), method="vm")
-        m.model_config = {"_target_": "models.RegistrationModule", "method": "vm"}
-        return m
+        return RegistrationModule(net=VoxelMorphUNet(ndim=2, enc=(4, 4), dec=(4, 4)), method="vm")
 
     a, b = model(), model()
     assert method_signature(a) == method_signature(b)
     with torch.no_grad():
         next(b.net.parameters()).view(-1)[0] += 1e-6  # one weight, slightly: "trained further"
     assert method_signature(a) != method_signature(b)
-    c = model()
-    c.model_config = {**c.model_config, "label_interp": "linear"}
-    assert method_signature(a) != method_signature(c)
+    torch.manual_seed(0)
+    c = RegistrationModule(net=VoxelMorphUNet(ndim=2, enc=(4, 4), dec=(4, 4)), method="vm", label_interp="linear")
+    assert method_signature(a) != method_signature(c)  # another hyper-parameter
 
 
 def test_network_with_other_weights_never_reuses_results(tmp_path):
@@ -177,12 +175,12 @@ def test_network_with_other_weights_never_reuses_results(tmp_path):
 
 
 def test_writer_reuses_only_matching_parts(tmp_path):
-    from app.results import ResultsWriter
+    from app.parts import ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h1")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "seconds": 0.1, "dice_identity": 0.4}
-    w.add(row, {1: 0.5}, "sig-a")
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4}
+    w.add({"pair": row, "labels": {1: 0.5}, "signature": "sig-a"})
     assert w.reusable("f", "g", "sig-a")
     assert not w.reusable("f", "g", "sig-b")  # other inputs
     assert not w.reusable("f", "g", None)  # a dataset without signatures never reuses
@@ -246,12 +244,13 @@ def test_results_of_another_csv_in_the_same_folder_are_not_merged(tmp_path, caps
 
 
 def test_finalize_names_a_test_pair_without_a_result(tmp_path):
-    from app.results import ResultsError, ResultsWriter
+    from app.parts import ResultsWriter
+    from app.results import ResultsError
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "seconds": 0.1, "dice_identity": 0.4}
-    w.add(row, {1: 0.5}, "s")
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4}
+    w.add({"pair": row, "labels": {1: 0.5}, "signature": "s"})
     w.seen.add(("f", "lost"))
     with pytest.raises(ResultsError, match=r"\(f, lost\)"):
         w.finalize([("f", "g"), ("f", "lost")])
@@ -270,12 +269,12 @@ def test_train_test_phase_resume_ignores_other_pairs(tmp_path):
     """train.py test-only into a folder whose test/ holds a part of a pair outside the test set."""
     csv_path = _two_pair_csv(tmp_path / "data")
     out = tmp_path / "run"
-    stray = out / "test" / ".parts" / "voxelmorph" / "x__y.json"
+    stray = out / "test" / ".parts" / "identity" / "x__y.json"
     stray.parent.mkdir(parents=True)
-    stray.write_text(json.dumps({"pair": {"fixed_id": "x", "moving_id": "y", "method": "voxelmorph", "dice": 0.9,
+    stray.write_text(json.dumps({"pair": {"fixed_id": "x", "moving_id": "y", "method": "identity", "dice": 0.9,
                                           "hd95": 1, "sdlogj": 0, "sdlogj_l2r": 0, "folding_pct": 0, "seconds": 0,
                                           "dice_identity": 0.9}, "labels": {}}))
-    cfg = compose("train", ["data=pairs_csv", f"data.test_csv={csv_path}", "train=false", "logger=csv",
+    cfg = compose("train", ["data=pairs_csv", f"data.test_csv={csv_path}", "model=identity", "logger=csv",
                             f"paths.output_dir={out}", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false"])
     summary = train_entry.train(cfg)
     assert summary["n_pairs"] == 2 and _pairs(out / "test") == [("a_f", "a_m"), ("b_f", "b_m")]
@@ -283,12 +282,13 @@ def test_train_test_phase_resume_ignores_other_pairs(tmp_path):
 
 # ============================================================================ 3. strict means
 def _finalize_with(tmp_path, values):
-    from app.results import ResultsWriter
+    from app.parts import ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     for k, (dice, hd95) in enumerate(values):
-        w.add({"fixed_id": f"f{k}", "moving_id": f"m{k}", "dice": dice, "hd95": hd95, "sdlogj": 0.1,
-               "sdlogj_l2r": 0.1, "folding_pct": 0.0, "seconds": 0.1, "dice_identity": dice}, {}, "s")
+        w.add({"pair": {"fixed_id": f"f{k}", "moving_id": f"m{k}", "dice": dice, "hd95": hd95, "sdlogj": 0.1,
+                        "sdlogj_l2r": 0.1, "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": dice},
+               "labels": {}, "signature": "s"})
     return w.finalize([(f"f{k}", f"m{k}") for k in range(len(values))])
 
 
@@ -409,7 +409,7 @@ def test_empty_output_dir_is_refused(entry, tmp_path, capsys, monkeypatch):
         with pytest.raises(SystemExit):
             _eval("", "model=identity", "data=pairs_csv", f"data.csv={csv_path}")
     else:
-        cfg = compose("train", ["data=pairs_csv", f"data.test_csv={csv_path}", "train=false", "logger=csv",
+        cfg = compose("train", ["data=pairs_csv", f"data.test_csv={csv_path}", "model=identity", "logger=csv",
                                 "paths.output_dir=", "trainer.accelerator=cpu"])
         with pytest.raises(SystemExit):
             train_entry.train(cfg)

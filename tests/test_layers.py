@@ -1,0 +1,54 @@
+"""The layers of DESIGN.md, checked on the source: a library package imports only the packages
+below it, and never the application layer (``app/``) or the experiments on top.
+
+    spatial  <-  losses, metrics  <-  data, models  <-  classical  <-  app  <-  experiments, entry points
+
+Every ``import`` statement counts, also those inside functions (an upward import done lazily is
+still an upward arrow)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PROJECT = ("spatial", "losses", "metrics", "data", "models", "classical", "app", "experiments")
+ALLOWED = {
+    "spatial": set(),
+    "losses": {"spatial"},
+    "metrics": {"spatial"},
+    "data": {"spatial", "losses", "metrics"},
+    "models": {"spatial", "losses", "metrics", "data"},
+    "classical": {"spatial", "losses", "metrics", "data", "models"},
+    "app": {"spatial", "losses", "metrics", "data", "models", "classical"},
+}
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """``(line, top-level package)`` of every absolute import in a file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name.split(".")[0]) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            out.append((node.lineno, node.module.split(".")[0]))
+    return out
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_no_import_points_upward(package):
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for line, top in _imports(path):
+            if top in PROJECT and top != package and top not in ALLOWED[package]:
+                bad.append(f"{path.relative_to(ROOT)}:{line} imports {top}")
+    assert not bad, f"{package}/ may import only {sorted(ALLOWED[package]) or 'no project package'}: " + "; ".join(bad)
+
+
+def test_the_check_sees_a_lazy_upward_import(tmp_path):
+    """The walker finds an import inside a function (the way upward arrows used to hide)."""
+    f = tmp_path / "m.py"
+    f.write_text("def f():\n    from app.results import PAIR_COLUMNS\n    return PAIR_COLUMNS\n")
+    assert _imports(f) == [(2, "app")]
