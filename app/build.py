@@ -10,31 +10,50 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.errors import ConfigError, one_line, root_cause
 
-__all__ = ["ENTRY_SCRIPTS", "check_entry", "build", "build_datamodule", "build_model", "build_trainer"]
+__all__ = ["SCRIPTS", "check_entry", "experiment_choice", "script_of_experiment", "build", "build_datamodule", "build_model", "build_trainer"]
 
-# which script runs a config: experiment files for the analysis scripts set `entry`
-ENTRY_SCRIPTS = {
+# How each entry point is started. An analysis script's experiment files live in its own folder
+# of configs/experiment/ (experiment=compare/mni_fig4_sup); the others are train.py's and eval.py's.
+SCRIPTS = {
     "train": "train.py",
     "eval": "eval.py",
-    "compare": "experiments/compare.py",
-    "mi_analysis": "experiments/mi_analysis.py",
-    "mi_sweep": "experiments/mi_sweep.py",
-    "domain_shift": "experiments/domain_shift.py",
+    "compare": "-m experiments.compare",
+    "domain_shift": "-m experiments.domain_shift",
+    "mi_analysis": "-m experiments.mi_analysis",
+    "mi_sweep": "-m experiments.mi_sweep",
 }
+_OWN_FOLDER = ("compare", "domain_shift", "mi_analysis", "mi_sweep")
+
+
+def experiment_choice(cfg: DictConfig) -> str | None:
+    """The ``experiment=`` option this run was composed with (Hydra's record of the choice: the
+    running app's, or the ``hydra`` node of a config composed with ``return_hydra_config``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        choice = HydraConfig.get().runtime.choices.get("experiment")
+    else:
+        choice = OmegaConf.select(cfg, "hydra.runtime.choices.experiment", default=None)
+    return None if choice in (None, "null") else str(choice)
+
+
+def script_of_experiment(choice: str) -> str:
+    """The entry point that runs experiment ``choice``: its folder's script (``compare/...``), else
+    ``train`` (train.py; eval.py accepts those too)."""
+    folder = choice.split("/", 1)[0] if "/" in choice else ""
+    return folder if folder in _OWN_FOLDER else "train"
 
 
 def check_entry(cfg: DictConfig, *accepted: str) -> None:
-    """ConfigError unless ``cfg.entry`` (absent: ``"train"``) is one of ``accepted``: an experiment
-    file written for another script (``entry: compare``) names the script to run it with. Then the
-    config's values are checked for type (:func:`app.config_check.check_config`: ``seed``,
-    ``train``/``test``/``save_outputs`` strict booleans, every ``_target_`` node against what it
-    builds, the optimiser built once)."""
-    entry = str(cfg.get("entry") or "train")
-    if entry not in accepted:
-        script = ENTRY_SCRIPTS.get(entry, entry)
-        name = cfg.get("experiment_name") or "this experiment"
-        raise ConfigError(f"experiment: {name} is run by {script} (entry: {entry}): "
-                          f"python {script} experiment={name}")
+    """ConfigError unless the chosen experiment belongs to one of the ``accepted`` entry points (an
+    experiment file of configs/experiment/compare/ is run by ``python -m experiments.compare``:
+    the error says so). Then the config's values are checked for type
+    (:func:`app.config_check.check_config`: ``seed``, ``train``/``test``/``save_outputs`` strict
+    booleans, every ``_target_`` node against what it builds, the optimiser built once)."""
+    choice = experiment_choice(cfg)
+    if choice is not None and script_of_experiment(choice) not in accepted:
+        script = SCRIPTS[script_of_experiment(choice)]
+        raise ConfigError(f"experiment={choice} is run by python {script}: python {script} experiment={choice}")
     from app.config_check import check_config
 
     check_config(cfg)  # values of the wrong type: one error naming the key, before any work

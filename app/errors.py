@@ -132,15 +132,18 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _script_of(main: Callable[..., Any]) -> str | None:
-    """The entry script that defines ``main``, relative to the project root (``eval.py``,
-    ``experiments/mi_sweep.py``), or None."""
+    """How the entry point that defines ``main`` is started: ``eval.py`` for a script at the project
+    root, ``-m experiments.mi_sweep`` for a module of a package, or None."""
     import inspect
 
     try:
         path = Path(inspect.getsourcefile(inspect.unwrap(main)) or "").resolve()
-        return path.relative_to(Path(__file__).resolve().parents[1]).as_posix()
+        relative = path.relative_to(Path(__file__).resolve().parents[1])
     except (TypeError, ValueError):
         return None
+    if len(relative.parts) == 1:
+        return relative.as_posix()
+    return "-m " + ".".join(relative.with_suffix("").parts)
 
 
 def _output_dir_of(args: tuple) -> str | None:

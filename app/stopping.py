@@ -146,7 +146,8 @@ def task_overrides(script: str) -> list[str] | None:
             return [str(o) for o in HydraConfig.get().overrides.task]
     except Exception:  # noqa: BLE001 - no Hydra run: fall back to argv
         pass
-    if sys.argv and os.path.basename(sys.argv[0]) == os.path.basename(script):
+    file = script.split()[-1].split(".")[-1] + ".py" if script.startswith("-m ") else os.path.basename(script)
+    if sys.argv and os.path.basename(sys.argv[0]) == file:
         return [a for a in sys.argv[1:] if "=" in a and not a.startswith("-")]
     return None
 
@@ -157,7 +158,7 @@ def resume_command(script: str, output_dir: str | os.PathLike, extra: Iterable[s
     overrides = task_overrides(script)
     extra = list(extra)
     replaced = {"paths.output_dir"} | {e.split("=", 1)[0] for e in extra}
-    words = ["python", script]
+    words = ["python", *script.split()]  # "eval.py" or "-m experiments.mi_sweep"
     if overrides is None:
         words.append("<the same overrides>")
     else:

@@ -1,8 +1,8 @@
 """Classical registration benchmark on offline MNI pairs, all methods in one process, same threads.
 
-    python experiments/bench_classical.py                       # 2 mm (96x112x96), every method found
-    python experiments/bench_classical.py --resolution 1 --methods greedy_fast fireants
-    python experiments/bench_classical.py --repeats 1 --threads 2
+    python -m experiments.bench_classical                       # 2 mm (96x112x96), every method found
+    python -m experiments.bench_classical --resolution 1 --methods greedy_fast fireants
+    python -m experiments.bench_classical --repeats 1 --threads 2
 
 Prints, per method: seconds (median of ``--repeats`` runs of the registration only), Dice over
 CSF/GM/WM (labels warped nearest-neighbour), HD95 (mm) and folding % — all through the project's
@@ -22,18 +22,16 @@ import argparse
 import contextlib
 import os
 import statistics
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from omegaconf import OmegaConf
 
-from metrics import dice, evaluate_pair  # noqa: E402
-from spatial import warp  # noqa: E402
+from metrics import dice, evaluate_pair
+from spatial import warp
 
 OURS = {"greedy": "greedy", "greedy_fast": "greedy_fast", "syn": "syn"}
 

@@ -1,6 +1,6 @@
 """Benchmark of the dataset path: cache load time of an OASIS-sized pair, data time vs step time.
 
-    python experiments/bench_data.py [--root OASIS_DIR] [--subjects 6] [--steps 6] [--workers 0 1]
+    python -m experiments.bench_data [--root OASIS_DIR] [--subjects 6] [--steps 6] [--workers 0 1]
                                      [--downsize 2] [--augment] [--threads 2]
 
 Without ``--root`` a fake neurite OASIS tree is written to a temporary folder: ``--subjects``
@@ -26,19 +26,16 @@ import argparse
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
 
 SHAPE = (160, 192, 224)
 

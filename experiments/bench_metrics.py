@@ -1,6 +1,6 @@
 """Benchmark of the metric code path on an OASIS-sized pair, and agreement with MONAI's HD95.
 
-    python experiments/bench_metrics.py [--shape 160 192 224] [--labels 35] [--repeats 3]
+    python -m experiments.bench_metrics [--shape 160 192 224] [--labels 35] [--repeats 3]
 
 Builds a synthetic 35-label brain-like label map (wobbly Voronoi regions inside an ellipsoid,
 background outside), a smooth random displacement ``u`` (about 3 voxels), and the moved map
@@ -19,15 +19,13 @@ import time
 import warnings
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+import numpy as np
+import torch
+import torch.nn.functional as F
 
-import metrics  # noqa: E402
-from spatial import warp  # noqa: E402
+import metrics
+from spatial import warp
 
 
 def smooth_field(shape, amplitude: float, coarse, gen: torch.Generator) -> torch.Tensor:

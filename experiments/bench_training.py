@@ -1,14 +1,14 @@
 """Benchmark of one training step per network on CPU, side by side with MONAI's VoxelMorph.
 
-    python experiments/bench_training.py [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm2 lkunet transmorph lapirn monai]
+    python -m experiments.bench_training [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm2 lkunet transmorph lapirn monai]
                                          [--repeats 3] [--threads N] [--field displacement|velocity]
                                          [--transmorph-size base] [--checkpoint] [--no-timing | --no-memory]
                                          [--json out.json]
 
 Memory with and without activation checkpointing at the full OASIS size (one command each):
 
-    python experiments/bench_training.py --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing
-    python experiments/bench_training.py --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing \\
+    python -m experiments.bench_training --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing
+    python -m experiments.bench_training --shapes 160x192x224 --nets vxm1 vxm2 lkunet --threads 1 --no-timing \\
         --checkpoint
 
 One step = forward + LNCC (window 9) + 0.1 · diffusion regulariser + backward + Adam step, on
@@ -55,12 +55,10 @@ import warnings
 from typing import Callable
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import nn  # noqa: E402
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 NETS = ("vxm1", "vxm2", "lkunet", "transmorph", "lapirn", "monai")
 LOSS = {"sim": "lncc", "reg": "diffusion", "reg_weight": 0.1}

@@ -1,7 +1,7 @@
 """Method comparison: several methods on the same pairs, boxplots, paired tests, a table.
 
-    python experiments/compare.py "methods={identity: {eval: ['model=identity', 'data=mni']}, greedy: {eval: ['model=greedy_fast', 'data=mni']}}"
-    python experiments/compare.py "methods={greedy: {results: outputs/greedy}, vxm: {results: outputs/vxm}}" metric=hd95 tests=all
+    python -m experiments.compare "methods={identity: {eval: ['model=identity', 'data=mni']}, greedy: {eval: ['model=greedy_fast', 'data=mni']}}"
+    python -m experiments.compare "methods={greedy: {results: outputs/greedy}, vxm: {results: outputs/vxm}}" metric=hd95 tests=all
 
 Config: ``configs/compare.yaml`` (its header documents the keys). Each method's results come
 from a results folder (the contract of :mod:`app.results`) or from an ``eval.py`` /
@@ -29,13 +29,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.comparison import (  # noqa: E402
+from experiments.comparison import (
     METRICS,
     PARADIGM_COLOURS,
     TEST_MODES,
@@ -48,9 +45,10 @@ from experiments.comparison import (  # noqa: E402
     compare,
     load_results,
 )
-from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
-from app import ConfigError, check_entry, guarded, log_analysis  # noqa: E402
-from app.results import atomic_write_bytes, atomic_write_text, csv_text  # noqa: E402
+from experiments.runs import method_overrides, parse_overrides, run_method
+from app.entry import hydra_main
+from app import ConfigError, check_entry, guarded, log_analysis
+from app.results import atomic_write_bytes, atomic_write_text, csv_text
 
 __all__ = ["write_comparison", "markdown", "run_compare"]
 
@@ -245,7 +243,7 @@ def run_compare(cfg: DictConfig) -> Comparison:
     return comp
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="compare")
+@hydra_main("compare")
 def main(cfg: DictConfig) -> None:
     run_compare(cfg)
 

@@ -1,7 +1,7 @@
 """Does a learned method's advantage survive domain shift? (paper finding 4, Fig. 5)
 
-    python experiments/domain_shift.py experiment=mni_domain_shift     # offline: MNI, controlled shifts
-    python experiments/domain_shift.py experiment=paper_fig5_domain_shift   # OASIS -> IBSR18, CUMC12, MGH10, LPBA40
+    python -m experiments.domain_shift experiment=domain_shift/mni_domain_shift     # offline: MNI, controlled shifts
+    python -m experiments.domain_shift experiment=domain_shift/paper_fig5_domain_shift   # OASIS -> IBSR18, CUMC12, MGH10, LPBA40
 
 Every method is evaluated on every test set. ``methods`` as in :mod:`experiments.compare`:
 ``{eval: [...]}`` (a classical method: evaluated directly on each test set) or ``{train:
@@ -24,22 +24,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-import hydra  # noqa: E402
-from omegaconf import DictConfig, ListConfig  # noqa: E402
+from omegaconf import DictConfig, ListConfig
 
-from experiments.comparison import (  # noqa: E402
+from experiments.comparison import (
     PARADIGM_COLOURS,
     MethodResults,
     check_metric,
     compare,
     load_results,
 )
-from experiments.runs import method_overrides, parse_overrides, run_method  # noqa: E402
-from app import ConfigError, check_entry, guarded, log_analysis, save_figure  # noqa: E402
-from app.results import atomic_write_text, csv_text  # noqa: E402
+from experiments.runs import method_overrides, parse_overrides, run_method
+from app.entry import hydra_main
+from app import ConfigError, check_entry, guarded, log_analysis, save_figure
+from app.results import atomic_write_text, csv_text
 
 __all__ = ["find_checkpoint", "run_domain_shift"]
 
@@ -189,7 +187,7 @@ def _markdown(rows, test_rows, set_names, metric, reference) -> str:
     return "\n".join(lines) + "\n"
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="domain_shift")
+@hydra_main("domain_shift")
 def main(cfg: DictConfig) -> None:
     run_domain_shift(cfg)
 

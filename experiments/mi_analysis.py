@@ -1,8 +1,8 @@
 """Does intensity–label mutual information predict how well classical registration does? (paper Q1)
 
-    python experiments/mi_analysis.py data=mni model=greedy_fast            # runs the eval, then the analysis
-    python experiments/mi_analysis.py data=oasis results_dir=DIR             # an eval run's pairs.csv you have
-    python experiments/mi_analysis.py data=ibsr18 mi.bins=32 mi.mask=all mi.pair=fixed
+    python -m experiments.mi_analysis data=mni model=greedy_fast            # runs the eval, then the analysis
+    python -m experiments.mi_analysis data=oasis results_dir=DIR             # an eval run's pairs.csv you have
+    python -m experiments.mi_analysis data=ibsr18 mi.bins=32 mi.mask=all mi.pair=fixed
 
 For every image of the evaluated pairs: ``MI(i; s) = H(s) - H(s | i)`` (:func:`metrics.information.
 intensity_label_information`, options ``mi.bins``, ``mi.mask``; a pair's value per ``mi.pair``).
@@ -26,13 +26,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from data.io import DataError  # noqa: E402
-from metrics.information import LabelInformation, intensity_label_information, pair_information  # noqa: E402
-from app.results import atomic_write_text, csv_text  # noqa: E402
+from data.io import DataError
+from metrics.information import LabelInformation, intensity_label_information, pair_information
+from app.results import atomic_write_text, csv_text
 
 __all__ = [
     "image_information",
@@ -292,13 +291,12 @@ def analyse(cfg) -> dict[str, Any]:
 
 
 def _main() -> None:
-    import hydra
-
     from app import guarded
+    from app.entry import hydra_main
 
-    run = guarded(analyse)  # made before hydra.main runs: Hydra's own errors also become one line
+    run = guarded(analyse)
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name="mi_analysis")
+    @hydra_main("mi_analysis")
     def main(cfg) -> None:
         run(cfg)
 

@@ -1,8 +1,8 @@
 """The paper's Fig. 1 on a laptop: turn the intensity–label information dial, register, fit Dice vs MI.
 
-    python experiments/mi_sweep.py                                # default: 8 levels x 5 pairs, greedy, ~5 min on 2 cores
-    python experiments/mi_sweep.py model=syn data.n_test=11       # another method, more pairs per level
-    python experiments/mi_sweep.py 'levels=[{intensity_classes: 1}, {intensity_classes: 16}]'
+    python -m experiments.mi_sweep                                # default: 8 levels x 5 pairs, greedy, ~5 min on 2 cores
+    python -m experiments.mi_sweep model=syn data.n_test=11       # another method, more pairs per level
+    python -m experiments.mi_sweep 'levels=[{intensity_classes: 1}, {intensity_classes: 16}]'
 
 Each entry of ``levels`` overrides keys of the synthetic data config (:mod:`data.synthetic`;
 the dial is ``intensity_classes`` and ``class_noise``); every level gets its own data, is
@@ -15,16 +15,14 @@ Over all pairs it fits Dice vs MI and Dice vs log MI and prints Pearson r (paper
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig, OmegaConf
 
-from experiments.mi_analysis import (  # noqa: E402
+from experiments.mi_analysis import (
     fit_dice_vs_mi,
     image_information,
     join_pairs,
@@ -33,8 +31,8 @@ from experiments.mi_analysis import (  # noqa: E402
     read_pairs_csv,
     write_outputs,
 )
-from app import ConfigError, build_datamodule, check_entry, log_analysis, run_eval  # noqa: E402
-from app.results import atomic_write_text, csv_text  # noqa: E402
+from app import ConfigError, build_datamodule, check_entry, log_analysis, run_eval
+from app.results import atomic_write_text, csv_text
 
 __all__ = ["sweep"]
 
@@ -104,13 +102,12 @@ def _cell(value: Any) -> str:
 
 
 def _main() -> None:
-    import hydra
-
     from app import guarded
+    from app.entry import hydra_main
 
-    run = guarded(sweep)  # made before hydra.main runs: Hydra's own errors also become one line
+    run = guarded(sweep)
 
-    @hydra.main(version_base="1.3", config_path="../configs", config_name="mi_sweep")
+    @hydra_main("mi_sweep")
     def main(cfg) -> None:
         run(cfg)
 

@@ -1,9 +1,9 @@
 """The paper's recipe as a tool: learned or classical registration for *your* data? (paper item 5)
 
-    python experiments/recipe.py --train mni --test mni
-    python experiments/recipe.py --train data/train_pairs.csv --test data/test_pairs.csv --curve results/mi_sweep/mi_fit.json
-    python experiments/recipe.py --train oasis --test ibsr18 --set train.data_dir=/data --set test.root=/data/IBSR18
-    python experiments/recipe.py --train none --test mni --need-fast --out results/recipe
+    python -m experiments.recipe --train mni --test mni
+    python -m experiments.recipe --train data/train_pairs.csv --test data/test_pairs.csv --curve results/mi_sweep/mi_fit.json
+    python -m experiments.recipe --train oasis --test ibsr18 --set train.data_dir=/data --set test.root=/data/IBSR18
+    python -m experiments.recipe --train none --test mni --need-fast --out results/recipe
 
 ``--train`` / ``--test``: a data config name of ``configs/data/`` (composed with Hydra from
 ``train.yaml``; ``--set train.KEY=VALUE`` / ``--set test.KEY=VALUE`` set ``data.KEY`` of that
@@ -83,9 +83,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from experiments.recipe_data import (  # noqa: E402
+from experiments.recipe_data import (
     HIST_BINS,
     MI_BINS,
     Side,
@@ -93,7 +92,7 @@ from experiments.recipe_data import (  # noqa: E402
     parse_sets,
     shift_statistic,
 )
-from app import ConfigError  # noqa: E402
+from app import ConfigError
 
 __all__ = [
     "CLASSICAL",

@@ -29,13 +29,30 @@ FAST_MNI = [
 ]
 
 
-def compose(config_name: str, overrides: list[str]):
-    """Compose ``configs/<config_name>.yaml`` with overrides, as the entry point would."""
+def experiment_names() -> list[str]:
+    """Every experiment file as its ``experiment=`` option (``mni_sup_voxelmorph``,
+    ``compare/mni_fig4_sup``); the shared recipes under ``base/`` are not experiments."""
+    root = CONFIGS / "experiment"
+    return sorted(p.relative_to(root).with_suffix("").as_posix() for p in root.rglob("*.yaml")
+                  if p.relative_to(root).parts[0] != "base")
+
+
+def experiment_script(name: str) -> str:
+    """The config (and entry point) that runs experiment ``name``: its folder for an analysis
+    script's experiment (``compare/...``), else ``train``."""
+    from app.build import script_of_experiment
+
+    return script_of_experiment(name)
+
+
+def compose(config_name: str, overrides: list[str], hydra: bool = False):
+    """Compose ``configs/<config_name>.yaml`` with overrides, as the entry point would (``hydra``:
+    keep Hydra's own node, which records e.g. the ``experiment=`` choice)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
-        return hydra_compose(config_name=config_name, overrides=overrides)
+        return hydra_compose(config_name=config_name, overrides=overrides, return_hydra_config=hydra)
 
 
 @pytest.fixture

@@ -304,7 +304,7 @@ def test_cli_exit_status_of_data_check_and_recipe(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [_one_error(r.stderr, tmp_path / "nonexistent")]
     csv, culprit = _bad_csv(tmp_path / "data", "empty_label")
-    r = _cli(["experiments/recipe.py", "--train", "none", "--test", str(csv), "--out", str(tmp_path / "out")])
+    r = _cli(["-m", "experiments.recipe", "--train", "none", "--test", str(csv), "--out", str(tmp_path / "out")])
     assert r.returncode == 1
     _one_error(r.stderr, culprit)
     assert not (tmp_path / "out").exists()

@@ -21,7 +21,7 @@ from app import ConfigError
 from app.results import PAIR_COLUMNS
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = str(ROOT / "experiments" / "compare.py")
+SCRIPT = ["-m", "experiments.compare"]
 
 
 def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd95: dict | None = None) -> Path:
@@ -161,7 +161,7 @@ def test_writers(three, tmp_path):
 
 def _run(args, timeout=120):
     env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
+    return subprocess.run([sys.executable, *SCRIPT, *args], cwd=ROOT, capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 
@@ -248,7 +248,7 @@ def test_train_common_follows_every_train_method():
     with pytest.raises(ConfigError, match="train_common: do not set paths.output_dir"):
         _method_specs(cfg)
     # mni_networks states its training budget once: every network gets it, lapirn its stages too
-    cfg = compose("compare", ["experiment=mni_networks"])
+    cfg = compose("compare", ["experiment=compare/mni_networks"])
     budget = ["trainer.max_epochs=4", "data.pairs_per_epoch=50", "model.downsize=2", "model.loss_grid=coarse"]
     trains = {name: value for name, kind, value in _method_specs(cfg) if kind == "train"}
     assert len(trains) == 11 and all(value[-4:] == budget for value in trains.values())

@@ -6,14 +6,13 @@ from __future__ import annotations
 import functools
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONFIGS, compose
 
 PIN = "paths.output_dir=/pinned"  # ${hydra:runtime.output_dir} does not resolve outside a Hydra run
 FILES = sorted((CONFIGS / "experiment").glob("*.yaml"))
-TRAIN = [p.stem for p in FILES if yaml.safe_load(p.read_text()).get("entry", "train") == "train"]
+TRAIN = [p.stem for p in FILES]  # the analysis scripts' experiments live in their own folders
 SUP = [n for n in TRAIN if "_sup_" in n]
 UNSUP = [n for n in TRAIN if "_unsup_" in n]
 

@@ -26,7 +26,7 @@ def _list(overrides: list[str]) -> str:
 
 def _run(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline"}
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / "domain_shift.py"), *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-m", "experiments.domain_shift", *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=600)
 
 

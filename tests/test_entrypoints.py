@@ -13,19 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import CONFIGS, FAST_MNI, ROOT, compose, write_nifti
+from conftest import FAST_MNI, ROOT, compose, experiment_names, experiment_script, write_nifti
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_entry  # noqa: E402
 import train as train_entry  # noqa: E402
 
-ALL_EXPERIMENTS = sorted(p.stem for p in (CONFIGS / "experiment").glob("*.yaml"))
-
-
-def _entry(experiment: str) -> str:
-    import yaml
-
-    return yaml.safe_load((CONFIGS / "experiment" / f"{experiment}.yaml").read_text()).get("entry", "train")
+ALL_EXPERIMENTS = experiment_names()
+_entry = experiment_script
 
 
 EXPERIMENTS = [e for e in ALL_EXPERIMENTS if _entry(e) == "train"]
@@ -70,7 +65,7 @@ def test_every_experiment_composes_and_runs_fast_dev_run(experiment, tmp_path):
 
 @pytest.mark.parametrize("experiment", SCRIPT_EXPERIMENTS)
 def test_script_experiments_compose_with_their_script(experiment):
-    """Experiment files of the analysis scripts (entry: compare, ...) compose with that script's
+    """Experiment files of the analysis scripts (in configs/experiment/<script>/) compose with that script's
     config, every method they would run composes too, and train.py refuses them by name."""
     from omegaconf import OmegaConf
 
@@ -91,8 +86,9 @@ def test_script_experiments_compose_with_their_script(experiment):
             assert OmegaConf.select(sub, "model._target_"), name
     for name, overrides in (cfg.get("test_sets") or {}).items():
         assert compose("eval", list(overrides)).data._target_, name
-    with pytest.raises(ConfigError, match=f"experiment: {experiment} is run by"):
-        check_entry(compose("train", [f"experiment={experiment}"]), "train")
+    script = {"compare": "-m experiments.compare", "domain_shift": "-m experiments.domain_shift"}[entry]
+    with pytest.raises(ConfigError, match=f"experiment={experiment} is run by python {script}"):
+        check_entry(compose("train", [f"experiment={experiment}"], hydra=True), "train")
 
 
 def test_results_contract_and_resume(pairs_csv, tmp_path):

@@ -159,7 +159,7 @@ def test_join_names_a_missing_image():
 # ------------------------------------------------------------------ the scripts
 def _run(script: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "WANDB_MODE": "offline", "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([sys.executable, str(ROOT / "experiments" / script), *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", f"experiments.{script.removesuffix('.py')}", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

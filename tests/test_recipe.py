@@ -105,7 +105,7 @@ def test_cli_synthetic_end_to_end(tmp_path):
     fit = {"n": 5, "linear": {}, "log": {"slope": 0.1, "intercept": 0.7, "r": 0.9, "p": 0.01},
            "mi_range": [0.1, 1.0], "options": {"bins": 64, "mask": "foreground"}}
     (tmp_path / "mi_fit.json").write_text(json.dumps(fit))
-    r = subprocess.run([sys.executable, "experiments/recipe.py", "--train", "synthetic", "--test", "synthetic",
+    r = subprocess.run([sys.executable, "-m", "experiments.recipe", "--train", "synthetic", "--test", "synthetic",
                         *SMALL_SYNTHETIC, "--curve", str(tmp_path / "mi_fit.json"), "--out", str(tmp_path / "o")],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -120,7 +120,7 @@ def test_cli_synthetic_end_to_end(tmp_path):
 
 def test_cli_missing_csv_exits_1_naming_path(tmp_path):
     missing = tmp_path / "no_such_pairs.csv"
-    r = subprocess.run([sys.executable, "experiments/recipe.py", "--train", "synthetic", "--test", str(missing)],
+    r = subprocess.run([sys.executable, "-m", "experiments.recipe", "--train", "synthetic", "--test", str(missing)],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 1
     assert str(missing) in r.stderr and r.stderr.strip().count("\n") == 0

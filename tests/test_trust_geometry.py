@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 
 import lightning as L
@@ -22,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose, write_nifti
+from conftest import ROOT, compose
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_entry  # noqa: E402

@@ -37,7 +37,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, compose, write_nifti
+from conftest import ROOT, compose, experiment_names, experiment_script, write_nifti
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_entry  # noqa: E402
@@ -236,16 +236,14 @@ def test_a_value_of_the_wrong_type_is_one_error_naming_the_key(entry, overrides,
 
 def test_every_shipped_config_passes_the_type_check():
     """No false alarm: every experiment (with its script's config) and every group option."""
-    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     from app.config_check import check_config
 
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
-            entry = (yaml.safe_load(path.read_text()) or {}).get("entry", "train")
-            check_config(hydra_compose(entry, [f"experiment={path.stem}", "paths.output_dir=/tmp/unused"]))
+        for name in experiment_names():
+            check_config(hydra_compose(experiment_script(name), [f"experiment={name}", "paths.output_dir=/tmp/unused"]))
         options = {g: sorted(p.stem for p in (ROOT / "configs" / g).glob("*.yaml"))
                    for g in ("model", "data", "trainer", "callbacks", "logger")}
         for i in range(max(map(len, options.values()))):  # every option of every group at least once
@@ -396,7 +394,7 @@ def test_mi_sweep_stops_on_sigterm(tmp_path):
     that one pass and the next level's trainer forgot it). Now: exit 143, no fit written, level 0's
     pairs kept, the resume command printed."""
     out = tmp_path / "out"
-    args = ["experiments/mi_sweep.py", "data.shape=[24,24,24]", "data.n_test=3", *FAST, f"paths.output_dir={out}"]
+    args = ["-m", "experiments.mi_sweep", "data.shape=[24,24,24]", "data.n_test=3", *FAST, f"paths.output_dir={out}"]
     code, _, err = _signal_when(_start(args), lambda: any((out / "level_00" / ".parts").rglob("*.json")),
                                 signal.SIGTERM)
     assert code == 143, err[-3000:]
