@@ -30,10 +30,10 @@ Cache (:class:`VolumeStore` with ``cache_dir``): each prepared volume is one unc
 ``.npz`` in ``cache_dir/<config key>/``, where the key hashes the preprocessing config (and
 ``CACHE_VERSION``); the file name holds the volume id and a hash of the source files' paths,
 sizes and modification times, so an edited source file or another config never reads a stale
-entry. Files are written atomically (temporary file + ``os.replace``), so DataLoader workers
-can fill the cache concurrently. ``cache_dir/<key>/config.json`` says which config made it.
+entry. Files are written atomically (:mod:`data.files`: temporary file + ``os.replace``, with the
+mode an ordinary new file gets), so DataLoader workers can fill the cache concurrently. ``cache_dir/<key>/config.json`` says which config made it.
 
-Labels (:class:`LabelMapping`): optionally keep a subset of label ids (others become 0,
+Labels (:class:`LabelMapping`, in :mod:`data.label_mapping`): optionally keep a subset of label ids (others become 0,
 background) and remap the kept ids to ``1..K`` in increasing order of the original id; the
 mapping is saved as JSON next to results (:meth:`LabelMapping.save`).
 
@@ -50,7 +50,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,6 +58,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from data.files import atomic_write_text, atomic_write_with
 from data.io import (
     SPACING_TOLERANCE,  # one tolerance (mm) for "same grid" everywhere
     DataError,
@@ -68,6 +68,7 @@ from data.io import (
     normalize_intensity,
     require_contrast,
 )
+from data.label_mapping import LabelMapping  # noqa: F401 - re-exported (its home is data.label_mapping)
 from data.signature import file_signature as _file_signature  # one file signature: cache and results
 
 __all__ = [
@@ -397,10 +398,7 @@ class VolumeStore:
         folder.mkdir(parents=True, exist_ok=True)
         config_file = folder / "config.json"
         if not config_file.exists():
-            _atomic_bytes(
-                config_file,
-                json.dumps({"version": CACHE_VERSION, **self.config.to_dict()}, indent=2).encode(),
-            )
+            atomic_write_text(config_file, json.dumps({"version": CACHE_VERSION, **self.config.to_dict()}, indent=2))
         arrays = {
             "image": p.image.astype(np.float32, copy=False),
             "affine": p.affine,
@@ -411,91 +409,12 @@ class VolumeStore:
         if p.label is not None:
             arrays["label"] = p.label.astype(_label_dtype(p.label))
             arrays["source_labels"] = np.asarray(p.source_labels, dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        atomic_write_with(path, lambda tmp: _savez(tmp, arrays))
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class LabelMapping:
-    """Keep a subset of label ids and/or renumber them ``1..K`` (background stays 0).
-
-    Args:
-        values: the foreground label ids kept (original ids; 0 is ignored), e.g. the union of
-            the ids found in a dataset, or a configured subset.
-        remap: renumber ``values`` in increasing order to ``1..K``; with ``False`` the kept
-            ids keep their value.
-
-    Ids not in ``values`` become 0. :attr:`num_labels` is ``K + 1`` with ``remap``, else
-    ``max(values) + 1``.
-    """
-
-    def __init__(self, values: Sequence[int], remap: bool):
-        kept = sorted({int(v) for v in values if int(v) != 0})
-        if any(v < 0 for v in kept):
-            raise ValueError(f"LabelMapping() label ids must be non-negative, got {kept}")
-        self.values = kept
-        self.remap = bool(remap)
-        size = (kept[-1] + 1) if kept else 1
-        lut = np.zeros(size, dtype=np.int64)
-        for new, old in enumerate(kept, start=1):
-            lut[old] = new if self.remap else old
-        self._lut = lut
-
-    @property
-    def num_labels(self) -> int:
-        if not self.values:
-            return 1
-        return len(self.values) + 1 if self.remap else self.values[-1] + 1
-
-    @property
-    def new_to_original(self) -> dict[int, int]:
-        """``{new id: original id}`` for the kept labels (identity without remap)."""
-        return {int(self._lut[v]): v for v in self.values}
-
-    def apply(self, label: np.ndarray) -> np.ndarray:
-        """Map an int label array (any shape); ids outside :attr:`values` become 0."""
-        label = np.asarray(label)
-        out = np.zeros(label.shape, dtype=np.int64)
-        inside = label < self._lut.size
-        out[inside] = self._lut[label[inside]]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "remap": self.remap,
-            "num_labels": self.num_labels,
-            "original_ids": self.values,
-            "new_to_original": {str(k): v for k, v in self.new_to_original.items()},
-            "note": "label ids in results are the 'new' ids; 0 is background; other original ids were set to 0",
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
-        return path
-
-    def __repr__(self) -> str:
-        return f"LabelMapping({len(self.values)} labels, remap={self.remap})"
+def _savez(path: str, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:  # an open file: numpy adds no ".npz" to its name
+        np.savez(fh, **arrays)
 
 
 from data.augment import VolumeAugmentation  # noqa: E402,F401 - re-exported (its home is data.augment)
