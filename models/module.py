@@ -364,18 +364,20 @@ class RegistrationModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         """Before any registration runs (Lightning calls this after the DataModule's setup):
         every input volume must have at least :meth:`min_input_size` voxels on each axis.
-        The DataModule lists its volumes with ``volume_shapes(stage)`` (``(file, shape)``);
-        generated data (no such method) is not checked.
+        The DataModule lists its volumes with ``volume_shapes(stage)`` (``(file, shape)``,
+        :class:`data.base.RegistrationDataModule`; generated subjects list none); loaders given
+        without a DataModule of :mod:`data` are not checked.
 
         Raises:
             DataError: naming the file, its shape, the axis, the minimum and the config keys.
         """
-        trainer = getattr(self, "_trainer", None)
-        shapes_of = getattr(getattr(trainer, "datamodule", None), "volume_shapes", None)
-        if not callable(shapes_of):
+        from data.base import RegistrationDataModule
+
+        datamodule = self._trainer.datamodule if self._trainer is not None else None
+        if not isinstance(datamodule, RegistrationDataModule):
             return
         minimum = self.min_input_size()
-        for name, shape in shapes_of(stage):
+        for name, shape in datamodule.volume_shapes(stage):
             for axis, n in enumerate(shape):
                 if n < minimum:
                     from data.io import DataError
@@ -514,7 +516,7 @@ class RegistrationModule(L.LightningModule):
     def _save_outputs(self, batch, i, u, moved_label, fixed_id, moving_id) -> None:
         """Moved image, moved label and displacement of pair ``i`` as NIfTI, written all or none."""
         from data.io import nifti_bytes
-        from metrics.results import atomic_write_files
+        from data.files import atomic_write_files
 
         affine = _affine_of(batch, i, u.shape[1])
         moved = warp(batch["moving"][i : i + 1], u[i : i + 1].to(batch["moving"].dtype))
