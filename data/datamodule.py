@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
-import lightning as L
 from torch.utils.data import DataLoader
 
 from data.base import RegistrationDataModule, stage_splits

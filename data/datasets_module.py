@@ -29,7 +29,8 @@ from data.io import DataError, read_grid, to_plain
 from data.layout import Layout, Pair, VolumeRef
 from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs
-from data.preprocess import LabelMapping, PreprocessConfig, VolumeStore, preprocessed_shape
+from data.cache import VolumeStore
+from data.preprocess import LabelMapping, PreprocessConfig, preprocessed_shape
 from data.volume_pairs import PairDataset, VolumeCheck
 
 __all__ = ["PairDataset", "DatasetDataModule"]  # PairDataset re-exported (its home is data.volume_pairs)

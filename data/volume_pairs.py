@@ -20,7 +20,8 @@ from data.batch import PairItem, pair_item
 from data.geometry import SPACING_TOLERANCE, axcodes
 from data.io import DataError
 from data.layout import Pair, VolumeRef
-from data.preprocess import LabelMapping, Prepared, VolumeStore, load_source
+from data.cache import VolumeStore
+from data.preprocess import LabelMapping, Prepared, load_source
 from data.signature import file_signature, signature
 
 __all__ = ["PairDataset", "VolumeCheck"]
@@ -31,7 +32,7 @@ class PairDataset(Dataset):
 
     Args:
         pairs: list of ``(fixed VolumeRef, moving VolumeRef)``.
-        store: the :class:`~data.preprocess.VolumeStore` that loads/preprocesses/caches volumes.
+        store: the :class:`~data.cache.VolumeStore` that loads/preprocesses/caches volumes.
         mapping: the :class:`~data.preprocess.LabelMapping` applied to label maps, or None to
             keep the stored label ids.
         augment: a :class:`~data.preprocess.VolumeAugmentation`, applied to the fixed and to
