@@ -90,6 +90,17 @@ def _number(owner: str, name: str, value: Any, minimum: float = 0.0, strict: boo
     return x
 
 
+def _interval(owner: str, name: str, value: Any) -> tuple[float, float]:
+    """``(lo, hi)`` floats, or ValueError naming ``name`` unless ``0 <= lo <= hi`` (finite)."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo, hi = math.nan, math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+        raise ValueError(f"{owner}() '{name}' must be [lo, hi] with 0 <= lo <= hi, got {value!r}")
+    return lo, hi
+
+
 class SynthMorphPairs(Dataset):
     """Synthetic label/image pairs drawn SynthMorph-style (see the module docstring).
 
@@ -161,15 +172,7 @@ class SynthMorphPairs(Dataset):
         self.shared_contrast = bool(shared_contrast)
         self.deformation_scale = _number(owner, "deformation_scale", deformation_scale)
         self.deformation_smoothness = _number(owner, "deformation_smoothness", deformation_smoothness, strict=True)
-        try:
-            lo, hi = (float(v) for v in intensity_range)
-        except (TypeError, ValueError):
-            lo, hi = math.nan, math.nan
-        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
-            raise ValueError(
-                f"{owner}() 'intensity_range' must be [lo, hi] with 0 <= lo <= hi, got {intensity_range!r}"
-            )
-        self.intensity_range = (lo, hi)
+        self.intensity_range = _interval(owner, "intensity_range", intensity_range)
         self.noise = _number(owner, "noise", noise)
         self.blur = _number(owner, "blur", blur)
         self.bias = _number(owner, "bias", bias)
