@@ -95,10 +95,13 @@ def build(node: DictConfig, key: str, **kwargs: Any) -> Any:
 
 def build_datamodule(cfg: DictConfig):
     """Instantiate ``cfg.data`` and validate every file the run will read (before any output)."""
+    from data.base import RegistrationDataModule
+
     dm = build(cfg.data, "data")
-    validate = getattr(dm, "validate", None)
-    if callable(validate):
-        validate()
+    if not isinstance(dm, RegistrationDataModule):
+        raise ConfigError(f"data: {type(dm).__name__} is not a data.RegistrationDataModule (the interface every "
+                          "entry point uses: validate, test pairs, input files, volume shapes)")
+    dm.validate()
     return dm
 
 

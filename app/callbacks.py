@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from app.parts import ResultsWriter
-from app.results import atomic_write_files
+from data.files import atomic_write_files
 
 __all__ = ["ResultsCallback", "moved_volumes"]
 

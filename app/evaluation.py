@@ -30,12 +30,11 @@ def check_output_dir(out_dir: Any, datamodule=None, key: str = "paths.output_dir
         raise ConfigError(f"{key} is empty; give the folder to write results to ({key}=DIR)")
     given = Path(os.path.expanduser(str(out_dir)))
     folder = given.resolve()
-    input_files = getattr(datamodule, "input_files", None)
-    if not callable(input_files):
+    if datamodule is None:
         return folder
     folders = {folder, Path(os.path.abspath(given))}  # as given and with links resolved
     risky = [f / sub for f in folders for sub in _WRITTEN_SUBFOLDERS]
-    for file in input_files():
+    for file in datamodule.input_files():
         for path in (Path(os.path.abspath(file)), Path(file).resolve()):  # a link there, or its target
             if path.parent in folders or any(path.is_relative_to(sub) for sub in risky):
                 raise ConfigError(f"{key}={out_dir} holds the input file {path}, which the run's result files "
@@ -68,7 +67,7 @@ def check_input_sizes(model, datamodule, stage: str) -> None:
     from data.io import DataError
 
     minimum = model.min_input_size()
-    for name, shape in getattr(datamodule, 'volume_shapes', lambda stage: [])(stage):  # TODO(base)
+    for name, shape in datamodule.volume_shapes(stage):
         for axis, n in enumerate(shape):
             if n < minimum:
                 raise DataError(
@@ -137,7 +136,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
         tested = [p for p in expected if p in seen]
         print(f"[{model.method}] the trainer limits test batches (fast_dev_run / limit_test_batches): "
               f"{len(tested)} of {len(expected)} test pairs evaluated")
-    getattr(datamodule, 'save_label_map', lambda d: None)(out_dir)  # TODO(base) remapped label ids: the results name which original label each is
+    datamodule.save_label_map(out_dir)  # remapped label ids: the results name which original label each is
     summary = writer.finalize(tested, extra={"paradigm": model.paradigm}, seen=seen,
                               run_ids={run_id for run_id, _ in gathered}, n_test_pairs=len(expected))
     _print_reuse(writer)

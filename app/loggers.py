@@ -87,7 +87,7 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
     import matplotlib.pyplot as plt
 
-    from app.results import atomic_write_bytes
+    from data.files import atomic_write_bytes
 
     buf = io.BytesIO()
     try:

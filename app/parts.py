@@ -25,7 +25,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from app.results import (LABEL_COLUMNS, LABEL_RULE, PAIR_COLUMNS, SUMMARY_COLUMNS, ResultsError, _name, _pairs_text,
-                         atomic_write_files, atomic_write_text, csv_text, pair_name)
+                         csv_text, pair_name)
+from data.files import atomic_write_files, atomic_write_text
 from spatial import DISPLACEMENT_CONVENTION
 
 __all__ = ["METRICS_VERSION", "metric_config", "method_signature", "ResultsWriter"]

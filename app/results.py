@@ -28,7 +28,6 @@ import io
 import json
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -37,8 +36,7 @@ from data.io import DataError
 from metrics import PAIR_METRICS
 
 __all__ = ["PAIR_COLUMNS", "LABEL_COLUMNS", "SUMMARY_COLUMNS", "LABEL_RULE", "ResultsError", "Results",
-           "read_results", "pair_name", "csv_text", "atomic_write_text", "atomic_write_bytes",
-           "atomic_write_files", "file_mode"]
+           "read_results", "pair_name", "csv_text"]
 
 PAIR_COLUMNS = ["fixed_id", "moving_id", "method", *PAIR_METRICS, "n_erased", "seconds", "dice_identity"]
 LABEL_COLUMNS = ["fixed_id", "moving_id", "method", "label", "dice", "erased"]
@@ -52,107 +50,6 @@ LABEL_RULE = ("foreground labels present in the fixed and the un-warped moving l
 class ResultsError(ValueError):
     """The results of a run do not add up (a test pair without a result, a metric finite for some
     pairs only); the message names the folder and the pairs."""
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8, newlines as given) to ``path`` atomically (:func:`atomic_write_bytes`)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``.
-
-    On failure no temporary file is left and ``path`` is untouched; an ``OSError`` (permission
-    denied, disk full...) is re-raised naming ``path``, not the temporary file.
-    """
-    atomic_write_files({path: data})
-
-
-def atomic_write_files(files: dict[str | os.PathLike, bytes | str]) -> None:
-    """Write several files (bytes, or text as UTF-8) all or nothing, each like :func:`atomic_write_bytes`.
-
-    Every file is first written to a temporary file beside its target; only when all are written
-    are they renamed into place. If anything fails, the temporary files are removed; if it fails
-    after a rename, every target of the set is deleted (the results contract rebuilds them from
-    the parts on a rerun), so a reader never finds a set with files missing or files from
-    different calls. A failure before any rename leaves existing targets untouched.
-    ``OSError``\ s are re-raised naming the target file.
-    """
-    staged: list[tuple[str, Path]] = []
-    renamed = False
-    try:
-        for target, data in files.items():
-            target = Path(target)
-            payload = data.encode("utf-8") if isinstance(data, str) else data
-            staged.append((_write_temporary(target, payload), target))
-        for tmp, target in staged:
-            try:
-                os.replace(tmp, target)
-            except OSError as exc:
-                raise _naming(exc, target) from exc
-            renamed = True
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        if renamed:
-            for _, target in staged:
-                target.unlink(missing_ok=True)
-        raise
-
-
-def _naming(exc: OSError, target: Path) -> OSError:
-    """``exc`` as an OSError about ``target`` (same errno, so the same subclass), e.g.
-    ``[Errno 28] cannot write (No space left on device): 'DIR/summary.json'``."""
-    reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-    return OSError(exc.errno, f"cannot write ({reason})", str(target))
-
-
-def _write_temporary(target: Path, data: bytes) -> str:
-    """Write ``data`` to a new temporary file beside ``target`` (flushed to disk, with the mode
-    :func:`file_mode` gives ``target``); returns its path."""
-    tmp = None
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, file_mode(target))  # mkstemp makes 0600: give the mode an ordinary file gets
-        return tmp
-    except BaseException as exc:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise _naming(exc, target) from exc
-        raise
-
-
-def _umask() -> int:
-    """The process umask, read without changing it where the system tells it (Linux
-    ``/proc/self/status``); elsewhere set and restored at once."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError, IndexError):
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def file_mode(path: str | os.PathLike) -> int:
-    """Permission bits for a file about to be (re)written atomically at ``path``: those of the
-    existing file (writing into a file keeps its mode), else ``0o666 & ~umask``, what ``open()``
-    gives a new file. Temporary files (``mkstemp``: 0600) get this mode before the rename, so
-    results are as readable to collaborators as any file the user writes."""
-    try:
-        return os.stat(path).st_mode & 0o7777
-    except (FileNotFoundError, NotADirectoryError):
-        return 0o666 & ~_umask()
 
 
 # ---------------------------------------------------------------------------- names

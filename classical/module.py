@@ -124,11 +124,9 @@ class InstanceOptimisationModule(RegistrationModule):
             out = []
             self.last_results = []
             for i in range(fixed.shape[0]):
-                res = register(
-                    fixed[i : i + 1], moving[i : i + 1], self.config,
-                    init=None if init is None else init[i : i + 1],
-                    spacing=_row(batch.get("spacing"), i), moving_spacing=_row(batch.get("moving_spacing"), i),
-                )
+                # fixed and moving share one grid (the batch contract, checked by every dataset)
+                res = register(fixed[i : i + 1], moving[i : i + 1], self.config,
+                               init=None if init is None else init[i : i + 1])
                 self.last_results.append(res)
                 out.append(res.displacement.detach())
             return torch.cat(out, dim=0)
@@ -137,10 +135,3 @@ class InstanceOptimisationModule(RegistrationModule):
         """The displacement of each pair (``trainer.predict``)."""
         return self.register(batch)
 
-
-def _row(values: Any, i: int) -> list[float] | None:
-    """Item ``i`` of a per-batch ``(B, D)`` (or shared ``(D,)``) tensor, as a list."""
-    if values is None:
-        return None
-    t = torch.as_tensor(values)
-    return (t[i] if t.dim() == 2 else t).tolist()

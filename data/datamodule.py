@@ -1,39 +1,30 @@
-"""Lightning DataModules, built by Hydra from ``_target_`` with plain keyword arguments.
-
-Both modules expose ``train_dataloader``/``val_dataloader``/``test_dataloader``, the grid's
-``spacing`` (mm, tuple) and ``shape`` (tuple, or None when pairs differ), ``num_labels``
-(largest label + 1, None without labels), ``validate()``, the full data check to run
-before any result is written, ``test_pair_ids()`` (the ``(fixed_id, moving_id)`` of the test
-pairs a results folder must hold) and ``input_files()`` (the files the data reads, which no
-output folder may hold).
+"""Lightning DataModules, built by Hydra from ``_target_`` with plain keyword arguments: the MNI
+subjects, pairs CSVs and SynthMorph. Each derives from :class:`data.base.RegistrationDataModule`,
+whose docstring is the interface they share (``validate()``, ``test_pair_ids()``,
+``input_files()``, ``volume_shapes()``, ``spacing``, ``shape``, ``num_labels``, ...).
 """
 
 from __future__ import annotations
 
 import inspect
 import os
-from typing import Any, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping
 
-import lightning as L
 from torch.utils.data import DataLoader
 
-from data.generated import AxialSlices, GeneratedDataModule
-from data.loaders import check_loader_args, make_loader
+from data.base import RegistrationDataModule, stage_splits
+from data.generated import AxialSlices, GeneratedDataModule, takes_knobs
+from data.loaders import check_loader_args
 from data.io import DataError
-from data.mni import (
-    DEFAULT_BIAS,
-    DEFAULT_DEFORMATION_SCALE,
-    DEFAULT_DEFORMATION_SMOOTHNESS,
-    DEFAULT_GAMMA,
-    DEFAULT_NOISE,
-    MNISubjects,
-)
+from data.mni import MNIKnobs, MNISubjects
 from data.pairs_csv import PairsCSVDataset
 from data.synthmorph import EpochPairSampler, SynthMorphPairs
 
 __all__ = ["MNIDataModule", "PairsCSVDataModule", "SynthMorphDataModule"]
 
 
+@takes_knobs(MNIKnobs)
 class MNIDataModule(GeneratedDataModule):
     """Pairs of deformed MNI152 "subjects" (:mod:`data.mni`): real anatomy, no download.
 
@@ -44,25 +35,23 @@ class MNIDataModule(GeneratedDataModule):
     or ``"all"`` ordered pairs.
 
     Args:
-        resolution: 1 or 2 mm. shape: grid (None: (96, 112, 96) at 2 mm, (192, 224, 192) at 1 mm).
         n_train, n_val, n_test: subject counts (n_train >= 2; n_val/n_test 0 or >= 2).
         pairs_per_epoch: training pairs per epoch.
         seed: subjects and training pairs depend only on it.
         batch_size, num_workers: DataLoader settings.
-        deformation_scale, deformation_smoothness, bias, gamma, noise, contrast, labels,
-            slice_thickness: see :class:`MNISubjects` (``labels="parcels"``: 17 finer labels;
-            ``slice_thickness``: a resolution shift).
         slice_index: None (3-D), or 2-D subjects: the slice at this index along the last (axial)
             axis of every deformed 3-D subject (:class:`data.generated.AxialSlices`), e.g. 48 at
             2 mm; 2-D networks (``model.net.ndim=2``) train thousands of steps in minutes on a CPU.
         with_labels: put ``fixed_label``/``moving_label`` in batches.
         val_pairs, test_pairs: ``"consecutive"`` or ``"all"``.
+        **knobs: how subjects are drawn, the fields of :class:`data.mni.MNIKnobs` (``resolution``,
+            ``shape``, ``deformation_scale``, ``deformation_smoothness``, ``bias``, ``gamma``,
+            ``noise``, ``contrast``, ``labels``, ``slice_thickness``; declared and checked there,
+            and listed in this signature); an unknown one is an error naming it.
     """
 
     def __init__(
         self,
-        resolution: int = 2,
-        shape: Sequence[int] | None = None,
         n_train: int = 16,
         n_val: int = 4,
         n_test: int = 4,
@@ -70,43 +59,29 @@ class MNIDataModule(GeneratedDataModule):
         seed: int = 0,
         batch_size: int = 1,
         num_workers: int = 0,
-        deformation_scale: float = DEFAULT_DEFORMATION_SCALE,
-        deformation_smoothness: float = DEFAULT_DEFORMATION_SMOOTHNESS,
-        bias: float = DEFAULT_BIAS,
-        gamma: float = DEFAULT_GAMMA,
-        noise: float = DEFAULT_NOISE,
-        contrast: str = "t1",
-        labels: str = "tissue",
-        slice_thickness: float = 0.0,
         slice_index: int | None = None,
         with_labels: bool = True,
         val_pairs: str = "consecutive",
         test_pairs: str = "consecutive",
+        **knobs: Any,
     ):
         super().__init__()
-        shape = None if shape is None else tuple(int(s) for s in shape)
-        self.save_hyperparameters()
-        subjects = MNISubjects(
-            resolution=resolution,
-            shape=shape,
-            seed=seed,
-            deformation_scale=deformation_scale,
-            deformation_smoothness=deformation_smoothness,
-            bias=bias,
-            gamma=gamma,
-            noise=noise,
-            contrast=contrast,
-            labels=labels,
-            slice_thickness=slice_thickness,
-            cache=slice_index is None,
-        )
+        self.knobs = MNIKnobs.from_settings(knobs, "MNIDataModule()")
+        # every knob, given or default, is a hyper-parameter, so the pairs' signature covers them all.
+        # Set directly: save_hyperparameters() reads __init__'s frame, which has no local per knob.
+        self.hparams.update({
+            "n_train": n_train, "n_val": n_val, "n_test": n_test, "pairs_per_epoch": pairs_per_epoch, "seed": seed,
+            "batch_size": batch_size, "num_workers": num_workers, "slice_index": slice_index,
+            "with_labels": with_labels, "val_pairs": val_pairs, "test_pairs": test_pairs, **self.knobs.to_dict(),
+        })
+        subjects = MNISubjects(self.knobs, seed=seed, cache=slice_index is None)
         if slice_index is not None:  # 2-D: one axial slice of every 3-D subject (slices cached)
             subjects = AxialSlices(subjects, slice_index)
         self._setup_splits(subjects, n_train, n_val, n_test, pairs_per_epoch, seed, batch_size, num_workers,
                            with_labels, val_pairs, test_pairs)
 
 
-class PairsCSVDataModule(L.LightningDataModule):
+class PairsCSVDataModule(RegistrationDataModule):
     """Your own pairs, listed in CSV files (:class:`data.PairsCSVDataset`).
 
     ``csv`` alone is a test-only module (evaluation); ``train_csv``/``val_csv``/``test_csv``
@@ -169,7 +144,7 @@ class PairsCSVDataModule(L.LightningDataModule):
         """``(fixed_id, moving_id)`` of the test pairs, in CSV order (what a results folder must hold)."""
         return self.dataset("test").pair_ids()
 
-    def input_files(self) -> list:
+    def input_files(self) -> list[Path]:
         """The configured CSVs and every file they list (an output folder must not hold one)."""
         files = [f for split in ("test", "train", "val") if self.has(split) for f in self.dataset(split).input_files()]
         return list(dict.fromkeys(files))
@@ -204,10 +179,8 @@ class PairsCSVDataModule(L.LightningDataModule):
         """``(image file, spatial shape from its header)`` of every fixed and moving image ``stage``
         reads (``"fit"``: train and val; ``"validate"``: val; ``"test"``/``"predict"``: test; None:
         all configured), for the model's input-size check (label maps share their image's shape)."""
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        wanted = splits.get(stage, tuple(self._paths)) if stage else tuple(self._paths)
         out: dict[str, tuple[int, ...]] = {}
-        for split in wanted:
+        for split in stage_splits(stage):
             if self.has(split):
                 ds = self.dataset(split)
                 for i, shape in enumerate(ds.shapes):
@@ -216,11 +189,10 @@ class PairsCSVDataModule(L.LightningDataModule):
         return list(out.items())
 
     def setup(self, stage: str | None = None) -> None:
-        needed = {"fit": ("train",), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        for split in needed.get(stage, ()) if stage else ():
-            self.dataset(split)
-        if stage == "fit" and self.has("val"):
-            self.dataset("val")
+        """Header-check the sets ``stage`` reads (fitting without ``val_csv`` runs no validation)."""
+        for split in stage_splits(stage) if stage else ():
+            if stage != "fit" or split == "train" or self.has(split):
+                self.dataset(split)
 
     def validate(self) -> None:
         """Full check (every file loaded once) of the test, train and val sets that are configured."""
@@ -243,10 +215,10 @@ class PairsCSVDataModule(L.LightningDataModule):
     def val_dataloader(self):
         if not self.has("val"):
             return []  # Lightning runs no validation loop for an empty list
-        return make_loader(self.dataset("val"), self.batch_size, self.num_workers)
+        return self._loader(self.dataset("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return make_loader(self.dataset("test"), self.batch_size, self.num_workers)
+        return self._loader(self.dataset("test"))
 
 
 def _plain_tuple(value: Any, kind: type) -> Any:
@@ -257,12 +229,12 @@ def _plain_tuple(value: Any, kind: type) -> Any:
         return value
 
 
-def _build_evaluation(evaluation: Any, overrides: dict[str, int]) -> L.LightningDataModule:
+def _build_evaluation(evaluation: Any, overrides: dict[str, int]) -> RegistrationDataModule:
     """The evaluation DataModule: built from a config mapping (Hydra ``_target_``), given, or
     the default :class:`data.MNIDataModule`; ``overrides`` (split sizes) go to its constructor."""
     if evaluation is None:
         return MNIDataModule(**overrides)
-    if isinstance(evaluation, L.LightningDataModule):
+    if isinstance(evaluation, RegistrationDataModule):
         if overrides:
             key = sorted(overrides)[0]
             raise ValueError(f"SynthMorphDataModule() '{key}' is forwarded to an evaluation config; "
@@ -276,15 +248,15 @@ def _build_evaluation(evaluation: Any, overrides: dict[str, int]) -> L.Lightning
         if "_target_" not in node:
             raise ValueError("SynthMorphDataModule() 'evaluation' config needs a '_target_' (e.g. data.MNIDataModule)")
         built = instantiate(node, **overrides)
-        if not isinstance(built, L.LightningDataModule):
-            raise ValueError(f"SynthMorphDataModule() 'evaluation' must build a LightningDataModule, "
-                             f"got {type(built).__name__}")
+        if not isinstance(built, RegistrationDataModule):
+            raise ValueError(f"SynthMorphDataModule() 'evaluation' must build a data DataModule "
+                             f"(data.base.RegistrationDataModule), got {type(built).__name__}")
         return built
-    raise ValueError(f"SynthMorphDataModule() 'evaluation' must be a DataModule config, a DataModule or null, "
-                     f"got {type(evaluation).__name__}")
+    raise ValueError(f"SynthMorphDataModule() 'evaluation' must be a DataModule config, a data DataModule "
+                     f"(data.base.RegistrationDataModule) or null, got {type(evaluation).__name__}")
 
 
-class SynthMorphDataModule(L.LightningDataModule):
+class SynthMorphDataModule(RegistrationDataModule):
     """Train on :class:`SynthMorphPairs`, validate and test on real images (``data=synthmorph``).
 
     Training: ``pairs_per_epoch`` new synthetic pairs per epoch (:class:`EpochPairSampler`;
@@ -330,43 +302,46 @@ class SynthMorphDataModule(L.LightningDataModule):
         overrides = {k: v for k, v in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)) if v is not None}
         self.evaluation = _build_evaluation(evaluation, overrides)
 
-    # ------------------------------------------------------------------ what other code reads
+    # ------------------------------------------------------------------ the evaluation module's
     @property
     def spacing(self) -> tuple[float, ...] | None:
-        return getattr(self.evaluation, "spacing", None)
+        return self.evaluation.spacing
 
     @property
     def shape(self) -> tuple[int, ...] | None:
-        return getattr(self.evaluation, "shape", None)
+        return self.evaluation.shape
 
     @property
     def num_labels(self) -> int | None:
-        return getattr(self.evaluation, "num_labels", None)
+        return self.evaluation.num_labels
 
     @property
     def label_names(self) -> dict[int, str]:
-        return dict(getattr(self.evaluation, "label_names", {}) or {})
+        return self.evaluation.label_names
 
     def validate(self) -> None:
         """The synthetic knobs were checked at construction; checks the evaluation data."""
-        validate = getattr(self.evaluation, "validate", None)
-        if callable(validate):
-            validate()
+        self.evaluation.validate()
 
     def test_pair_ids(self) -> list[tuple[str, str]]:
         """The evaluation module's test pairs (the synthetic training pairs are never tested)."""
         return self.evaluation.test_pair_ids()
 
-    def input_files(self) -> list:
+    def input_files(self) -> list[Path]:
         """The evaluation module's input files (synthetic training pairs read none)."""
-        files = getattr(self.evaluation, "input_files", None)
-        return list(files()) if callable(files) else []
+        return self.evaluation.input_files()
 
-    def save_label_map(self, out_dir) -> None:
+    def volume_shapes(self, stage: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
+        """The synthetic training grid (``"fit"`` and None), then the evaluation module's volumes
+        (its validation ones when fitting)."""
+        shapes = self.evaluation.volume_shapes("validate" if stage == "fit" else stage)
+        if stage in (None, "fit"):
+            shapes = [("SynthMorph training pairs (data.shape)", tuple(self.train_set.shape)), *shapes]
+        return shapes
+
+    def save_label_map(self, out_dir: str | os.PathLike) -> Path | None:
         """Results of remapped evaluation labels name the original ids (when the evaluation module does)."""
-        save = getattr(self.evaluation, "save_label_map", None)
-        if callable(save):
-            save(out_dir)
+        return self.evaluation.save_label_map(out_dir)
 
     # ------------------------------------------------------------------ Lightning hooks
     def prepare_data(self) -> None:
@@ -381,7 +356,7 @@ class SynthMorphDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         sampler = EpochPairSampler(len(self.train_set))
-        return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler)
+        return self._loader(self.train_set, sampler=sampler)
 
     def val_dataloader(self):
         return self.evaluation.val_dataloader()

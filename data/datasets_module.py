@@ -1,4 +1,4 @@
-"""Public brain MRI datasets on disk: layouts, pair datasets and their shared DataModule.
+"""Public brain MRI datasets on disk: the DataModule their layouts share.
 
 A *layout* (:class:`Layout`; :mod:`data.oasis`, :mod:`data.klein`) knows one dataset's file
 tree: where each volume's image and label map are, and which ``(fixed, moving)`` pairs each
@@ -10,14 +10,8 @@ expected (and the layout the tree looks like, when it is another known one).
 (:mod:`data.preprocess`: torchio reorientation, isotropic resampling, crop/pad, intensity
 normalisation; optional on-disk cache), maps labels (subset, contiguous remap), augments
 training volumes independently, and draws random training pairs per epoch
-(:class:`data.pairs.RandomPairSampler`). Items::
-
-    fixed, moving            float32 (1, *S) in [0, 1]
-    fixed_label, moving_label int64 (1, *S)        (mapped ids)
-    spacing                  float32 (3,)  mm of the preprocessed grid (what metrics use)
-    fixed_affine             float64 (4, 4) voxel-to-world of the preprocessed fixed grid
-    fixed_id, moving_id      str
-    pair_signature           str  the inputs' signature (files, preprocessing, label mapping)
+(:class:`data.pairs.RandomPairSampler`). Items are those of :class:`data.volume_pairs.PairDataset`
+(the batch contract, :mod:`data.batch`, on the preprocessed grid, with mapped label ids).
 """
 
 from __future__ import annotations
@@ -27,164 +21,21 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Sequence
 
-import lightning as L
-import nibabel as nib
-import numpy as np
-import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from data.io import SPACING_TOLERANCE, DataError, read_grid, to_plain
-from data.layout import Layout, Pair, VolumeRef
-from data.pairs import RandomPairSampler, all_pairs
-from data.loaders import check_loader_args, make_loader
 from data.augment import VolumeAugmentation
-from data.preprocess import LabelMapping, PreprocessConfig, Prepared, VolumeStore, load_source, preprocessed_shape
-from data.signature import file_signature, signature
+from data.base import RegistrationDataModule, stage_splits
+from data.io import DataError, read_grid, to_plain
+from data.layout import Layout, Pair, VolumeRef
+from data.loaders import check_loader_args
+from data.pairs import RandomPairSampler, all_pairs
+from data.cache import VolumeStore
+from data.preprocess import LabelMapping, PreprocessConfig, preprocessed_shape
+from data.volume_pairs import PairDataset, VolumeCheck
 
-__all__ = ["PairDataset", "DatasetDataModule"]
+__all__ = ["PairDataset", "DatasetDataModule"]  # PairDataset re-exported (its home is data.volume_pairs)
 
-class PairDataset(Dataset):
-    """``(fixed, moving)`` volume pairs as batch-contract dicts (see the module docstring).
-
-    Args:
-        pairs: list of ``(fixed VolumeRef, moving VolumeRef)``.
-        store: the :class:`~data.preprocess.VolumeStore` that loads/preprocesses/caches volumes.
-        mapping: the :class:`~data.preprocess.LabelMapping` applied to label maps, or None to
-            keep the stored label ids.
-        augment: a :class:`~data.preprocess.VolumeAugmentation`, applied to the fixed and to
-            the moving volume in two separate calls (independent random draws), or None.
-        with_labels: put label maps in items.
-    """
-
-    def __init__(
-        self,
-        pairs: Sequence[Pair],
-        store: VolumeStore,
-        mapping: LabelMapping | None = None,
-        augment: VolumeAugmentation | None = None,
-        with_labels: bool = True,
-    ):
-        if not pairs:
-            raise DataError("PairDataset: 'pairs' is empty, expected at least one (fixed, moving) pair")
-        self.pairs = list(pairs)
-        self.store = store
-        self.mapping = mapping
-        self.augment = augment
-        self.with_labels = bool(with_labels)
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def volume(self, ref: VolumeRef) -> Prepared:
-        return self.store.get(ref.key, ref.image, ref.label if self.with_labels else None)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        """The pair ``index`` on its common preprocessed grid.
-
-        Raises DataError naming both image files when the preprocessed fixed and moving grids
-        differ in shape, spacing or orientation (axis codes, :func:`nibabel.aff2axcodes`): the
-        pair is registered in voxel space, so these must agree. Their origins are NOT compared:
-        each subject lies in its own scanner space, and the paper's protocol registers
-        inter-subject pairs on the common grid made by reorientation, resampling and crop/pad
-        (the residual offset and rotation between subjects are part of what registration
-        recovers). A pairs CSV, whose files claim one grid, compares full affines instead.
-        """
-        fref, mref = self.pairs[index]
-        fixed, moving = self.volume(fref), self.volume(mref)
-        f_codes, m_codes = _axcodes(fixed.affine), _axcodes(moving.affine)
-        if f_codes != m_codes:
-            raise DataError(
-                f"{mref.image}: preprocessed orientation {m_codes} differs from its fixed image {fref.image} "
-                f"({f_codes}); set data.orientation (e.g. RAS) to reorient both to one voxel order"
-            )
-        if fixed.image.shape != moving.image.shape:
-            raise DataError(
-                f"{mref.image}: preprocessed shape {moving.image.shape} differs from its fixed image {fref.image} "
-                f"{fixed.image.shape}; set data.shape to crop/pad both to one grid"
-            )
-        if not np.allclose(fixed.spacing, moving.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
-            raise DataError(
-                f"{mref.image}: preprocessed spacing {moving.spacing} mm differs from its fixed image {fref.image} "
-                f"{fixed.spacing} mm; set data.spacing to resample both to one grid"
-            )
-        mapping = self.mapping if self.with_labels else None
-        item: dict[str, Any] = {}
-        for key, prep in (("fixed", fixed), ("moving", moving)):
-            img = torch.from_numpy(np.ascontiguousarray(prep.image)).unsqueeze(0)
-            lab = None
-            if self.with_labels and prep.label is not None:
-                arr = mapping.apply(prep.label) if mapping is not None else prep.label
-                lab = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).unsqueeze(0)
-            if self.augment is not None:
-                img, lab = self.augment(img, lab)  # one call per volume: independent draws
-            item[key] = img
-            if lab is not None:
-                item[f"{key}_label"] = lab
-        item["spacing"] = torch.tensor(fixed.spacing, dtype=torch.float32)
-        item["fixed_affine"] = torch.from_numpy(np.asarray(fixed.affine, dtype=np.float64))
-        item["fixed_id"] = fref.id
-        item["moving_id"] = mref.id
-        item["pair_signature"] = self.pair_signature(index)
-        return item
-
-    def pair_signature(self, index: int) -> str:
-        """Signature of pair ``index``'s inputs (:mod:`data.signature`): each volume's id and
-        files (path, size, mtime), the preprocessing config (with its code version), the label
-        mapping and the augmentation."""
-        fref, mref = self.pairs[index]
-        mapping = self.mapping if self.with_labels else None
-        volumes = {}
-        for side, ref in (("fixed", fref), ("moving", mref)):
-            volumes[side] = {"id": ref.id, "image": file_signature(ref.image),
-                             "label": file_signature(ref.label if self.with_labels else None)}
-        return signature({
-            "dataset": "layout",
-            **volumes,
-            "preprocess": {"key": self.store.config.key(), **self.store.config.to_dict()},
-            "label_mapping": None if mapping is None else mapping.to_dict(),
-            "augment": None if self.augment is None else repr(self.augment),
-        })
-
-
-def _axcodes(affine: np.ndarray) -> str:
-    return "".join(str(c) for c in nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
-
-
-class _VolumeCheck(Dataset):
-    """Validation work items for DataLoader workers: returns a summary dict or the error line."""
-
-    def __init__(self, volumes: Sequence[VolumeRef], store: VolumeStore, with_labels: bool):
-        self.volumes = list(volumes)
-        self.store = store
-        self.with_labels = with_labels
-
-    def __len__(self) -> int:
-        return len(self.volumes)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        ref = self.volumes[i]
-        label = ref.label if self.with_labels else None
-        try:
-            if self.store.cache_dir is None:
-                img, lab = load_source(ref.image, label, self.store.config.normalize)
-                return {
-                    "id": ref.id,
-                    "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],
-                    "shape": None,
-                    "spacing": None,
-                }
-            p = self.store.get(ref.key, ref.image, label)  # checks, preprocesses and fills the cache
-            return {
-                "id": ref.id,
-                "labels": None if p.source_labels is None else list(p.source_labels),
-                "shape": list(p.image.shape),
-                "spacing": list(p.spacing),
-            }
-        except DataError as err:
-            return {"id": ref.id, "error": str(err)}
-
-
-class DatasetDataModule(L.LightningDataModule):
+class DatasetDataModule(RegistrationDataModule):
     """Shared DataModule of the on-disk datasets (subclasses: OASIS, Learn2Reg OASIS, Klein sets).
 
     Subclasses build ``self.layout`` and the pair lists (``train_volumes``, ``val_pairs``,
@@ -335,9 +186,6 @@ class DatasetDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("test"))
 
-    def _loader(self, dataset, sampler=None) -> DataLoader:
-        return make_loader(dataset, self.batch_size, self.num_workers, sampler=sampler)
-
     # ------------------------------------------------------------------ labels
     @property
     def label_values(self) -> list[int]:
@@ -417,8 +265,7 @@ class DatasetDataModule(L.LightningDataModule):
         return out
 
     def _stage_volumes(self, stage: str | None) -> list[VolumeRef]:
-        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
-        wanted = splits.get(stage, ("train", "val", "test")) if stage else ("train", "val", "test")
+        wanted = stage_splits(stage)
         refs = list(self.train_volumes) if "train" in wanted else []
         for name, pairs in (("val", self.val_pairs), ("test", self.test_pairs)):
             if name in wanted:
@@ -441,7 +288,7 @@ class DatasetDataModule(L.LightningDataModule):
     def _scan(self) -> None:
         """Load every used volume once (in ``num_workers`` processes): the full data check."""
         volumes = self.used_volumes()
-        work = _VolumeCheck(volumes, self.store, self.with_labels)
+        work = VolumeCheck(volumes, self.store, self.with_labels)
         if self.num_workers > 0 and len(volumes) > 1:
             loader = DataLoader(work, batch_size=None, shuffle=False, num_workers=self.num_workers,
                                 collate_fn=_as_is)

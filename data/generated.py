@@ -17,17 +17,21 @@ Random fields (numpy ``Generator`` in, so a subject depends only on its seed):
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
 from typing import Any, Mapping, Sequence
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch.utils.data import DataLoader, Dataset
 
+from data.base import RegistrationDataModule
+from data.batch import PairItem, pair_item
 from data.io import DataError
-from data.loaders import check_loader_args, make_loader
+from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
 from data.signature import signature
 from spatial.functional import integrate, resize_field
@@ -41,6 +45,7 @@ __all__ = [
     "GeneratedDataModule",
     "AxialSlices",
     "PAIR_SCHEMES",
+    "takes_knobs",
 ]
 
 PAIR_SCHEMES = {"consecutive": consecutive_pairs, "all": all_pairs}
@@ -162,7 +167,7 @@ class AxialSlices:
 
 
 class GeneratedPairDataset(Dataset):
-    """Pairs of generated subjects as batch-contract dicts.
+    """Pairs of generated subjects as batch-contract items (:mod:`data.batch`).
 
     Args:
         subjects: the generator (see the module docstring).
@@ -191,19 +196,13 @@ class GeneratedPairDataset(Dataset):
         """Sorted distinct subject indices used by the pairs."""
         return sorted({k for pair in self.pairs for k in pair})
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> PairItem:
         a, b = self.pairs[index]
         fixed, moving = self.subjects[a], self.subjects[b]
-        item = {"fixed": fixed["image"], "moving": moving["image"]}
-        if self.with_labels:
-            item["fixed_label"] = fixed["label"]
-            item["moving_label"] = moving["label"]
-        item["spacing"] = torch.tensor(self.subjects.spacing, dtype=torch.float32)
-        item["fixed_affine"] = torch.tensor(np.asarray(self.subjects.affine), dtype=torch.float64)
-        item["fixed_id"] = fixed["id"]
-        item["moving_id"] = moving["id"]
-        item["pair_signature"] = self.pair_signature(index)
-        return item
+        labels = {"fixed_label": fixed["label"], "moving_label": moving["label"]} if self.with_labels else {}
+        return pair_item(fixed["image"], moving["image"], **labels, spacing=self.subjects.spacing,
+                         fixed_affine=self.subjects.affine, fixed_id=fixed["id"], moving_id=moving["id"],
+                         pair_signature=self.pair_signature(index))
 
     def pair_ids(self) -> list[tuple[str, str]]:
         """``(fixed_id, moving_id)`` of every pair, in order (from ``subjects.subject_id``)."""
@@ -217,7 +216,7 @@ class GeneratedPairDataset(Dataset):
                           "config": self.config, "fixed": a, "moving": b, "with_labels": self.with_labels})
 
 
-class GeneratedDataModule(L.LightningDataModule):
+class GeneratedDataModule(RegistrationDataModule):
     """Train/val/test pairs of generated subjects.
 
     Subjects ``0 .. n_train-1`` train, the next ``n_val`` validate, the next ``n_test`` test
@@ -308,10 +307,6 @@ class GeneratedDataModule(L.LightningDataModule):
             raise DataError("data.n_test is 0: no test subjects; set data.n_test >= 2")
         return self.test_set.pair_ids()
 
-    def input_files(self) -> list:
-        """Generated subjects read no data files."""
-        return []
-
     def prepare_data(self) -> None:
         self.subjects.prepare()
 
@@ -319,19 +314,41 @@ class GeneratedDataModule(L.LightningDataModule):
         self.subjects.prepare()
 
     def validate(self) -> None:
-        """Generated data need no file checks; prepares the generator so that failures come early."""
+        """Generated data read no files; prepares the generator so that failures come early."""
         self.subjects.prepare()
 
     def train_dataloader(self) -> DataLoader:
         sampler = RandomPairSampler(len(self.train_set), self.pairs_per_epoch, seed=self.seed)
-        return make_loader(self.train_set, self.batch_size, self.num_workers, sampler=sampler)
+        return self._loader(self.train_set, sampler=sampler)
 
     def val_dataloader(self) -> DataLoader:
         if self.val_set is None:
             raise DataError("data.n_val is 0: no validation subjects; set data.n_val >= 2")
-        return make_loader(self.val_set, self.batch_size, self.num_workers)
+        return self._loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
         if self.test_set is None:
             raise DataError("data.n_test is 0: no test subjects; set data.n_test >= 2")
-        return make_loader(self.test_set, self.batch_size, self.num_workers)
+        return self._loader(self.test_set)
+
+
+def takes_knobs(knobs_cls: type):
+    """Class decorator for a DataModule whose ``__init__`` takes its generator's knobs as
+    ``**knobs``: the knobs are declared once, as the fields of the dataclass ``knobs_cls``, and
+    the ``__init__`` signature is completed with them (keyword-only, with their defaults and
+    types), so what reads signatures (the config type check, ``help()``, tests comparing a
+    config with the defaults) sees every knob as if it were written out."""
+
+    def decorate(cls):
+        init = cls.__init__
+        signature = inspect.signature(init)
+        kept = [p for p in signature.parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+        hints = typing.get_type_hints(knobs_cls)
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=hints[f.name])
+                 for f in dataclasses.fields(knobs_cls)]
+        init.__signature__ = signature.replace(parameters=kept + added)
+        init.__annotations__ = {**typing.get_type_hints(init), **{p.name: p.annotation for p in added}}
+        return cls
+
+    return decorate
+

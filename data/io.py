@@ -7,6 +7,10 @@ names the file (or CSV row / config key) at fault and says what was expected, e.
 
 Arrays are returned in the file's voxel order (no reorientation); ``affine`` and
 ``spacing`` come from the header so callers can check or convert spaces themselves.
+
+Two neighbours hold the rest of the NIfTI story and are re-exported here: :mod:`data.geometry`
+(:class:`Grid`, :func:`grid_mismatch` and its tolerances: when two grids are one in world space)
+and :mod:`data.save` (:func:`save_nifti_atomic`, :func:`nifti_bytes`).
 """
 
 from __future__ import annotations
@@ -14,17 +18,20 @@ from __future__ import annotations
 import gzip
 import os
 import struct
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Sequence
 
 import nibabel as nib
 import numpy as np
 from nibabel.filebasedimages import ImageFileError
 from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
+
+# re-exported: ``from data.io import grid_mismatch, save_nifti_atomic`` keeps working
+from data.geometry import DIRECTION_TOLERANCE, ORIGIN_TOLERANCE, SPACING_TOLERANCE, Grid, grid_mismatch
+from data.save import nifti_bytes, save_nifti_atomic
 
 __all__ = [
     "DataError",
@@ -60,10 +67,6 @@ _READ_ERRORS = (
 
 _KINDS = ("image", "label")
 
-# "Same grid in world space" (:func:`grid_mismatch`): two voxel-to-world matrices agree when
-SPACING_TOLERANCE = 1e-3  # mm: voxel sizes (header zooms and affine column norms) agree within this
-DIRECTION_TOLERANCE = 1e-4  # unit axis directions (direction cosines) agree within this per component
-ORIGIN_TOLERANCE = 1e-3  # mm: the world positions of voxel (0, 0, 0) lie within this distance
 # A label map has at most this many distinct values: FreeSurfer's largest lookup tables use a few
 # hundred ids; an intensity image given as labels (e.g. whole-valued intensities 0..4000) has more.
 MAX_LABEL_VALUES = 2000
@@ -88,15 +91,6 @@ class Volume:
     spacing: tuple[float, float, float]
     affine: np.ndarray
     path: Path | None = None
-
-
-class Grid(NamedTuple):
-    """A file's grid from its header: ``shape`` (3 ints), ``spacing`` (mm, header zooms) and
-    ``affine`` (``(4, 4)`` voxel-to-world)."""
-
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float]
-    affine: np.ndarray
 
 
 def volume_id(path: str | os.PathLike) -> str:
@@ -241,56 +235,6 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[fl
     return grid.shape, grid.spacing
 
 
-def _axcodes(affine: np.ndarray) -> str:
-    return "".join(str(c) for c in nib.aff2axcodes(affine))
-
-
-def _fmt(values) -> str:
-    return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
-
-
-def grid_mismatch(
-    affine_a: np.ndarray,
-    affine_b: np.ndarray,
-    spacing_a: Sequence[float] | None = None,
-    spacing_b: Sequence[float] | None = None,
-) -> str | None:
-    """How two voxel-to-world matrices differ, in words, or None when they agree.
-
-    Two grids of one shape are the same grid in world space when, within the tolerances
-    (module constants): the voxel sizes agree within :data:`SPACING_TOLERANCE` mm (the header
-    zooms ``spacing_a``/``spacing_b`` when given, and the affine column norms); the unit axis
-    directions (direction cosines) agree within :data:`DIRECTION_TOLERANCE` per component; and
-    the world positions of voxel ``(0, 0, 0)`` (the origins) lie within
-    :data:`ORIGIN_TOLERANCE` mm. The words name each difference: orientation codes (e.g.
-    ``"orientation LAS vs RAS"``, :func:`nibabel.aff2axcodes`) or the rotation between axes with
-    the same codes, the origin offset in mm, the voxel sizes.
-    """
-    a = np.asarray(affine_a, dtype=np.float64)
-    b = np.asarray(affine_b, dtype=np.float64)
-    norms_a, norms_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
-    words = []
-    codes_a, codes_b = _axcodes(a), _axcodes(b)
-    dir_a = a[:3, :3] / np.where(norms_a > 0, norms_a, 1.0)
-    dir_b = b[:3, :3] / np.where(norms_b > 0, norms_b, 1.0)
-    if codes_a != codes_b:
-        words.append(f"orientation {codes_a} vs {codes_b}")
-    elif np.abs(dir_a - dir_b).max() > DIRECTION_TOLERANCE:
-        cosines = np.clip(np.sum(dir_a * dir_b, axis=0), -1.0, 1.0)
-        angle = float(np.degrees(np.arccos(cosines)).max())
-        words.append(f"axis directions rotated by up to {angle:.3g} degrees (both {codes_a})")
-    offset = a[:3, 3] - b[:3, 3]
-    if np.linalg.norm(offset) > ORIGIN_TOLERANCE:
-        words.append(f"origin offset {np.linalg.norm(offset):.4g} mm {_fmt(offset)}")
-    if spacing_a is not None and spacing_b is not None and not np.allclose(
-        spacing_a, spacing_b, rtol=0.0, atol=SPACING_TOLERANCE
-    ):
-        words.append(f"spacing {_fmt(spacing_a)} vs {_fmt(spacing_b)} mm")
-    elif not np.allclose(norms_a, norms_b, rtol=0.0, atol=SPACING_TOLERANCE):
-        words.append(f"voxel sizes in the affine {_fmt(norms_a)} vs {_fmt(norms_b)} mm")
-    return ", ".join(words) if words else None
-
-
 def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
     """Load and validate a 3-D NIfTI (or any nibabel-readable) volume.
 
@@ -428,107 +372,6 @@ def require_contrast(path: str | os.PathLike, normalized: np.ndarray, how: str) 
             f"single bright voxel normalises so (its nonzero voxels share one value): expected an intensity image"
         )
     return normalized
-
-
-def _nifti_dtype(array: np.ndarray) -> np.dtype:
-    kind = array.dtype.kind
-    if kind == "b":
-        return np.dtype(np.uint8)
-    if kind in "iu":
-        if array.size == 0:
-            return np.dtype(np.int16)
-        lo, hi = int(array.min()), int(array.max())
-        for dt in (np.uint8, np.int16, np.int32):
-            info = np.iinfo(dt)
-            if info.min <= lo and hi <= info.max:
-                return np.dtype(dt)
-        return np.dtype(np.int64)
-    if kind == "f":
-        return np.dtype(np.float32)
-    raise ValueError(f"save_nifti_atomic() cannot store an array of dtype {array.dtype}")
-
-
-def _file_mode(path: Path) -> int:
-    """Mode of an existing target, else 0o666 minus the process umask (one rule for every file
-    this project writes: :func:`app.results.file_mode`)."""
-    from app.results import file_mode
-
-    return file_mode(path)
-
-
-def _nifti_image(array, affine, description: str | None, fn: str) -> "nib.Nifti1Image":
-    """The NIfTI image :func:`save_nifti_atomic` and :func:`nifti_bytes` write (see there)."""
-    if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
-    array = np.asarray(array)
-    dtype = _nifti_dtype(array)
-    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    if affine.shape != (4, 4):
-        raise ValueError(f"{fn}() 'affine' must be 4x4, got shape {affine.shape}")
-    img = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
-    img.header.set_data_dtype(dtype)
-    img.set_sform(affine, code=2)
-    img.set_qform(affine, code=2)
-    if description is not None:
-        img.header["descrip"] = description.encode("ascii", "replace")[:80]
-    return img
-
-
-def nifti_bytes(array, affine, name: str | os.PathLike, description: str | None = None) -> bytes:
-    """The bytes of the NIfTI file :func:`save_nifti_atomic` would write at ``name`` (gzip-compressed
-    when it ends in ``.gz``), for writing several files all or none
-    (:func:`app.results.atomic_write_files`)."""
-    data = _nifti_image(array, affine, description, "nifti_bytes").to_bytes()
-    return gzip.compress(data, compresslevel=1, mtime=0) if str(name).lower().endswith(".gz") else data
-
-
-def save_nifti_atomic(
-    array,
-    affine,
-    path: str | os.PathLike,
-    description: str | None = None,
-) -> Path:
-    """Write a NIfTI file atomically: a temporary file in the target folder, then ``os.replace``.
-
-    Readers never see a half-written file: on any error the temporary file is removed and
-    an existing ``path`` is left untouched.
-
-    Args:
-        array: numpy array or torch tensor (``(X, Y, Z)`` or any nibabel-storable shape).
-            Floats are stored as ``float32``; integers in the smallest of uint8/int16/int32/int64
-            that holds their range (lossless: label ids are never narrowed); booleans as uint8.
-        affine: ``(4, 4)`` voxel-to-world matrix (identity if None); written as sform and qform.
-        path: target file; ``.nii.gz`` compresses, ``.nii`` does not.
-        description: stored in the header's ``descrip`` field, cut to its 80 bytes
-            (non-ASCII characters replaced by ``?``).
-
-    Returns:
-        The target path.
-    """
-    path = Path(path)
-    if not path.name:
-        raise ValueError("save_nifti_atomic() 'path' must name a file")
-    img = _nifti_image(array, affine, description, "save_nifti_atomic")
-    suffix = ".nii.gz" if path.name.lower().endswith(".gz") else ".nii"
-    tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{suffix}", dir=path.parent)
-        os.close(fd)
-        img.to_filename(tmp)
-        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-        if isinstance(exc, OSError):  # name the target, not the temporary file
-            reason = exc.strerror or " ".join(str(exc).split()) or type(exc).__name__
-            raise OSError(exc.errno, f"cannot write ({reason})", str(path)) from exc
-        raise
-    return path
 
 
 def to_plain(value: Any) -> Any:

@@ -32,15 +32,14 @@ Validation happens in two steps so that a run never stops half-way with partial 
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
-import inspect
-
+from data.batch import PairItem, pair_item
 from data.io import (
     SPACING_TOLERANCE,  # re-exported: one tolerance (mm) for "same grid" everywhere
     DataError,
@@ -77,10 +76,9 @@ class PairsCSVDataset(Dataset):
         check: ``"full"`` validates headers and voxel values at construction;
             ``"header"`` only headers (call :meth:`validate` before producing results).
 
-    Item ``i`` is a dict: ``fixed``, ``moving`` float32 ``(1, X, Y, Z)`` in [0, 1]; with label
-    columns ``fixed_label``, ``moving_label`` int64 ``(1, X, Y, Z)``; ``spacing`` float32 ``(3,)``
-    (the fixed image's, mm); ``fixed_id``, ``moving_id`` str (unique per file, see the module
-    docstring); ``pair_signature`` str (:meth:`pair_signature`).
+    Item ``i`` follows the batch contract (:mod:`data.batch`); labels with label columns;
+    ``spacing`` and ``fixed_affine`` are the fixed image's header's; ``fixed_id``, ``moving_id``
+    are unique per file (see the module docstring); ``pair_signature`` is :meth:`pair_signature`.
 
     Raises:
         DataError: on any problem, naming the CSV, its row (1-based data row, with the file
@@ -341,29 +339,23 @@ class PairsCSVDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def _image(self, path: Path) -> torch.Tensor:
-        return self._image_and_affine(path)[0]
-
-    def _image_and_affine(self, path: Path) -> tuple[torch.Tensor, np.ndarray]:
+    def _image_and_affine(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         vol = load_volume(path, kind="image")
-        arr = self._prepared(path, vol.array)
-        tensor = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32)).unsqueeze(0)
-        return tensor, np.asarray(vol.affine, dtype=np.float64)
+        return self._prepared(path, vol.array)[None], vol.affine
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> PairItem:
         row = self.rows[index]
         try:
             fixed, fixed_affine = self._image_and_affine(row["fixed"])
-            item = {"fixed": fixed, "moving": self._image(row["moving"]), "fixed_affine": torch.from_numpy(fixed_affine)}
-            if self.has_labels:
-                for col in LABEL_COLUMNS:
-                    item[col] = torch.from_numpy(load_volume(row[col], kind="label").array).unsqueeze(0)
+            moving = self._image_and_affine(row["moving"])[0]
+            labels = {col: load_volume(row[col], kind="label").array[None] for col in LABEL_COLUMNS
+                      if self.has_labels}
         except DataError as err:
             raise DataError(f"{self._where(row)}: {err}") from err
-        item["spacing"] = torch.tensor(self._headers[row["fixed"]][1], dtype=torch.float32)
-        item["fixed_id"], item["moving_id"] = self.pair_id_of(row)
-        item["pair_signature"] = self.pair_signature(index)
-        return item
+        fixed_id, moving_id = self.pair_id_of(row)
+        return pair_item(fixed, moving, **labels, spacing=self._headers[row["fixed"]].spacing,
+                         fixed_affine=fixed_affine, fixed_id=fixed_id, moving_id=moving_id,
+                         pair_signature=self.pair_signature(index))
 
     def __repr__(self) -> str:
         return f"PairsCSVDataset({str(self.csv_path)!r}, pairs={len(self)}, labels={self.has_labels})"

@@ -26,15 +26,11 @@ spacing the metrics use (the voxels the network and the metrics see have that si
 affine written into saved outputs. The label values found in the source file are recorded
 too (before any crop), for label mapping and checks.
 
-Cache (:class:`VolumeStore` with ``cache_dir``): each prepared volume is one uncompressed
-``.npz`` in ``cache_dir/<config key>/``, where the key hashes the preprocessing config (and
-``CACHE_VERSION``); the file name holds the volume id and a hash of the source files' paths,
-sizes and modification times, so an edited source file or another config never reads a stale
-entry. Files are written atomically (temporary file + ``os.replace``), so DataLoader workers
-can fill the cache concurrently. ``cache_dir/<key>/config.json`` says which config made it.
+Loading and preprocessing on demand, through an optional on-disk cache, is
+:class:`data.cache.VolumeStore`'s (re-exported here).
 
-Labels (:class:`LabelMapping`): optionally keep a subset of label ids (others become 0,
-background) and remap the kept ids to ``1..K`` in increasing order of the original id; the
+Labels (:class:`LabelMapping`, in :mod:`data.label_mapping`): optionally keep a subset of label
+ids (others become 0, background) and remap the kept ids to ``1..K`` in increasing order of the original id; the
 mapping is saved as JSON next to results (:meth:`LabelMapping.save`).
 
 Augmentation (:class:`VolumeAugmentation`): torchio draws ONE random transform per call and
@@ -50,10 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
-import zipfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -68,7 +61,7 @@ from data.io import (
     normalize_intensity,
     require_contrast,
 )
-from data.signature import file_signature as _file_signature  # one file signature: cache and results
+from data.label_mapping import LabelMapping  # noqa: F401 - re-exported (its home is data.label_mapping)
 
 __all__ = [
     "CACHE_VERSION",
@@ -79,7 +72,6 @@ __all__ = [
     "load_source",
     "preprocess",
     "preprocessed_shape",
-    "VolumeStore",
     "LabelMapping",
     "VolumeAugmentation",
 ]
@@ -319,183 +311,14 @@ def _name(volume: Volume) -> str:
     return str(volume.path) if getattr(volume, "path", None) is not None else "volume"
 
 
-def _label_dtype(label: np.ndarray) -> np.dtype:
-    hi = int(label.max()) if label.size else 0
-    for dt in (np.uint8, np.uint16, np.int32):
-        if hi <= np.iinfo(dt).max:
-            return np.dtype(dt)
-    return np.dtype(np.int64)
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name)
-
-
-class VolumeStore:
-    """Prepared volumes on demand: load + :func:`preprocess`, through an optional disk cache.
-
-    Args:
-        config: the :class:`PreprocessConfig`.
-        cache_dir: folder of the cache (created when first written), or None for no cache.
-    """
-
-    def __init__(self, config: PreprocessConfig, cache_dir: str | os.PathLike | None = None):
-        self.config = config
-        self.cache_dir = None if cache_dir is None else Path(os.path.expanduser(str(cache_dir)))
-
-    @property
-    def cache_folder(self) -> Path | None:
-        """``cache_dir/<config key>``, or None without a cache."""
-        return None if self.cache_dir is None else self.cache_dir / self.config.key()
-
-    def cache_path(self, volume_id: str, image: Path, label: Path | None) -> Path | None:
-        """Where the cache keeps this volume (None without a cache)."""
-        if self.cache_folder is None:
-            return None
-        sig = json.dumps([_file_signature(image), _file_signature(label)])
-        digest = hashlib.sha256(sig.encode()).hexdigest()[:16]
-        return self.cache_folder / f"{_safe(volume_id)}-{digest}.npz"
-
-    def cached(self, volume_id: str, image: Path, label: Path | None) -> bool:
-        path = self.cache_path(volume_id, image, label)
-        return path is not None and path.is_file()
-
-    def get(self, volume_id: str, image: Path, label: Path | None) -> Prepared:
-        """The prepared volume: from the cache when present, else loaded, preprocessed and cached."""
-        path = self.cache_path(volume_id, image, label)
-        if path is not None and path.is_file():
-            prepared = self._read(path)
-            if prepared is not None:
-                return prepared
-        img, lab = load_source(image, label)
-        prepared = preprocess(img, lab, self.config)  # its errors name the file at fault
-        if path is not None:
-            self._write(path, prepared, volume_id, image, label)
-        return prepared
-
-    # --------------------------------------------------------------- cache files
-    def _read(self, path: Path) -> Prepared | None:
-        """A cache entry, or None when it is unreadable (then it is rebuilt and overwritten)."""
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                label = z["label"].astype(np.int64) if "label" in z.files else None
-                src = z["source_labels"] if "source_labels" in z.files else None
-                return Prepared(
-                    image=z["image"],
-                    label=label,
-                    affine=z["affine"].astype(np.float64),
-                    spacing=tuple(float(s) for s in z["spacing"]),
-                    source_labels=None if src is None else tuple(int(v) for v in src),
-                    source_shape=tuple(int(s) for s in z["source_shape"]),
-                    source_spacing=tuple(float(s) for s in z["source_spacing"]),
-                )
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-            return None
-
-    def _write(self, path: Path, p: Prepared, volume_id: str, image: Path, label: Path | None) -> None:
-        folder = path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        config_file = folder / "config.json"
-        if not config_file.exists():
-            _atomic_bytes(
-                config_file,
-                json.dumps({"version": CACHE_VERSION, **self.config.to_dict()}, indent=2).encode(),
-            )
-        arrays = {
-            "image": p.image.astype(np.float32, copy=False),
-            "affine": p.affine,
-            "spacing": np.asarray(p.spacing, dtype=np.float64),
-            "source_shape": np.asarray(p.source_shape, dtype=np.int64),
-            "source_spacing": np.asarray(p.source_spacing, dtype=np.float64),
-        }
-        if p.label is not None:
-            arrays["label"] = p.label.astype(_label_dtype(p.label))
-            arrays["source_labels"] = np.asarray(p.source_labels, dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-class LabelMapping:
-    """Keep a subset of label ids and/or renumber them ``1..K`` (background stays 0).
-
-    Args:
-        values: the foreground label ids kept (original ids; 0 is ignored), e.g. the union of
-            the ids found in a dataset, or a configured subset.
-        remap: renumber ``values`` in increasing order to ``1..K``; with ``False`` the kept
-            ids keep their value.
-
-    Ids not in ``values`` become 0. :attr:`num_labels` is ``K + 1`` with ``remap``, else
-    ``max(values) + 1``.
-    """
-
-    def __init__(self, values: Sequence[int], remap: bool):
-        kept = sorted({int(v) for v in values if int(v) != 0})
-        if any(v < 0 for v in kept):
-            raise ValueError(f"LabelMapping() label ids must be non-negative, got {kept}")
-        self.values = kept
-        self.remap = bool(remap)
-        size = (kept[-1] + 1) if kept else 1
-        lut = np.zeros(size, dtype=np.int64)
-        for new, old in enumerate(kept, start=1):
-            lut[old] = new if self.remap else old
-        self._lut = lut
-
-    @property
-    def num_labels(self) -> int:
-        if not self.values:
-            return 1
-        return len(self.values) + 1 if self.remap else self.values[-1] + 1
-
-    @property
-    def new_to_original(self) -> dict[int, int]:
-        """``{new id: original id}`` for the kept labels (identity without remap)."""
-        return {int(self._lut[v]): v for v in self.values}
-
-    def apply(self, label: np.ndarray) -> np.ndarray:
-        """Map an int label array (any shape); ids outside :attr:`values` become 0."""
-        label = np.asarray(label)
-        out = np.zeros(label.shape, dtype=np.int64)
-        inside = label < self._lut.size
-        out[inside] = self._lut[label[inside]]
-        return out
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "remap": self.remap,
-            "num_labels": self.num_labels,
-            "original_ids": self.values,
-            "new_to_original": {str(k): v for k, v in self.new_to_original.items()},
-            "note": "label ids in results are the 'new' ids; 0 is background; other original ids were set to 0",
-        }
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write :meth:`to_dict` as JSON (atomically); returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_bytes(path, (json.dumps(self.to_dict(), indent=2) + "\n").encode())
-        return path
-
-    def __repr__(self) -> str:
-        return f"LabelMapping({len(self.values)} labels, remap={self.remap})"
-
-
 from data.augment import VolumeAugmentation  # noqa: E402,F401 - re-exported (its home is data.augment)
+
+
+def __getattr__(name: str):
+    """``data.preprocess.VolumeStore``: re-exported from its home, :mod:`data.cache` (imported on
+    first use, as that module builds on this one)."""
+    if name == "VolumeStore":
+        from data.cache import VolumeStore
+
+        return VolumeStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -32,10 +32,8 @@ except where voxels are said):
    and a warm-up): the moving image reuses the fixed image's per-label means and noise stds
    (blur, bias and gamma are still its own), so the pair can be matched by intensity.
 
-Items follow the batch contract (:class:`data.generated.GeneratedPairDataset`'s keys): ``fixed``,
-``moving`` float32 ``(1, *S)`` in [0, 1]; ``fixed_label``, ``moving_label`` int64 ``(1, *S)`` in
-1 .. ``n_labels``; ``spacing`` float32 ``(D,)``; ``fixed_affine`` float64 ``(4, 4)``;
-``fixed_id``, ``moving_id`` str (``"synthmorph_e0003_p00012_fixed"``).
+Items follow the batch contract (:mod:`data.batch`), labels in 1 .. ``n_labels``, ids such as
+``"synthmorph_e0003_p00012_fixed"``.
 
 Defaults: the paper's generation ranges as recalled here (check its hyperparameter table before
 citing them; 1 mm brains, 0..255 intensities: 26 labels, means U(25, 225), noise std U(5, 25),
@@ -54,6 +52,7 @@ import torch
 from scipy import ndimage
 from torch.utils.data import Dataset, Sampler
 
+from data.batch import PairItem, pair_item
 from data.signature import signature
 from data.generated import diagonal_affine, random_bias_field, random_displacement, smooth_noise
 from spatial.functional import warp
@@ -89,6 +88,17 @@ def _number(owner: str, name: str, value: Any, minimum: float = 0.0, strict: boo
         relation = ">" if strict else ">="
         raise ValueError(f"{owner}() '{name}' must be a number {relation} {minimum:g}, got {value!r}")
     return x
+
+
+def _interval(owner: str, name: str, value: Any) -> tuple[float, float]:
+    """``(lo, hi)`` floats, or ValueError naming ``name`` unless ``0 <= lo <= hi`` (finite)."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        lo, hi = math.nan, math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
+        raise ValueError(f"{owner}() '{name}' must be [lo, hi] with 0 <= lo <= hi, got {value!r}")
+    return lo, hi
 
 
 class SynthMorphPairs(Dataset):
@@ -162,15 +172,7 @@ class SynthMorphPairs(Dataset):
         self.shared_contrast = bool(shared_contrast)
         self.deformation_scale = _number(owner, "deformation_scale", deformation_scale)
         self.deformation_smoothness = _number(owner, "deformation_smoothness", deformation_smoothness, strict=True)
-        try:
-            lo, hi = (float(v) for v in intensity_range)
-        except (TypeError, ValueError):
-            lo, hi = math.nan, math.nan
-        if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo <= hi):
-            raise ValueError(
-                f"{owner}() 'intensity_range' must be [lo, hi] with 0 <= lo <= hi, got {intensity_range!r}"
-            )
-        self.intensity_range = (lo, hi)
+        self.intensity_range = _interval(owner, "intensity_range", intensity_range)
         self.noise = _number(owner, "noise", noise)
         self.blur = _number(owner, "blur", blur)
         self.bias = _number(owner, "bias", bias)
@@ -215,8 +217,8 @@ class SynthMorphPairs(Dataset):
         return self.pair(epoch, idx)
 
     # ------------------------------------------------------------------ generation
-    def pair(self, epoch: int, idx: int) -> dict:
-        """Pair ``idx`` of ``epoch`` as a batch-contract dict (drawn from ``default_rng([seed, epoch, idx])``)."""
+    def pair(self, epoch: int, idx: int) -> PairItem:
+        """Pair ``idx`` of ``epoch`` as a batch-contract item (:mod:`data.batch`) (drawn from ``default_rng([seed, epoch, idx])``)."""
         if int(epoch) < 0 or int(idx) < 0:
             raise IndexError(f"SynthMorphPairs: epoch and index must be >= 0, got ({epoch}, {idx})")
         rng = np.random.default_rng([self.seed, int(epoch), int(idx)])
@@ -228,19 +230,11 @@ class SynthMorphPairs(Dataset):
             fixed, contrast = self._image(rng, fixed_label)
             moving, _ = self._image(rng, moving_label, contrast if self.shared_contrast else None)
         fixed_id, moving_id = self.pair_ids(epoch, idx)
-        return {
-            "fixed": fixed,
-            "moving": moving,
-            "fixed_label": torch.from_numpy(fixed_label[None]),
-            "moving_label": torch.from_numpy(moving_label[None]),
-            "spacing": torch.tensor(self.spacing, dtype=torch.float32),
-            "fixed_affine": torch.tensor(self.affine, dtype=torch.float64),
-            "fixed_id": fixed_id,
-            "moving_id": moving_id,
-            # the batch contract's input signature (data.signature): the generator and the draw
-            "pair_signature": signature({"dataset": "synthmorph", "generator": repr(self), "epoch": int(epoch),
-                                         "idx": int(idx)}),
-        }
+        # the input signature (data.signature): the generator and the draw
+        sig = signature({"dataset": "synthmorph", "generator": repr(self), "epoch": int(epoch), "idx": int(idx)})
+        return pair_item(fixed, moving, fixed_label=fixed_label[None], moving_label=moving_label[None],
+                         spacing=self.spacing, fixed_affine=self.affine, fixed_id=fixed_id, moving_id=moving_id,
+                         pair_signature=sig)
 
     def _label_fields(self, rng: np.random.Generator) -> torch.Tensor:
         """``(n_labels, 1, *coarse)`` smooth noise fields, each warped by its own deformation."""

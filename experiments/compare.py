@@ -48,7 +48,8 @@ from experiments.comparison import (
 from experiments.runs import method_overrides, parse_overrides, run_method
 from app.entry import hydra_main
 from app import ConfigError, check_entry, guarded, log_analysis
-from app.results import atomic_write_bytes, atomic_write_text, csv_text
+from app.results import csv_text
+from data.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["write_comparison", "markdown", "run_compare"]
 

@@ -37,7 +37,8 @@ from experiments.comparison import (
 from experiments.runs import method_overrides, parse_overrides, run_method
 from app.entry import hydra_main
 from app import ConfigError, check_entry, guarded, log_analysis, save_figure
-from app.results import atomic_write_text, csv_text
+from app.results import csv_text
+from data.files import atomic_write_text
 
 __all__ = ["find_checkpoint", "run_domain_shift"]
 

@@ -31,7 +31,8 @@ import numpy as np
 
 from data.io import DataError
 from metrics.information import LabelInformation, intensity_label_information, pair_information
-from app.results import atomic_write_text, csv_text
+from app.results import csv_text
+from data.files import atomic_write_text
 
 __all__ = [
     "image_information",

@@ -32,7 +32,8 @@ from experiments.mi_analysis import (
     write_outputs,
 )
 from app import ConfigError, build_datamodule, check_entry, log_analysis, run_eval
-from app.results import atomic_write_text, csv_text
+from app.results import csv_text
+from data.files import atomic_write_text
 
 __all__ = ["sweep"]
 

@@ -276,7 +276,7 @@ def _load_curve(path: str) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure, decide, print; returns the report (also written to ``--out/recipe.json``)."""
-    from app.results import atomic_write_text
+    from data.files import atomic_write_text
 
     if args.max_images < 1:
         raise ConfigError(f"--max-images must be >= 1, got {args.max_images}")

@@ -1,0 +1,159 @@
+"""Pairs of dataset volumes through the preprocessing store: :class:`PairDataset` (items of the
+batch contract, :mod:`data.batch`) and the per-volume work of the full data check.
+
+Items of a :class:`PairDataset` hold the *preprocessed* grid: ``spacing`` is the voxel size
+the network and the metrics see, ``fixed_affine`` the voxel-to-world matrix of the
+preprocessed fixed volume, label ids are mapped (:class:`~data.label_mapping.LabelMapping`),
+and ``pair_signature`` records the files, the preprocessing, the mapping and the augmentation.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from data.augment import VolumeAugmentation
+from data.batch import PairItem, pair_item
+from data.geometry import SPACING_TOLERANCE, axcodes
+from data.io import DataError
+from data.layout import Pair, VolumeRef
+from data.cache import VolumeStore
+from data.preprocess import LabelMapping, Prepared, load_source
+from data.signature import file_signature, signature
+
+__all__ = ["PairDataset", "VolumeCheck"]
+
+
+class PairDataset(Dataset):
+    """``(fixed, moving)`` volume pairs as batch-contract items (see the module docstring).
+
+    Args:
+        pairs: list of ``(fixed VolumeRef, moving VolumeRef)``.
+        store: the :class:`~data.cache.VolumeStore` that loads/preprocesses/caches volumes.
+        mapping: the :class:`~data.preprocess.LabelMapping` applied to label maps, or None to
+            keep the stored label ids.
+        augment: a :class:`~data.preprocess.VolumeAugmentation`, applied to the fixed and to
+            the moving volume in two separate calls (independent random draws), or None.
+        with_labels: put label maps in items.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[Pair],
+        store: VolumeStore,
+        mapping: LabelMapping | None = None,
+        augment: VolumeAugmentation | None = None,
+        with_labels: bool = True,
+    ):
+        if not pairs:
+            raise DataError("PairDataset: 'pairs' is empty, expected at least one (fixed, moving) pair")
+        self.pairs = list(pairs)
+        self.store = store
+        self.mapping = mapping
+        self.augment = augment
+        self.with_labels = bool(with_labels)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def volume(self, ref: VolumeRef) -> Prepared:
+        return self.store.get(ref.key, ref.image, ref.label if self.with_labels else None)
+
+    def __getitem__(self, index: int) -> PairItem:
+        """The pair ``index`` on its common preprocessed grid (:meth:`_check_grids`)."""
+        fref, mref = self.pairs[index]
+        fixed, moving = self.volume(fref), self.volume(mref)
+        _check_grids(fref, fixed, mref, moving)
+        volumes = {}
+        for key, prep in (("fixed", fixed), ("moving", moving)):
+            img = torch.from_numpy(np.ascontiguousarray(prep.image)).unsqueeze(0)
+            lab = None
+            if self.with_labels and prep.label is not None:
+                arr = self.mapping.apply(prep.label) if self.mapping is not None else prep.label
+                lab = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)).unsqueeze(0)
+            if self.augment is not None:
+                img, lab = self.augment(img, lab)  # one call per volume: independent draws
+            volumes[key], volumes[f"{key}_label"] = img, lab
+        return pair_item(**volumes, spacing=fixed.spacing, fixed_affine=fixed.affine, fixed_id=fref.id,
+                         moving_id=mref.id, pair_signature=self.pair_signature(index))
+
+    def pair_signature(self, index: int) -> str:
+        """Signature of pair ``index``'s inputs (:mod:`data.signature`): each volume's id and
+        files (path, size, mtime), the preprocessing config (with its code version), the label
+        mapping and the augmentation."""
+        fref, mref = self.pairs[index]
+        mapping = self.mapping if self.with_labels else None
+        volumes = {}
+        for side, ref in (("fixed", fref), ("moving", mref)):
+            volumes[side] = {"id": ref.id, "image": file_signature(ref.image),
+                             "label": file_signature(ref.label if self.with_labels else None)}
+        return signature({
+            "dataset": "layout",
+            **volumes,
+            "preprocess": {"key": self.store.config.key(), **self.store.config.to_dict()},
+            "label_mapping": None if mapping is None else mapping.to_dict(),
+            "augment": None if self.augment is None else repr(self.augment),
+        })
+
+
+def _check_grids(fref: VolumeRef, fixed: Prepared, mref: VolumeRef, moving: Prepared) -> None:
+    """DataError naming both image files when the preprocessed fixed and moving grids differ in
+    shape, spacing or orientation (axis codes, :func:`data.geometry.axcodes`): the pair is
+    registered in voxel space, so these must agree. Their origins are NOT compared: each subject
+    lies in its own scanner space, and the paper's protocol registers inter-subject pairs on the
+    common grid made by reorientation, resampling and crop/pad (the residual offset and rotation
+    between subjects are part of what registration recovers). A pairs CSV, whose files claim one
+    grid, compares full affines instead."""
+    f_codes, m_codes = axcodes(fixed.affine), axcodes(moving.affine)
+    if f_codes != m_codes:
+        raise DataError(
+            f"{mref.image}: preprocessed orientation {m_codes} differs from its fixed image {fref.image} "
+            f"({f_codes}); set data.orientation (e.g. RAS) to reorient both to one voxel order"
+        )
+    if fixed.image.shape != moving.image.shape:
+        raise DataError(
+            f"{mref.image}: preprocessed shape {moving.image.shape} differs from its fixed image {fref.image} "
+            f"{fixed.image.shape}; set data.shape to crop/pad both to one grid"
+        )
+    if not np.allclose(fixed.spacing, moving.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+        raise DataError(
+            f"{mref.image}: preprocessed spacing {moving.spacing} mm differs from its fixed image {fref.image} "
+            f"{fixed.spacing} mm; set data.spacing to resample both to one grid"
+        )
+
+
+class VolumeCheck(Dataset):
+    """Validation work items for DataLoader workers: returns a summary dict or the error line."""
+
+    def __init__(self, volumes: Sequence[VolumeRef], store: VolumeStore, with_labels: bool):
+        self.volumes = list(volumes)
+        self.store = store
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        ref = self.volumes[i]
+        label = ref.label if self.with_labels else None
+        try:
+            if self.store.cache_dir is None:
+                img, lab = load_source(ref.image, label, self.store.config.normalize)
+                return {
+                    "id": ref.id,
+                    "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],
+                    "shape": None,
+                    "spacing": None,
+                }
+            p = self.store.get(ref.key, ref.image, label)  # checks, preprocesses and fills the cache
+            return {
+                "id": ref.id,
+                "labels": None if p.source_labels is None else list(p.source_labels),
+                "shape": list(p.image.shape),
+                "spacing": list(p.spacing),
+            }
+        except DataError as err:
+            return {"id": ref.id, "error": str(err)}
