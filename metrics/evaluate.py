@@ -97,38 +97,10 @@ def evaluate_pair(
     }
     computed: list[str] = []
     u = displacement(disp, fn) if disp is not None else None
-    ndim = u.dim() - 2 if u is not None else None
 
     if fixed_label is not None:
-        for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
-            if value is None:
-                raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
-        f, mv, m = label_maps(fixed_label, moving_label, moved_label, fn, ndim)
-        if u is not None and tuple(u.shape[2:]) != tuple(f.shape):
-            raise ValueError(
-                f"{fn}() 'disp' spatial shape {tuple(u.shape[2:])} differs from the label maps' "
-                f"{tuple(f.shape)}; labels must be on the displacement's (fixed) grid"
-            )
-        subset = label_subset(labels, fn)
-        counts = _label_counts(f, mv, m)
-        d = _dice_from_counts(counts, subset)
-        if not d.per_label:
-            in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
-            within = "" if subset is None else f" within labels={_label_list(set(subset))}"
-            raise ValueError(
-                f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
-                f"moving_label {_label_list(in_mv)}{within}: nothing to score (wrong label maps?)"
-            )
-        out["dice"], out["dice_per_label"] = d.mean, d.per_label
-        out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
-        computed.append("dice")
-        if hd95_enabled:
-            sp = spacing_tuple(spacing, f.dim(), fn)
-            h = _hd95_arrays(
-                f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
-            )
-            out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
-            computed.append("hd95")
+        computed += _label_metrics(out, fixed_label, moving_label, moved_label, u, spacing, labels, hd95_enabled,
+                                   hd95_method, fn)
 
     if u is not None:
         jac = _metrics_from_det(_jacobian_det(u, fn), 0, 2, fn)
@@ -141,3 +113,42 @@ def evaluate_pair(
         if not math.isfinite(out[key]):
             raise ValueError(f"{fn}() '{key}' is {out[key]} (not finite); a metric must be a number")
     return out
+
+
+def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, u, spacing, labels,
+                   hd95_enabled: bool, hd95_method: str, fn: str) -> list[str]:
+    """Fill ``out``'s label metrics (Dice, HD95, erased labels) of :func:`evaluate_pair`; returns the
+    names of the metrics computed."""
+    computed = []
+    ndim = u.dim() - 2 if u is not None else None
+    for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
+        if value is None:
+            raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
+    f, mv, m = label_maps(fixed_label, moving_label, moved_label, fn, ndim)
+    if u is not None and tuple(u.shape[2:]) != tuple(f.shape):
+        raise ValueError(
+            f"{fn}() 'disp' spatial shape {tuple(u.shape[2:])} differs from the label maps' "
+            f"{tuple(f.shape)}; labels must be on the displacement's (fixed) grid"
+        )
+    subset = label_subset(labels, fn)
+    counts = _label_counts(f, mv, m)
+    d = _dice_from_counts(counts, subset)
+    if not d.per_label:
+        in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
+        within = "" if subset is None else f" within labels={_label_list(set(subset))}"
+        raise ValueError(
+            f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
+            f"moving_label {_label_list(in_mv)}{within}: nothing to score (wrong label maps?)"
+        )
+    out["dice"], out["dice_per_label"] = d.mean, d.per_label
+    out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
+    computed.append("dice")
+    if hd95_enabled:
+        sp = spacing_tuple(spacing, f.dim(), fn)
+        h = _hd95_arrays(
+            f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
+        )
+        out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
+        computed.append("hd95")
+
+    return computed
