@@ -446,6 +446,7 @@ class RegistrationModule(L.LightningModule):
         checkpoint["registration"] = {
             "format": CHECKPOINT_FORMAT,
             "target": f"{type(self).__module__}.{type(self).__qualname__}",
+            "hyper_parameters": plain_data(dict(self.hparams), "registration/hyper_parameters"),
             "method": self.method,
             "field": self.field,
             "displacement_convention": DISPLACEMENT_CONVENTION,

@@ -97,7 +97,8 @@ def test_a_checkpoint_names_no_code_to_run(where, target, tmp_path):
     if where == "registration":
         ckpt["registration"]["target"] = target
     else:
-        ckpt["hyper_parameters"]["net"] = {"_target_": target, "args": ["touch", str(tmp_path / "ran")]}
+        for hparams in (ckpt["hyper_parameters"], ckpt["registration"]["hyper_parameters"]):
+            hparams["net"] = {"_target_": target, "args": ["touch", str(tmp_path / "ran")]}
     torch.save(ckpt, path)
     with pytest.raises(ConfigError, match=r"ckpt_path: .*m\.ckpt.*cannot be built here"):
         load_model_from_checkpoint(path)
