@@ -5,8 +5,9 @@
 
 ``transform``: a ``register.py`` output folder (its forward transform ``disp.nii.gz``; with
 ``inverse=true`` its inverse, when the method had one), one transform file, or a list of them
-composed like ``antsApplyTransforms -t T1 -t T2 ...`` (``T1(T2(...(p)))``: the last one acts first
-on a point; ANTs' own output ``[1Warp.nii.gz, 0GenericAffine.mat]`` reads as it does in ANTs).
+composed like ``antsApplyTransforms -t T1 -t T2 ...`` (a point of the output grid goes through
+``T1`` first, then ``T2``: ``T2(T1(p))``; ANTs' own output ``[1Warp.nii.gz, 0GenericAffine.mat]``
+reads as it does in ANTs).
 Files: the project's displacement NIfTI, its ITK/ANTs form or any ITK displacement field, an ITK
 affine (``.txt``/``.tfm``/``.mat``) (:mod:`data.transforms`).
 

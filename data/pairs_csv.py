@@ -288,7 +288,7 @@ class PairsCSVDataset(Dataset):
             elif fixed.shape != moving.shape:
                 raise DataError(
                     f"{where}: fixed {row['fixed']} has shape {fixed.shape} but moving {row['moving']} has "
-                    f"shape {moving.shape}; a pair must share one grid (resample first)"
+                    f"shape {moving.shape}; a pair must share one grid (resample first, or set data.resample=fixed)"
                 )
             diff = None if self.resample else grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
             if diff:

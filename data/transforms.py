@@ -2,9 +2,10 @@
 
 A transform maps points of a reference (fixed) space to the space an image is read from
 (fixed -> moving, as the project's displacement and as ITK/ANTs transforms). It is a chain of
-stages, applied to points like ``antsApplyTransforms -t T1 -t T2 ... -t Tn``: ``T1(T2(...Tn(p)))``
-(the last listed acts first on a point, i.e. the first listed acts last; ANTs' registration lists
-its output ``[warp, affine]``, the warp acting first). Two kinds of stage:
+stages, read like ``antsApplyTransforms -t T1 -t T2 ... -t Tn``: a reference point goes through
+``T1`` first, then ``T2``..., ``Tn(...T2(T1(p)))`` (checked against antspyx and SimpleITK's
+``CompositeTransform``). ANTs' registration lists its output ``[1Warp.nii.gz, 0GenericAffine.mat]``:
+the warp (defined in fixed space) first, then the affine into moving space. Two kinds of stage:
 
 * :class:`FieldStage`: a displacement field on its own lattice (shape, voxel-to-world affine) in
   the project's convention (voxel units of that lattice, channel ``i`` along array axis ``i``):
@@ -110,8 +111,8 @@ def check_affine(path: str | os.PathLike, affine) -> np.ndarray:
 
 
 def map_points(points: torch.Tensor, stages: Sequence[Stage]) -> torch.Tensor:
-    """World points ``(3, *S)`` of the reference grid through the chain ``T1(T2(...Tn(p)))``."""
-    for stage in reversed(list(stages)):
+    """World points ``(3, *S)`` of the reference grid through the chain: ``Tn(...T2(T1(p)))``."""
+    for stage in stages:
         points = stage.apply(points)
     return points
 
