@@ -12,7 +12,8 @@ displacement ``u`` on the fixed grid read through both images' affines), and eve
 reads an image through it does so once, from the image's own grid and intensities
 (:func:`data.transforms.transform_volume`), exactly as ``apply.py`` does.
 
-``DIR`` receives (:data:`OUTPUTS`; written all or none, after everything was computed):
+``DIR`` receives (:data:`OUTPUTS`; written all or none, after everything was computed; an earlier
+run's output that this run does not write, e.g. an inverse, is then removed):
 
 ==========================  ====================================================================
 ``moved.nii.gz``            the moving image on the fixed grid, in its own (original) intensities
@@ -117,8 +118,10 @@ def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
         label = f"{key}_label"
         if label in grids:
             a, b = grids[key], grids[label]
-            diff = "shape " + f"{b.shape} vs {a.shape}" if a.shape != b.shape else grid_mismatch(
-                a.affine, b.affine, a.spacing, b.spacing)
+            if a.shape != b.shape:
+                diff = f"shape {b.shape} vs {a.shape}"
+            else:
+                diff = grid_mismatch(a.affine, b.affine, a.spacing, b.spacing)
             if diff:
                 raise DataError(f"{files[label]}: label map {label} is not on the grid of its image {key}={files[key]} "
                                 f"({diff}); expected the label map in its image's voxel-to-world frame")
@@ -305,6 +308,9 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     }
     written[out / RECORD] = json.dumps(record, indent=2) + "\n"
     atomic_write_files(written)
+    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
     _report(record, metrics, out, inverse is not None)
     return record
 

@@ -257,6 +257,10 @@ def test_syn_inverse_inverts_and_apply_maps_fixed_labels_to_the_moving_grid(pair
 
     b, m = (torch.from_numpy(a.astype(np.int64)) for a in (back, moving_seg))
     assert dice(m, b, b).mean > 0.75
+    # a method without inverse registered into the same folder: no stale inverse or affine is left
+    record = _register(pair, out, ["model=greedy", "model.scales=[1]", "model.iterations=[1]", "device=cpu"])
+    assert sorted(p.name for p in out.iterdir()) == sorted(record["files"])
+    assert not (out / "inverse_disp_itk.nii.gz").exists() and not (out / "affine_itk.txt").exists()
 
 
 def test_a_velocity_network_from_a_checkpoint_has_an_inverse(pair, tmp_path):
