@@ -177,7 +177,7 @@ class ResultsWriter:
         atomic_write_text(path, json.dumps(part))
 
     def moved_path(self, fixed_id: str, moving_id: str, what: str) -> Path:
-        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: image, label or disp; :func:`pair_name`)."""
+        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: image, label, disp or disp_itk; :func:`pair_name`)."""
         return self.out_dir / "moved" / f"{pair_name(fixed_id, moving_id)}_{what}.nii.gz"
 
     def finalize(self, expected: Iterable[tuple[str, str]], extra: dict[str, Any] | None = None,

@@ -13,7 +13,8 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
   ``label_rule``, ``metrics_version``, ``displacement_convention``. A metric is averaged only when it
   is finite for every pair; when it is finite for none (no labels: every Dice) its mean is
   ``null``; a mix is an error naming the pairs (:class:`ResultsError`).
-* with ``save_outputs``: ``DIR/moved/<pair name>_{image,label,disp}.nii.gz`` (:func:`pair_name`).
+* with ``save_outputs``: ``DIR/moved/<pair name>_{image,label,disp,disp_itk}.nii.gz`` (:func:`pair_name`;
+  ``disp``: the project's displacement, ``disp_itk``: its ITK/ANTs form, :mod:`data.transforms`).
 * ``DIR/.parts/<method>/<pair name>.json``: one finished pair with its provenance (:mod:`app.parts`).
 
 :func:`read_results` is the one reader of a results folder (``experiments/comparison.py``,

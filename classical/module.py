@@ -131,6 +131,15 @@ class InstanceOptimisationModule(RegistrationModule):
                 out.append(res.displacement.detach())
             return torch.cat(out, dim=0)
 
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`register` and, for SyN, the inverse it computes (``psi_f o psi_m^-1``, moving ->
+        fixed on the same grid); None for affine and greedy."""
+        u = self.register(batch)
+        inverses = [res.inverse for res in self.last_results]
+        if not inverses or any(inv is None for inv in inverses):
+            return u, None
+        return u, torch.cat([inv.detach() for inv in inverses], dim=0)
+
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> torch.Tensor:
         """The displacement of each pair (``trainer.predict``)."""
         return self.register(batch)

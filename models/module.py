@@ -201,6 +201,22 @@ class RegistrationModule(L.LightningModule):
         """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
         return self.to_displacement(self(batch["moving"], batch["fixed"]), batch["fixed"].shape[2:])
 
+    def inverse_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+        """The inverse map (moving -> fixed) of :meth:`to_displacement` ``(out, shape)`` when the method
+        has one by construction: ``exp(-v)`` for a velocity ``v``; None for a displacement network."""
+        return self.to_displacement(-out, shape) if self.field == "velocity" else None
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(u, inverse)``: :meth:`register`'s displacement ``(B, D, *S)`` fixed -> moving and its
+        inverse moving -> fixed on the same grid (``moving(x + u(x))`` undone by ``inverse``), or None
+        when the method has none (one network pass serves both; :meth:`inverse_displacement`).
+        A subclass that overrides :meth:`register` says here whether it has an inverse (default: none)."""
+        if self.net is None or type(self).register is not RegistrationModule.register:
+            return self.register(batch), None
+        out = self(batch["moving"], batch["fixed"])
+        shape = batch["fixed"].shape[2:]
+        return self.to_displacement(out, shape), self.inverse_displacement(out, shape)
+
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
@@ -462,6 +478,10 @@ class IdentityRegistration(RegistrationModule):
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         fixed = batch["fixed"]
         return torch.zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:], device=fixed.device, dtype=fixed.dtype)
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        u = self.register(batch)
+        return u, torch.zeros_like(u)
 
     @property
     def paradigm(self) -> str:
