@@ -58,7 +58,9 @@ class EpochLog(Callback):
     ``val/*`` are the epoch means the module logged (``val/dice_best`` the best ``val/dice`` so far,
     as the checkpoint callback sees it); ``train/loss`` the mean of this process's training losses
     since the epoch began; the seconds count from the epoch's start (training and validation).
-    A value the run does not have (no labels: no Dice) is left out.
+    A value the run does not have (no labels: no Dice) is left out. A training epoch without a
+    validation (no validation pairs, ``check_val_every_n_epoch > 1``) gets its line when it ends,
+    with what it has (``epoch 4: train/loss -0.3001, step 500, 10.2 s``).
     """
 
     # the validation metrics printed after val/dice, in this order, when logged
@@ -68,10 +70,12 @@ class EpochLog(Callback):
         self._start = time.perf_counter()
         self._loss_sum: Any = None
         self._n = 0
+        self._validated = False
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._start = time.perf_counter()
         self._loss_sum, self._n = None, 0
+        self._validated = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
@@ -80,9 +84,10 @@ class EpochLog(Callback):
             self._loss_sum = loss if self._loss_sum is None else self._loss_sum + loss
             self._n += 1
 
-    def line(self, trainer) -> str:
-        """The line of the validation that just ended."""
-        metrics = trainer.callback_metrics
+    def line(self, trainer, validated: bool = True) -> str:
+        """The line of the validation that just ended (``validated=False``: of a training epoch
+        without one)."""
+        metrics = trainer.callback_metrics if validated else {}
         parts = []
         dice = _num(metrics.get("val/dice"))
         if dice is not None:
@@ -103,7 +108,14 @@ class EpochLog(Callback):
     def on_validation_end(self, trainer, pl_module) -> None:
         if trainer.sanity_checking or not trainer.is_global_zero:
             return
+        self._validated = True
         say(trainer, self.line(trainer))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        # Lightning runs the epoch's validation before this hook: only an epoch without one is left
+        if self._validated or not trainer.is_global_zero:
+            return
+        say(trainer, self.line(trainer, validated=False))
 
 
 class PairProgress:
@@ -153,14 +165,16 @@ class PairProgress:
         for row in rows:
             self.pairs += 1
             count = f"{self.pairs}/{self.n_pairs}" if self.n_pairs else f"{self.pairs}"
-            text = f"{self.prefix} pair {count} {row['fixed_id']} <- {row['moving_id']}:"
+            parts = []
             dice, before = _finite(row.get("dice")), _finite(row.get("dice_identity"))
             if dice is not None:
-                text += f" Dice {dice:.4f}" + (f" (before {before:.4f})" if before is not None else "") + ","
+                parts.append(f"Dice {dice:.4f}" + (f" (before {before:.4f})" if before is not None else ""))
             seconds = _finite(row.get("seconds"))
-            text += f" {seconds:.2f} s" if seconds is not None else ""
-            text += f", ETA {clock(eta)}" if eta is not None else ""
-            lines.append(text)
+            if seconds is not None:
+                parts.append(f"{seconds:.2f} s")
+            if eta is not None:
+                parts.append(f"ETA {clock(eta)}")
+            lines.append(f"{self.prefix} pair {count} {row['fixed_id']} <- {row['moving_id']}: " + ", ".join(parts))
         return lines
 
 
@@ -237,7 +251,7 @@ def output_locations(trainer=None, results_dir: str | os.PathLike | None = None,
 
             parts = parts / _name([method])
         if parts.is_dir():
-            out.append(("finished pairs", f"{parts} (reused by a rerun into the same folder)"))
+            out.append(("finished pairs", f"{parts} (a rerun into this folder keeps the unchanged ones)"))
         moved = folder / "moved"
         if save_outputs and moved.is_dir():
             n = sum(1 for _ in moved.glob("*.nii.gz"))

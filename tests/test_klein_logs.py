@@ -241,6 +241,53 @@ def test_verbose_classical_module_prints_the_pair_and_changes_no_result(capsys):
         InstanceOptimisationModule(verbose="yes")
 
 
+# --------------------------------------------------------------------------- epoch and pair lines
+def _trainer(**metrics):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(callback_metrics={k: torch.tensor(v) for k, v in metrics.items()}, global_step=40,
+                           current_epoch=3, sanity_checking=False, is_global_zero=True, progress_bar_callback=None)
+
+
+def test_epoch_line_says_what_the_epoch_has(capsys):
+    from app.progress import EpochLog
+
+    log = EpochLog()
+    trainer = _trainer(**{"val/dice": 0.71234, "val/dice_best": 0.75, "val/loss": -0.3127, "val/hd95": float("nan")})
+    log.on_train_epoch_start(trainer, None)
+    for loss in (1.0, 2.0):
+        log.on_train_batch_end(trainer, None, {"loss": torch.tensor(loss)}, None, 0)
+    log.on_validation_end(trainer, None)
+    log.on_train_epoch_end(trainer, None)  # validated: no second line
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("epoch 3: val/dice 0.7123 (best 0.75), val/loss -0.3127, train/loss 1.5, step 40, ")
+    assert "hd95" not in line  # not a number this epoch: left out
+    log.on_train_epoch_start(trainer, None)  # an epoch without validation: its line at its end
+    log.on_train_batch_end(trainer, None, torch.tensor(0.5), None, 0)
+    log.on_train_epoch_end(trainer, None)
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("epoch 3: train/loss 0.5, step 40, ")
+    trainer.sanity_checking = True  # the sanity check is not an epoch
+    log.on_validation_end(trainer, None)
+    assert capsys.readouterr().out == ""
+
+
+def test_pair_lines_count_pairs_and_estimate_the_rest():
+    from app.progress import PairProgress, clock
+
+    progress = PairProgress("greedy", n_batches=3, n_pairs=3)
+    (first,) = progress.batch_done([{"fixed_id": "a", "moving_id": "b", "dice": 0.71234, "dice_identity": 0.5,
+                                     "seconds": 1.234}])
+    assert first.startswith("[greedy] pair 1/3 a <- b: Dice 0.7123 (before 0.5000), 1.23 s, ETA ")
+    progress.batch_done([{"fixed_id": "c", "moving_id": "d", "dice": 0.7, "dice_identity": 0.5, "seconds": 1}])
+    (last,) = progress.batch_done([{"fixed_id": "e", "moving_id": "f", "dice": float("nan"),
+                                    "dice_identity": float("nan"), "seconds": 2.0}])
+    assert last == "[greedy] pair 3/3 e <- f: 2.00 s, ETA 0:00:00"  # no labels: no Dice
+    assert clock(3725.4) == "1:02:05"
+    assert PairProgress("m", n_batches=2, rank=1).batch_done([{"fixed_id": "a", "moving_id": "b"}]) == [
+        "[m rank 1] pair 1 a <- b: ETA 0:00:00"]  # DDP: each process its own pairs; pair count unknown
+
+
 # --------------------------------------------------------------------------- filters
 def test_quiet_third_party_silences_only_the_pytree_deprecation():
     from lightning.pytorch.utilities import _pytree
