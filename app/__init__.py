@@ -14,6 +14,7 @@ The library never imports this package (``tests/test_layers.py`` checks it); the
 | :mod:`app.training` | ``train.py``: fit, then test; stops and resumes |
 | :mod:`app.stopping` | SIGTERM / Ctrl-C / SLURM requeue: keep what is finished, say how to resume |
 | :mod:`app.loggers` | W&B and CSV loggers, analysis results to the dashboard, figures to PNG |
+| :mod:`app.progress` | the log's lines: one per validation epoch, one per registered pair (Dice, seconds, ETA), where the outputs went |
 """
 
 from app.build import build, build_datamodule, build_model, build_trainer, check_entry
