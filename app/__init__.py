@@ -17,6 +17,7 @@ experiment scripts (``experiments/``) sit on it.
 | :mod:`app.loggers` | W&B and CSV loggers, analysis results to the dashboard, figures to PNG |
 | :mod:`app.register` | ``register.py``: one pair of own images in world space into a transform folder |
 | :mod:`app.apply` | ``apply.py``: a saved transform (folder, ITK/ANTs files) applied to any image |
+| :mod:`app.progress` | the log's lines: one per validation epoch, one per registered pair (Dice, seconds, ETA), where the outputs went |
 """
 
 from app.build import build, build_datamodule, build_model, build_trainer, check_entry

@@ -5,7 +5,8 @@ pair: the row, the per-label Dice, the displacement, the moved label; the module
 and stores it in the results folder (:class:`app.parts.ResultsWriter`), with the moved image,
 moved label and displacement as NIfTI when ``save_outputs`` is set: the displacement in the
 project's convention (``_disp``) and in ITK/ANTs form (``_disp_itk``, LPS mm), both vector NIfTIs
-(:func:`data.transforms.displacement_bytes`).
+(:func:`data.transforms.displacement_bytes`); each stored pair is one line of the log
+(:class:`app.progress.PairProgress`: Dice, seconds, ETA).
 """
 
 from __future__ import annotations
@@ -17,24 +18,35 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from app.parts import ResultsWriter
+from app.progress import PairProgress, say
 from data.files import atomic_write_files
 from data.transforms import VOXEL_DESCRIPTION
 
 __all__ = ["ResultsCallback", "moved_volumes"]
 
 class ResultsCallback(Callback):
-    """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``)."""
+    """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``),
+    then print its line (:class:`app.progress.PairProgress`)."""
 
     def __init__(self, writer: ResultsWriter, save_outputs: bool = False) -> None:
         self.writer = writer
         self.save_outputs = bool(save_outputs)
+        self.progress: PairProgress | None = None
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.progress = PairProgress.of_trainer(trainer, self.writer.method)
 
     def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
+        rows = []
         for i, result in enumerate(outputs or ()):
             if self.save_outputs:
                 self._save(batch, i, result)
             self.writer.add(result)
+            rows.append(result["pair"])
+        if self.progress is not None:
+            for line in self.progress.batch_done(rows):
+                say(trainer, line)
 
     def _save(self, batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> None:
         """The pair's moved image, moved label and displacement (ours and ITK's) as NIfTI, written all or none."""

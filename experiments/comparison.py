@@ -22,7 +22,7 @@ import numpy as np
 
 from data.io import DataError
 from app import ConfigError
-from app.results import PAIR_COLUMNS
+from app.results import PAIR_COLUMNS, missing_columns
 from models.module import PARADIGMS
 
 __all__ = [
@@ -42,13 +42,19 @@ __all__ = [
     "check_paradigm",
 ]
 
-# metric column -> True when higher is better
+# metric column -> True when higher is better. Klein et al. 2009's pooled overlaps are comparable
+# except total_volume_similarity: signed, best at 0, so neither higher nor lower is better.
 METRICS = {
     "dice": True,
     "hd95": False,
     "sdlogj": False,
     "sdlogj_l2r": False,
     "folding_pct": False,
+    "total_target_overlap": True,
+    "total_mean_overlap": True,
+    "total_union_overlap": True,
+    "total_fn_error": False,
+    "total_fp_error": False,
     "seconds": False,
     "dice_identity": True,
 }
@@ -145,10 +151,9 @@ def load_results(path: str | os.PathLike, name: str | None = None, paradigm: str
         header = reader.fieldnames
         if not header:
             raise DataError(f"{csv_path}: empty file; expected columns {','.join(PAIR_COLUMNS)}")
-        missing = [c for c in PAIR_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{csv_path}: missing column(s) {','.join(missing)}; "
-                            f"expected {','.join(PAIR_COLUMNS)}, got {','.join(header)}")
+        problem = missing_columns(csv_path, header)
+        if problem:
+            raise DataError(problem)
         rows: dict[tuple[str, str], dict[str, float]] = {}
         methods_seen: list[str] = []
         for line_no, raw in enumerate(reader, start=2):

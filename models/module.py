@@ -426,8 +426,8 @@ class RegistrationModule(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Register the batch and score every pair (the one metric path); returns one result per
         pair and writes nothing (the application's results callback stores them):
-        ``{"pair": row of the results contract, "labels": Dice per label, "erased": labels the
-        warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
+        ``{"pair": row of the results contract, "labels": {label: {name: value}} (the per-label
+        metrics, :data:`metrics.LABEL_METRICS`), "erased": labels the warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
         "moved_label": (1, *S) or None}``."""
         start = time.perf_counter()
         u = self.register(batch).detach()
@@ -443,7 +443,7 @@ class RegistrationModule(L.LightningModule):
             if self._trainer is not None:  # called by a Trainer (not directly)
                 for k in (*PAIR_METRICS, "dice_identity"):
                     self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
-            results.append({"pair": row, "labels": res["dice_per_label"], "erased": res["erased_labels"],
+            results.append({"pair": row, "labels": res["label_metrics"], "erased": res["erased_labels"],
                             "signature": None if signatures is None else signatures[i],
                             "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
         return results
