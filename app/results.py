@@ -175,8 +175,8 @@ def read_results(path: str | os.PathLike) -> Results:
         folder = folder / "test"
     csv_path = folder / "pairs.csv"
     if not csv_path.is_file():
-        what = "no such folder" if not folder.exists() else "no pairs.csv (not a results folder of eval.py/train.py)"
-        raise DataError(f"{csv_path}: {what}")
+        what = "no such folder" if not folder.exists() else "not a results folder of eval.py/train.py"
+        raise DataError(f"{csv_path}: no pairs.csv ({what})")
     rows: dict[tuple[str, str], dict[str, float]] = {}
     methods: list[str] = []
     with open(csv_path, newline="") as fh:
