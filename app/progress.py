@@ -255,7 +255,7 @@ def output_locations(trainer=None, results_dir: str | os.PathLike | None = None,
         moved = folder / "moved"
         if save_outputs and moved.is_dir():
             n = sum(1 for _ in moved.glob("*.nii.gz"))
-            out.append(("moved volumes", f"{moved} ({n} files: <pair>_image, _label, _disp.nii.gz)"))
+            out.append(("moved volumes", f"{moved} ({n} files: <pair>_image, _label, _disp, _disp_itk.nii.gz)"))
     if trainer is not None:
         out += _checkpoint_locations(trainer)
         for logger in getattr(trainer, "loggers", []) or []:

@@ -138,19 +138,20 @@ def _number(text: str | None, where: str) -> float:
         raise DataError(f"{where}: expected a number, got {text!r}") from None
 
 
-def missing_columns(csv_path: Path, header: Sequence[str] | None) -> str | None:
-    """The one-line reason a ``pairs.csv`` with ``header`` lacks columns of :data:`PAIR_COLUMNS`,
-    or None: the missing columns by name and, for a folder written by an older metric version
+def missing_columns(csv_path: Path, header: Sequence[str] | None,
+                    required: Sequence[str] = tuple(PAIR_COLUMNS)) -> str | None:
+    """The one-line reason a ``pairs.csv`` with ``header`` lacks columns of ``required`` (by default
+    every column of :data:`PAIR_COLUMNS`), or None: the missing columns by name and, for a folder written by an older metric version
     (``metrics_version`` of the ``summary.json`` beside it, or none recorded), that version and how
     to bring it up to date (older results are not mixed with newer ones: a version change may
     change what a metric means)."""
     header = list(header or [])
-    missing = [c for c in PAIR_COLUMNS if c not in header]
+    missing = [c for c in required if c not in header]
     if not missing:
         return None
     from app.parts import METRICS_VERSION
 
-    line = (f"{csv_path}: missing column(s) {','.join(missing)}; expected {','.join(PAIR_COLUMNS)}, "
+    line = (f"{csv_path}: missing column(s) {','.join(missing)}; expected {','.join(required)}, "
             f"got {','.join(header) or 'an empty file'}")
     version = None
     try:
@@ -165,11 +166,13 @@ def missing_columns(csv_path: Path, header: Sequence[str] | None) -> str | None:
     return line
 
 
-def read_results(path: str | os.PathLike) -> Results:
+def read_results(path: str | os.PathLike, required: Sequence[str] = tuple(PAIR_COLUMNS)) -> Results:
     """Read a results folder: ``path/pairs.csv`` (or ``path/test/pairs.csv`` for a ``train.py`` run
     folder) and ``summary.json`` when present. A missing or empty file, a missing column of
-    :data:`PAIR_COLUMNS`, a pair listed twice or a non-number is one :class:`data.io.DataError`
-    naming the file (and line)."""
+    ``required`` (by default the whole contract, :data:`PAIR_COLUMNS`; a reader that needs fewer,
+    such as the MI analysis, names its own), a pair listed twice or a non-number is one
+    :class:`data.io.DataError` naming the file (and line). Numeric columns of the contract that the
+    file has are read; absent optional ones are left out of ``rows``."""
     folder = Path(path)
     if not (folder / "pairs.csv").is_file() and (folder / "test" / "pairs.csv").is_file():
         folder = folder / "test"
@@ -182,15 +185,16 @@ def read_results(path: str | os.PathLike) -> Results:
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        problem = missing_columns(csv_path, header)
+        problem = missing_columns(csv_path, header, required)
         if problem:
             raise DataError(problem)
+        numeric = [c for c in _NUMERIC if c in header]
         for line, raw in enumerate(reader, start=2):
             key = (str(raw["fixed_id"]), str(raw["moving_id"]))
             if key in rows:
                 raise DataError(f"{csv_path}: line {line}: pair {key[0]} -> {key[1]} appears twice")
-            rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in _NUMERIC}
-            if raw["method"] and raw["method"] not in methods:
+            rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in numeric}
+            if raw.get("method") and raw["method"] not in methods:
                 methods.append(raw["method"])
     if not rows:
         raise DataError(f"{csv_path}: no pairs (header only)")

@@ -77,11 +77,12 @@ def image_information(
 
 
 def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of a results folder's ``pairs.csv`` (:func:`app.results.read_results`, the one reader:
-    every column of the contract checked, numbers as floats) as dicts with ``fixed_id``/``moving_id``."""
+    """Rows of a results folder's ``pairs.csv`` (:func:`app.results.read_results`, the one reader;
+    the analysis needs the pair ids and ``dice``, numbers as floats) as dicts with ``fixed_id``/``moving_id``."""
     from app.results import read_results
 
-    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in read_results(results_dir).rows.items()]
+    rows = read_results(results_dir, required=("fixed_id", "moving_id", "dice")).rows
+    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in rows.items()]
 
 
 def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[str, str]],

@@ -353,7 +353,7 @@ def test_redirected_train_log_has_a_line_per_epoch_and_pair_no_noise_and_says_wh
         assert noise not in text, noise
     block = text[text.index("outputs:"):]
     assert f"results: {out / 'test'} (pairs.csv, labels.csv, summary.json)" in block
-    assert f"moved volumes: {out / 'test' / 'moved'} (6 files" in block
+    assert f"moved volumes: {out / 'test' / 'moved'} (8 files" in block
     assert f"checkpoints: {out / 'checkpoints'}: " in block and "last.ckpt" in block
     assert f"wandb: {out / 'wandb'}" in block and "wandb sync" in block
     assert f"config: {tmp_path / 'hydra' / '.hydra'}" in block
@@ -376,4 +376,4 @@ def test_eval_prints_a_line_per_pair_with_eta_and_where_outputs_went(tmp_path, c
     assert pairs[-1].endswith("ETA 0:00:00")
     block = text[text.index("outputs:"):]
     assert f"results: {out} (pairs.csv, labels.csv, summary.json)" in block
-    assert f"moved volumes: {out / 'moved'} (9 files" in block
+    assert f"moved volumes: {out / 'moved'} (12 files" in block
