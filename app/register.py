@@ -233,11 +233,10 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
     from data.files import atomic_write_files
-    from data.geometry import grid_mismatch
     from data.io import load_volume
     from data.save import nifti_bytes
     from data.transforms import FieldStage, displacement_bytes, itk_affine_text, transform_volume
-    from spatial import DISPLACEMENT_CONVENTION, jacobian_determinant
+    from spatial import jacobian_determinant
 
     from app.config_check import check_config
 
@@ -279,10 +278,28 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     if affine is not None:
         written[out / OUTPUTS["affine"]] = itk_affine_text(affine)
 
+    record = _record(cfg, files, grids, model, model_record, inverse, affine, written, seconds)
+    written[out / RECORD] = json.dumps(record, indent=2) + "\n"
+    atomic_write_files(written)
+    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
+    _report(record, metrics, out, inverse is not None)
+    return record
+
+
+def _record(cfg: DictConfig, files: dict[str, Path], grids: dict, model, model_record: dict, inverse, affine,
+            written: dict[Path, bytes | str], seconds: float) -> dict[str, Any]:
+    """The ``transform.json`` record of :func:`run_register`: the transform's convention, both grids,
+    how the moving image was resampled, the method and the files written."""
+    from data.geometry import grid_mismatch
+    from spatial import DISPLACEMENT_CONVENTION
+
+    fixed, moving = grids["fixed"], grids["moving"]
     mismatch = grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
     if fixed.shape != moving.shape:
         mismatch = f"shape {moving.shape} vs {fixed.shape}" + (f", {mismatch}" if mismatch else "")
-    record = {
+    return {
         "tool": TOOL,
         "convention": DISPLACEMENT_CONVENTION,
         "transform": ("fixed -> moving in world space: a fixed-grid point p reads the moving image at p + d(p); "
@@ -306,13 +323,6 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
         "files": sorted(p.name for p in written) + [RECORD],
         "seconds": seconds,
     }
-    written[out / RECORD] = json.dumps(record, indent=2) + "\n"
-    atomic_write_files(written)
-    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
-        if out / name not in written:
-            (out / name).unlink(missing_ok=True)
-    _report(record, metrics, out, inverse is not None)
-    return record
 
 
 def _report(record: dict[str, Any], metrics: dict[str, Any] | None, out: Path, has_inverse: bool) -> None:
