@@ -4,7 +4,7 @@
                        [moving_label=ML.nii.gz [fixed_label=FL.nii.gz]]
 
 Fixed and moving may differ in shape, spacing and orientation: the moving image (and its label map)
-is resampled onto the fixed image's grid in world space (:func:`data.pairs_csv.moving_on_fixed_grid`),
+is resampled onto the fixed image's grid in world space (:func:`data.pair_inputs.moving_on_fixed_grid`),
 and the method registers that pair (a classical method's own affine stage, ``model.affine=...``,
 pre-aligns it; ``model.affine="{scales:[1],iterations:[0]}"`` is the moments translation alone).
 The result is one transform, fixed -> moving in world space (:mod:`data.transforms`: the
@@ -155,7 +155,7 @@ def _pair(files: dict[str, Path], grids: dict[str, Any], volumes: dict[str, Any]
     image and label map on the fixed grid in world space (:mod:`data.pairs_csv`)."""
     from data.batch import pair_item
     from data.io import volume_id
-    from data.pairs_csv import moving_on_fixed_grid, prepared_image
+    from data.pair_inputs import moving_on_fixed_grid, prepared_image
     from data.signature import file_signature, signature
 
     fixed = prepared_image(files["fixed"], volumes["fixed"].array, normalize)
