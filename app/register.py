@@ -109,7 +109,7 @@ def _inputs(cfg: DictConfig) -> tuple[dict[str, Path], Path]:
 def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
     """Every input's header (:func:`data.io.read_grid`), each label map on its image's grid, both
     images resampleable; returns the grids by key. DataErrors name the files."""
-    from data.io import DataError, grid_mismatch, read_grid
+    from data.io import check_label_grid, read_grid
     from data.transforms import check_affine
 
     grids = {key: read_grid(path) for key, path in files.items()}
@@ -117,14 +117,7 @@ def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
         check_affine(files[key], grids[key].affine)
         label = f"{key}_label"
         if label in grids:
-            a, b = grids[key], grids[label]
-            if a.shape != b.shape:
-                diff = f"shape {b.shape} vs {a.shape}"
-            else:
-                diff = grid_mismatch(a.affine, b.affine, a.spacing, b.spacing)
-            if diff:
-                raise DataError(f"{files[label]}: label map {label} is not on the grid of its image {key}={files[key]} "
-                                f"({diff}); expected the label map in its image's voxel-to-world frame")
+            check_label_grid(grids[label], grids[key], f"{files[label]}: label map {label}", f"{key}={files[key]}")
     return grids
 
 

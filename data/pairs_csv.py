@@ -49,6 +49,7 @@ from data.io import (
     SPACING_TOLERANCE,  # re-exported: one tolerance (mm) for "same grid" everywhere
     DataError,
     Grid,
+    check_label_grid,
     grid_mismatch,
     load_volume,
     normalize_intensity,
@@ -258,19 +259,8 @@ class PairsCSVDataset(Dataset):
             if self.has_labels:
                 for img_col, lab_col in zip(REQUIRED_COLUMNS, LABEL_COLUMNS):
                     label = self._header(row[lab_col], row, lab_col)
-                    image = self._headers[row[img_col]]
-                    if label.shape != image.shape:
-                        raise DataError(
-                            f"{where}: {lab_col} {row[lab_col]} has shape {label.shape} but {img_col} "
-                            f"{row[img_col]} has shape {image.shape}; expected equal shapes"
-                        )
-                    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
-                    if diff:
-                        raise DataError(
-                            f"{where}: {lab_col} {row[lab_col]} is not on the grid of its {img_col} image "
-                            f"{row[img_col]} in world space ({diff}); expected the label map in its image's "
-                            f"voxel-to-world frame"
-                        )
+                    check_label_grid(label, self._headers[row[img_col]], f"{where}: {lab_col} {row[lab_col]}",
+                                     f"{img_col} {row[img_col]}")
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:
