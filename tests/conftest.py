@@ -16,6 +16,28 @@ CONFIGS = ROOT / "configs"
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
+# The devices the analytic and quality tests run on (the `device` fixture): the CPU always, CUDA
+# where there is one, so the same suite checks a GPU; without CUDA its parameter is simply absent.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device of :data:`DEVICES` as a ``torch.device`` (test ids ``[cpu]``, ``[cuda]``). On
+    CUDA, TF32 matrix products and convolutions are off for the test, so tolerances written for
+    float32 on the CPU hold (users keep PyTorch's defaults)."""
+    dev = torch.device(request.param)
+    if dev.type != "cuda":
+        yield dev
+        return
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield dev
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
+
 # Small, fast MNI data for entry-point tests (2 mm template cropped to 64^3).
 FAST_MNI = [
     "data.shape=[64,64,64]",
