@@ -17,6 +17,7 @@ from app.checkpoints import read_checkpoint
 from app.errors import ConfigError
 from app.evaluation import check_input_sizes, check_output_dir, run_test
 from app.loggers import finish_loggers
+from app.progress import output_locations, print_outputs
 
 __all__ = ["run_train"]
 
@@ -44,6 +45,7 @@ def run_train(cfg: DictConfig) -> dict:
     test_ckpt = _checkpoint_to_test(cfg, model, stop.path)
     summary: dict = {}
     phase = "training"
+    where: list = []
     try:
         for logger in trainer.loggers:  # the resolved config: what the dashboard groups and filters by
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
@@ -55,6 +57,9 @@ def run_train(cfg: DictConfig) -> dict:
             phase = "testing"
             out_dir = os.path.join(cfg.paths.output_dir, "test")
             summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs, ckpt_path=test_ckpt)
+        if trainer.is_global_zero:
+            where = output_locations(trainer, os.path.join(cfg.paths.output_dir, "test") if cfg.test else None,
+                                     model.method, bool(cfg.save_outputs))
     except BaseException as exc:  # noqa: BLE001 - stops become the resume line; the rest passes
         stopped = _stopped(exc, stop, trainer, cfg, phase, resume_ckpt)
         if stopped is None:
@@ -62,6 +67,7 @@ def run_train(cfg: DictConfig) -> dict:
         raise stopped from None
     finally:
         finish_loggers(trainer)
+    print_outputs(where)
     return summary
 
 

@@ -8,12 +8,14 @@ the displacement being ``u(x) = M x + b - x``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from classical.config import AffineConfig
-from classical.pyramid import Adam, ConvergenceMonitor, downsample
+from classical.pyramid import Adam, ConvergenceMonitor, downsample, level_line
 from losses import build_similarity
 from spatial import identity_grid, warp
 
@@ -66,8 +68,10 @@ def _scales(shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
 _BETAS = (0.9, 0.999)
 
 
-def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> AffineResult:
-    """Affine registration of ``moving`` to ``fixed`` (``(B, 1, *S)``, already validated).
+def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig,
+           report: Callable[[str], None] | None = None) -> AffineResult:
+    """Affine registration of ``moving`` to ``fixed`` (``(B, 1, *S)``, already validated);
+    ``report`` is called with one line per pyramid level as it ends (:func:`classical.pyramid.level_line`).
 
     Adam on the normalised-coordinate matrix ``[A | t]`` (one tensor, :class:`classical.pyramid.Adam`),
     kept on the device like the deformable loop (:class:`classical.pyramid.ConvergenceMonitor`):
@@ -89,7 +93,8 @@ def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> Affi
     def split(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return p[:, : ndim * ndim].view(bsz, ndim, ndim), p[:, ndim * ndim :]
 
-    for scale, iters in zip(cfg.scales, cfg.iterations):
+    for k, (scale, iters) in enumerate(zip(cfg.scales, cfg.iterations)):
+        start = time.perf_counter()
         f_level, m_level = downsample(fixed, scale), downsample(moving, scale)
         level = tuple(f_level.shape[2:])
         h = _scales(level, fixed)
@@ -107,7 +112,10 @@ def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> Affi
             if monitor.update(loss.detach()):
                 break
         adam.t = steps_before + monitor.count
-        traces.append(monitor.trace)
+        traces.append(monitor.trace)  # the level's one host read
+        if report is not None:
+            report(level_line("affine", k, len(cfg.scales), scale, level, traces[-1], iters,
+                              time.perf_counter() - start))
     with torch.no_grad():
         matrix = _to_voxel(*split(params.detach()), _scales(shape, fixed))
         return AffineResult(matrix=matrix, displacement=affine_displacement(matrix, shape), losses=traces)

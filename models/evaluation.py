@@ -32,12 +32,18 @@ def warp_label(label: torch.Tensor, u: torch.Tensor, interp: str = "nearest") ->
     return ids.to(label.dtype)[moved]
 
 
-def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, interp: str = "nearest") -> list[dict[str, Any]]:
+def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, interp: str = "nearest",
+                   moved_label: torch.Tensor | None = None) -> list[dict[str, Any]]:
     """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
     un-warped moving and the warped moving map). A pair that cannot be scored raises
-    :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``."""
+    :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``.
+
+    ``moved_label`` ``(B, 1, *S)``: the warped moving maps when the caller read them itself (the
+    one-pair tool reads the moving label in world space from its own grid,
+    :func:`data.transforms.transform_volume`); default: ``batch["moving_label"]`` warped by ``u``."""
     has_labels = "fixed_label" in batch and "moving_label" in batch
-    moved_label = warp_label(batch["moving_label"], u, interp) if has_labels else None
+    if has_labels and moved_label is None:
+        moved_label = warp_label(batch["moving_label"], u, interp)
     rows = []
     for i in range(u.shape[0]):
         try:

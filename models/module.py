@@ -206,6 +206,22 @@ class RegistrationModule(L.LightningModule):
         """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
         return self.to_displacement(self(batch["moving"], batch["fixed"]), batch["fixed"].shape[2:])
 
+    def inverse_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+        """The inverse map (moving -> fixed) of :meth:`to_displacement` ``(out, shape)`` when the method
+        has one by construction: ``exp(-v)`` for a velocity ``v``; None for a displacement network."""
+        return self.to_displacement(-out, shape) if self.field == "velocity" else None
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(u, inverse)``: :meth:`register`'s displacement ``(B, D, *S)`` fixed -> moving and its
+        inverse moving -> fixed on the same grid (``moving(x + u(x))`` undone by ``inverse``), or None
+        when the method has none (one network pass serves both; :meth:`inverse_displacement`).
+        A subclass that overrides :meth:`register` says here whether it has an inverse (default: none)."""
+        if self.net is None or type(self).register is not RegistrationModule.register:
+            return self.register(batch), None
+        out = self(batch["moving"], batch["fixed"])
+        shape = batch["fixed"].shape[2:]
+        return self.to_displacement(out, shape), self.inverse_displacement(out, shape)
+
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
@@ -424,8 +440,8 @@ class RegistrationModule(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Register the batch and score every pair (the one metric path); returns one result per
         pair and writes nothing (the application's results callback stores them):
-        ``{"pair": row of the results contract, "labels": Dice per label, "erased": labels the
-        warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
+        ``{"pair": row of the results contract, "labels": {label: {name: value}} (the per-label
+        metrics, :data:`metrics.LABEL_METRICS`), "erased": labels the warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
         "moved_label": (1, *S) or None}``."""
         start = time.perf_counter()
         u = self.register(batch).detach()
@@ -441,7 +457,7 @@ class RegistrationModule(L.LightningModule):
             if self._trainer is not None:  # called by a Trainer (not directly)
                 for k in (*PAIR_METRICS, "dice_identity"):
                     self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
-            results.append({"pair": row, "labels": res["dice_per_label"], "erased": res["erased_labels"],
+            results.append({"pair": row, "labels": res["label_metrics"], "erased": res["erased_labels"],
                             "signature": None if signatures is None else signatures[i],
                             "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
         return results
@@ -476,6 +492,10 @@ class IdentityRegistration(RegistrationModule):
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         fixed = batch["fixed"]
         return torch.zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:], device=fixed.device, dtype=fixed.dtype)
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        u = self.register(batch)
+        return u, torch.zeros_like(u)
 
     @property
     def paradigm(self) -> str:

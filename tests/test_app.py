@@ -121,7 +121,9 @@ def test_test_step_returns_rows_and_writes_nothing(tmp_path, monkeypatch):
     (result,) = IdentityRegistration().test_step(batch, 0)
     assert not opened and not os.listdir(tmp_path)
     assert set(result["pair"]) | {"method"} == set(PAIR_COLUMNS)
-    assert result["pair"]["dice"] == 1.0 and result["labels"] == {3: 1.0} and result["signature"] == "sig"
+    perfect = {"dice": 1.0, "target_overlap": 1.0, "union_overlap": 1.0, "volume_similarity": 0.0, "fn_error": 0.0,
+               "fp_error": 0.0}
+    assert result["pair"]["dice"] == 1.0 and result["labels"] == {3: perfect} and result["signature"] == "sig"
     assert result["displacement"].shape == (1, 3, 8, 8, 8) and torch.equal(result["moved_label"], lab[0])
 
 
