@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from data.io import to_plain
+from data.plain import to_plain
 from models.specs import built
 from models.module import RegistrationModule
 from models.networks import pad_to_multiple
