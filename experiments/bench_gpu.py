@@ -5,7 +5,7 @@ nibabel, nilearn, monai, torchio, hydra-core, omegaconf or wandb, and no network
 runs in two steps:
 
 1. Here (the project's environment), once: compose the recipes with Hydra and draw the MNI-derived
-   subjects with nilearn's template, into the git-ignored folder ``.bench_gpu/`` (about 25 MB:
+   subjects with nilearn's template, into the git-ignored folder ``.bench_gpu/`` (about 12 MB, 35 s:
    images quantised to 8 bits, labels as uint8, compressed; optional wheels under ``wheels/``)::
 
        bash experiments/bench_gpu.sh prepare          # = python -m experiments.bench_gpu --prepare
