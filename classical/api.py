@@ -12,6 +12,7 @@ from classical.affine import affine
 from classical.config import AffineConfig, GreedyConfig, SyNConfig, config_from_dict
 from classical.deformable import greedy, syn
 from classical.pyramid import check_pair, level_need, min_input_size
+from spatial.precision import as_float32, float32_region
 
 __all__ = ["register", "RegistrationResult", "input_size_requirement"]
 
@@ -90,6 +91,11 @@ def register(
         report: called with one line per pyramid level of each stage as it ends (iterations run of
             the budget, final loss, seconds: :func:`classical.pyramid.level_line`), e.g. ``print``.
 
+    Runs in float32 (float64 inputs stay float64) with autocast disabled, whatever the caller's
+    mixed precision: half-precision images and ``init`` are promoted (:mod:`spatial.precision`).
+    The loop keeps the loss on the device (:mod:`classical.deformable`); on a GPU ``seconds``
+    waits for the device to finish.
+
     Raises ``ValueError`` naming the problem for shape or spacing mismatch, an axis shorter
     than :func:`input_size_requirement`, NaN/infinite or constant images (similarity undefined)
     and invalid settings.
@@ -111,6 +117,13 @@ def register(
         a, b = [float(s) for s in spacing], [float(s) for s in moving_spacing]
         if len(a) != len(b) or any(abs(x - y) > 1e-4 * max(abs(x), 1.0) for x, y in zip(a, b)):
             raise ValueError(f"register(): fixed spacing {a} and moving spacing {b} differ; resample to one grid first")
+    with float32_region(fixed.device):  # under a caller's autocast too: no bf16 sampling coordinates
+        fixed, moving = as_float32(fixed), as_float32(moving)
+        return _run(fixed, moving, config, None if init is None else as_float32(init), report)
+
+
+def _run(fixed: torch.Tensor, moving: torch.Tensor, config: Config, init: torch.Tensor | None,
+         report: Callable[[str], None] | None) -> RegistrationResult:
     start = time.perf_counter()
     result = RegistrationResult(displacement=fixed.new_zeros(0))
     if isinstance(config, AffineConfig):
@@ -126,6 +139,8 @@ def register(
         out = run(fixed, moving, config, init=init, report=report)
         result.displacement, result.inverse = out.displacement, out.inverse
         result.losses[config.name] = out.losses
+    if result.displacement.device.type == "cuda":  # the wall time of the work, not of its queueing
+        torch.cuda.synchronize(result.displacement.device)
     result.seconds = time.perf_counter() - start
     return result
 

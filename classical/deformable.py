@@ -13,8 +13,13 @@ Per pyramid level (coarse to fine):
    then the field is Gaussian-smoothed (``warp_sigma``).
 
 Between levels the field is resized with its magnitudes rescaled (:func:`spatial.resize_field`)
-and Adam's moments are resampled. SyN runs the same update on two fields that warp the fixed and
+and Adam starts afresh. SyN runs the same update on two fields that warp the fixed and
 the moving image to a midpoint, and returns ``psi_m o psi_f^-1`` (fixed -> moving).
+
+The loop stays on the device: the loss is never read on the host per iteration; the stop test
+(:class:`classical.pyramid.ConvergenceMonitor`) is read every iteration on the CPU and every
+:data:`classical.pyramid.SYNC_EVERY` iterations on a GPU, with the updates after a stop masked,
+so both give the same field.
 """
 
 from __future__ import annotations
@@ -24,10 +29,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from classical.config import GreedyConfig, SyNConfig
-from classical.pyramid import ConvergenceMonitor, downsample, level_line, level_shape
+from classical.pyramid import Adam, ConvergenceMonitor, downsample, level_line, level_shape
 from losses import build_similarity
 from spatial import compose, gaussian_blur, invert, resize_field, warp
 
@@ -44,30 +48,6 @@ class DeformableResult:
     losses: list[list[float]] = field(default_factory=list)
 
 
-class _Adam:
-    """Adam's moment estimates for one field; ``direction(g)`` is the bias-corrected step."""
-
-    def __init__(self, like: torch.Tensor, betas: tuple[float, float], eps: float = 1e-8) -> None:
-        self.m = torch.zeros_like(like)
-        self.v = torch.zeros_like(like)
-        self.b1, self.b2 = betas
-        self.eps = eps
-        self.t = 0
-
-    def direction(self, g: torch.Tensor) -> torch.Tensor:
-        self.t += 1
-        self.m.mul_(self.b1).add_(g, alpha=1 - self.b1)
-        self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
-        m_hat = self.m / (1 - self.b1**self.t)
-        v_hat = self.v / (1 - self.b2**self.t)
-        return m_hat / (v_hat.sqrt_().add_(self.eps))
-
-    def resize(self, shape: tuple[int, ...]) -> None:
-        mode = "trilinear" if self.m.dim() == 5 else "bilinear"
-        self.m = F.interpolate(self.m, size=shape, mode=mode, align_corners=True)
-        self.v = F.interpolate(self.v, size=shape, mode=mode, align_corners=True).clamp_min_(0)
-
-
 def _normalised(g: torch.Tensor) -> torch.Tensor:
     """``g / max_x |g(x)|`` per batch item: the largest per-voxel norm becomes 1."""
     norm = g.square().sum(dim=1, keepdim=True).sqrt()
@@ -75,8 +55,9 @@ def _normalised(g: torch.Tensor) -> torch.Tensor:
     return g / peak
 
 
-def _loss_and_grads(loss_fn: Callable, sides: list["_Side"]) -> tuple[float, list[torch.Tensor]]:
-    """Similarity and its gradient with respect to each side's field.
+def _loss_and_grads(loss_fn: Callable, sides: list["_Side"]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Similarity (a device scalar: never read on the host here) and its gradient with respect
+    to each side's field.
 
     Greedy: ``sides = [moving]`` and ``loss_fn(moved)`` compares with the fixed level; SyN:
     ``sides = [fixed, moving]`` (both warped to the midpoint) and ``loss_fn(fixed_w, moving_w)``.
@@ -86,7 +67,7 @@ def _loss_and_grads(loss_fn: Callable, sides: list["_Side"]) -> tuple[float, lis
         warped = [warp(side.level, u) for side, u in zip(sides, fields)]
         loss = loss_fn(*warped)
         grads = torch.autograd.grad(loss, fields)
-    return float(loss.detach()), list(grads)
+    return loss.detach(), list(grads)
 
 
 def _to_fixed(sim: Callable, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -104,7 +85,7 @@ class _Side:
         self.img = img
         self.cfg = cfg
         self.u: torch.Tensor | None = None
-        self.adam: _Adam | None = None
+        self.adam: Adam | None = None
         self.level: torch.Tensor | None = None
 
     def start_level(self, scale: float, init: torch.Tensor | None) -> None:
@@ -113,20 +94,22 @@ class _Side:
         if self.u is None:
             zeros = level.new_zeros(level.shape[0], level.dim() - 2, *shape)
             self.u = zeros if init is None else resize_field(init.to(level), shape)
-            self.adam = _Adam(self.u, self.cfg.betas)
+            self.adam = Adam(self.u, self.cfg.betas)
         else:
             self.u = resize_field(self.u, shape)
-            self.adam = _Adam(self.u, self.cfg.betas)
+            self.adam = Adam(self.u, self.cfg.betas)
 
-    def update(self, g: torch.Tensor) -> None:
-        """One Adam step along the similarity gradient ``g`` w.r.t. the field, applied compositively."""
+    def update(self, g: torch.Tensor, live: torch.Tensor | None = None) -> None:
+        """One Adam step along the similarity gradient ``g`` w.r.t. the field, applied compositively;
+        kept only where ``live`` (:meth:`ConvergenceMonitor.live`) when given. The level's Adam
+        moments are discarded with the level, so they need no mask."""
         if self.cfg.grad_sigma > 0:
             g = gaussian_blur(g, self.cfg.grad_sigma)
         step = self.adam.direction(_normalised(g)).mul_(-self.cfg.lr)
         u = compose(self.u, step)
         if self.cfg.warp_sigma > 0:
             u = gaussian_blur(u, self.cfg.warp_sigma)
-        self.u = u
+        self.u = u if live is None else torch.where(live, u, self.u)
 
 
 def _check_init(init: torch.Tensor | None, fixed: torch.Tensor) -> None:
@@ -159,15 +142,16 @@ def greedy(
         start = time.perf_counter()
         side.start_level(scale, init)
         loss_fn = _to_fixed(sim, downsample(fixed, scale))
-        monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
+        monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience, iters, fixed)
         for _ in range(iters):
+            live = monitor.live()
             loss, (grad,) = _loss_and_grads(loss_fn, [side])
-            side.update(grad)
+            side.update(grad, live)
             if monitor.update(loss):
                 break
-        traces.append(monitor.trace)
+        traces.append(monitor.trace)  # the level's one host read
         if report is not None:
-            report(level_line(cfg.name, k, len(cfg.scales), scale, side.level.shape[2:], monitor.trace, iters,
+            report(level_line(cfg.name, k, len(cfg.scales), scale, side.level.shape[2:], traces[-1], iters,
                               time.perf_counter() - start))
     u = resize_field(side.u, fixed.shape[2:])
     return DeformableResult(displacement=u, losses=traces)
@@ -191,16 +175,17 @@ def syn(
         start = time.perf_counter()
         f_side.start_level(scale, None)
         m_side.start_level(scale, init)
-        monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
+        monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience, iters, fixed)
         for _ in range(iters):
+            live = monitor.live()
             loss, (grad_f, grad_m) = _loss_and_grads(sim, [f_side, m_side])
-            f_side.update(grad_f)
-            m_side.update(grad_m)
+            f_side.update(grad_f, live)
+            m_side.update(grad_m, live)
             if monitor.update(loss):
                 break
-        traces.append(monitor.trace)
+        traces.append(monitor.trace)  # the level's one host read
         if report is not None:
-            report(level_line(cfg.name, k, len(cfg.scales), scale, m_side.level.shape[2:], monitor.trace, iters,
+            report(level_line(cfg.name, k, len(cfg.scales), scale, m_side.level.shape[2:], traces[-1], iters,
                               time.perf_counter() - start))
     shape = tuple(fixed.shape[2:])
     u_f = resize_field(f_side.u, shape)

@@ -17,7 +17,7 @@ import torch
 
 from classical.api import RegistrationResult, input_size_requirement, register
 from classical.config import ALGORITHMS, config_from_dict
-from data.io import to_plain
+from data.plain import to_plain
 from models.module import RegistrationModule
 
 __all__ = ["InstanceOptimisationModule"]

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from spatial.filters import gaussian_blur
 
 __all__ = ["level_shape", "level_need", "min_input_size", "downsample", "check_pair", "ConvergenceMonitor",
-           "MIN_LEVEL_VOXELS", "level_line"]
+           "MIN_LEVEL_VOXELS", "SYNC_EVERY", "sync_interval", "Adam", "level_line"]
 
 # The fewest voxels per axis of any pyramid level: an affine (12 parameters in 3-D) and a smooth
 # field are both determined on 4^3 = 64 voxels, not on 2 or 3 per axis.
@@ -83,21 +83,98 @@ def check_pair(fixed: torch.Tensor, moving: torch.Tensor, fn: str) -> int:
     return fixed.dim() - 2
 
 
+# How often an optimiser reads its stop test on the host (the one synchronising read of its
+# loop): every iteration on the CPU, where a read costs nothing and an iteration run past the stop
+# would cost time; every SYNC_EVERY iterations on other devices, where a read waits for the
+# GPU's queue to drain. Updates after a stop are masked on the device, so the result is the same
+# for every interval (tests/test_classical.py checks it).
+SYNC_EVERY = 16
+
+
+def sync_interval(device: torch.device | str) -> int:
+    """Iterations between two host reads of the stop test on ``device`` (:data:`SYNC_EVERY`)."""
+    return 1 if torch.device(device).type == "cpu" else SYNC_EVERY
+
+
 class ConvergenceMonitor:
     """Stops a pyramid level when the loss improved by less than ``tolerance`` (relative)
-    over the last ``patience`` iterations. ``tolerance == 0`` never stops early."""
+    over the last ``patience`` iterations. ``tolerance == 0`` never stops early.
 
-    def __init__(self, tolerance: float, patience: int) -> None:
+    The losses and the stop test stay on ``like``'s device (float64, so the test is the same
+    arithmetic as on Python floats); the host reads the test every ``sync_every`` iterations
+    (default :func:`sync_interval`). An optimiser asks :meth:`live` before each update: ``None``
+    when every update applies (the stop is read at once), else a device boolean that is False
+    once the level has stopped, with which it keeps its state unchanged (``torch.where``), so the
+    iterations run between the stop and its read change nothing. :attr:`trace` (read once, at the
+    end of the level) holds the losses of the iterations that counted; :attr:`count` their number.
+    """
+
+    def __init__(self, tolerance: float, patience: int, iterations: int, like: torch.Tensor,
+                 sync_every: int | None = None) -> None:
         self.tolerance = float(tolerance)
         self.patience = int(patience)
-        self.trace: list[float] = []
+        self.sync_every = sync_interval(like.device) if sync_every is None else max(int(sync_every), 1)
+        dtype = torch.float32 if like.device.type == "mps" else torch.float64  # MPS has no float64
+        self._losses = torch.zeros(max(int(iterations), 1), device=like.device, dtype=dtype)
+        self._stopped = torch.zeros((), dtype=torch.bool, device=like.device)
+        self._count = torch.zeros((), dtype=torch.int64, device=like.device)
+        self._i = 0
 
-    def update(self, loss: float) -> bool:
-        self.trace.append(float(loss))
-        if self.tolerance <= 0 or len(self.trace) <= self.patience:
+    def live(self) -> torch.Tensor | None:
+        """``None`` (every update applies), or the device boolean "not stopped yet" that masks
+        this iteration's update when stops are read every few iterations."""
+        return None if self.sync_every == 1 or self.tolerance <= 0 else ~self._stopped
+
+    def update(self, loss: torch.Tensor | float) -> bool:
+        """Record this iteration's loss (taken before its update); True when the level ends now.
+        Reads the device only every ``sync_every`` iterations, and never when ``tolerance == 0``."""
+        i = self._i
+        self._i += 1
+        self._losses[i] = loss.detach() if isinstance(loss, torch.Tensor) else float(loss)
+        if self.tolerance <= 0:
             return False
-        before = self.trace[-1 - self.patience]
-        return (before - self.trace[-1]) < self.tolerance * max(abs(before), 1e-12)
+        self._count += ~self._stopped
+        if i >= self.patience:
+            before, now = self._losses[i - self.patience], self._losses[i]
+            self._stopped |= (before - now) < self.tolerance * before.abs().clamp_min(1e-12)
+        return (i + 1) % self.sync_every == 0 and bool(self._stopped)
+
+    @property
+    def count(self) -> int:
+        """Iterations that counted: up to and including the stopping one (one host read)."""
+        return self._i if self.tolerance <= 0 else int(self._count)
+
+    @property
+    def trace(self) -> list[float]:
+        """The losses of the iterations that counted (one host read)."""
+        return self._losses[: self.count].tolist()
+
+
+class Adam:
+    """Adam's moment estimates for one tensor (a field, or an affine stage's parameters);
+    ``direction(g)`` is the bias-corrected step ``m_hat / (sqrt(v_hat) + eps)`` (the update is
+    the caller's: ``-lr`` times it, applied additively or compositively). With ``live`` (a device
+    boolean, :meth:`ConvergenceMonitor.live`) the moments stay as they were where it is False;
+    :attr:`t`, the step count, is the caller's to set back (:meth:`ConvergenceMonitor.count`)."""
+
+    def __init__(self, like: torch.Tensor, betas: Sequence[float], eps: float = 1e-8) -> None:
+        self.m = torch.zeros_like(like)
+        self.v = torch.zeros_like(like)
+        self.b1, self.b2 = (float(b) for b in betas)
+        self.eps = eps
+        self.t = 0
+
+    def direction(self, g: torch.Tensor, live: torch.Tensor | None = None) -> torch.Tensor:
+        self.t += 1
+        if live is None:
+            self.m.mul_(self.b1).add_(g, alpha=1 - self.b1)
+            self.v.mul_(self.b2).addcmul_(g, g, value=1 - self.b2)
+        else:  # the same operations, kept only where live
+            self.m = torch.where(live, self.m.mul(self.b1).add_(g, alpha=1 - self.b1), self.m)
+            self.v = torch.where(live, self.v.mul(self.b2).addcmul_(g, g, value=1 - self.b2), self.v)
+        m_hat = self.m / (1 - self.b1**self.t)
+        v_hat = self.v / (1 - self.b2**self.t)
+        return m_hat / (v_hat.sqrt_().add_(self.eps))
 
 
 def level_line(stage: str, index: int, n_levels: int, scale: float, shape: Sequence[int], trace: Sequence[float],

@@ -6,23 +6,57 @@ dtype and shape) and built by its one function :func:`data.batch.pair_item`; eve
 derives from :class:`data.base.RegistrationDataModule`, whose docstring is the interface the
 entry points and models use. Files are written atomically through :mod:`data.files`. Bad
 input data raise :class:`DataError` with a one-line message naming the file or key at fault.
+
+The names below load their module on first use (PEP 562): ``import data`` or ``from data.batch
+import pair_item`` does not import nibabel, scipy's I/O or the dataset layouts, so the in-memory
+path (generated subjects, batches, DataModules over arrays) runs where nibabel is not installed
+(the device check, ``experiments/bench_gpu.py``; ``tests/test_bench_gpu.py`` blocks it).
 """
 
-from data.base import RegistrationDataModule
-from data.batch import PairItem, pair_item
 
-from data.datamodule import MNIDataModule, PairsCSVDataModule, SynthMorphDataModule
-from data.datasets_module import DatasetDataModule, PairDataset
-from data.layout import Layout, VolumeRef
-from data.klein import KleinDataModule
-from data.io import DataError, Volume, load_volume, normalize_intensity, read_header, save_nifti_atomic, volume_id
-from data.generated import GeneratedDataModule, GeneratedPairDataset
-from data.mni import LABEL_NAMES, MNIKnobs, MNISubjects, MNITemplate, load_mni_template
-from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
-from data.oasis import OASISDataModule, OASISL2RDataModule
-from data.pairs_csv import PairsCSVDataset
-from data.augment import VolumeAugmentation
-from data.preprocess import LabelMapping, PreprocessConfig, VolumeStore
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> the module that defines it
+_HOMES = {
+    "RegistrationDataModule": "data.base",
+    "PairItem": "data.batch",
+    "pair_item": "data.batch",
+    "MNIDataModule": "data.datamodule",
+    "PairsCSVDataModule": "data.datamodule",
+    "SynthMorphDataModule": "data.datamodule",
+    "DatasetDataModule": "data.datasets_module",
+    "PairDataset": "data.datasets_module",
+    "Layout": "data.layout",
+    "VolumeRef": "data.layout",
+    "KleinDataModule": "data.klein",
+    "DataError": "data.io",
+    "Volume": "data.io",
+    "load_volume": "data.io",
+    "normalize_intensity": "data.io",
+    "read_header": "data.io",
+    "save_nifti_atomic": "data.io",
+    "volume_id": "data.io",
+    "GeneratedDataModule": "data.generated",
+    "GeneratedPairDataset": "data.generated",
+    "LABEL_NAMES": "data.mni",
+    "MNIKnobs": "data.mni",
+    "MNISubjects": "data.mni",
+    "MNITemplate": "data.mni",
+    "load_mni_template": "data.mni",
+    "RandomPairSampler": "data.pairs",
+    "all_pairs": "data.pairs",
+    "consecutive_pairs": "data.pairs",
+    "OASISDataModule": "data.oasis",
+    "OASISL2RDataModule": "data.oasis",
+    "PairsCSVDataset": "data.pairs_csv",
+    "VolumeAugmentation": "data.augment",
+    "LabelMapping": "data.preprocess",
+    "PreprocessConfig": "data.preprocess",
+    "VolumeStore": "data.preprocess",
+}
 
 __all__ = [
     "RegistrationDataModule",
@@ -61,3 +95,16 @@ __all__ = [
     "LabelMapping",
     "VolumeAugmentation",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(home), name)
+    globals()[name] = value  # once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_HOMES))

@@ -30,7 +30,7 @@ from typing import Any, Sequence, TypedDict
 import numpy as np
 import torch
 
-from data.io import DataError
+from data.errors import DataError
 
 __all__ = ["PairItem", "CONTRACT_KEYS", "LABEL_KEYS", "pair_item"]
 

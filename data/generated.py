@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from data.base import RegistrationDataModule
 from data.batch import PairItem, pair_item
-from data.io import DataError
+from data.errors import DataError
 from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs, consecutive_pairs
 from data.signature import signature

@@ -18,7 +18,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -42,6 +41,8 @@ class Grid(NamedTuple):
 
 def axcodes(affine: np.ndarray) -> str:
     """Orientation code of a voxel-to-world matrix, e.g. ``"RAS"`` (:func:`nibabel.aff2axcodes`)."""
+    import nibabel as nib  # here, not at import: the in-memory data path runs without nibabel
+
     return "".join(str(c) for c in nib.aff2axcodes(np.asarray(affine, dtype=np.float64)))
 
 

@@ -21,7 +21,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import nibabel as nib
 import numpy as np
@@ -30,6 +30,8 @@ from nibabel.spatialimages import HeaderDataError
 from nibabel.wrapstruct import WrapStructError
 
 # re-exported: ``from data.io import grid_mismatch, save_nifti_atomic`` keeps working
+from data.errors import DataError  # noqa: F401 - re-exported: data.io.DataError
+from data.plain import to_plain  # noqa: F401 - re-exported: data.io.to_plain
 from data.geometry import DIRECTION_TOLERANCE, ORIGIN_TOLERANCE, SPACING_TOLERANCE, Grid, grid_mismatch
 from data.save import nifti_bytes, save_nifti_atomic
 
@@ -73,8 +75,6 @@ _KINDS = ("image", "label")
 MAX_LABEL_VALUES = 2000
 
 
-class DataError(ValueError):
-    """Bad input data. The message names the file (or key) at fault and what was expected."""
 
 
 @dataclass
@@ -373,18 +373,6 @@ def require_contrast(path: str | os.PathLike, normalized: np.ndarray, how: str) 
             f"single bright voxel normalises so (its nonzero voxels share one value): expected an intensity image"
         )
     return normalized
-
-
-def to_plain(value: Any) -> Any:
-    """Hydra/OmegaConf ``DictConfig``/``ListConfig`` -> plain Python containers (resolved);
-    anything else unchanged. Constructors built by Hydra call it on nested config values."""
-    try:
-        from omegaconf import DictConfig, ListConfig, OmegaConf
-    except ImportError:  # pragma: no cover
-        return value
-    if isinstance(value, (DictConfig, ListConfig)):
-        return OmegaConf.to_container(value, resolve=True)
-    return value
 
 
 def check_label_grid(label: Grid, image: Grid, label_name: str, image_name: str) -> None:

@@ -28,7 +28,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 import torch
-from omegaconf import OmegaConf
 
 from metrics import dice, evaluate_pair
 from spatial import warp
@@ -39,6 +38,7 @@ OURS = {"greedy": "greedy", "greedy_fast": "greedy_fast", "syn": "syn"}
 def _our_method(config_name: str):
     """This project's optimiser with the settings of ``configs/model/<config_name>.yaml``."""
     from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
 
     from classical import register
     from classical.config import config_from_dict
@@ -70,8 +70,9 @@ def _external(kind: str):
     return run
 
 
-def _fireants():
-    """FireANTs' greedy registration on CPU; returns the displacement in this project's convention."""
+def _fireants(device: str = "cpu"):
+    """FireANTs' greedy registration on ``device`` (the CPU here; ``experiments.bench_gpu`` runs it
+    on a GPU); returns the displacement in this project's convention, on ``device``."""
     import logging
 
     import numpy as np
@@ -83,9 +84,9 @@ def _fireants():
 
     def to_image(t: torch.Tensor, spacing) -> Image:
         # SimpleITK arrays are (z, y, x); transposing makes its x axis our axis 0
-        img = sitk.GetImageFromArray(t[0, 0].numpy().transpose(2, 1, 0).astype(np.float32))
+        img = sitk.GetImageFromArray(t[0, 0].cpu().numpy().transpose(2, 1, 0).astype(np.float32))
         img.SetSpacing([float(s) for s in spacing])
-        return Image(img, device="cpu")
+        return Image(img, device=device)
 
     def run(fixed, moving, pair):
         spacing = pair["spacing"][0].tolist()
@@ -99,10 +100,10 @@ def _fireants():
         # their array order is ours reversed: grid[..., k] is normalised coordinate k of (x, y, z) of
         # their array = our axes (0, 1, 2) after the transpose above
         grid = grid.permute(0, 3, 2, 1, 4)  # back to our axis order, channel k along our axis k
-        shape = torch.tensor(fixed.shape[2:], dtype=grid.dtype)
+        shape = torch.tensor(fixed.shape[2:], dtype=grid.dtype, device=grid.device)
         vox = (grid + 1) / 2 * (shape - 1)
-        ident = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=grid.dtype) for s in fixed.shape[2:]],
-                                           indexing="ij"), dim=-1)
+        ident = torch.stack(torch.meshgrid(*[torch.arange(s, dtype=grid.dtype, device=grid.device)
+                                             for s in fixed.shape[2:]], indexing="ij"), dim=-1)
         return (vox - ident).permute(0, 4, 1, 2, 3).contiguous()
 
     return run

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 
 import torch
+
+from spatial.precision import HALF_DTYPES, float32_region
 
 
 def _check_pair(fixed: torch.Tensor, moving: torch.Tensor, fn: str) -> int:
@@ -31,7 +32,8 @@ def _check_pair(fixed: torch.Tensor, moving: torch.Tensor, fn: str) -> int:
 
 
 def _full_precision(fn):
-    """Run ``fn(fixed, moving, ...)`` with autocast disabled and half inputs promoted to float32.
+    """Run ``fn(fixed, moving, ...)`` with autocast disabled and half inputs promoted to float32
+    (:mod:`spatial.precision`, the one rule for float32 regions).
 
     Window statistics ``E[I^2] - E[I]^2`` and histogram counts over a million voxels are not
     representable in float16/bfloat16; the scalar result is float32 for such inputs.
@@ -39,13 +41,9 @@ def _full_precision(fn):
 
     @functools.wraps(fn)
     def wrapper(fixed: torch.Tensor, moving: torch.Tensor, *args, **kwargs):
-        if fixed.dtype in (torch.float16, torch.bfloat16) or moving.dtype in (torch.float16, torch.bfloat16):
+        if fixed.dtype in HALF_DTYPES or moving.dtype in HALF_DTYPES:
             fixed, moving = fixed.float(), moving.float()
-        try:
-            ctx = torch.autocast(device_type=fixed.device.type, enabled=False)
-        except RuntimeError:  # a device type without autocast support
-            ctx = contextlib.nullcontext()
-        with ctx:
+        with float32_region(fixed.device):
             return fn(fixed, moving, *args, **kwargs)
 
     return wrapper

@@ -26,11 +26,11 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import nn
 
-from data.io import to_plain
+from data.plain import to_plain
 from models.specs import built
 from models.module import RegistrationModule
 from models.networks import pad_to_multiple
-from spatial import resize_field
+from spatial import as_float32, resize_field
 
 __all__ = ["LapIRNModule"]
 
@@ -142,8 +142,8 @@ class LapIRNModule(RegistrationModule):
             # field to the cropped network grid, then to the stage grid
             moving, crop = pad_to_multiple(moving, self.net.multiple)
             fixed, _ = pad_to_multiple(fixed, self.net.multiple)
-            return resize_field(self.net(moving, fixed, active_levels=stage)[crop], grid)
-        out = self.net(moving, fixed, active_levels=stage, upsample=False)
+            return resize_field(as_float32(self.net(moving, fixed, active_levels=stage)[crop]), grid)
+        out = as_float32(self.net(moving, fixed, active_levels=stage, upsample=False))
         if tuple(out.shape[2:]) != grid:  # cannot happen for sizes divisible by the multiple
             raise RuntimeError(f"LapIRNModule stage {stage} grid {tuple(out.shape[2:])} != expected {grid}")
         return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from data.io import to_plain
+from data.plain import to_plain
 
 __all__ = ["LOSS_DEFAULTS", "loss_config"]
 

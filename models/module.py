@@ -25,7 +25,7 @@ from models.health import NonFiniteError, configured_call, format_parts, is_plai
 from models.loss_config import loss_config
 from models.networks import pad_to_multiple
 from models.specs import built, factory
-from spatial import DISPLACEMENT_CONVENTION, compose, integrate, resize_field, warp
+from spatial import DISPLACEMENT_CONVENTION, as_float32, compose, float32_region, integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
            "LABEL_INTERPS", "PARADIGMS"]
@@ -157,7 +157,9 @@ class RegistrationModule(L.LightningModule):
     # ------------------------------------------------------------------ core API
     def forward(self, moving: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """The raw network output (a displacement or a velocity, see ``field``), on the
-        network's grid (``S // downsize``)."""
+        network's grid (``S // downsize``), always float32 (or float64): under mixed precision
+        (``trainer.precision=bf16-mixed``) the network runs in bfloat16, and everything after it
+        (integration, warping, losses, metrics) in float32 (:mod:`spatial.precision`)."""
         if self.net is None:
             raise NotImplementedError(f"{type(self).__name__} has no network; override register()")
         ndim = getattr(self.net, "ndim", None)
@@ -173,8 +175,8 @@ class RegistrationModule(L.LightningModule):
         if multiple > 1 and any(s % multiple for s in moving.shape[2:]):
             moving, crop = pad_to_multiple(moving, multiple)
             fixed, _ = pad_to_multiple(fixed, multiple)
-            return self.net(moving, fixed)[crop]
-        return self.net(moving, fixed)
+            return as_float32(self.net(moving, fixed)[crop])
+        return as_float32(self.net(moving, fixed))
 
     def _coarse(self, img: torch.Tensor, factor: int | None = None) -> torch.Tensor:
         """``(B, C, *S)`` -> the grid ``S // factor`` (default ``downsize``: the network's grid;
@@ -187,9 +189,12 @@ class RegistrationModule(L.LightningModule):
         return F.interpolate(img, size=shape, mode=mode, align_corners=True)
 
     def to_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
-        """Network output -> final displacement on grid ``shape`` (integrates a velocity first)."""
-        u = integrate(out, self.integration_steps) if self.field == "velocity" else out
-        return u if shape is None else resize_field(u, shape)
+        """Network output -> final displacement on grid ``shape`` (integrates a velocity first);
+        float32 with autocast off (scaling and squaring in bfloat16 compounds its rounding)."""
+        out = as_float32(out)
+        with float32_region(out):
+            u = integrate(out, self.integration_steps) if self.field == "velocity" else out
+            return u if shape is None else resize_field(u, shape)
 
     @property
     def paradigm(self) -> str:
@@ -230,6 +235,12 @@ class RegistrationModule(L.LightningModule):
         ``u`` when already computed); with ``loss_grid="coarse"`` the coarse displacement and
         images downsampled to the network's grid are compared instead. ``grid_factor``: compare
         on ``S // grid_factor``, where ``out`` lives (a coarse training stage, e.g. LapIRN's)."""
+        out = as_float32(out)  # the loss of a mixed-precision step: float32, autocast off (spatial.precision)
+        with float32_region(out):
+            return self._loss_parts_float32(batch, out, u, grid_factor)
+
+    def _loss_parts_float32(self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None,
+                            grid_factor: int | None) -> dict[str, torch.Tensor]:
         factor = grid_factor if grid_factor is not None else (self.downsize if self.loss_grid == "coarse" else 1)
         coarse = factor > 1
         if coarse:
@@ -374,8 +385,11 @@ class RegistrationModule(L.LightningModule):
 
     def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
         """Every pair of the batch scored (:func:`models.evaluation.evaluate_batch`); a pair that
-        cannot be scored raises :class:`metrics.MetricError` naming it."""
-        return evaluate_batch(batch, u, with_hd95, self.label_interp)
+        cannot be scored raises :class:`metrics.MetricError` naming it. Metrics see a float32
+        displacement, computed with autocast off."""
+        u = as_float32(u)
+        with float32_region(u):
+            return evaluate_batch(batch, u, with_hd95, self.label_interp)
 
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:

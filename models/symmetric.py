@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from losses import dice_loss
 from models.specs import built
 from models.module import RegistrationModule
-from spatial import compose, integrate, jacobian_determinant, resize_field, warp
+from spatial import as_float32, compose, float32_region, integrate, jacobian_determinant, resize_field, warp
 
 __all__ = ["SymmetricNet", "SymmetricRegistrationModule", "symmetric_maps", "SYMMETRIC_LOSS_DEFAULTS"]
 
@@ -165,9 +165,11 @@ class SymmetricRegistrationModule(RegistrationModule):
     def to_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """Network output (two half velocities) -> the forward displacement fixed -> moving
         ``compose(exp(v_m), exp(-v_f))`` on grid ``shape`` (the network's grid when None)."""
-        v_f, v_m = self.half_velocities(out)
-        u = symmetric_maps(v_f, v_m, self.integration_steps, full=False)["forward"]
-        return u if shape is None else resize_field(u, shape)
+        out = as_float32(out)
+        with float32_region(out):  # as RegistrationModule.to_displacement: float32, autocast off
+            v_f, v_m = self.half_velocities(out)
+            u = symmetric_maps(v_f, v_m, self.integration_steps, full=False)["forward"]
+            return u if shape is None else resize_field(u, shape)
 
     def inverse_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """The backward map moving -> fixed ``compose(exp(v_f), exp(-v_m))``: the forward map with the
@@ -186,6 +188,11 @@ class SymmetricRegistrationModule(RegistrationModule):
         not needed (the maps are recomputed together); ``grid_factor`` is not supported."""
         if grid_factor is not None:
             raise NotImplementedError("SymmetricRegistrationModule computes its loss on the full or the network's grid only")
+        out = as_float32(out)
+        with float32_region(out):  # as RegistrationModule._loss_parts: float32, autocast off
+            return self._symmetric_parts(batch, out)
+
+    def _symmetric_parts(self, batch: Mapping[str, Any], out: torch.Tensor) -> dict[str, torch.Tensor]:
         cfg = self.loss_cfg
         coarse = self.loss_grid == "coarse" and self.downsize > 1
         v_f, v_m = self.half_velocities(out)

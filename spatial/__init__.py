@@ -17,6 +17,7 @@ from spatial.functional import (
 )
 from spatial.filters import gaussian_blur, gaussian_kernel1d, separable_filter
 from spatial.layers import IntegrateVelocity, SpatialTransformer
+from spatial.precision import as_float32, float32_region
 
 __all__ = [
     "DISPLACEMENT_CONVENTION",
@@ -34,4 +35,6 @@ __all__ = [
     "separable_filter",
     "IntegrateVelocity",
     "SpatialTransformer",
+    "as_float32",
+    "float32_region",
 ]

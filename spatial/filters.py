@@ -7,6 +7,7 @@ thin wrappers over it.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
@@ -89,6 +90,13 @@ def gaussian_kernel1d(sigma: float, truncate: float = 3.0, dtype: torch.dtype = 
     return (k / k.sum()).to(dtype=dtype, device=device)
 
 
+@functools.lru_cache(maxsize=64)
+def _gaussian_taps(sigma: float, truncate: float) -> tuple[float, ...]:
+    """The taps of :func:`gaussian_kernel1d` (float64) as Python floats, computed once per
+    ``(sigma, truncate)``: an optimiser smoothing every iteration builds no tensor for them."""
+    return tuple(gaussian_kernel1d(sigma, truncate, torch.float64).tolist())
+
+
 def gaussian_blur(
     x: torch.Tensor,
     sigma: float | Sequence[float],
@@ -105,7 +113,7 @@ def gaussian_blur(
     sigmas = [float(sigma)] * ndim if isinstance(sigma, (int, float)) else [float(s) for s in sigma]
     if len(sigmas) != ndim:
         raise ValueError(f"gaussian_blur() 'sigma' needs 1 or {ndim} values, got {len(sigmas)}")
-    kernels = [gaussian_kernel1d(s, truncate, torch.float64) if s > 0 else None for s in sigmas]  # taps, on CPU
+    kernels = [_gaussian_taps(s, float(truncate)) if s > 0 else None for s in sigmas]
     if all(k is None for k in kernels):
         return x
     return separable_filter(x, kernels, padding=padding)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -15,6 +14,28 @@ CONFIGS = ROOT / "configs"
 
 os.environ.setdefault("WANDB_MODE", "offline")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# The devices the analytic and quality tests run on (the `device` fixture): the CPU always, CUDA
+# where there is one, so the same suite checks a GPU; without CUDA its parameter is simply absent.
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    """Each device of :data:`DEVICES` as a ``torch.device`` (test ids ``[cpu]``, ``[cuda]``). On
+    CUDA, TF32 matrix products and convolutions are off for the test, so tolerances written for
+    float32 on the CPU hold (users keep PyTorch's defaults)."""
+    dev = torch.device(request.param)
+    if dev.type != "cuda":
+        yield dev
+        return
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield dev
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+
 
 # Small, fast MNI data for entry-point tests (2 mm template cropped to 64^3).
 FAST_MNI = [
@@ -48,6 +69,7 @@ def experiment_script(name: str) -> str:
 def compose(config_name: str, overrides: list[str], hydra: bool = False):
     """Compose ``configs/<config_name>.yaml`` with overrides, as the entry point would (``hydra``:
     keep Hydra's own node, which records e.g. the ``experiment=`` choice)."""
+    pytest.importorskip("hydra", reason="hydra-core is not installed (the device check's machine)")
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
@@ -61,6 +83,8 @@ def compose_cfg():
 
 
 def write_nifti(path: Path, array: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> Path:
+    import nibabel as nib  # here: the device check runs the device tests where nibabel is absent
+
     path.parent.mkdir(parents=True, exist_ok=True)
     affine = np.diag([*spacing, 1.0])
     nib.save(nib.Nifti1Image(array, affine), str(path))

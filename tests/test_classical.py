@@ -12,7 +12,7 @@ import torch
 
 from classical import AffineConfig, GreedyConfig, SyNConfig, register
 from classical.affine import affine_displacement
-from conftest import compose
+from conftest import DEVICES, compose, make_blob_pair
 from metrics import dice
 from metrics.jacobian import folding_pct
 from spatial import compose as compose_fields
@@ -27,6 +27,8 @@ FAST = dict(scales=[4, 2, 1], iterations=[60, 30, 10], lr=0.25, grad_sigma=1.5, 
 def mni_pair():
     """Subjects 0 and 1 of the offline MNI data at 2 mm (96x112x96) with twice the default
     deformation (Dice before ~0.63: room for the +0.1 the test asks)."""
+    for package in ("nibabel", "nilearn"):  # the template ships inside nilearn (absent on the device check)
+        pytest.importorskip(package, reason=f"{package} is not installed: no MNI template")
     from data.mni import MNISubjects
 
     subjects = MNISubjects(resolution=2, deformation_scale=2.0)
@@ -34,10 +36,14 @@ def mni_pair():
     return a["image"][None], b["image"][None], a["label"][None], b["label"][None]
 
 
-@pytest.fixture(scope="module")
-def greedy_result(mni_pair):
+@pytest.fixture(scope="module", params=DEVICES)
+def greedy_result(mni_pair, request):
+    """The fast greedy result on each device of conftest.DEVICES (the tests below run once per device)."""
     fixed, moving, _, _ = mni_pair
-    return register(fixed, moving, GreedyConfig(**FAST))
+    res = register(fixed.to(request.param), moving.to(request.param), GreedyConfig(**FAST))
+    assert res.displacement.device.type == request.param and res.displacement.dtype == torch.float32
+    res.displacement = res.displacement.cpu()
+    return res
 
 
 class TestGreedyOnMNI:
@@ -60,12 +66,13 @@ class TestGreedyOnMNI:
         assert greedy_result.seconds > 0
 
 
-def test_syn_inverse_consistency(mni_pair):
+def test_syn_inverse_consistency(mni_pair, device):
     fixed, moving, fixed_lab, moving_lab = mni_pair
     # smooth settings (like greedy_fast): the paper's warp sigma 0.25 folds a little on this pair,
     # and no inverse exists where a map folds
-    res = register(fixed, moving, SyNConfig(iterations=[40, 20, 5], grad_sigma=1.5, warp_sigma=1.0))
-    u, inv = res.displacement, res.inverse
+    res = register(fixed.to(device), moving.to(device), SyNConfig(iterations=[40, 20, 5], grad_sigma=1.5, warp_sigma=1.0))
+    assert res.displacement.device == device and res.inverse.device == device
+    u, inv = res.displacement.cpu(), res.inverse.cpu()
     # x -> x + u(x) (into moving) -> back through the inverse: identity
     err = compose_fields(inv, u).norm(dim=1)
     assert err.mean() < 0.5
@@ -90,15 +97,99 @@ def _affine_pair(shape=(40, 44, 36)):
     return fixed, moving, matrix
 
 
-def test_affine_recovers_known_matrix():
+def test_affine_recovers_known_matrix(device):
     # moving = fixed o T with T(x) = M x + b, so registering fixed -> moving (moved(x) =
     # moving(A x + a)) must give the inverse map: A = M^-1, a = -M^-1 b
     fixed_img, moving_img, matrix = _affine_pair()
-    res = register(moving_img, fixed_img, AffineConfig(scales=[2, 1], iterations=[150, 100], lr=0.01,
-                                                       sim="mse", tolerance=0))
-    est = res.affine[0]
+    res = register(moving_img.to(device), fixed_img.to(device), AffineConfig(scales=[2, 1], iterations=[150, 100],
+                                                                         lr=0.01, sim="mse", tolerance=0))
+    assert res.affine.device == device and res.displacement.device == device
+    est = res.affine[0].cpu()
     assert (est[:, :3] - matrix[0, :, :3]).abs().max() < 0.02
     assert (est[:, 3] - matrix[0, :, 3]).abs().max() < 0.3  # voxels
+
+
+# ------------------------------------------------------------------------------ the loop on the device
+# Early stops happen (tolerance > 0), in the affine stage too, so masking after a late read matters
+STOPPING = [
+    GreedyConfig(iterations=[30, 20, 15], tolerance=1e-3, patience=5),
+    SyNConfig(iterations=[20, 15, 10], tolerance=1e-3, patience=5),
+    GreedyConfig(iterations=[10, 5, 5], tolerance=1e-3, patience=5,
+                 affine=dict(scales=[2, 1], iterations=[40, 30], tolerance=1e-4, patience=5)),
+]
+
+
+def _blob_images(shape=(16, 20, 16)):
+    fixed, _, moving, _ = make_blob_pair(shape=shape, shift=2)
+    return torch.from_numpy(fixed)[None, None], torch.from_numpy(moving)[None, None]
+
+
+@pytest.mark.parametrize("cfg", STOPPING, ids=["greedy", "syn", "affine+greedy"])
+def test_stop_read_every_few_iterations_gives_the_same_result(cfg, monkeypatch):
+    """A GPU reads the stop test every SYNC_EVERY iterations (the CPU every iteration); the
+    updates run between a stop and its read are masked, so the field, the affine matrix and the
+    loss traces are bitwise those of a read every iteration."""
+    import classical.pyramid as pyramid
+
+    fixed, moving = _blob_images()
+    reference = register(fixed, moving, cfg)
+    stage = "affine" if cfg.affine is not None else cfg.name
+    planned = (cfg.affine or cfg).iterations
+    assert any(len(t) < n for t, n in zip(reference.losses[stage], planned))  # a level stopped early
+    monkeypatch.setattr(pyramid, "sync_interval", lambda device: pyramid.SYNC_EVERY)
+    res = register(fixed, moving, cfg)
+    assert torch.equal(res.displacement, reference.displacement)
+    assert res.losses == reference.losses
+    if cfg.affine is not None:
+        assert torch.equal(res.affine, reference.affine)
+
+
+_HOST_READS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__")
+
+
+def _count_host_reads(monkeypatch) -> dict[str, int]:
+    counts = dict.fromkeys(_HOST_READS, 0)
+    for name in _HOST_READS:
+        real = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _name=name, _real=real, **kwargs):
+            counts[_name] += 1
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return counts
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1e-9])
+def test_no_host_read_per_iteration(tolerance, monkeypatch):
+    """The GPU schedule on the CPU: over 3 levels of 32 iterations, the values read on the host are
+    the input checks, then per level the stop test every SYNC_EVERY iterations (none when
+    tolerance = 0) and the trace once; never a loss per iteration (a GPU would wait for its queue
+    to drain every iteration)."""
+    import classical.pyramid as pyramid
+
+    monkeypatch.setattr(pyramid, "sync_interval", lambda device: pyramid.SYNC_EVERY, raising=False)
+    fixed, moving = _blob_images()
+    cfg = GreedyConfig(iterations=[32, 32, 32], tolerance=tolerance, patience=5)
+    checks = _count_host_reads(monkeypatch)
+    check_pair_reads = 4  # isfinite().all() and the constant-image test, for each image
+    register(fixed, moving, cfg)
+    reads = sum(checks.values())
+    monkeypatch.undo()
+    per_level = 2 + (32 // pyramid.SYNC_EVERY if tolerance > 0 else 0)  # count + trace, stop tests
+    assert reads <= check_pair_reads + 3 * per_level, checks
+
+
+def test_register_under_autocast_runs_in_float32():
+    """Lightning's bf16-mixed runs test steps under autocast; the optimiser disables it (an affine
+    stage's einsum would otherwise run in bfloat16) and returns float32, bitwise as without."""
+    fixed, moving = _blob_images()
+    cfg = STOPPING[2]
+    reference = register(fixed, moving, cfg)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        res = register(fixed, moving, cfg)
+    assert res.displacement.dtype == torch.float32
+    assert torch.equal(res.displacement, reference.displacement) and torch.equal(res.affine, reference.affine)
 
 
 def test_eval_greedy_writes_results_contract(pairs_csv, tmp_path):

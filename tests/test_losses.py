@@ -43,13 +43,14 @@ def _gen(seed: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _rand(*shape, seed=0, dtype=torch.float32):
-    return torch.rand(*shape, generator=_gen(seed), dtype=torch.float64).to(dtype)
+def _rand(*shape, seed=0, dtype=torch.float32, device="cpu"):
+    """Seeded uniform values, drawn on the CPU (the same on every device), then moved to ``device``."""
+    return torch.rand(*shape, generator=_gen(seed), dtype=torch.float64).to(device, dtype)
 
 
-def _grid(shape, dtype=torch.float64):
+def _grid(shape, dtype=torch.float64, device="cpu"):
     """(D, *shape) voxel coordinates."""
-    axes = [torch.arange(s, dtype=dtype) for s in shape]
+    axes = [torch.arange(s, dtype=dtype, device=device) for s in shape]
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), 0)
 
 
@@ -109,27 +110,27 @@ def lncc_reference(fixed: torch.Tensor, moving: torch.Tensor, window: int, eps: 
 
 @pytest.mark.parametrize("window", [3, 5])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_lncc_matches_bruteforce_3d(window, dtype):
-    fixed = _rand(2, 1, 6, 7, 8, seed=1, dtype=dtype)
-    moving = (0.6 * fixed + 0.4 * _rand(2, 1, 6, 7, 8, seed=2, dtype=dtype)) ** 2
+def test_lncc_matches_bruteforce_3d(window, dtype, device):
+    fixed = _rand(2, 1, 6, 7, 8, seed=1, dtype=dtype, device=device)
+    moving = (0.6 * fixed + 0.4 * _rand(2, 1, 6, 7, 8, seed=2, dtype=dtype, device=device)) ** 2
     got = lncc(fixed, moving, window)
-    assert got.dtype == dtype
+    assert got.dtype == dtype and got.device == device
     assert got.item() == pytest.approx(lncc_reference(fixed, moving, window), abs=1e-5)
 
 
 @pytest.mark.parametrize("window", [3, 5, 13])  # 13 > every side: all windows clipped
-def test_lncc_matches_bruteforce_2d_multichannel(window):
-    fixed = _rand(2, 2, 9, 11, seed=3)
-    moving = _rand(2, 2, 9, 11, seed=4) + 0.5 * fixed
+def test_lncc_matches_bruteforce_2d_multichannel(window, device):
+    fixed = _rand(2, 2, 9, 11, seed=3, device=device)
+    moving = _rand(2, 2, 9, 11, seed=4, device=device) + 0.5 * fixed
     assert lncc(fixed, moving, window).item() == pytest.approx(
         lncc_reference(fixed, moving, window), abs=1e-5
     )
 
 
-def test_lncc_matches_bruteforce_with_constant_regions():
+def test_lncc_matches_bruteforce_with_constant_regions(device):
     # fixed constant on a block, moving constant on another: exercises eps and the noise floor
-    fixed = _rand(1, 1, 10, 12, seed=5, dtype=torch.float64)
-    moving = _rand(1, 1, 10, 12, seed=6, dtype=torch.float64)
+    fixed = _rand(1, 1, 10, 12, seed=5, dtype=torch.float64, device=device)
+    moving = _rand(1, 1, 10, 12, seed=6, dtype=torch.float64, device=device)
     fixed[..., :5, :] = 0.3
     moving[..., :, 7:] = 0.0
     for window in (3, 5):
@@ -144,8 +145,8 @@ def test_lncc_matches_bruteforce_with_constant_regions():
 
 @pytest.mark.parametrize("shape", [(2, 3, 5, 6, 7), (1, 2, 9, 4), (1, 5, 1, 6, 3)])
 @pytest.mark.parametrize("window", [1, 3, 5, 11])  # 11: longer than some axes
-def test_box_sum_equals_direct_window_sum(shape, window):
-    x = _rand(*shape, seed=7, dtype=torch.float64)
+def test_box_sum_equals_direct_window_sum(shape, window, device):
+    x = _rand(*shape, seed=7, dtype=torch.float64, device=device)
     ndim = x.dim() - 2
     r = window // 2
     pad = torch.nn.functional.pad(x, [r] * (2 * ndim))
@@ -158,8 +159,8 @@ def test_box_sum_equals_direct_window_sum(shape, window):
     torch.testing.assert_close(out, direct)
 
 
-def test_box_sum_is_self_adjoint():
-    x = _rand(1, 2, 5, 6, 7, seed=7, dtype=torch.float64)
+def test_box_sum_is_self_adjoint(device):
+    x = _rand(1, 2, 5, 6, 7, seed=7, dtype=torch.float64, device=device)
     # custom backward (the same filter) agrees with finite differences, also twice
     x.requires_grad_(True)
     assert torch.autograd.gradcheck(lambda t: _box_sum(t, 3), (x,))
@@ -168,40 +169,40 @@ def test_box_sum_is_self_adjoint():
 
 @pytest.mark.parametrize("shape", [(2, 1, 20, 24), (1, 1, 12, 14, 16)])
 @pytest.mark.parametrize("window", [3, 5, 9])
-def test_lncc_self_is_minus_one(shape, window):
-    x = _rand(*shape, seed=8)
+def test_lncc_self_is_minus_one(shape, window, device):
+    x = _rand(*shape, seed=8, device=device)
     x[..., :5, :] = 0.0  # a flat region: constant windows must still score 1
     assert lncc(x, x, window).item() == pytest.approx(-1.0, abs=1e-4)
-    flat = torch.full(shape, 0.7)
+    flat = torch.full(shape, 0.7, device=device)
     assert lncc(flat, flat, window).item() == pytest.approx(-1.0, abs=1e-4)
 
 
 @pytest.mark.parametrize("shape", [(2, 1, 20, 24), (1, 1, 12, 14, 16)])
-def test_lncc_affine_intensity_invariance_and_sign(shape):
-    x = _rand(*shape, seed=9)
+def test_lncc_affine_intensity_invariance_and_sign(shape, device):
+    x = _rand(*shape, seed=9, device=device)
     for a, b in [(2.0, 0.5), (0.3, -1.0), (5.0, 3.0)]:
         assert lncc(x, a * x + b, 5).item() == pytest.approx(-1.0, abs=1e-4)
     # squared correlation: blind to the sign, so an inverted contrast also scores -1 ...
     assert lncc(x, -x, 5).item() == pytest.approx(-1.0, abs=1e-4)
     assert lncc(x, 1.0 - x, 5).item() == pytest.approx(-1.0, abs=1e-4)
     # ... while independent noise is near 0 (E[r^2] ~ 1/window_volume)
-    noise = _rand(*shape, seed=10)
+    noise = _rand(*shape, seed=10, device=device)
     assert -0.15 < lncc(x, noise, 5).item() < 0.0
     # and a partially related image lies strictly between
     mid = lncc(x, x + 0.5 * noise, 5).item()
     assert -1.0 + 1e-3 < mid < lncc(x, noise, 5).item()
 
 
-def test_lncc_gradient_flows_to_moving_and_is_correct():
-    fixed = _rand(1, 1, 5, 6, 7, seed=11, dtype=torch.float64)
-    moving = _rand(1, 1, 5, 6, 7, seed=12, dtype=torch.float64).requires_grad_(True)
+def test_lncc_gradient_flows_to_moving_and_is_correct(device):
+    fixed = _rand(1, 1, 5, 6, 7, seed=11, dtype=torch.float64, device=device)
+    moving = _rand(1, 1, 5, 6, 7, seed=12, dtype=torch.float64, device=device).requires_grad_(True)
     loss = lncc(fixed, moving, 3)
     loss.backward()
     assert moving.grad is not None and moving.grad.abs().sum() > 0
     assert torch.autograd.gradcheck(lambda m: lncc(fixed, m, 3), (moving.detach().requires_grad_(True),))
     # 2-D, float32: gradient is finite and descends
-    f2 = _rand(1, 1, 16, 16, seed=13)
-    m2 = _rand(1, 1, 16, 16, seed=14).requires_grad_(True)
+    f2 = _rand(1, 1, 16, 16, seed=13, device=device)
+    m2 = _rand(1, 1, 16, 16, seed=14, device=device).requires_grad_(True)
     l0 = lncc(f2, m2, 5)
     l0.backward()
     assert torch.isfinite(m2.grad).all()
@@ -210,9 +211,15 @@ def test_lncc_gradient_flows_to_moving_and_is_correct():
     assert lncc(f2, stepped, 5) < l0
 
 
-def test_lncc_half_precision_computed_in_float32():
-    x = _rand(1, 1, 10, 12, seed=15).half()
-    assert lncc(x, x, 5).item() == pytest.approx(-1.0, abs=1e-4)
+@pytest.mark.parametrize("half", [torch.float16, torch.bfloat16])
+def test_lncc_half_precision_computed_in_float32(half, device):
+    x = _rand(1, 1, 10, 12, seed=15, device=device).to(half)
+    loss = lncc(x, x, 5)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(-1.0, abs=1e-4)
+    # under autocast too (Lightning's bf16-mixed): window statistics stay float32
+    with torch.autocast(device.type, dtype=torch.bfloat16):
+        y = _rand(1, 1, 10, 12, seed=16, device=device)
+        assert lncc(y, y, 5).dtype == torch.float32 and lncc(y, y, 5).item() == pytest.approx(-1.0, abs=1e-4)
 
 
 def test_lncc_agrees_with_monai_rectangular_in_interior():
@@ -235,25 +242,25 @@ def test_lncc_agrees_with_monai_rectangular_in_interior():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_mse_value():
-    a = _rand(2, 1, 4, 5, seed=18)
-    b = _rand(2, 1, 4, 5, seed=19)
+def test_mse_value(device):
+    a = _rand(2, 1, 4, 5, seed=18, device=device)
+    b = _rand(2, 1, 4, 5, seed=19, device=device)
     assert mse(a, b).item() == pytest.approx(((a - b) ** 2).mean().item())
     assert mse(a, a).item() == 0.0
     assert MSE()(a, b).item() == pytest.approx(mse(a, b).item())
 
 
-def _smooth_volume(seed: int, shape=(24, 24, 24)) -> torch.Tensor:
+def _smooth_volume(seed: int, shape=(24, 24, 24), device="cpu") -> torch.Tensor:
     """A smooth image in [0, 1]: a random field blurred by average pooling."""
-    x = _rand(1, 1, *shape, seed=seed)
+    x = _rand(1, 1, *shape, seed=seed, device=device)
     for _ in range(3):
         x = torch.nn.functional.avg_pool3d(x, 3, 1, 1, count_include_pad=False)
     return (x - x.min()) / (x.max() - x.min())
 
 
-def test_mi_orders_identical_remapped_and_noise():
-    x = _smooth_volume(20)
-    noise = _rand(*x.shape, seed=21)
+def test_mi_orders_identical_remapped_and_noise(device):
+    x = _smooth_volume(20, device=device)
+    noise = _rand(*x.shape, seed=21, device=device)
     mi_self = -mutual_information(x, x).item()
     mi_noise = -mutual_information(x, noise).item()
     assert mi_self > 1.0
@@ -267,31 +274,31 @@ def test_mi_orders_identical_remapped_and_noise():
     assert mutual_information(x, noise).item() == pytest.approx(mutual_information(noise, x).item(), rel=1e-5)
 
 
-def test_mi_module_bins_batch_and_mask():
-    x = torch.cat([_smooth_volume(22), _smooth_volume(23)], 0)
-    y = torch.cat([x[:1], _rand(1, 1, 24, 24, 24, seed=24)], 0)
+def test_mi_module_bins_batch_and_mask(device):
+    x = torch.cat([_smooth_volume(22, device=device), _smooth_volume(23, device=device)], 0)
+    y = torch.cat([x[:1], _rand(1, 1, 24, 24, 24, seed=24, device=device)], 0)
     batch = mutual_information(x, y, bins=16)
     single = [mutual_information(x[i : i + 1], y[i : i + 1], bins=16) for i in range(2)]
     assert batch.item() == pytest.approx((single[0] + single[1]).item() / 2, rel=1e-5)
     assert MutualInformation(bins=16)(x, y).item() == pytest.approx(batch.item())
     # mask: only the region where moving copies fixed -> more information than the whole image
-    moving = _rand(1, 1, 24, 24, 24, seed=25)
+    moving = _rand(1, 1, 24, 24, 24, seed=25, device=device)
     moving[..., :12] = x[:1, ..., :12]
-    mask = torch.zeros(1, 1, 24, 24, 24, dtype=torch.bool)
+    mask = torch.zeros(1, 1, 24, 24, 24, dtype=torch.bool, device=device)
     mask[..., :12] = True
     masked = -mutual_information(x[:1], moving, mask=mask).item()
     assert masked == pytest.approx(-mutual_information(x[:1, ..., :12], moving[..., :12]).item(), rel=1e-5)
     assert masked > -mutual_information(x[:1], moving).item()
 
 
-def test_mi_gradient_flows_and_is_correct():
-    fixed = _smooth_volume(26, (12, 12, 12))
+def test_mi_gradient_flows_and_is_correct(device):
+    fixed = _smooth_volume(26, (12, 12, 12), device)
     moving = (0.8 * fixed + 0.1).requires_grad_(True)
     loss = mutual_information(fixed, moving, bins=16)
     loss.backward()
     assert torch.isfinite(moving.grad).all() and moving.grad.abs().sum() > 0
-    f64 = _rand(1, 1, 4, 5, seed=27, dtype=torch.float64)
-    m64 = (0.1 + 0.8 * _rand(1, 1, 4, 5, seed=28, dtype=torch.float64)).requires_grad_(True)
+    f64 = _rand(1, 1, 4, 5, seed=27, dtype=torch.float64, device=device)
+    m64 = (0.1 + 0.8 * _rand(1, 1, 4, 5, seed=28, dtype=torch.float64, device=device)).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda m: mutual_information(f64, m, bins=6, sigma=0.2), (m64,))
 
 
@@ -301,17 +308,18 @@ def test_mi_gradient_flows_and_is_correct():
 
 
 @pytest.mark.parametrize("shape", [(7, 8), (5, 6, 7)])
-def test_regularisers_vanish_on_constant_and_affine(shape):
+def test_regularisers_vanish_on_constant_and_affine(shape, device):
     ndim = len(shape)
     g = torch.Generator().manual_seed(30)
-    const = torch.randn(2, ndim, 1, *([1] * (ndim - 1)), generator=g, dtype=torch.float64).expand(
+    const = torch.randn(2, ndim, 1, *([1] * (ndim - 1)), generator=g, dtype=torch.float64).to(device).expand(
         2, ndim, *shape
     )
     assert diffusion(const).item() == 0.0
     assert bending_energy(const).item() == 0.0
     a = torch.randn(ndim, ndim, generator=g, dtype=torch.float64)
     t = torch.randn(ndim, generator=g, dtype=torch.float64)
-    affine = (torch.einsum("ij,j...->i...", a, _grid(shape)) + t.view(ndim, *([1] * ndim))).unsqueeze(0)
+    a, t = a.to(device), t.to(device)
+    affine = (torch.einsum("ij,j...->i...", a, _grid(shape, device=device)) + t.view(ndim, *([1] * ndim))).unsqueeze(0)
     assert bending_energy(affine).item() == pytest.approx(0.0, abs=1e-20)
     assert bending_energy(affine.float()).item() == pytest.approx(0.0, abs=1e-9)
     # diffusion of an affine field: sum of squared Jacobian entries, every voxel alike
@@ -319,14 +327,14 @@ def test_regularisers_vanish_on_constant_and_affine(shape):
 
 
 @pytest.mark.parametrize("shape", [(9, 10), (6, 7, 8)])
-def test_diffusion_linear_field(shape):
+def test_diffusion_linear_field(shape, device):
     ndim = len(shape)
-    x = _grid(shape)
+    x = _grid(shape, device=device)
     c = 0.7
-    u = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    u = torch.zeros(1, ndim, *shape, dtype=torch.float64, device=device)
     u[0, 0] = c * x[0]
     assert diffusion(u).item() == pytest.approx(c**2)
-    u = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    u = torch.zeros(1, ndim, *shape, dtype=torch.float64, device=device)
     u[0, 1] = c * x[0]  # off-diagonal Jacobian entry counts the same
     assert diffusion(u).item() == pytest.approx(c**2)
     u = c * x.unsqueeze(0)  # scaling: every diagonal entry, summed over channels and axes
@@ -335,28 +343,28 @@ def test_diffusion_linear_field(shape):
 
 
 @pytest.mark.parametrize("shape", [(7, 8), (5, 6, 7)])
-def test_bending_energy_quadratic_fields(shape):
+def test_bending_energy_quadratic_fields(shape, device):
     ndim = len(shape)
-    x = _grid(shape)
+    x = _grid(shape, device=device)
     a = 0.3
-    u = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    u = torch.zeros(1, ndim, *shape, dtype=torch.float64, device=device)
     u[0, 0] = a * x[1] ** 2  # d_11 u_0 = 2a
     assert bending_energy(u).item() == pytest.approx(4 * a**2)
-    u = torch.zeros(1, ndim, *shape, dtype=torch.float64)
+    u = torch.zeros(1, ndim, *shape, dtype=torch.float64, device=device)
     u[0, 0] = a * x[0] * x[1]  # d_01 u_0 = d_10 u_0 = a: the mixed term counts twice
     assert bending_energy(u).item() == pytest.approx(2 * a**2)
     # general quadratic u_i = sum_jk A_ijk x_j x_k (A symmetric in j, k): Hessian 2 A_i,
     # bending energy = sum_ijk (2 A_ijk)^2
     g = torch.Generator().manual_seed(31)
-    coef = torch.randn(ndim, ndim, ndim, generator=g, dtype=torch.float64)
+    coef = torch.randn(ndim, ndim, ndim, generator=g, dtype=torch.float64).to(device)
     coef = 0.5 * (coef + coef.transpose(1, 2))
     u = torch.einsum("ijk,j...,k...->i...", coef, x, x).unsqueeze(0)
     assert bending_energy(u).item() == pytest.approx(4 * (coef**2).sum().item(), rel=1e-9)
     assert BendingEnergy()(u).item() == pytest.approx(bending_energy(u).item())
 
 
-def test_regularisers_gradient_and_dtype():
-    u = (0.1 * torch.randn(1, 3, 6, 6, 6, generator=_gen(32))).requires_grad_(True)
+def test_regularisers_gradient_and_dtype(device):
+    u = (0.1 * torch.randn(1, 3, 6, 6, 6, generator=_gen(32))).to(device).requires_grad_(True)
     (diffusion(u) + bending_energy(u)).backward()
     assert torch.isfinite(u.grad).all() and u.grad.abs().sum() > 0
     assert diffusion(u.double()).dtype == torch.float64
@@ -368,25 +376,25 @@ def test_regularisers_gradient_and_dtype():
 # ----------------------------------------------------------------------------------------------
 
 
-def test_one_hot():
-    label = torch.tensor([[[[0, 1], [2, 1]]]])  # (1, 1, 2, 2)
+def test_one_hot(device):
+    label = torch.tensor([[[[0, 1], [2, 1]]]]).to(device)  # (1, 1, 2, 2)
     oh = one_hot(label, 4)
-    assert oh.shape == (1, 4, 2, 2) and oh.dtype == torch.float32
+    assert oh.shape == (1, 4, 2, 2) and oh.dtype == torch.float32 and oh.device == device
     assert oh[0, :, 1, 0].tolist() == [0.0, 0.0, 1.0, 0.0]
     assert oh[0, 3].sum() == 0
     torch.testing.assert_close(oh.argmax(1, keepdim=True), label)
     assert one_hot(label, 3, dtype=torch.float64).dtype == torch.float64
 
 
-def _labels3d():
-    lab = torch.zeros(1, 1, 6, 6, 6, dtype=torch.int64)
+def _labels3d(device="cpu"):
+    lab = torch.zeros(1, 1, 6, 6, 6, dtype=torch.int64, device=device)
     lab[..., :3, :, :] = 1
     lab[..., 3:, :3, :] = 2
     return lab
 
 
-def test_dice_identical_disjoint_and_soft():
-    lab = _labels3d()
+def test_dice_identical_disjoint_and_soft(device):
+    lab = _labels3d(device)
     oh = one_hot(lab, 3)
     assert dice_loss(oh, oh).item() == pytest.approx(0.0, abs=1e-7)
     assert DiceLoss()(oh, oh).item() == pytest.approx(0.0, abs=1e-7)
@@ -406,8 +414,8 @@ def test_dice_identical_disjoint_and_soft():
     assert dice_loss(bg_only_wrong, oh, include_background=True).item() == pytest.approx(1.0 / 3.0)
 
 
-def test_dice_absent_channels_are_masked_out():
-    lab = _labels3d()
+def test_dice_absent_channels_are_masked_out(device):
+    lab = _labels3d(device)
     target = one_hot(lab, 5)  # classes 3 and 4 absent from both images
     pred_lab = lab.clone()
     pred_lab[lab == 2] = 0  # class 2 missed entirely -> Dice 0 (present in target only)
@@ -431,12 +439,35 @@ def test_dice_absent_channels_are_masked_out():
     assert torch.isfinite(bg.grad).all()
 
 
-def test_dice_gradient_flows():
-    lab = _labels3d()
+def test_dice_gradient_flows(device):
+    lab = _labels3d(device)
     target = one_hot(lab, 3)
     pred = (0.5 * target + 0.25).requires_grad_(True)
     dice_loss(pred, target).backward()
     assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_losses_follow_the_device_and_read_nothing_on_the_host():
+    """Meta tensors (shapes without data): a CPU tensor mixed in, or a value read on the host,
+    raises. The losses a training step or an optimiser iteration computes, and their gradients,
+    stay on the input's device. (``one_hot`` reads the label range once: its argument check.)"""
+    img = torch.zeros(1, 1, 6, 7, 8, device="meta")
+    moving = torch.zeros(1, 1, 6, 7, 8, device="meta", requires_grad=True)
+    u = torch.zeros(1, 3, 6, 7, 8, device="meta", requires_grad=True)
+    soft = torch.zeros(1, 3, 6, 7, 8, device="meta", requires_grad=True)
+    parts = {
+        "lncc": lncc(img, moving, 5),
+        "lncc_to_fixed": LNCC(window=5).to_fixed(img)(moving),
+        "mse": mse(img, moving),
+        "mi": mutual_information(img, moving, bins=8),
+        "diffusion": diffusion(u),
+        "bending": bending_energy(u),
+        "dice": dice_loss(soft, torch.zeros(1, 3, 6, 7, 8, device="meta")),
+    }
+    for name, value in parts.items():
+        assert value.device.type == "meta" and value.dim() == 0, name
+    grads = torch.autograd.grad(sum(parts.values()), [moving, u, soft])
+    assert all(g.device.type == "meta" for g in grads)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -512,9 +543,9 @@ def test_bad_arguments_raise_valueerror_naming_the_function(call, fn):
         call()
 
 
-def test_modules_match_functions():
-    f = _rand(1, 1, 10, 11, seed=41)
-    m = _rand(1, 1, 10, 11, seed=42)
+def test_modules_match_functions(device):
+    f = _rand(1, 1, 10, 11, seed=41, device=device)
+    m = _rand(1, 1, 10, 11, seed=42, device=device)
     assert LNCC(window=5)(f, m).item() == pytest.approx(lncc(f, m, 5).item())
     assert build_similarity("lncc", window=5)(f, m).item() == pytest.approx(lncc(f, m, 5).item())
     assert MutualInformation(bins=8)(f, m).item() == pytest.approx(mutual_information(f, m, bins=8).item())

@@ -75,25 +75,26 @@ FIXED = torch.tensor([[[1, 1, 2], [2, 0, 3]], [[0, 0, 0], [0, 0, 0]]])
 MOVED = torch.tensor([[[1, 2, 2], [2, 0, 0]], [[0, 4, 0], [0, 0, 0]]])
 
 
-def test_dice_hand_computed():
+def test_dice_hand_computed(device):
     # label 1: |F|=2 |M|=1 |F∩M|=1 -> 2/3; label 2: |F|=2 |M|=3 |F∩M|=2 -> 4/5;
     # label 3 only in fixed, label 4 only in moving (here moving = moved): skipped; background
     # never scored
-    out = dice(FIXED, MOVED, MOVED)
+    out = dice(FIXED.to(device), MOVED.to(device), MOVED.to(device))
     assert isinstance(out, LabelScores)
     assert out.per_label == pytest.approx({1: 2 / 3, 2: 4 / 5})
     assert out.mean == pytest.approx((2 / 3 + 4 / 5) / 2)
     assert out.skipped == (3, 4)
 
 
-def test_dice_subset_and_nan_when_nothing_scorable():
-    out = dice(FIXED, MOVED, MOVED, labels=[3, 2])
+def test_dice_subset_and_nan_when_nothing_scorable(device):
+    fixed, moved = FIXED.to(device), MOVED.to(device)
+    out = dice(fixed, moved, moved, labels=[3, 2])
     assert out.per_label == pytest.approx({2: 0.8}) and out.mean == pytest.approx(0.8)
     assert out.skipped == (3,)
-    none = dice(FIXED, MOVED, MOVED, labels=[3, 7])
+    none = dice(fixed, moved, moved, labels=[3, 7])
     assert none.per_label == {} and math.isnan(none.mean) and none.skipped == (3, 7)
     with pytest.raises(ValueError, match=r"dice\(\) 'labels'.*background"):
-        dice(FIXED, MOVED, MOVED, labels=[0, 1])
+        dice(fixed, moved, moved, labels=[0, 1])
 
 
 def test_dice_accepts_leading_singletons_numpy_and_integral_floats():
@@ -123,12 +124,12 @@ def test_dice_matches_monai_on_labels_present_in_both():
 # ----------------------------------------------------------------------------- HD95
 @pytest.mark.parametrize("axis", [0, 2])
 @pytest.mark.parametrize("method", ["edt", "kdtree"])
-def test_hd95_cubes_offset_anisotropic(axis, method):
+def test_hd95_cubes_offset_anisotropic(axis, method, device):
     # 2x2x2 cubes offset by k voxels along `axis`: directed distances are 4x (k-1)s and
     # 4x k*s, so the 95th percentile (and HD95) is k * spacing[axis], in mm.
     spacing = (2.5, 0.7, 1.3)
     k = 3
-    f = torch.zeros(12, 12, 12, dtype=torch.int64)
+    f = torch.zeros(12, 12, 12, dtype=torch.int64, device=device)
     m = torch.zeros_like(f)
     f[2:4, 5:7, 4:6] = 1
     sl = [slice(2, 4), slice(5, 7), slice(4, 6)]
@@ -141,12 +142,12 @@ def test_hd95_cubes_offset_anisotropic(axis, method):
     assert hd95(f, f, f, spacing, method=method).per_label == {1: 0.0, 2: 0.0}
 
 
-def test_hd95_percentile_interpolation_and_max_of_directed_2d():
+def test_hd95_percentile_interpolation_and_max_of_directed_2d(device):
     # 2-D: fixed label is a row of 20 voxels, moved the first 10 of them. Directed
     # fixed->moved: ten 0s and 1..10 voxels; P95 of 20 values (linear) = 9.05 voxels along
     # axis 1; moved->fixed: all 0. HD95 = max = 9.05 * 1.3 mm. (The percentile of the pooled
     # distances would give a different value.)
-    f = torch.zeros(3, 24, dtype=torch.int64)
+    f = torch.zeros(3, 24, dtype=torch.int64, device=device)
     m = torch.zeros_like(f)
     f[1, 2:22] = 1
     m[1, 2:12] = 1
@@ -177,11 +178,11 @@ def test_hd95_matches_monai(seed, spacing, shifted):
 
 
 @pytest.mark.parametrize("method", ["kdtree", "edt"])
-def test_hd95_crop_is_exact_against_full_image_brute_force(method):
+def test_hd95_crop_is_exact_against_full_image_brute_force(method, device):
     spacing = (1.0, 2.0, 0.6)
     f = smooth_labels((16, 14, 18), 5, seed=3)
     m = smooth_labels((16, 14, 18), 5, seed=4)
-    ours = hd95(f, m, m, spacing, method=method)
+    ours = hd95(f.to(device), m.to(device), m.to(device), spacing, method=method)
     assert len(ours.per_label) >= 3
     for lab, v in ours.per_label.items():
         assert v == pytest.approx(brute_force_hd95(f, m, lab, spacing), abs=1e-9)
@@ -220,15 +221,15 @@ def l2r_scorer_reference(u):
     return np.log(np.clip(det + 3, 1e-9, 1e9)).std()
 
 
-def test_identity_field():
-    u = torch.zeros(1, 3, 10, 11, 12)
+def test_identity_field(device):
+    u = torch.zeros(1, 3, 10, 11, 12, device=device)
     assert folding_pct(u) == 0.0
     assert sdlogj(u) == 0.0
     assert sdlogj_l2r(u) == 0.0
 
 
-def test_uniform_scaling_has_zero_sdlogj_and_mean_log8():
-    u = identity_grid((9, 10, 11), dtype=torch.float64)  # x -> 2x, J = 8
+def test_uniform_scaling_has_zero_sdlogj_and_mean_log8(device):
+    u = identity_grid((9, 10, 11), device, torch.float64)  # x -> 2x, J = 8
     out = jacobian_metrics(u)
     assert out["sdlogj"] == pytest.approx(0.0, abs=1e-12)
     assert out["sdlogj_l2r"] == pytest.approx(0.0, abs=1e-12)
@@ -238,14 +239,14 @@ def test_uniform_scaling_has_zero_sdlogj_and_mean_log8():
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
-def test_folding_pct_of_a_folded_slab(ndim):
+def test_folding_pct_of_a_folded_slab(ndim, device):
     # u_0 = g(x_0) with slope -3 on x_0 in [a, b]: central differences give J = -2 inside and
     # J = 1 - 1.5 = -0.5 at x_0 = a and b, J = 1 elsewhere: folded slab = b - a + 1 slices.
     shape = (20, 9, 7)[:ndim]
     a, b = 6, 11
-    x0 = torch.arange(shape[0], dtype=torch.float64)
+    x0 = torch.arange(shape[0], dtype=torch.float64, device=device)
     g = -3.0 * (x0.clamp(a, b) - a)
-    u = torch.zeros(ndim, *shape, dtype=torch.float64)
+    u = torch.zeros(ndim, *shape, dtype=torch.float64, device=device)
     u[0] = g.view(-1, *([1] * (ndim - 1)))
     expected = 100.0 * (b - a + 1) / shape[0]
     assert folding_pct(u) == pytest.approx(expected)
@@ -255,18 +256,19 @@ def test_folding_pct_of_a_folded_slab(ndim):
     assert sdlogj(u) == pytest.approx(abs(math.log(1e-9)) * math.sqrt(frac * (1 - frac)))
 
 
-def test_sdlogj_and_l2r_match_numpy_definitions():
-    u = smooth_field((18, 20, 16), amplitude=8.0, seed=7, coarse=(6, 6, 6))[0]
-    j = jacobian_determinant(u[None])[0].numpy()
+def test_sdlogj_and_l2r_match_numpy_definitions(device):
+    u_host = smooth_field((18, 20, 16), amplitude=8.0, seed=7, coarse=(6, 6, 6))[0]
+    u = u_host.to(device)
+    j = jacobian_determinant(u[None])[0].cpu().numpy()
     # the field folds, even below J = -3, so both clips are exercised
     assert (j <= 0).any() and (j[2:-2, 2:-2, 2:-2] < -3).any()
     # sdlogj: numpy.gradient Jacobian, std of log(clip(J)) over the whole field
-    grads = np.stack([np.stack(np.gradient(c), 0) for c in u.numpy()], 0) + np.eye(3).reshape(3, 3, 1, 1, 1)
+    grads = np.stack([np.stack(np.gradient(c), 0) for c in u_host.numpy()], 0) + np.eye(3).reshape(3, 3, 1, 1, 1)
     det = np.linalg.det(np.moveaxis(grads.reshape(3, 3, -1), -1, 0))
     assert sdlogj(u) == pytest.approx(np.log(np.clip(det, 1e-9, 1e9)).std(), rel=1e-10)
     assert folding_pct(u) == pytest.approx(100.0 * (det <= 0).mean())
     # sdlogj_l2r: the official scorer's definition with its [2:-2] crop
-    assert sdlogj_l2r(u) == pytest.approx(l2r_scorer_reference(u.numpy()), rel=1e-10)
+    assert sdlogj_l2r(u) == pytest.approx(l2r_scorer_reference(u_host.numpy()), rel=1e-10)
     assert sdlogj_l2r(u, crop=0) == pytest.approx(np.log(np.clip(det + 3, 1e-9, 1e9)).std(), rel=1e-10)
     jm = jacobian_metrics(u)
     assert jm["sdlogj"] == sdlogj(u) and jm["sdlogj_l2r"] == sdlogj_l2r(u)
@@ -284,10 +286,10 @@ def test_jacobian_input_checks():
 
 
 # ----------------------------------------------------------------------------- evaluate_pair
-def test_evaluate_pair_is_the_individual_metrics():
-    f = smooth_labels((16, 18, 14), 5, seed=9)
-    m = smooth_labels((16, 18, 14), 5, seed=10)
-    u = smooth_field((16, 18, 14), amplitude=2.0, seed=11, dtype=torch.float32)
+def test_evaluate_pair_is_the_individual_metrics(device):
+    f = smooth_labels((16, 18, 14), 5, seed=9).to(device)
+    m = smooth_labels((16, 18, 14), 5, seed=10).to(device)
+    u = smooth_field((16, 18, 14), amplitude=2.0, seed=11, dtype=torch.float32).to(device)
     sp = (1.0, 1.2, 0.9)
     out = evaluate_pair(f[None, None], m[None, None], m[None, None], u, torch.tensor(sp)[None])
     keys = {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "dice_per_label", "hd95_per_label",
@@ -308,8 +310,8 @@ def test_evaluate_pair_is_the_individual_metrics():
     assert set(sub["dice_per_label"]) <= {1, 3} and math.isnan(sub["hd95"])
 
 
-def test_evaluate_pair_without_labels_or_field():
-    u = identity_grid((8, 9, 10), dtype=torch.float64)[None]
+def test_evaluate_pair_without_labels_or_field(device):
+    u = identity_grid((8, 9, 10), device, torch.float64)[None]
     out = evaluate_pair(None, None, None, u, None)
     assert math.isnan(out["dice"]) and math.isnan(out["hd95"]) and out["dice_per_label"] == {}
     assert out["sdlogj"] == pytest.approx(0.0, abs=1e-12) and out["folding_pct"] == 0.0

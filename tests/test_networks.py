@@ -27,28 +27,28 @@ LR = {"voxelmorph": 3e-3, "lkunet": 3e-4, "transmorph": 3e-3}  # LKU-Net (2 M pa
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: one intra-op thread
 
 
-def _blob_batch(shape=(32, 32, 32), shift=2):
+def _blob_batch(shape=(32, 32, 32), shift=2, device="cpu"):
     fixed, _, moving, _ = make_blob_pair(shape=shape, shift=shift)
-    return {"fixed": torch.from_numpy(fixed)[None, None], "moving": torch.from_numpy(moving)[None, None]}
+    return {"fixed": torch.from_numpy(fixed)[None, None].to(device), "moving": torch.from_numpy(moving)[None, None].to(device)}
 
 
 @pytest.mark.parametrize("ndim", [2, 3])
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_output_is_one_float32_channel_per_axis_near_identity(name, ndim):
+def test_output_is_one_float32_channel_per_axis_near_identity(name, ndim, device):
     torch.manual_seed(0)
-    net = NETS[name](ndim)
-    x = torch.rand(2, 1, *SHAPES[ndim])
+    net = NETS[name](ndim).to(device)
+    x = torch.rand(2, 1, *SHAPES[ndim]).to(device)
     out = net(x, x.flip(2))
-    assert out.shape == (2, ndim, *SHAPES[ndim])
+    assert out.shape == (2, ndim, *SHAPES[ndim]) and out.device == device
     assert out.dtype == torch.float32 and out.is_contiguous()
     assert torch.isfinite(out).all() and out.abs().max() < 0.05  # small-initialised final conv
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_a_few_training_steps_reduce_the_loss_on_a_shifted_blob_pair(name):
+def test_a_few_training_steps_reduce_the_loss_on_a_shifted_blob_pair(name, device):
     torch.manual_seed(0)
-    batch = _blob_batch()
-    module = RegistrationModule(net=NETS[name](3), loss={"sim": "mse", "reg_weight": 0.01})
+    batch = _blob_batch(device=device)
+    module = RegistrationModule(net=NETS[name](3), loss={"sim": "mse", "reg_weight": 0.01}).to(device)
     opt = torch.optim.Adam(module.parameters(), lr=LR[name])
     losses = []
     for _ in range(12):
@@ -61,18 +61,18 @@ def test_a_few_training_steps_reduce_the_loss_on_a_shifted_blob_pair(name):
 
 
 @pytest.mark.parametrize("name", sorted(NETS))
-def test_state_dict_round_trip_gives_identical_outputs(name, tmp_path):
+def test_state_dict_round_trip_gives_identical_outputs(name, tmp_path, device):
     torch.manual_seed(0)
-    module = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4)
+    module = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4).to(device)
     with torch.no_grad():  # leave the near-zero init so the comparison means something
         for p in module.parameters():
             p.add_(0.01 * torch.randn_like(p))
     torch.save(module.state_dict(), tmp_path / "net.pt")
     torch.manual_seed(1)
-    restored = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4)
+    restored = RegistrationModule(net=NETS[name](3), field="velocity", integration_steps=4).to(device)
     restored.load_state_dict(torch.load(tmp_path / "net.pt", weights_only=True))
     module.eval(), restored.eval()
-    batch = _blob_batch()
+    batch = _blob_batch(device=device)
     with torch.no_grad():
         u0, u1 = module.register(batch), restored.register(batch)
     assert u0.abs().max() > 1e-3
@@ -120,10 +120,10 @@ def test_network_and_image_dimensions_that_differ_are_one_error_naming_the_key(n
 
 # ------------------------------------------------------------------------------- fast paths
 @pytest.mark.parametrize("ndim,shape", [(2, (5, 7)), (3, (4, 5, 6))])
-def test_upsample_conv_equals_conv_of_nearest_upsampled_input(ndim, shape):
+def test_upsample_conv_equals_conv_of_nearest_upsampled_input(ndim, shape, device):
     torch.manual_seed(0)
-    x = torch.randn(2, 3, *shape, dtype=torch.float64, requires_grad=True)
-    w = torch.randn(4, 3, *([3] * ndim), dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 3, *shape, dtype=torch.float64).to(device).requires_grad_(True)
+    w = torch.randn(4, 3, *([3] * ndim), dtype=torch.float64).to(device).requires_grad_(True)
     conv = F.conv3d if ndim == 3 else F.conv2d
     ref = conv(F.interpolate(x, scale_factor=2, mode="nearest"), w, padding=1)
     assert torch.allclose(upsample_conv(x, w), ref, atol=1e-12)
@@ -138,12 +138,13 @@ def test_upsample_conv_equals_conv_of_nearest_upsampled_input(ndim, shape):
 
 @pytest.mark.parametrize("variant", ["vxm1", "vxm2"])
 @pytest.mark.parametrize("ndim,shape", [(2, (32, 48)), (3, (16, 32, 16))])
-def test_voxelmorph_fast_forward_equals_layer_by_layer_network(variant, ndim, shape):
+def test_voxelmorph_fast_forward_equals_layer_by_layer_network(variant, ndim, shape, device):
     torch.manual_seed(0)
     net = VoxelMorphUNet(ndim=ndim, variant=variant).double()
     with torch.no_grad():
         net.flow.weight.normal_(std=0.1)
-    a, b = torch.rand(2, 2, 1, *shape, dtype=torch.float64)
+    net.to(device)
+    a, b = torch.rand(2, 2, 1, *shape, dtype=torch.float64).to(device)
     fast, ref = net(a, b), net.forward_reference(a, b)
     assert torch.allclose(fast, ref, atol=1e-10)
     g_fast = torch.autograd.grad(fast.square().sum(), list(net.parameters()))
@@ -164,11 +165,44 @@ def test_conv_nd_padding_channels_for_onednn_gives_the_same_convolution():
 
 
 @pytest.mark.parametrize("ndim,kernel", [(2, 7), (3, 5)])
-def test_lk_block_runs_as_one_convolution_with_the_same_result(ndim, kernel):
+def test_lk_block_runs_as_one_convolution_with_the_same_result(ndim, kernel, device):
     torch.manual_seed(0)
-    block = LKBlock(ndim, 4, kernel).double()
-    x = torch.randn(2, 4, *([9] * ndim), dtype=torch.float64)
+    block = LKBlock(ndim, 4, kernel).double().to(device)
+    x = torch.randn(2, 4, *([9] * ndim), dtype=torch.float64).to(device)
     assert torch.allclose(block(x), block.forward_reference(x), atol=1e-12)
+
+
+def test_cpu_channel_padding_of_conv_nd_never_runs_off_the_cpu(monkeypatch):
+    """conv_nd's extra zero channel is a oneDNN (CPU) fast path; on another device (a fake one:
+    meta tensors) the plain convolution runs with the weight as given."""
+    from models.networks import blocks
+
+    seen = []
+    real = F.conv3d
+    monkeypatch.setattr(blocks.F, "conv3d", lambda x, w, *a, **k: seen.append(w.shape[1]) or real(x, w, *a, **k))
+    x, w = torch.randn(1, 8, 48, 48, 4), torch.randn(5, 8, 3, 3, 3)
+    conv_nd(x, w, None, padding=1)
+    conv_nd(x.to("meta"), w.to("meta"), None, padding=1)
+    assert seen == [9, 8]  # padded to 9 channels on the CPU only
+
+
+NETWORK_STEPS = {**NETS, "lapirn": lambda ndim: LapIRN(ndim)}
+
+
+@pytest.mark.parametrize("name", sorted(NETWORK_STEPS))
+@pytest.mark.parametrize("field,downsize", [("displacement", 1), ("velocity", 2)])
+def test_a_training_step_reads_nothing_on_the_host(name, field, downsize):
+    """A training step without labels (forward, LNCC, regulariser, backward) on meta tensors:
+    a tensor made on the CPU inside a network or the loss, or a value read on the host, raises,
+    as it would cost a copy or a wait on a GPU. (A Dice loss reads the label ids once a step:
+    :func:`losses.compact_labels` sizes its channels from them.)"""
+    module = RegistrationModule(net=NETWORK_STEPS[name](3), field=field, downsize=downsize,
+                                loss={"sim": "lncc", "reg": "diffusion"}).to("meta")
+    batch = {"fixed": torch.zeros(1, 1, 32, 32, 32, device="meta"), "moving": torch.zeros(1, 1, 32, 32, 32, device="meta")}
+    parts = module.compute_loss(batch)
+    parts["loss"].backward()
+    assert all(v.device.type == "meta" for v in parts.values())
+    assert all(p.grad.device.type == "meta" for p in module.parameters() if p.grad is not None)
 
 
 def test_parameter_counts():

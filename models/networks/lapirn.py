@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from models.networks.blocks import ConvAct, apply_conv, check_divisible, check_net_args, checkpointed, concat_skip, \
     conv_class, feature_format, flow_conv, up_conv
-from spatial import compose, integrate, resize_field, warp
+from spatial import as_float32, compose, float32_region, integrate, resize_field, warp
 
 __all__ = ["LapIRN", "LAPIRN_FIELDS"]
 
@@ -217,20 +217,24 @@ class LapIRN(nn.Module):
         for k in range(n):
             grid = self.level_shape(shape, k)
             m, f = resample_image(moving, grid), resample_image(fixed, grid)
-            if total is None:
-                prev = m.new_zeros(m.shape[0], self.ndim, *grid)
-            else:
-                prev = resize_field(total, grid)
-                m = warp(m, self.to_displacement(prev))
+            with float32_region(moving):  # fields between levels: float32 under mixed precision too
+                if total is None:
+                    prev = m.new_zeros(m.shape[0], self.ndim, *grid)
+                else:
+                    prev = resize_field(total, grid)
+                    m = warp(m, self.to_displacement(prev))
             x = torch.cat([m, f, prev.to(m.dtype)], dim=1).contiguous(memory_format=fmt)
             r, feat = checkpointed(self, self.level_nets[k], x, feat if self.feature_passing else None)
-            if total is None:
-                total = r
-            elif self.field == "velocity":
-                total = prev + r
-            else:
-                total = compose(prev, r)
+            r = as_float32(r)  # a bfloat16 level output (autocast) joins the float32 total
+            with float32_region(r):
+                if total is None:
+                    total = r
+                elif self.field == "velocity":
+                    total = prev + r
+                else:
+                    total = compose(prev, r)
         assert total is not None
         if upsample and tuple(total.shape[2:]) != shape:
-            total = resize_field(total, shape)
+            with float32_region(total):
+                total = resize_field(total, shape)
         return total

@@ -1,0 +1,816 @@
+"""The prepared device check: what users run on a GPU, measured in one go (<= 8 minutes), one report.
+
+The device machine has Python 3.12 with torch, lightning, numpy, scipy and pytest, but none of
+nibabel, nilearn, monai, torchio, hydra-core, omegaconf or wandb, and no network. So the check
+runs in two steps:
+
+1. Here (the project's environment), once: compose the recipes with Hydra and draw the MNI-derived
+   subjects with nilearn's template, into the git-ignored folder ``.bench_gpu/`` (about 12 MB, 35 s:
+   images quantised to 8 bits, labels as uint8, compressed; optional wheels under ``wheels/``)::
+
+       bash experiments/bench_gpu.sh prepare          # = python -m experiments.bench_gpu --prepare
+
+2. On the device (the device tool's ``run``; the folder travels by ``carry``)::
+
+       run(command="bash experiments/bench_gpu.sh run", carry=[".bench_gpu"], timeout_s=540)
+
+   then read ``bench_gpu.md`` (tables), ``bench_gpu.json`` (every number) and ``pytest.log``
+   from ``files_at``. ``bench_gpu.sh run`` is ``python -m experiments.bench_gpu --out $OUT``
+   (after installing any wheels carried in ``.bench_gpu/wheels``).
+
+On a CPU with tiny sizes (what ``tests/test_bench_gpu.py`` runs, so it cannot rot)::
+
+    python -m experiments.bench_gpu --prepare --quick --data /tmp/bench_data
+    python -m experiments.bench_gpu --data /tmp/bench_data --out /tmp/bench --device cpu --quick
+
+Nothing on the run path imports nibabel, nilearn, monai, hydra, omegaconf, wandb, torchio or
+SimpleITK at import time (the test runs it with those imports blocked); TransMorph needs monai
+when built (carry its wheel: ``bash experiments/bench_gpu.sh wheels``, 1.7 MB), FireANTs needs
+SimpleITK (a 52 MB wheel: not carried, reported as not importable).
+
+The report's sections (each a result, ``{"skipped": why}`` or ``{"error": one line}``; the report
+is rewritten after every section, so a run stopped by its time limit still leaves what it measured):
+
+* ``environment``: Python, torch, CUDA, the GPU, package versions, TF32 flags.
+* ``tests``: the CUDA half of the device-parametrised suite (``pytest -k cuda`` over
+  tests/test_spatial.py, test_losses.py, test_metrics.py, test_classical.py, test_networks.py,
+  test_precision.py); tests that need Hydra or the MNI template skip there.
+* ``classical``: greedy, greedy_fast and SyN (configs/model/*.yaml) on a 160x192x224 MNI-derived
+  pair at 1 mm (subjects 0 and 1, ``configs/data/mni.yaml`` knobs): seconds of the registration
+  after a warm-up (median of ``--repeats``), peak GPU memory (allocated by PyTorch, total and
+  above the inputs), Dice / HD95 / SDlogJ / folding through the one metric path; FireANTs on the
+  same pair if importable.
+* ``training_steps``: one training step (forward + loss + backward + Adam step, batch 1) of every
+  network of the OASIS recipes (``experiment=oasis_unsup_<net>``: LNCC + diffusion) on that pair,
+  in float32 and bf16 autocast (what ``trainer.precision=bf16-mixed`` does): median seconds after
+  a warm-up step and peak GPU memory.
+* ``mni_training``: ``experiment=mni_sup_voxelmorph`` and ``mni_unsup_voxelmorph`` trained for
+  ``--mni-steps`` steps (default 1000, half the recipe's 20 x 100) by Lightning on the recipe's
+  subjects (2 mm), the supervised one also in ``bf16-mixed``, and greedy (``experiment=mni_greedy``)
+  on the same test pairs: test Dice etc. (Paper finding 3: does supervision beat greedy in 3-D?)
+* ``cpu_reference``: the VoxelMorph step of ``training_steps`` on the host CPU with 2 threads
+  (the goal's "2 CPU cores"; the device host's cores).
+* ``goals``: the issue's goals where measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import functools
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+import numpy as np
+import torch
+
+# the paper's networks as the OASIS recipes train them (configs/experiment/oasis_unsup_*.yaml)
+NETWORK_EXPERIMENTS = {
+    "voxelmorph": "oasis_unsup_voxelmorph",
+    "lkunet": "oasis_unsup_lkunet",
+    "transmorph": "oasis_unsup_transmorph",
+    "lapirn": "oasis_unsup_lapirn",
+    "symnet": "oasis_unsup_symnet",
+}
+MNI_EXPERIMENTS = {"supervised": "mni_sup_voxelmorph", "unsupervised": "mni_unsup_voxelmorph"}
+CLASSICAL_MODELS = ("greedy", "greedy_fast", "syn")
+SHAPE = (160, 192, 224)  # the OASIS grid (neurite layout), 1 mm
+TEST_FILES = ("tests/test_spatial.py", "tests/test_losses.py", "tests/test_metrics.py", "tests/test_classical.py",
+              "tests/test_networks.py", "tests/test_precision.py")
+DATA_DIR = ROOT / ".bench_gpu"  # git-ignored; what `run`'s carry takes along
+DATA_FILES = ("recipes.json", "pair.npz", "subjects.npz")
+QUICK = {"pair": ((32, 32, 32), 2), "subjects": {"shape": [32, 32, 32], "n_train": 2, "n_val": 0, "n_test": 2}}
+REPORT = ("bench_gpu.json", "bench_gpu.md")
+SECTIONS = ("tests", "classical", "training_steps", "mni_training", "cpu_reference")
+# keys of a model node that belong to the LightningModule, not to the optimiser's settings
+_MODULE_KEYS = ("_target_", "_recursive_", "method", "init_from", "label_interp", "hd95")
+
+
+# ------------------------------------------------------------------------------------- prepare (here)
+def _quantise(image: torch.Tensor) -> np.ndarray:
+    """``[0, 1]`` float image -> uint8 (``round(255 x)``; read back as ``x / 255``, error <= 0.002)."""
+    return np.clip(np.rint(image.numpy() * 255.0), 0, 255).astype(np.uint8)
+
+
+def _subject_arrays(subjects, indices: list[int]) -> dict[str, np.ndarray]:
+    images, labels = [], []
+    for k in indices:
+        item = subjects[k]
+        images.append(_quantise(item["image"][0]))
+        label = item["label"][0].numpy()
+        if label.min() < 0 or label.max() > 255:
+            raise ValueError(f"bench_gpu prepare: subject {k} has labels outside 0..255")
+        labels.append(label.astype(np.uint8))
+    return {"images": np.stack(images), "labels": np.stack(labels), "indices": np.asarray(indices, np.int64),
+            "spacing": np.asarray(subjects.spacing, np.float64), "affine": np.asarray(subjects.affine, np.float64),
+            "label_names": np.asarray(json.dumps({int(k): v for k, v in subjects.label_names.items()}))}
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from data.files import atomic_write_with
+
+    def write(tmp) -> None:
+        with open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+
+    atomic_write_with(path, write)
+
+
+def prepare(folder: str | Path, quick: bool = False) -> dict:
+    """Compose the configs (Hydra) into plain nodes and draw the MNI-derived subjects (nilearn's
+    template) into ``folder``: ``recipes.json``, ``pair.npz`` (subjects 0 and 1 on 160x192x224 at
+    1 mm; ``quick``: 32^3 at 2 mm) and ``subjects.npz`` (the MNI recipe's training and test
+    subjects at 2 mm; ``quick``: 2 + 2 on 32^3). Runs here, where Hydra and nilearn are installed."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from data.mni import MNIKnobs, MNISubjects
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def node(cfg, key):
+        return OmegaConf.to_container(cfg[key], resolve=True)
+
+    recipes: dict[str, Any] = {"networks": {}, "mni": {}, "classical": {}, "quick": bool(quick)}
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        for name, experiment in NETWORK_EXPERIMENTS.items():
+            cfg = compose("train", [f"experiment={experiment}"])
+            recipes["networks"][name] = {"experiment": experiment, "model": node(cfg, "model")}
+        for name, experiment in MNI_EXPERIMENTS.items():
+            cfg = compose("train", [f"experiment={experiment}"])
+            recipes["mni"][name] = {"experiment": experiment, "model": node(cfg, "model"), "data": node(cfg, "data"),
+                                    "seed": int(cfg.seed), "max_epochs": int(cfg.trainer.max_epochs)}
+        for name in CLASSICAL_MODELS:
+            cfg = compose("eval", [f"model={name}"])
+            recipes["classical"][name] = node(cfg, "model")
+    data = dict(recipes["mni"]["supervised"]["data"])
+    if quick:
+        data.update(QUICK["subjects"])
+    if recipes["mni"]["unsupervised"]["data"] != recipes["mni"]["supervised"]["data"]:
+        raise ValueError("bench_gpu prepare: mni_sup_voxelmorph and mni_unsup_voxelmorph use different data")
+    knob_names = {f.name for f in dataclasses.fields(MNIKnobs)}
+    knobs = {k: v for k, v in data.items() if k in knob_names}
+    seed = int(data["seed"])
+    # the 1 mm pair (or the quick one)
+    shape, resolution = QUICK["pair"] if quick else (SHAPE, 1)
+    pair_subjects = MNISubjects(MNIKnobs(**{**knobs, "resolution": resolution, "shape": list(shape)}), seed=seed,
+                                cache=False)
+    _save_npz(folder / "pair.npz", _subject_arrays(pair_subjects, [0, 1]))
+    # the MNI recipe's training and test subjects (validation is not run: no validation subjects)
+    subjects = MNISubjects(MNIKnobs(**knobs), seed=seed, cache=False)
+    n_train, n_val, n_test = int(data["n_train"]), int(data["n_val"]), int(data["n_test"])
+    indices = [*range(n_train), *range(n_train + n_val, n_train + n_val + n_test)]
+    _save_npz(folder / "subjects.npz", _subject_arrays(subjects, indices))
+    recipes["mni_data"] = data
+    from data.files import atomic_write_text
+
+    atomic_write_text(folder / "recipes.json", json.dumps(recipes, indent=1, sort_keys=True) + "\n")
+    return recipes
+
+
+# ------------------------------------------------------------------------------------- stored data (device)
+class StoredSubjects:
+    """Subjects drawn by :func:`prepare` (``subjects.npz``/``pair.npz``), served like
+    :class:`data.mni.MNISubjects` (``subjects[k]``: ``{"image": float32 (1, *S), "label": int64
+    (1, *S), "id"}``; ``spacing``, ``affine``, ``shape``, ``label_names``) without nibabel or the
+    template. Asking for a subject that was not stored is an error naming it and the file."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with np.load(self.path) as z:
+            self._images, self._labels = z["images"], z["labels"]
+            self._row = {int(k): i for i, k in enumerate(z["indices"])}
+            self.spacing = tuple(float(x) for x in z["spacing"])
+            self.affine = z["affine"]
+            self.label_names = {int(k): v for k, v in json.loads(str(z["label_names"])).items()}
+        self.shape = tuple(int(n) for n in self._images.shape[1:])
+
+    @staticmethod
+    def subject_id(k: int) -> str:
+        return f"mni_{int(k):04d}"
+
+    def __getitem__(self, k: int) -> dict:
+        row = self._row.get(int(k))
+        if row is None:
+            raise KeyError(f"{self.path}: subject {k} was not prepared (stored: {sorted(self._row)})")
+        image = torch.from_numpy(self._images[row].astype(np.float32) / 255.0)[None]
+        return {"image": image, "label": torch.from_numpy(self._labels[row].astype(np.int64))[None],
+                "id": self.subject_id(k)}
+
+    def prepare(self) -> None:
+        """Nothing to load (the arrays are in memory)."""
+
+    def __repr__(self) -> str:
+        return f"StoredSubjects({self.path.name}, shape={self.shape}, stored={sorted(self._row)})"
+
+
+def stored_datamodule(subjects: StoredSubjects, data: dict):
+    """The MNI recipe's DataModule (:class:`data.generated.GeneratedDataModule`: the same splits,
+    pair sampler and batches as :class:`data.MNIDataModule`) over the stored subjects."""
+    from data.generated import GeneratedDataModule
+
+    class StoredMNIDataModule(GeneratedDataModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self._setup_splits(subjects, int(data["n_train"]), int(data["n_val"]), int(data["n_test"]),
+                               int(data["pairs_per_epoch"]), int(data["seed"]), 1, 0, True,
+                               data.get("val_pairs", "consecutive"), data.get("test_pairs", "consecutive"))
+
+    return StoredMNIDataModule()
+
+
+def instantiate(node: dict, **overrides: Any) -> Any:
+    """Build a config node by its ``_target_`` with its keys as arguments (Hydra's
+    ``_recursive_: false``: nested specs are passed as plain dicts, the model builds them)."""
+    node = {**node, **overrides}
+    module, _, name = str(node.pop("_target_")).rpartition(".")
+    for key in ("_recursive_", "_partial_"):
+        node.pop(key, None)
+    return getattr(importlib.import_module(module), name)(**node)
+
+
+def merged(node: dict, changes: dict) -> dict:
+    """``node`` with ``changes`` applied recursively (nested dicts merged, other values replaced)."""
+    out = dict(node)
+    for key, value in changes.items():
+        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+# ------------------------------------------------------------------------------------- helpers
+class Budget:
+    """Wall-clock budget of the whole check; sections skip what no longer fits."""
+
+    def __init__(self, seconds: float) -> None:
+        self.end = time.monotonic() + float(seconds)
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def allows(self, seconds: float) -> bool:
+        return self.left() >= seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    _sync(device)
+    start = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return out, time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _peak_memory(device: torch.device, out: dict):
+    """``out["peak_mb"]``: the largest memory PyTorch held on the GPU inside the block;
+    ``out["peak_above_start_mb"]``: the same above what it held on entry (inputs, weights)."""
+    if device.type != "cuda":
+        yield
+        return
+    _sync(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    start = torch.cuda.memory_allocated(device)
+    yield
+    _sync(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    out["peak_mb"] = round(peak / 2**20, 1)
+    out["peak_above_start_mb"] = round((peak - start) / 2**20, 1)
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _error(exc: BaseException) -> dict:
+    """One line naming the exception (the traceback goes to stderr, i.e. the run's log)."""
+    traceback.print_exc(file=sys.stderr)
+    text = " ".join(str(exc).split())
+    return {"error": f"{type(exc).__name__}: {text[:300]}"}
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 4)
+
+
+def _pair_metrics(fixed_lab, moving_lab, u, spacing) -> dict:
+    """The one metric path (:func:`metrics.evaluate_pair`), labels warped nearest-neighbour."""
+    from metrics import evaluate_pair
+    from spatial import warp
+
+    u = u.float()
+    res = evaluate_pair(fixed_lab[0], moving_lab[0], warp(moving_lab.to(u.device), u, mode="nearest")[0].cpu(),
+                        u.cpu(), spacing)
+    return {k: round(float(res[k]), 4) for k in ("dice", "hd95", "sdlogj", "folding_pct")}
+
+
+# ------------------------------------------------------------------------------------- sections
+def environment(device: torch.device) -> dict:
+    info: dict[str, Any] = {
+        "python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+        "cuda": torch.version.cuda, "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(),
+    }
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        info.update(gpu=props.name, gpu_memory_gb=round(props.total_memory / 2**30, 1),
+                    capability=".".join(map(str, torch.cuda.get_device_capability(device))),
+                    tf32_matmul=torch.backends.cuda.matmul.allow_tf32, tf32_cudnn=torch.backends.cudnn.allow_tf32,
+                    cudnn_benchmark=torch.backends.cudnn.benchmark)
+    for name in ("lightning", "numpy", "scipy", "nibabel", "nilearn", "monai", "fireants", "SimpleITK"):
+        try:
+            info[name] = getattr(importlib.import_module(name), "__version__", "present")
+        except Exception as exc:  # noqa: BLE001 - recorded, not fatal
+            info[name] = f"missing ({type(exc).__name__})"
+    return info
+
+
+def run_tests(select: str, files: list[str], timeout: float, out_dir: Path) -> dict:
+    """``pytest -k <select>`` over ``files`` in a subprocess; its output goes to ``pytest.log``."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfEs", "-p", "no:cacheprovider", "-k", select, *files]
+    log = out_dir / "pytest.log"
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        text, code = proc.stdout + proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        text = (exc.stdout or b"").decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        text, code = text + f"\n[stopped after {timeout:.0f} s]\n", None
+    log.write_text(text)
+    last = [line for line in text.strip().splitlines() if line.strip()]
+    failed = [line.split(" ", 1)[1].split(" - ")[0] for line in last if line.startswith(("FAILED ", "ERROR "))]
+    return {"command": " ".join(cmd[1:]), "exit_code": code, "summary": last[-1] if last else "",
+            "failed": failed[:50], "seconds": round(time.perf_counter() - start, 1)}
+
+
+def mni_pair(path: Path) -> dict:
+    """Subjects 0 and 1 of ``pair.npz`` (:func:`prepare`) as a batch of one pair (CPU tensors)."""
+    from metrics import dice
+
+    subjects = StoredSubjects(path)
+    a, b = subjects[0], subjects[1]
+    pair = {"fixed": a["image"][None], "moving": b["image"][None], "fixed_label": a["label"][None],
+            "moving_label": b["label"][None], "spacing": subjects.spacing}
+    pair["info"] = {"shape": list(subjects.shape), "spacing_mm": list(subjects.spacing), "subjects": [0, 1],
+                    "images": "8-bit quantised", "dice_before": round(dice(a["label"], b["label"], b["label"]).mean, 4)}
+    return pair
+
+
+def classical(recipes: dict, pair: dict, device: torch.device, args, budget: Budget) -> dict:
+    from classical import register
+
+    fixed, moving = pair["fixed"].to(device), pair["moving"].to(device)
+    out: dict[str, Any] = {}
+    for name in CLASSICAL_MODELS:
+        node = recipes["classical"][name]
+        if args.classical_iterations:
+            node = {**node, "iterations": args.classical_iterations[: len(node["iterations"])]}
+        if not budget.allows(30 if device.type == "cuda" else 5):
+            out[name] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+            continue
+        try:
+            cfg = instantiate(node).config
+            warm = dataclasses.replace(cfg, iterations=[min(i, 5) for i in cfg.iterations])
+            register(fixed, moving, warm)  # kernels, allocator, cuDNN: not part of the timing
+            row: dict[str, Any] = {"iterations": list(cfg.iterations)}
+            times, res = [], None
+            for _ in range(args.repeats):
+                with _peak_memory(device, row):
+                    res, seconds = _timed(lambda: register(fixed, moving, cfg), device)
+                times.append(seconds)
+            row.update(seconds=_median(times), seconds_all=[round(t, 4) for t in times],
+                       iterations_run=[len(t) for t in res.losses[cfg.name]],
+                       **_pair_metrics(pair["fixed_label"], pair["moving_label"], res.displacement, pair["spacing"]))
+            out[name] = row
+        except Exception as exc:  # noqa: BLE001 - one method failing does not stop the check
+            out[name] = _error(exc)
+        _free(device)
+    out["fireants"] = fireants(pair, device, args, budget)
+    return out
+
+
+def fireants(pair: dict, device: torch.device, args, budget: Budget) -> dict:
+    """FireANTs' greedy registration with the paper's settings (experiments.bench_classical) if importable."""
+    try:
+        from experiments.bench_classical import _fireants
+
+        run = _fireants(device.type)
+    except ImportError as exc:
+        return {"skipped": f"not importable ({exc}); it needs SimpleITK, a 52.6 MB wheel that does not fit "
+                           "the 64 MiB a device call carries together with the rest"}
+    if device.type != "cuda" or args.quick:  # its CPU run at 1 mm takes many minutes: bench_classical times it
+        return {"skipped": "--quick" if args.quick else "timed on a GPU only (CPU: experiments.bench_classical)"}
+    if not budget.allows(60):
+        return {"skipped": f"time budget ({budget.left():.0f} s left)"}
+    try:
+        fixed, moving = pair["fixed"], pair["moving"]
+        batch = {"spacing": torch.tensor([pair["spacing"]])}
+        run(fixed, moving, batch)  # warm-up
+        row: dict[str, Any] = {}
+        with _peak_memory(device, row):
+            u, seconds = _timed(lambda: run(fixed, moving, batch), device)
+        row.update(seconds=round(seconds, 4),
+                   **_pair_metrics(pair["fixed_label"], pair["moving_label"], u, pair["spacing"]))
+        return row
+    except Exception as exc:  # noqa: BLE001
+        return _error(exc)
+
+
+def _module(node: dict, device: torch.device, quick: bool):
+    """A network's RegistrationModule from its recipe (``--quick``: the tiny members, so a CPU runs it)."""
+    if quick:
+        net = node["model"]["net"]
+        small = {"TransMorph": {"size": "tiny", "window_size": [2, 2, 2]}, "LapIRN": {"channels": 4},
+                 "LKUNet": {"start_channels": 4}, "VoxelMorphUNet": {"variant": "vxm1"}}
+        for target, change in small.items():
+            if str(net.get("_target_", "")).endswith(target) or str(net.get("backbone", {}).get("_target_", "")).endswith(target):
+                node = merged(node, {"model": {"net": change}})
+    return instantiate(node["model"], vis_every_n_epochs=0).to(device)
+
+
+def _step_fn(module, batch: dict, precision: str, device: torch.device) -> Callable[[], float]:
+    """One training step as Lightning runs it: the loss under autocast (bf16-mixed) or not
+    (32-true), backward and the optimiser step outside it."""
+    configured = module.configure_optimizers()
+    opt = configured["optimizer"] if isinstance(configured, dict) else configured
+    stage = getattr(module, "levels", None)  # LapIRN: the whole pyramid (its last stage)
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+
+    def step() -> float:
+        with autocast():
+            parts = module.compute_loss(batch) if stage is None else module.compute_loss(batch, stage=stage)
+        opt.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        opt.step()
+        return parts["loss"].detach()
+
+    return step
+
+
+def training_steps(recipes: dict, pair: dict, device: torch.device, args, budget: Budget) -> dict:
+    out: dict[str, Any] = {}
+    batch = {"fixed": pair["fixed"].to(device), "moving": pair["moving"].to(device)}
+    for name in args.networks:
+        node = recipes["networks"][name]
+        rows: dict[str, Any] = {"experiment": node["experiment"]}
+        for precision in ("fp32", "bf16"):
+            if not budget.allows(20 if device.type == "cuda" else 2):
+                rows[precision] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+                continue
+            try:
+                torch.manual_seed(0)
+                module = _module(node, device, args.quick)
+                module.train()
+                step = _step_fn(module, batch, precision, device)
+                loss = step()  # warm-up: kernels, cuDNN algorithms, Adam state
+                row: dict[str, Any] = {"params": sum(p.numel() for p in module.parameters())}
+                times = []
+                with _peak_memory(device, row):
+                    for _ in range(args.steps):
+                        loss, seconds = _timed(step, device)
+                        times.append(seconds)
+                row.update(seconds=_median(times), loss=round(float(loss), 5), finite=bool(math.isfinite(float(loss))))
+                rows[precision] = row
+                del module, step
+            except Exception as exc:  # noqa: BLE001
+                rows[precision] = _error(exc)
+            _free(device)
+        fp32, bf16 = rows.get("fp32", {}), rows.get("bf16", {})
+        if "seconds" in fp32 and "seconds" in bf16:
+            rows["bf16_speedup"] = round(fp32["seconds"] / bf16["seconds"], 2)
+        out[name] = rows
+    return out
+
+
+def cpu_reference(recipes: dict, pair: dict, args, budget: Budget) -> dict:
+    """The VoxelMorph step of ``training_steps`` on this host's CPU with 2 threads: one timed
+    step at full size after a warm-up step on a 32^3 crop (threads, allocator; a full-size
+    warm-up would double a step that takes tens of seconds)."""
+    if not budget.allows(150 if not args.quick else 2):
+        return {"skipped": f"time budget ({budget.left():.0f} s left; a full-size step on 2 CPU threads "
+                           "takes tens of seconds)"}
+    threads = torch.get_num_threads()
+    # 2: the goal's cores; --quick keeps the caller's threads (on a shared CPU a second OpenMP
+    # thread that is descheduled stalls every step, tests/conftest.py's one_thread)
+    used = threads if args.quick else 2
+    torch.set_num_threads(used)
+    try:
+        torch.manual_seed(0)
+        cpu = torch.device("cpu")
+        module = _module(recipes["networks"]["voxelmorph"], cpu, args.quick)
+        crop = (slice(None), slice(None), *(slice(0, 32),) * 3)
+        _step_fn(module, {"fixed": pair["fixed"][crop], "moving": pair["moving"][crop]}, "fp32", cpu)()
+        step = _step_fn(module, {"fixed": pair["fixed"], "moving": pair["moving"]}, "fp32", cpu)
+        loss, seconds = _timed(step, cpu)
+        return {"threads": used, "seconds": round(seconds, 3), "shape": list(pair["fixed"].shape[2:]),
+                "finite": bool(math.isfinite(float(loss))), "cpu": platform.processor() or platform.machine()}
+    except Exception as exc:  # noqa: BLE001
+        return _error(exc)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _trainer(device: torch.device, precision: str, max_steps: int, root: str):
+    import lightning as L
+
+    return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
+                     max_steps=max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
+                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                     default_root_dir=root)
+
+
+def _test_metrics(results: list[dict]) -> dict:
+    row = results[0] if results else {}
+    names = {"test/dice": "dice", "test/hd95": "hd95", "test/sdlogj": "sdlogj", "test/folding_pct": "folding_pct",
+             "test/dice_identity": "dice_before"}
+    return {short: round(float(row[key]), 4) for key, short in names.items() if key in row}
+
+
+def mni_training(recipes: dict, device: torch.device, args, budget: Budget) -> dict:
+    import lightning as L
+
+    out: dict[str, Any] = {}
+    sup = recipes["mni"]["supervised"]
+    data_node = dict(recipes["mni_data"])
+    dm = stored_datamodule(StoredSubjects(Path(args.data) / "subjects.npz"), data_node)
+    steps = args.mni_steps or sup["max_epochs"] * int(data_node["pairs_per_epoch"])
+    out["setup"] = {"steps": steps, "recipe_steps": sup["max_epochs"] * int(data_node["pairs_per_epoch"]),
+                    "data": {k: data_node.get(k) for k in ("resolution", "shape", "n_train", "n_test",
+                                                           "pairs_per_epoch", "deformation_scale")}
+                    | {"grid": list(dm.subjects.shape), "images": "8-bit quantised"},
+                    "recipe": {k: sup["model"][k] for k in ("downsize", "loss_grid", "field")} | {
+                        "net": sup["model"]["net"].get("variant"), "lr": sup["model"]["optimizer"]["lr"]}}
+    runs = [("supervised", "32-true"), ("supervised", "bf16-mixed"), ("unsupervised", "32-true")]
+    first_seconds = None
+    with tempfile.TemporaryDirectory() as root:
+        for supervision, precision in runs:
+            key = f"{supervision}_{precision}"
+            need = 1.3 * first_seconds if first_seconds else (60 if device.type == "cuda" else 5)
+            if not budget.allows(need):
+                out[key] = {"skipped": f"time budget ({budget.left():.0f} s left, one run took "
+                                       f"{first_seconds or 0:.0f} s)"}
+                continue
+            try:
+                rec = recipes["mni"][supervision]
+                L.seed_everything(int(rec["seed"]), workers=True, verbose=False)
+                model = instantiate(rec["model"], vis_every_n_epochs=0)
+                trainer = _trainer(device, precision, steps, root)
+                _, fit_seconds = _timed(functools.partial(trainer.fit, model, datamodule=dm), device)
+                test, test_seconds = _timed(functools.partial(trainer.test, model, datamodule=dm, verbose=False),
+                                            device)
+                first_seconds = first_seconds or fit_seconds + test_seconds
+                out[key] = {"experiment": rec["experiment"], "precision": precision, "steps": int(trainer.global_step),
+                            "fit_seconds": round(fit_seconds, 1), "seconds_per_step": round(fit_seconds / max(steps, 1), 4),
+                            **_test_metrics(test)}
+                del model, trainer
+            except Exception as exc:  # noqa: BLE001
+                out[key] = _error(exc)
+            _free(device)
+        if budget.allows(30 if device.type == "cuda" else 2):
+            try:
+                node = recipes["classical"]["greedy"]
+                if args.classical_iterations:
+                    node = {**node, "iterations": args.classical_iterations[: len(node["iterations"])]}
+                greedy = instantiate(node)
+                trainer = _trainer(device, "32-true", 1, root)
+                test, seconds = _timed(lambda: trainer.test(greedy, datamodule=dm, verbose=False), device)
+                out["greedy"] = {"experiment": "mni_greedy", "test_seconds": round(seconds, 1), **_test_metrics(test)}
+            except Exception as exc:  # noqa: BLE001
+                out["greedy"] = _error(exc)
+        else:
+            out["greedy"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
+    return out
+
+
+def goals(report: dict) -> dict:
+    """The issue's goals, each with the measured values, or "not measured"."""
+    out: dict[str, Any] = {}
+    cl = report.get("classical", {})
+    greedy, fire = cl.get("greedy", {}), cl.get("fireants", {})
+    if "seconds" in greedy:
+        row = {"seconds": greedy["seconds"], "dice": greedy["dice"], "met_seconds": greedy["seconds"] <= 0.5}
+        if "peak_mb" in greedy:  # GPU memory (not measured on a CPU)
+            row.update(peak_gb=round(greedy["peak_mb"] / 1024, 3), met_memory=greedy["peak_mb"] / 1024 <= 1.0)
+        else:
+            row["peak_gb"] = "not measured (no GPU)"
+        if "dice" in fire:
+            row.update(fireants_dice=fire["dice"], met_dice=greedy["dice"] >= fire["dice"] - 0.005)
+        else:
+            row["fireants_dice"] = "not measured (FireANTs not run)"
+        out["greedy_0.5s_1GB_fireants_dice"] = row
+    else:
+        out["greedy_0.5s_1GB_fireants_dice"] = "not measured"
+    vxm = report.get("training_steps", {}).get("voxelmorph", {}).get("fp32", {})
+    cpu = report.get("cpu_reference", {})
+    on_gpu = str(report.get("environment", {}).get("device", "")).startswith("cuda")
+    if "seconds" in vxm and "seconds" in cpu and on_gpu and cpu.get("threads") == 2:
+        ratio = cpu["seconds"] / vxm["seconds"]
+        out["voxelmorph_step_20x_2cpu"] = {"gpu_seconds": vxm["seconds"], "cpu2_seconds": cpu["seconds"],
+                                           "speedup": round(ratio, 1), "met": ratio >= 20}
+    else:
+        out["voxelmorph_step_20x_2cpu"] = "not measured" + ("" if on_gpu else " (no GPU)")
+    mni = report.get("mni_training", {})
+    a, b = mni.get("supervised_32-true", {}), mni.get("supervised_bf16-mixed", {})
+    if "dice" in a and "dice" in b:
+        diff = abs(a["dice"] - b["dice"])
+        out["bf16_within_0.005_dice"] = {"fp32": a["dice"], "bf16": b["dice"], "difference": round(diff, 4),
+                                         "met": diff <= 0.005}
+    else:
+        out["bf16_within_0.005_dice"] = "not measured"
+    return out
+
+
+# ------------------------------------------------------------------------------------- report
+def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        if "error" in value:
+            return "error: " + value["error"]
+        if "skipped" in value:
+            return "skipped: " + value["skipped"]
+    if isinstance(value, float):
+        return f"{value:g}"
+    return "—" if value is None else str(value)
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Device check (experiments/bench_gpu.py)", ""]
+    env = report.get("environment", {})
+    lines += [f"{env.get('gpu', env.get('device', '?'))}, torch {env.get('torch')}, CUDA {env.get('cuda')}, "
+              f"Python {env.get('python')}; total {report.get('seconds', '?')} s; arguments `{report.get('arguments')}`", ""]
+    tests = report.get("tests", {})
+    lines += ["## CUDA tests", "", f"`{tests.get('command', '')}`: {_cell(tests.get('summary', tests))}"]
+    if tests.get("failed"):
+        lines += ["", "Failed: " + ", ".join(f"`{t}`" for t in tests["failed"])]
+    cl = report.get("classical", {})
+    info = report.get("pair", {})
+    lines += ["", "## Classical registration", "",
+              f"MNI-derived pair {info.get('subjects')} on {info.get('shape')} at {info.get('spacing_mm')} mm, "
+              f"Dice before {info.get('dice_before')}", "",
+              "| method | seconds | peak MB | above inputs MB | Dice | HD95 | SDlogJ | folding % | iterations run |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in cl.items():
+        if isinstance(row, dict) and ("seconds" in row):
+            lines.append(f"| {name} | {row['seconds']} | {row.get('peak_mb', '—')} | {row.get('peak_above_start_mb', '—')} | "
+                         f"{row['dice']} | {row['hd95']} | {row['sdlogj']} | {row['folding_pct']} | "
+                         f"{row.get('iterations_run', '—')} |")
+        else:
+            lines.append(f"| {name} | {_cell(row)} | | | | | | | |")
+    lines += ["", "## One training step (batch 1, OASIS recipes)", "",
+              "| network | params | fp32 s | fp32 peak MB | bf16 s | bf16 peak MB | bf16 speed-up |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, rows in report.get("training_steps", {}).items():
+        if not isinstance(rows, dict) or "fp32" not in rows:
+            lines.append(f"| {name} | {_cell(rows)} | | | | | |")
+            continue
+        f, b = rows.get("fp32", {}), rows.get("bf16", {})
+        lines.append(f"| {name} | {f.get('params', b.get('params', '—'))} | {f.get('seconds', _cell(f))} | "
+                     f"{f.get('peak_mb', '—')} | {b.get('seconds', _cell(b))} | {b.get('peak_mb', '—')} | "
+                     f"{rows.get('bf16_speedup', '—')} |")
+    cpu = report.get("cpu_reference", {})
+    lines += ["", f"VoxelMorph step on this host's CPU, {cpu.get('threads', '?')} threads: {cpu.get('seconds', _cell(cpu))} s"]
+    mni = report.get("mni_training", {})
+    setup = mni.get("setup", {})
+    lines += ["", "## Short MNI training (finding 3 in 3-D?)", "",
+              f"{setup.get('steps')} steps, data {setup.get('data')}, recipe {setup.get('recipe')}", "",
+              "| run | seconds | s / step | Dice | Dice before | HD95 | SDlogJ | folding % |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, row in mni.items():
+        if name == "setup":
+            continue
+        if isinstance(row, dict) and "dice" in row:
+            lines.append(f"| {name} | {row.get('fit_seconds', row.get('test_seconds'))} | {row.get('seconds_per_step', '—')} | "
+                         f"{row['dice']} | {row.get('dice_before', '—')} | {row.get('hd95', '—')} | "
+                         f"{row.get('sdlogj', '—')} | {row.get('folding_pct', '—')} |")
+        else:
+            lines.append(f"| {name} | {_cell(row)} | | | | | | |")
+    lines += ["", "## Goals", ""]
+    for name, value in report.get("goals", {}).items():
+        lines.append(f"- {name}: {json.dumps(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict, out_dir: Path) -> None:
+    from data.files import atomic_write_files
+
+    atomic_write_files({out_dir / REPORT[0]: json.dumps(report, indent=1, default=str) + "\n",
+                        out_dir / REPORT[1]: markdown(report)})
+
+
+# ------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments.bench_gpu", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepare", action="store_true",
+                        help="write the recipes and the MNI subjects into --data and stop (needs Hydra and nilearn)")
+    parser.add_argument("--data", metavar="DIR", default=str(DATA_DIR),
+                        help=f"what --prepare writes and the run reads (default {DATA_DIR.relative_to(ROOT)}/)")
+    parser.add_argument("--out", metavar="DIR", help="report folder ($OUT on the device)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole check (default 450)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes for a CPU (the test): with --prepare 32^3 data; when running, small networks")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+    parser.add_argument("--networks", nargs="+", default=list(NETWORK_EXPERIMENTS), choices=list(NETWORK_EXPERIMENTS))
+    parser.add_argument("--test-select", default="cuda", help="pytest -k expression (default: the CUDA parameters)")
+    parser.add_argument("--test-files", nargs="+", default=list(TEST_FILES))
+    parser.add_argument("--test-timeout", type=float, default=150.0)
+    parser.add_argument("--repeats", type=int, default=3, help="timed registrations per classical method")
+    parser.add_argument("--steps", type=int, default=3, help="timed training steps per network and precision")
+    parser.add_argument("--classical-iterations", type=int, nargs="+", help="override every method's iterations")
+    parser.add_argument("--mni-steps", type=int,
+                        help="training steps per MNI run (default 1000, --quick 2; 0: the recipe's max_epochs x "
+                             "pairs_per_epoch)")
+    args = parser.parse_args(argv)
+    if args.mni_steps is None:
+        args.mni_steps = 2 if args.quick else 1000
+    if args.quick:  # seconds on a CPU: one timed repeat, a few iterations per level
+        args.repeats, args.steps = min(args.repeats, 1), min(args.steps, 1)
+        args.classical_iterations = args.classical_iterations or [4, 4, 4, 4]
+    data_dir = Path(args.data)
+    if args.prepare:
+        start = time.perf_counter()
+        prepare(data_dir, quick=args.quick)
+        size = sum(p.stat().st_size for p in data_dir.rglob("*") if p.is_file())
+        print(f"prepared {data_dir} ({size / 2**20:.1f} MiB, {time.perf_counter() - start:.0f} s): "
+              f"{', '.join(DATA_FILES)}")
+        return 0
+    if not args.out:
+        parser.error("--out is required (the report folder)")
+    missing = [name for name in DATA_FILES if not (data_dir / name).is_file()]
+    if missing:
+        print(f"error: {data_dir} lacks {', '.join(missing)}: run `bash experiments/bench_gpu.sh prepare` "
+              f"(python -m experiments.bench_gpu --prepare --data {data_dir}) where Hydra and nilearn are installed",
+              file=sys.stderr)
+        return 1
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("error: --device cuda but torch sees no CUDA device", file=sys.stderr)
+        return 1
+    recipes = json.loads((data_dir / "recipes.json").read_text())
+    if bool(recipes.get("quick")) != bool(args.quick):
+        print(f"error: {data_dir} was prepared {'with' if recipes.get('quick') else 'without'} --quick and this run "
+              f"is {'with' if args.quick else 'without'} it: prepare again to match", file=sys.stderr)
+        return 1
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    budget = Budget(args.budget)
+    start = time.perf_counter()
+    report: dict[str, Any] = {"arguments": " ".join(sys.argv[1:] if argv is None else argv),
+                              "environment": environment(device)}
+
+    def section(name: str, fn: Callable[[], Any]) -> None:
+        if name not in args.sections:
+            report[name] = {"skipped": "not in --sections"}
+        else:
+            print(f"[bench_gpu] {name} ({budget.left():.0f} s left)", flush=True)
+            try:
+                report[name] = fn()
+            except Exception as exc:  # noqa: BLE001 - the other sections still run
+                report[name] = _error(exc)
+        report["goals"] = goals(report)
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        write_report(report, out_dir)
+
+    section("tests", lambda: run_tests(args.test_select, args.test_files, min(args.test_timeout, budget.left() / 3),
+                                       out_dir))
+    pair: dict = {}
+    try:
+        pair = mni_pair(data_dir / "pair.npz")
+        report["pair"] = pair["info"]
+    except Exception as exc:  # noqa: BLE001
+        report["pair"] = _error(exc)
+    for name, fn in (("classical", lambda: classical(recipes, pair, device, args, budget)),
+                     ("training_steps", lambda: training_steps(recipes, pair, device, args, budget)),
+                     ("mni_training", lambda: mni_training(recipes, device, args, budget)),
+                     ("cpu_reference", lambda: cpu_reference(recipes, pair, args, budget))):
+        if name != "mni_training" and "fixed" not in pair and name in args.sections:
+            report[name] = {"skipped": "no MNI pair (see 'pair')"}
+            write_report(report, out_dir)
+            continue
+        section(name, fn)
+    print(markdown(report), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
