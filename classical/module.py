@@ -16,6 +16,7 @@ import torch
 
 from classical.api import RegistrationResult, input_size_requirement, register
 from classical.config import ALGORITHMS, config_from_dict
+from classical.threads import check_threads, set_threads
 from data.io import to_plain
 from models.module import RegistrationModule
 
@@ -33,6 +34,9 @@ class InstanceOptimisationModule(RegistrationModule):
             application layer reads it (``app.build.build_model``) and passes ``init_model``.
         init_model: that network (a :class:`RegistrationModule`), or None.
         label_interp, hd95: as :class:`RegistrationModule`.
+        threads: torch CPU threads, set when the module sets up (``setup``, before testing or
+            predicting); None: the CPUs allocated to the process
+            (:func:`classical.threads.allocated_cpus`: CPU affinity, ``SLURM_CPUS_PER_TASK``).
         **settings: the algorithm's settings (:mod:`classical.config`), e.g. ``scales``,
             ``iterations``, ``lr``, ``grad_sigma``, ``warp_sigma``, ``sim``, ``sim_kwargs``, ``affine``.
     """
@@ -47,6 +51,7 @@ class InstanceOptimisationModule(RegistrationModule):
         init_model: RegistrationModule | None = None,
         label_interp: str = "nearest",
         hd95: bool = True,
+        threads: int | None = None,
         **settings: Any,
     ) -> None:
         if algorithm not in ALGORITHMS:
@@ -58,6 +63,7 @@ class InstanceOptimisationModule(RegistrationModule):
             raise ValueError(f"model: {exc}") from exc
         self.algorithm = algorithm
         self.init_from = init_from
+        self.threads = check_threads(threads, "model.threads")
         if init_from and init_model is None:
             raise ValueError("model.init_from: the checkpoint is read by the application layer (app.build.build_model), "
                              "which passes its model as init_model")
@@ -70,6 +76,11 @@ class InstanceOptimisationModule(RegistrationModule):
 
     def configure_optimizers(self):
         return None
+
+    def setup(self, stage: str | None = None) -> None:
+        """Lightning's set-up hook: torch's CPU threads follow ``model.threads``."""
+        super().setup(stage)
+        set_threads(self.threads, "model.threads")
 
     def min_input_size(self) -> int:
         """Fewest voxels per axis: every pyramid level of every stage must hold what its similarity
