@@ -1,7 +1,8 @@
 """The application layer: what runs the library (``spatial losses metrics data models classical``).
 
 The library never imports this package (``tests/test_layers.py`` checks it); the entry points
-(``train.py``, ``eval.py``) and the paper's experiment scripts (``experiments/``) sit on it.
+(``train.py``, ``eval.py``, the one-pair tools ``register.py`` and ``apply.py``) and the paper's
+experiment scripts (``experiments/``) sit on it.
 
 | module | holds |
 | --- | --- |
@@ -14,6 +15,9 @@ The library never imports this package (``tests/test_layers.py`` checks it); the
 | :mod:`app.training` | ``train.py``: fit, then test; stops and resumes |
 | :mod:`app.stopping` | SIGTERM / Ctrl-C / SLURM requeue: keep what is finished, say how to resume |
 | :mod:`app.loggers` | W&B and CSV loggers, analysis results to the dashboard, figures to PNG |
+| :mod:`app.register` | ``register.py``: one pair of own images in world space into a transform folder |
+| :mod:`app.apply` | ``apply.py``: a saved transform (folder, ITK/ANTs files) applied to any image |
+| :mod:`app.progress` | the log's lines: one per validation epoch, one per registered pair (Dice, seconds, ETA), where the outputs went |
 """
 
 from app.build import build, build_datamodule, build_model, build_trainer, check_entry

@@ -122,8 +122,13 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks:
     """Instantiate ``cfg.trainer`` with the configured loggers and callbacks (+ ``extra_callbacks``).
 
     Every trainer also gets :class:`app.stopping.StopCheck` (a SIGTERM during a loop's last
-    batch still stops the run) and reads checkpoints only as data (:func:`_safe_checkpoint_io`)."""
+    batch still stops the run) and :class:`app.progress.EpochLog` (one log line per validation
+    epoch), and reads checkpoints only as data (:func:`_safe_checkpoint_io`)."""
+    from app.entry import quiet_third_party
+    from app.progress import EpochLog
     from app.stopping import StopCheck
+
+    quiet_third_party()  # also in processes that do not start at an entry point (submitit jobs)
 
     loggers = []
     for name, node in (cfg.get("logger") or {}).items():
@@ -134,7 +139,7 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks:
         for name, node in (cfg.get("callbacks") or {}).items():
             if node is not None and "_target_" in node:
                 callbacks.append(build(node, f"callbacks.{name}"))
-    callbacks += [*extra_callbacks, StopCheck()]
+    callbacks += [*extra_callbacks, StopCheck(), EpochLog()]
     node = cfg.trainer
     from app.checkpoints import safe_checkpoint_io
 

@@ -3,7 +3,10 @@
 :class:`ResultsCallback` receives what ``RegistrationModule.test_step`` returns (one result per
 pair: the row, the per-label Dice, the displacement, the moved label; the module writes nothing)
 and stores it in the results folder (:class:`app.parts.ResultsWriter`), with the moved image,
-moved label and displacement as NIfTI when ``save_outputs`` is set.
+moved label and displacement as NIfTI when ``save_outputs`` is set: the displacement in the
+project's convention (``_disp``) and in ITK/ANTs form (``_disp_itk``, LPS mm), both vector NIfTIs
+(:func:`data.transforms.displacement_bytes`); each stored pair is one line of the log
+(:class:`app.progress.PairProgress`: Dice, seconds, ETA).
 """
 
 from __future__ import annotations
@@ -15,43 +18,63 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from app.parts import ResultsWriter
+from app.progress import PairProgress, say
 from data.files import atomic_write_files
+from data.transforms import VOXEL_DESCRIPTION
 
 __all__ = ["ResultsCallback", "moved_volumes"]
 
-DISP_DESCRIPTION = "disp vox fixed->moving; moved(x)=moving(x+u(x))"
-
-
 class ResultsCallback(Callback):
-    """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``)."""
+    """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``),
+    then print its line (:class:`app.progress.PairProgress`)."""
 
     def __init__(self, writer: ResultsWriter, save_outputs: bool = False) -> None:
         self.writer = writer
         self.save_outputs = bool(save_outputs)
+        self.progress: PairProgress | None = None
+
+    def on_test_start(self, trainer, pl_module) -> None:
+        self.progress = PairProgress.of_trainer(trainer, self.writer.method)
 
     def on_test_batch_end(self, trainer, pl_module, outputs: Any, batch: Any, batch_idx: int,
                           dataloader_idx: int = 0) -> None:
+        rows = []
         for i, result in enumerate(outputs or ()):
             if self.save_outputs:
                 self._save(batch, i, result)
             self.writer.add(result)
+            rows.append(result["pair"])
+        if self.progress is not None:
+            for line in self.progress.batch_done(rows):
+                say(trainer, line)
 
     def _save(self, batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> None:
-        """The pair's moved image, moved label and displacement as NIfTI, written all or none."""
+        """The pair's moved image, moved label and displacement (ours and ITK's) as NIfTI, written all or none."""
         from data.io import nifti_bytes
+        from data.transforms import displacement_bytes
 
         pair = result["pair"]
+        u = result["displacement"]
+        affine = _affine(batch, i, u.shape[1])
         files = {}
         for kind, (array, description) in moved_volumes(batch, i, result).items():
             path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
-            files[path] = nifti_bytes(array, _affine(batch, i, result["displacement"].shape[1]), path, description)
+            files[path] = nifti_bytes(array, affine, path, description)
+        if u.shape[1] == 3:  # NIfTI vector fields: 3-D only
+            for kind, form in (("disp", "voxel"), ("disp_itk", "itk")):
+                path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
+                files[path] = displacement_bytes(u.detach().cpu(), affine, path, form)
+        else:
+            disp = u[0].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D)
+            path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], "disp")
+            files[path] = nifti_bytes(np.moveaxis(disp, 0, -1), affine, path, VOXEL_DESCRIPTION)
         atomic_write_files(files)
 
 
 def moved_volumes(batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, str | None]]:
-    """``{"image": moved image, "label": moved label (when the pair has labels), "disp": u as
-    (*S, D)}`` of pair ``i`` as numpy arrays with their NIfTI descriptions. The label keeps every id
-    (int64; :mod:`data.io` stores it in the smallest integer type that holds them)."""
+    """``{"image": moved image, "label": moved label (when the pair has labels)}`` of pair ``i`` as
+    numpy arrays with their NIfTI descriptions. The label keeps every id (int64; :mod:`data.io`
+    stores it in the smallest integer type that holds them)."""
     from spatial import warp
 
     u = result["displacement"]
@@ -60,8 +83,6 @@ def moved_volumes(batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -
     out = {"image": (moved[0, 0].detach().cpu().numpy().astype(np.float32), None)}
     if result.get("moved_label") is not None:
         out["label"] = (result["moved_label"][0].detach().cpu().numpy().astype(np.int64), None)
-    disp = u[0].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D) like ITK vectors
-    out["disp"] = (np.moveaxis(disp, 0, -1), DISP_DESCRIPTION)
     return out
 
 

@@ -80,11 +80,12 @@ _HYDRA_KEYS = ("_target_", "_recursive_", "_convert_", "_partial_")
 
 def model_description(ckpt: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     """``(class path, constructor arguments)`` of the model a checkpoint holds: format 2 (this
-    code: ``registration.target`` + Lightning's ``hyper_parameters``) or format 1 (earlier
+    code: ``registration.target`` and ``registration.hyper_parameters``, which Lightning's own
+    ``hyper_parameters`` repeats) or format 1 (earlier
     ``train.py``: ``registration.model_config``, a resolved Hydra config of the module)."""
     meta = ckpt["registration"]
     if meta.get("target"):
-        return str(meta["target"]), dict(ckpt.get("hyper_parameters") or {})
+        return str(meta["target"]), dict(meta.get("hyper_parameters") or ckpt.get("hyper_parameters") or {})
     config = dict(meta["model_config"])
     return str(config.get("_target_")), {k: v for k, v in config.items() if k not in _HYDRA_KEYS}
 

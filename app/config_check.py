@@ -42,6 +42,12 @@ TOP_LEVEL: dict[str, tuple[type, ...]] = {
     "test": (bool,),
     "save_outputs": (bool,),
     "ckpt_path": (str, _NONE),
+    # register.py / apply.py
+    "normalize": (bool,),
+    "label": (bool,),
+    "inverse": (bool,),
+    "device": (str,),
+    **{key: (str, _NONE) for key in ("fixed", "moving", "fixed_label", "moving_label", "out", "image", "reference")},
 }
 _TYPE_WORDS = {bool: "true or false", int: "an int", float: "a number", str: "a string", _NONE: "null"}
 _GROUPS = ("model", "data", "trainer", "callbacks", "logger")

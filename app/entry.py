@@ -6,7 +6,9 @@
 * a config that does not compose (a key the config lacks, a bad override, an unknown group option)
   ends with ONE ``error: ...`` line and exit status 1: the overrides are composed once with Hydra's
   public compose API before Hydra runs (Hydra's own report spans several lines). Command lines with
-  Hydra's own flags (``-m``, ``--help``, ``--cfg`` ...) go to Hydra unchanged.
+  Hydra's own flags (``-m``, ``--help``, ``--cfg`` ...) go to Hydra unchanged;
+* messages of the libraries that say nothing about the run are silenced, each by its text and
+  origin (:func:`quiet_third_party`; nothing else is filtered).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["ROOT", "CONFIGS", "hydra_main", "composition_error"]
+__all__ = ["ROOT", "CONFIGS", "hydra_main", "composition_error", "quiet_third_party"]
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -26,6 +28,41 @@ def _child_pythonpath() -> None:
     parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     if str(ROOT) not in parts:
         os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *parts])
+
+
+# Lightning's advertisements ("💡 Tip: ... try installing [litlogger] / [litmodels] ..."), logged at
+# INFO by its rank-zero loggers while a Trainer is built
+_TIP_PREFIX = "💡 Tip:"
+_RANK_ZERO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning_fabric.utilities.rank_zero")
+
+
+class _DropLightningTips:
+    """A logging filter that drops Lightning's advertising tips and passes every other record."""
+
+    def filter(self, record) -> bool:
+        return not str(record.getMessage()).startswith(_TIP_PREFIX)
+
+
+def quiet_third_party() -> None:
+    """Silence what the libraries print that says nothing about the run, each message by its text and
+    where it comes from (idempotent; called by every entry point and every trainer build):
+
+    * Lightning's advertising tips (litlogger, litmodels): a logging filter on its rank-zero loggers;
+    * torch's ``FutureWarning`` "`isinstance(treespec, LeafSpec)` is deprecated", raised by
+      Lightning's own ``lightning.pytorch.utilities._pytree`` (Lightning's to fix, not the user's).
+
+    W&B's "The anonymous setting has no effect" warning is not filtered: its cause (Lightning passing
+    ``anonymous=None``) is removed where the logger is built (:func:`app.loggers.wandb_logger`).
+    """
+    import logging
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+    for name in _RANK_ZERO_LOGGERS:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropLightningTips) for f in logger.filters):
+            logger.addFilter(_DropLightningTips())
 
 
 def composition_error(config_name: str, overrides: list[str]) -> str | None:
@@ -57,6 +94,7 @@ def hydra_main(config_name: str) -> Callable[[Callable[[Any], Any]], Callable[[]
 
         def main() -> Any:
             _child_pythonpath()
+            quiet_third_party()
             args = sys.argv[1:]
             if os.environ.get("HYDRA_FULL_ERROR") != "1" and not any(a.startswith("-") for a in args):
                 line = composition_error(config_name, args)

@@ -14,6 +14,7 @@ from app.build import build_datamodule, build_model, build_trainer
 from app.checkpoints import load_model_from_checkpoint
 from app.errors import ConfigError
 from app.loggers import finish_loggers, log_results_table
+from app.progress import output_locations, print_outputs
 
 __all__ = ["check_output_dir", "check_input_sizes", "load_weights", "run_test", "run_eval"]
 
@@ -172,10 +173,14 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
     check_output_dir(out_dir, datamodule)
     model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
     trainer = build_trainer(cfg, with_callbacks=False)
+    save_outputs = bool(cfg.get("save_outputs", False))
     try:
-        return run_test(trainer, model, datamodule, out_dir, save_outputs=bool(cfg.get("save_outputs", False)))
+        summary = run_test(trainer, model, datamodule, out_dir, save_outputs=save_outputs)
+        where = output_locations(trainer, out_dir, model.method, save_outputs) if trainer.is_global_zero else []
     finally:
         finish_loggers(trainer)
+    print_outputs(where)
+    return summary
 
 
 def _fmt(x: Any) -> str:
@@ -191,5 +196,4 @@ def _print_summary(summary: dict[str, Any], out_dir: str | os.PathLike) -> None:
         + f", HD95 {_fmt(summary.get('hd95_mean'))} mm, SDlogJ {_fmt(summary.get('sdlogj_mean'))}, "
         f"folding {_fmt(summary.get('folding_pct_mean'))} %, {_fmt(summary.get('seconds_mean'))} s/pair"
     )
-    print(f"results: {Path(out_dir).resolve()} (pairs.csv, labels.csv, summary.json)")
     sys.stdout.flush()

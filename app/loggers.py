@@ -37,7 +37,13 @@ def wandb_logger(project: str = "registration", offline: str | bool = "auto", **
     save_dir = kwargs.get("save_dir")
     if save_dir:
         os.makedirs(save_dir, exist_ok=True)
-    return WandbLogger(project=project, offline=bool(offline), **kwargs)
+    logger = WandbLogger(project=project, offline=bool(offline), **kwargs)
+    # Lightning passes anonymous=None to wandb.init, which recent wandb versions take as set and answers with
+    # "The anonymous setting has no effect ..." on every run: not passing it changes nothing else
+    init = getattr(logger, "_wandb_init", None)
+    if isinstance(init, dict) and "anonymous" in init and init["anonymous"] is None and "anonymous" not in kwargs:
+        del init["anonymous"]
+    return logger
 
 
 def finish_loggers(trainer) -> None:

@@ -27,13 +27,15 @@ import numpy as np
 from app.results import (LABEL_COLUMNS, LABEL_RULE, PAIR_COLUMNS, SUMMARY_COLUMNS, ResultsError, _name, _pairs_text,
                          csv_text, pair_name)
 from data.files import atomic_write_files, atomic_write_text
+from metrics import LABEL_METRICS
 from spatial import DISPLACEMENT_CONVENTION
 
 __all__ = ["METRICS_VERSION", "metric_config", "method_signature", "ResultsWriter"]
 
 # Bump when the metric code (metrics/) changes what it computes: parts of an older version are
-# then recomputed instead of being reused on resume.
-METRICS_VERSION = 2
+# then recomputed instead of being reused on resume. 3: Klein et al. 2009's overlap measures
+# (total_* in pairs.csv, per label in labels.csv).
+METRICS_VERSION = 3
 
 
 def _default_hd95_method() -> str:
@@ -153,12 +155,18 @@ class ResultsWriter:
 
     def add(self, result: Mapping[str, Any]) -> None:
         """Store one pair, a result of ``RegistrationModule.test_step``: ``pair`` (a row of
-        :data:`PAIR_COLUMNS` without ``method``), ``labels`` (Dice per label), ``erased`` (labels
-        the warp erased) and ``signature`` (the inputs' signature), with its provenance."""
+        :data:`PAIR_COLUMNS` without ``method``), ``labels`` (``{label: {name: value}}`` with every
+        name of :data:`metrics.LABEL_METRICS`), ``erased`` (labels the warp erased) and
+        ``signature`` (the inputs' signature), with its provenance."""
         row = {**result["pair"], "method": self.method}
         missing = [c for c in PAIR_COLUMNS if c not in row]
         if missing:
             raise ValueError(f"ResultsWriter.add() row lacks columns {missing}")
+        for label, values in result["labels"].items():
+            lacking = [m for m in LABEL_METRICS if not isinstance(values, Mapping) or m not in values]
+            if lacking:
+                raise ValueError(f"ResultsWriter.add() pair {row['fixed_id']} <- {row['moving_id']}: label {label} "
+                                 f"lacks metric(s) {lacking} (expected {{label: {{name: value}}}})")
         fixed_id, moving_id = str(row["fixed_id"]), str(row["moving_id"])
         signature = result.get("signature")
         self.seen.add((fixed_id, moving_id))
@@ -167,7 +175,7 @@ class ResultsWriter:
         erased = {int(k) for k in result.get("erased", ())}
         part = {
             "pair": {c: _jsonable(row[c]) for c in PAIR_COLUMNS},
-            "labels": {str(int(k)): _jsonable(v) for k, v in result["labels"].items()},
+            "labels": {str(int(k)): {m: _jsonable(v[m]) for m in LABEL_METRICS} for k, v in result["labels"].items()},
             "erased": sorted(erased),
             "provenance": self.provenance(signature),
             "run": self.run_id,
@@ -177,7 +185,7 @@ class ResultsWriter:
         atomic_write_text(path, json.dumps(part))
 
     def moved_path(self, fixed_id: str, moving_id: str, what: str) -> Path:
-        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: image, label or disp; :func:`pair_name`)."""
+        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: image, label, disp or disp_itk; :func:`pair_name`)."""
         return self.out_dir / "moved" / f"{pair_name(fixed_id, moving_id)}_{what}.nii.gz"
 
     def finalize(self, expected: Iterable[tuple[str, str]], extra: dict[str, Any] | None = None,
@@ -248,9 +256,9 @@ class ResultsWriter:
         rows = []
         for d in parts:
             erased = set(d.get("erased", ()))
-            for label, value in sorted(d["labels"].items(), key=lambda kv: int(kv[0])):
+            for label, values in sorted(d["labels"].items(), key=lambda kv: int(kv[0])):
                 rows.append({"fixed_id": d["pair"]["fixed_id"], "moving_id": d["pair"]["moving_id"],
-                             "method": self.method, "label": int(label), "dice": value,
+                             "method": self.method, "label": int(label), **{m: values[m] for m in LABEL_METRICS},
                              "erased": int(int(label) in erased)})
         return rows
 

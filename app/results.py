@@ -6,14 +6,20 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
 * ``DIR/pairs.csv`` — one row per pair of the run's test set: :data:`PAIR_COLUMNS` (the metrics
   of :data:`metrics.PAIR_METRICS`, ``n_erased`` = labels the warp erased (Dice 0, HD95 the grid
   diagonal), ``seconds`` = registration only, ``dice_identity`` = Dice with no registration).
-* ``DIR/labels.csv`` — one row per pair and label: :data:`LABEL_COLUMNS` (``erased`` 1 when the
-  warp erased that label).
+  ``total_<measure>``: Klein et al. 2009's overlap measures pooled over the pair's scored labels
+  (sums over labels in numerator and denominator, :func:`metrics.klein_overlaps`), beside ``dice``,
+  the unweighted mean of the per-label Dice.
+* ``DIR/labels.csv`` — one row per pair and scored label: :data:`LABEL_COLUMNS` (the metrics of
+  :data:`metrics.LABEL_METRICS`: Dice (= Klein's mean overlap), target overlap, union overlap,
+  volume similarity, false negative and false positive error; ``erased`` 1 when the warp erased
+  that label: Dice, target and union overlap 0, volume similarity -2, FN error 1, FP error 0).
 * ``DIR/summary.json`` — ``n_pairs, n_test_pairs`` and the mean of each :data:`SUMMARY_COLUMNS`
   (``<column>_mean``; ``dice_std``), ``n_erased_total``, ``method``, ``paradigm``, ``label_interp``,
   ``label_rule``, ``metrics_version``, ``displacement_convention``. A metric is averaged only when it
   is finite for every pair; when it is finite for none (no labels: every Dice) its mean is
   ``null``; a mix is an error naming the pairs (:class:`ResultsError`).
-* with ``save_outputs``: ``DIR/moved/<pair name>_{image,label,disp}.nii.gz`` (:func:`pair_name`).
+* with ``save_outputs``: ``DIR/moved/<pair name>_{image,label,disp,disp_itk}.nii.gz`` (:func:`pair_name`;
+  ``disp``: the project's displacement, ``disp_itk``: its ITK/ANTs form, :mod:`data.transforms`).
 * ``DIR/.parts/<method>/<pair name>.json``: one finished pair with its provenance (:mod:`app.parts`).
 
 :func:`read_results` is the one reader of a results folder (``experiments/comparison.py``,
@@ -33,18 +39,19 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from data.io import DataError
-from metrics import PAIR_METRICS
+from metrics import LABEL_METRICS, PAIR_METRICS
 
 __all__ = ["PAIR_COLUMNS", "LABEL_COLUMNS", "SUMMARY_COLUMNS", "LABEL_RULE", "ResultsError", "Results",
-           "read_results", "pair_name", "csv_text"]
+           "read_results", "missing_columns", "pair_name", "csv_text"]
 
 PAIR_COLUMNS = ["fixed_id", "moving_id", "method", *PAIR_METRICS, "n_erased", "seconds", "dice_identity"]
-LABEL_COLUMNS = ["fixed_id", "moving_id", "method", "label", "dice", "erased"]
+LABEL_COLUMNS = ["fixed_id", "moving_id", "method", "label", *LABEL_METRICS, "erased"]
 # the per-pair columns summary.json averages (each finite for every pair, or for none)
 SUMMARY_COLUMNS = (*PAIR_METRICS, "dice_identity", "seconds")
 # which labels a pair scores (metrics.dice / metrics.hd95), recorded in every summary
 LABEL_RULE = ("foreground labels present in the fixed and the un-warped moving label map (Learn2Reg 2021); "
-              "a label the warp erases scores Dice 0 and HD95 = the fixed grid's diagonal in mm")
+              "a label the warp erases scores Dice 0 and HD95 = the fixed grid's diagonal in mm "
+              "(Klein 2009 overlaps: target/mean/union overlap 0, volume similarity -2, FN error 1, FP error 0)")
 
 
 class ResultsError(ValueError):
@@ -131,33 +138,63 @@ def _number(text: str | None, where: str) -> float:
         raise DataError(f"{where}: expected a number, got {text!r}") from None
 
 
-def read_results(path: str | os.PathLike) -> Results:
+def missing_columns(csv_path: Path, header: Sequence[str] | None,
+                    required: Sequence[str] = tuple(PAIR_COLUMNS)) -> str | None:
+    """The one-line reason a ``pairs.csv`` with ``header`` lacks columns of ``required`` (by default
+    every column of :data:`PAIR_COLUMNS`), or None: the missing columns by name and, for a folder written by an older metric version
+    (``metrics_version`` of the ``summary.json`` beside it, or none recorded), that version and how
+    to bring it up to date (older results are not mixed with newer ones: a version change may
+    change what a metric means)."""
+    header = list(header or [])
+    missing = [c for c in required if c not in header]
+    if not missing:
+        return None
+    from app.parts import METRICS_VERSION
+
+    line = (f"{csv_path}: missing column(s) {','.join(missing)}; expected {','.join(required)}, "
+            f"got {','.join(header) or 'an empty file'}")
+    version = None
+    try:
+        version = json.loads((Path(csv_path).parent / "summary.json").read_text()).get("metrics_version")
+    except (OSError, ValueError, AttributeError):
+        pass
+    if header and (version is None or (isinstance(version, int) and version < METRICS_VERSION)):
+        written = "an unrecorded" if version is None else f"metrics_version {version}"
+        line += (f" (written with {written}; this code writes metrics_version {METRICS_VERSION}: recompute it "
+                 f"with eval.py paths.output_dir={Path(csv_path).parent}, and ckpt_path=<its checkpoint> for a "
+                 "trained network)")
+    return line
+
+
+def read_results(path: str | os.PathLike, required: Sequence[str] = tuple(PAIR_COLUMNS)) -> Results:
     """Read a results folder: ``path/pairs.csv`` (or ``path/test/pairs.csv`` for a ``train.py`` run
     folder) and ``summary.json`` when present. A missing or empty file, a missing column of
-    :data:`PAIR_COLUMNS`, a pair listed twice or a non-number is one :class:`data.io.DataError`
-    naming the file (and line)."""
+    ``required`` (by default the whole contract, :data:`PAIR_COLUMNS`; a reader that needs fewer,
+    such as the MI analysis, names its own), a pair listed twice or a non-number is one
+    :class:`data.io.DataError` naming the file (and line). Numeric columns of the contract that the
+    file has are read; absent optional ones are left out of ``rows``."""
     folder = Path(path)
     if not (folder / "pairs.csv").is_file() and (folder / "test" / "pairs.csv").is_file():
         folder = folder / "test"
     csv_path = folder / "pairs.csv"
     if not csv_path.is_file():
-        what = "no such folder" if not folder.exists() else "no pairs.csv (not a results folder of eval.py/train.py)"
-        raise DataError(f"{csv_path}: {what}")
+        what = "no such folder" if not folder.exists() else "not a results folder of eval.py/train.py"
+        raise DataError(f"{csv_path}: no pairs.csv ({what})")
     rows: dict[tuple[str, str], dict[str, float]] = {}
     methods: list[str] = []
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
-        missing = [c for c in PAIR_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{csv_path}: missing column(s) {','.join(missing)}; "
-                            f"expected {','.join(PAIR_COLUMNS)}, got {','.join(header) or 'an empty file'}")
+        problem = missing_columns(csv_path, header, required)
+        if problem:
+            raise DataError(problem)
+        numeric = [c for c in _NUMERIC if c in header]
         for line, raw in enumerate(reader, start=2):
             key = (str(raw["fixed_id"]), str(raw["moving_id"]))
             if key in rows:
                 raise DataError(f"{csv_path}: line {line}: pair {key[0]} -> {key[1]} appears twice")
-            rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in _NUMERIC}
-            if raw["method"] and raw["method"] not in methods:
+            rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in numeric}
+            if raw.get("method") and raw["method"] not in methods:
                 methods.append(raw["method"])
     if not rows:
         raise DataError(f"{csv_path}: no pairs (header only)")

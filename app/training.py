@@ -17,6 +17,7 @@ from app.checkpoints import read_checkpoint
 from app.errors import ConfigError
 from app.evaluation import check_input_sizes, check_output_dir, run_test
 from app.loggers import finish_loggers
+from app.progress import output_locations, print_outputs
 
 __all__ = ["run_train"]
 
@@ -30,14 +31,49 @@ def run_train(cfg: DictConfig) -> dict:
 
     A model with nothing to train (identity, classical optimisers) is only tested. A network is
     tested only if it was trained here (at least one optimiser step) or comes from ``ckpt_path``;
-    non-finite losses or weights stop training with one error (:class:`models.module.NonFiniteError`).
+    non-finite losses or weights stop training with one error (:class:`models.health.NonFiniteError`).
     SIGTERM saves ``checkpoints/last.ckpt`` at the next batch boundary and exits 143 with the
     resume command; Ctrl-C exits 130 with it (resuming from the last saved checkpoint); neither
     goes on to test.
     """
-    import lightning as L
-
     from app.stopping import StopCheckpoint
+
+    datamodule, model = _build(cfg)
+    stop = StopCheckpoint()
+    trainer = build_trainer(cfg, extra_callbacks=[stop])
+    stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
+    test_ckpt = _checkpoint_to_test(cfg, model, stop.path)
+    summary: dict = {}
+    phase = "training"
+    where: list = []
+    try:
+        for logger in trainer.loggers:  # the resolved config: what the dashboard groups and filters by
+            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if cfg.train and model.trainable:
+            _fit(cfg, trainer, model, datamodule)
+            if trainer.checkpoint_callback is not None:
+                test_ckpt = trainer.checkpoint_callback.best_model_path or None
+        if cfg.test:
+            phase = "testing"
+            out_dir = os.path.join(cfg.paths.output_dir, "test")
+            summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs, ckpt_path=test_ckpt)
+        if trainer.is_global_zero:
+            where = output_locations(trainer, os.path.join(cfg.paths.output_dir, "test") if cfg.test else None,
+                                     model.method, bool(cfg.save_outputs))
+    except BaseException as exc:  # noqa: BLE001 - stops become the resume line; the rest passes
+        stopped = _stopped(exc, stop, trainer, cfg, phase, resume_ckpt)
+        if stopped is None:
+            raise
+        raise stopped from None
+    finally:
+        finish_loggers(trainer)
+    print_outputs(where)
+    return summary
+
+
+def _build(cfg: DictConfig):
+    """The checks before any work, then the DataModule (validated) and the model."""
+    import lightning as L
 
     check_entry(cfg, "train")
     ckpt_path = cfg.get("ckpt_path")
@@ -47,53 +83,39 @@ def run_train(cfg: DictConfig) -> dict:
     datamodule = build_datamodule(cfg)
     check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
     model = build_model(cfg)
-    trainable = bool(getattr(model, "trainable", True))
-    if trainable and cfg.test and not cfg.train and not ckpt_path:
+    if model.trainable and cfg.test and not cfg.train and not ckpt_path:
         raise ConfigError(f"train=false: {model.method} is a network with untrained (random) weights; "
                           "give ckpt_path=<a checkpoint> to test a trained one (or use eval.py ckpt_path=...)")
-    if cfg.train and not trainable:
+    if cfg.train and not model.trainable:
         print(f"[{model.method}] nothing to train (no trainable parameters): testing only")
-    stop = StopCheckpoint()
-    trainer = build_trainer(cfg, extra_callbacks=[stop])
-    stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
-    test_ckpt = None  # train=false: the checkpoint whose weights are tested (never fresh weights)
-    if trainable and not cfg.train and ckpt_path:
-        test_ckpt = stop.path if str(ckpt_path) == "last" else str(ckpt_path)
-        if str(ckpt_path) in _SPECIAL_CKPT and (str(ckpt_path) != "last" or not os.path.isfile(test_ckpt)):
-            raise ConfigError(f"ckpt_path={ckpt_path} with train=false: no such checkpoint"
-                              + (f" ({test_ckpt} does not exist)" if str(ckpt_path) == "last" else "")
-                              + "; give the path of the checkpoint to test")
-    summary: dict = {}
-    phase = "training"
-    try:
-        for logger in trainer.loggers:  # the resolved config: what the dashboard groups and filters by
-            logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if cfg.train and trainable:
-            check_input_sizes(model, datamodule, "fit")
-            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-            if trainer.global_step == 0:
-                raise ConfigError(
-                    f"train: no optimiser step was taken (trainer.max_epochs={cfg.trainer.get('max_epochs')}, "
-                    f"trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
-                    f"{cfg.trainer.get('limit_train_batches')}); an untrained {model.method} is not tested as a "
-                    "trained method: train at least one step, or test a checkpoint with eval.py ckpt_path=...")
-        if cfg.test:
-            phase = "testing"
-            ckpt = None
-            if cfg.train and trainable and trainer.checkpoint_callback is not None:
-                ckpt = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-            elif not cfg.train and trainable:
-                ckpt = test_ckpt
-            out_dir = os.path.join(cfg.paths.output_dir, "test")
-            summary = run_test(trainer, model, datamodule, out_dir, save_outputs=cfg.save_outputs, ckpt_path=ckpt)
-    except BaseException as exc:  # noqa: BLE001 - stops become the resume line; the rest passes
-        stopped = _stopped(exc, stop, trainer, cfg, phase, resume_ckpt)
-        if stopped is None:
-            raise
-        raise stopped from None
-    finally:
-        finish_loggers(trainer)
-    return summary
+    return datamodule, model
+
+
+def _checkpoint_to_test(cfg: DictConfig, model, last_path: str) -> str | None:
+    """``train=false``: the checkpoint whose weights are tested (``ckpt_path``; ``last`` = the run's
+    ``last.ckpt``, which must exist), never fresh weights; None otherwise."""
+    ckpt_path = cfg.get("ckpt_path")
+    if cfg.train or not model.trainable or not ckpt_path:
+        return None
+    test_ckpt = last_path if str(ckpt_path) == "last" else str(ckpt_path)
+    if str(ckpt_path) in _SPECIAL_CKPT and (str(ckpt_path) != "last" or not os.path.isfile(test_ckpt)):
+        raise ConfigError(f"ckpt_path={ckpt_path} with train=false: no such checkpoint"
+                          + (f" ({test_ckpt} does not exist)" if str(ckpt_path) == "last" else "")
+                          + "; give the path of the checkpoint to test")
+    return test_ckpt
+
+
+def _fit(cfg: DictConfig, trainer, model, datamodule) -> None:
+    """``trainer.fit`` (resuming ``ckpt_path``, read as data); a fit that took no optimiser step is
+    an error: an untrained network is never tested as a trained method."""
+    check_input_sizes(model, datamodule, "fit")
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if trainer.global_step == 0:
+        raise ConfigError(
+            f"train: no optimiser step was taken (trainer.max_epochs={cfg.trainer.get('max_epochs')}, "
+            f"trainer.max_steps={cfg.trainer.get('max_steps')}, trainer.limit_train_batches="
+            f"{cfg.trainer.get('limit_train_batches')}); an untrained {model.method} is not tested as a "
+            "trained method: train at least one step, or test a checkpoint with eval.py ckpt_path=...")
 
 
 def _last_checkpoint(trainer, output_dir: str) -> tuple[str, str]:

@@ -8,12 +8,14 @@ the displacement being ``u(x) = M x + b - x``.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
 from classical.config import AffineConfig
-from classical.pyramid import ConvergenceMonitor, downsample
+from classical.pyramid import ConvergenceMonitor, downsample, level_line
 from losses import build_similarity
 from spatial import identity_grid, warp
 
@@ -56,8 +58,10 @@ def _to_voxel(a: torch.Tensor, t: torch.Tensor, shape: tuple[int, ...]) -> torch
     return torch.cat([m, b.unsqueeze(2)], dim=2)
 
 
-def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> AffineResult:
-    """Affine registration of ``moving`` to ``fixed`` (``(B, 1, *S)``, already validated)."""
+def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig,
+           report: Callable[[str], None] | None = None) -> AffineResult:
+    """Affine registration of ``moving`` to ``fixed`` (``(B, 1, *S)``, already validated);
+    ``report`` is called with one line per pyramid level as it ends (:func:`classical.pyramid.level_line`)."""
     ndim = fixed.dim() - 2
     bsz = fixed.shape[0]
     shape = tuple(fixed.shape[2:])
@@ -71,7 +75,8 @@ def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> Affi
     opt = torch.optim.Adam([a, t], lr=cfg.lr)
     sim = build_similarity(cfg.sim, **cfg.sim_kwargs)
     traces: list[list[float]] = []
-    for scale, iters in zip(cfg.scales, cfg.iterations):
+    for k, (scale, iters) in enumerate(zip(cfg.scales, cfg.iterations)):
+        start = time.perf_counter()
         f_level, m_level = downsample(fixed, scale), downsample(moving, scale)
         level = tuple(f_level.shape[2:])
         monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
@@ -85,6 +90,9 @@ def affine(fixed: torch.Tensor, moving: torch.Tensor, cfg: AffineConfig) -> Affi
             if monitor.update(loss.detach()):
                 break
         traces.append(monitor.trace)
+        if report is not None:
+            report(level_line("affine", k, len(cfg.scales), scale, level, monitor.trace, iters,
+                              time.perf_counter() - start))
     with torch.no_grad():
         matrix = _to_voxel(a.detach(), t.detach(), shape)
         return AffineResult(matrix=matrix, displacement=affine_displacement(matrix, shape), losses=traces)

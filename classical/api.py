@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
@@ -76,6 +76,7 @@ def register(
     init: torch.Tensor | None = None,
     spacing: Sequence[float] | None = None,
     moving_spacing: Sequence[float] | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (``(B, 1, *S)`` float tensors on one grid).
 
@@ -86,6 +87,8 @@ def register(
             the deformable stage starts from it (not allowed together with an affine stage).
         spacing, moving_spacing: voxel sizes (mm) when known; they must agree (the optimiser
             works in voxels of one grid; resample first otherwise).
+        report: called with one line per pyramid level of each stage as it ends (iterations run of
+            the budget, final loss, seconds: :func:`classical.pyramid.level_line`), e.g. ``print``.
 
     Raises ``ValueError`` naming the problem for shape or spacing mismatch, an axis shorter
     than :func:`input_size_requirement`, NaN/infinite or constant images (similarity undefined)
@@ -111,16 +114,16 @@ def register(
     start = time.perf_counter()
     result = RegistrationResult(displacement=fixed.new_zeros(0))
     if isinstance(config, AffineConfig):
-        out = affine(fixed, moving, config)
+        out = affine(fixed, moving, config, report=report)
         result.displacement, result.affine, result.losses["affine"] = out.displacement, out.matrix, out.losses
     else:
         if config.affine is not None:
             if init is not None:
                 raise ValueError("register(): give either an initial displacement or an affine stage, not both")
-            out = affine(fixed, moving, config.affine)
+            out = affine(fixed, moving, config.affine, report=report)
             init, result.affine, result.losses["affine"] = out.displacement, out.matrix, out.losses
         run = syn if isinstance(config, SyNConfig) else greedy
-        out = run(fixed, moving, config, init=init)
+        out = run(fixed, moving, config, init=init, report=report)
         result.displacement, result.inverse = out.displacement, out.inverse
         result.losses[config.name] = out.losses
     result.seconds = time.perf_counter() - start

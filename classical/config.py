@@ -14,7 +14,9 @@ __all__ = ["AffineConfig", "GreedyConfig", "SyNConfig", "ALGORITHMS", "config_fr
 SIMILARITIES = ("lncc", "mse", "mi")
 
 
-def _check_schedule(owner: str, scales: Sequence[float], iterations: Sequence[int]) -> tuple[tuple, tuple]:
+def _check_schedule(owner: str, scales: Sequence[float], iterations: Sequence[int],
+                    all_zero: bool = False) -> tuple[tuple, tuple]:
+    """Checked ``(scales, iterations)``; ``all_zero``: no iteration at all is allowed (moments only)."""
     scales = tuple(float(s) for s in scales)
     iterations = tuple(int(i) for i in iterations)
     if not scales:
@@ -25,7 +27,7 @@ def _check_schedule(owner: str, scales: Sequence[float], iterations: Sequence[in
         )
     if any(s < 1 for s in scales):
         raise ValueError(f"{owner}: every scale must be >= 1 (a downsampling factor), got {list(scales)}")
-    if any(i < 0 for i in iterations) or sum(iterations) == 0:
+    if any(i < 0 for i in iterations) or (sum(iterations) == 0 and not all_zero):
         raise ValueError(f"{owner}: 'iterations' must be >= 0 with at least one > 0, got {list(iterations)}")
     return tuple(int(s) if s.is_integer() else s for s in scales), iterations
 
@@ -45,7 +47,8 @@ class AffineConfig:
         scales, iterations: pyramid schedule (coarse to fine).
         lr: Adam learning rate on the matrix (in normalised coordinates, image half-size = 1).
         sim, sim_kwargs: similarity from :mod:`losses` (``lncc | mse | mi``).
-        init: ``"moments"`` (match intensity centres of mass) or ``"identity"``.
+        init: ``"moments"`` (match intensity centres of mass) or ``"identity"``. With ``"moments"``
+            every iteration may be 0 (``iterations: [0]``): the moments translation alone.
         rigid_only: optimise rotation + translation only (no scale or shear).
         tolerance: stop a scale when the loss improved by less than this (relative) over the
             last ``patience`` iterations; 0 disables.
@@ -61,7 +64,8 @@ class AffineConfig:
     patience: int = 20
 
     def __post_init__(self) -> None:
-        self.scales, self.iterations = _check_schedule("affine", self.scales, self.iterations)
+        self.scales, self.iterations = _check_schedule("affine", self.scales, self.iterations,
+                                                       all_zero=self.init == "moments")
         _check_sim("affine", self.sim)
         if self.init not in ("moments", "identity"):
             raise ValueError(f"affine: 'init' must be 'moments' or 'identity', got {self.init!r}")

@@ -35,13 +35,14 @@ the moving image to a midpoint, and returns ``psi_m o psi_f^-1`` (fixed -> movin
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
 
 from classical.config import GreedyConfig, SyNConfig
-from classical.pyramid import ConvergenceMonitor, downsample, level_shape
+from classical.pyramid import ConvergenceMonitor, downsample, level_line, level_shape
 from losses import build_similarity
 from spatial import compose, gaussian_blur, invert, resize_field, warp
 
@@ -149,20 +150,26 @@ def _check_init(init: torch.Tensor | None, fixed: torch.Tensor) -> None:
         raise ValueError(f"initial displacement must have shape {want}, got {tuple(init.shape)}")
 
 
+Report = Callable[[str], None]
+
+
 @torch.no_grad()
 def greedy(
-    fixed: torch.Tensor, moving: torch.Tensor, cfg: GreedyConfig, init: torch.Tensor | None = None
+    fixed: torch.Tensor, moving: torch.Tensor, cfg: GreedyConfig, init: torch.Tensor | None = None,
+    report: Report | None = None,
 ) -> DeformableResult:
     """Greedy registration of ``moving`` to ``fixed`` (``(B, 1, *S)`` each, already validated).
 
     ``init``: an initial displacement ``(B, D, *S)`` (an affine or a network's prediction).
+    ``report``: called with one line per pyramid level as it ends (:func:`classical.pyramid.level_line`).
     Returns the displacement fixed -> moving on the full grid; no inverse.
     """
     _check_init(init, fixed)
     sim = build_similarity(cfg.sim, **cfg.sim_kwargs)
     side = _Side(moving, cfg)
     traces: list[list[float]] = []
-    for scale, iters in zip(cfg.scales, cfg.iterations):
+    for k, (scale, iters) in enumerate(zip(cfg.scales, cfg.iterations)):
+        start = time.perf_counter()
         side.start_level(scale, init)
         loss_fn = _to_fixed(sim, downsample(fixed, scale))
         monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
@@ -172,24 +179,29 @@ def greedy(
             if monitor.update(loss):
                 break
         traces.append(monitor.trace)
+        if report is not None:
+            report(level_line(cfg.name, k, len(cfg.scales), scale, side.level.shape[2:], monitor.trace, iters,
+                              time.perf_counter() - start))
     u = resize_field(side.u, fixed.shape[2:])
     return DeformableResult(displacement=u, losses=traces)
 
 
 @torch.no_grad()
 def syn(
-    fixed: torch.Tensor, moving: torch.Tensor, cfg: SyNConfig, init: torch.Tensor | None = None
+    fixed: torch.Tensor, moving: torch.Tensor, cfg: SyNConfig, init: torch.Tensor | None = None,
+    report: Report | None = None,
 ) -> DeformableResult:
     """Symmetric registration: ``fixed o psi_f`` and ``moving o psi_m`` meet at a midpoint.
 
-    ``init`` (fixed -> moving) starts the moving-side field. Returns the displacement
-    ``psi_m o psi_f^-1`` (fixed -> moving) and its inverse ``psi_f o psi_m^-1``.
+    ``init`` (fixed -> moving) starts the moving-side field; ``report`` as :func:`greedy`. Returns the
+    displacement ``psi_m o psi_f^-1`` (fixed -> moving) and its inverse ``psi_f o psi_m^-1``.
     """
     _check_init(init, fixed)
     sim = build_similarity(cfg.sim, **cfg.sim_kwargs)
     f_side, m_side = _Side(fixed, cfg), _Side(moving, cfg)
     traces: list[list[float]] = []
-    for scale, iters in zip(cfg.scales, cfg.iterations):
+    for k, (scale, iters) in enumerate(zip(cfg.scales, cfg.iterations)):
+        start = time.perf_counter()
         f_side.start_level(scale, None)
         m_side.start_level(scale, init)
         monitor = ConvergenceMonitor(cfg.tolerance, cfg.patience)
@@ -200,6 +212,9 @@ def syn(
             if monitor.update(loss):
                 break
         traces.append(monitor.trace)
+        if report is not None:
+            report(level_line(cfg.name, k, len(cfg.scales), scale, m_side.level.shape[2:], monitor.trace, iters,
+                              time.perf_counter() - start))
     shape = tuple(fixed.shape[2:])
     u_f = resize_field(f_side.u, shape)
     u_m = resize_field(m_side.u, shape)

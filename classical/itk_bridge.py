@@ -1,5 +1,8 @@
 """Optional imports of ANTs / SimpleITK and the converters between their physical-space
-fields and this project's voxel-unit displacement (used by :mod:`classical.external`).
+fields and this project's voxel-unit displacement (used by :mod:`classical.external`). The grid
+geometry (:class:`ItkGeometry`, :func:`itk_geometry`) and the two field converters live in
+:mod:`data.geometry` (also used by the transform files of :mod:`data.transforms`) and are
+re-exported here.
 
 Geometry and the converters (the risky part, kept at the edge and tested analytically):
 
@@ -26,11 +29,18 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+
+# the grid geometry and the physical <-> voxel converters live in data.geometry (one converter)
+from data.geometry import (
+    ItkGeometry,
+    itk_geometry,
+    physical_to_voxel_displacement,
+    voxel_to_physical_displacement,
+)
 
 __all__ = [
     "ItkGeometry",
@@ -50,7 +60,6 @@ __all__ = [
 
 INSTALL_HINT = "pip install -r requirements-baselines.txt"
 _THREADS_ENV = "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"
-_LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 # --------------------------------------------------------------------------- optional imports
@@ -112,51 +121,6 @@ def _ants_threads_check() -> None:
 
 
 # --------------------------------------------------------------------------- geometry
-@dataclass(frozen=True)
-class ItkGeometry:
-    """ITK image geometry in our array-axis order (index ``i`` = array axis ``i``), LPS mm.
-
-    ``physical(x) = origin + direction @ diag(spacing) @ x``.
-    """
-
-    spacing: tuple[float, ...]
-    origin: tuple[float, ...]
-    direction: np.ndarray  # (D, D), orthonormal columns
-
-    @property
-    def matrix(self) -> np.ndarray:
-        """``M = direction @ diag(spacing)``: voxel steps -> physical vectors, ``(D, D)``."""
-        return self.direction @ np.diag(self.spacing)
-
-
-def itk_geometry(ndim: int, spacing: Sequence[float] | None = None, affine: Any = None) -> ItkGeometry:
-    """Geometry of a grid from a NIfTI voxel->RAS ``affine`` ``(4, 4)`` (3-D) or from ``spacing``.
-
-    The affine wins when given (3-D only): ``M = diag(-1,-1,1) A[:3,:3]`` (RAS -> LPS), spacing
-    = column norms of ``M``, direction = normalised columns (replaced by the nearest rotation if
-    the affine has shear, which ITK cannot represent; the same geometry converts the result
-    back, so the voxel-unit field stays exact). Without one: ``diag(spacing)``, origin 0.
-    """
-    if affine is not None and ndim == 3:
-        a = affine.detach().cpu().double().numpy() if isinstance(affine, torch.Tensor) else np.array(affine, np.float64)
-        if a.shape != (4, 4) or not np.all(np.isfinite(a)):
-            raise ValueError(f"itk_geometry() 'affine' must be a finite (4, 4) matrix, got shape {a.shape}")
-        m = _LPS @ a[:3, :3]
-        origin = _LPS @ a[:3, 3]
-        sp = np.linalg.norm(m, axis=0)
-        if np.any(sp <= 0):
-            raise ValueError(f"itk_geometry() 'affine' has a zero column: {a[:3, :3].tolist()}")
-        direction = m / sp
-        if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
-            u_, _, vt = np.linalg.svd(direction)
-            direction = u_ @ vt
-        return ItkGeometry(tuple(float(s) for s in sp), tuple(float(o) for o in origin), direction)
-    sp = (1.0,) * ndim if spacing is None else tuple(float(s) for s in spacing)[:ndim]
-    if len(sp) != ndim or any(not s > 0 for s in sp):
-        raise ValueError(f"itk_geometry() 'spacing' must be {ndim} positive numbers, got {spacing!r}")
-    return ItkGeometry(sp, (0.0,) * ndim, np.eye(ndim))
-
-
 def _batch_geometry(batch: Mapping[str, Any], i: int, ndim: int) -> ItkGeometry:
     spacing = batch.get("spacing")
     if spacing is not None:
@@ -167,27 +131,6 @@ def _batch_geometry(batch: Mapping[str, Any], i: int, ndim: int) -> ItkGeometry:
         affine = torch.as_tensor(affine)
         affine = affine[i] if affine.dim() == 3 else affine
     return itk_geometry(ndim, spacing, affine)
-
-
-def physical_to_voxel_displacement(d: np.ndarray, geometry: ItkGeometry) -> torch.Tensor:
-    """Physical (LPS mm) displacement ``(*S, D)`` on a grid -> our voxel-unit field ``(1, D, *S)``.
-
-    ``u(x) = M^{-1} d(x)`` with ``M = direction @ diag(spacing)``; float32.
-    """
-    d = np.asarray(d, dtype=np.float64)
-    ndim = len(geometry.spacing)
-    if d.ndim != ndim + 1 or d.shape[-1] != ndim:
-        raise ValueError(f"physical_to_voxel_displacement() 'd' must be (*S, {ndim}), got {d.shape}")
-    u = d @ np.linalg.inv(geometry.matrix).T  # row-wise M^{-1} d
-    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(u, -1, 0), dtype=np.float32)).unsqueeze(0)
-
-
-def voxel_to_physical_displacement(u: torch.Tensor, geometry: ItkGeometry) -> np.ndarray:
-    """Inverse of :func:`physical_to_voxel_displacement`: ``(1, D, *S)`` or ``(D, *S)`` -> ``(*S, D)``."""
-    u = torch.as_tensor(u).detach().cpu().double()
-    if u.dim() == len(geometry.spacing) + 2:
-        u = u[0]
-    return np.moveaxis(u.numpy(), 0, -1) @ geometry.matrix.T
 
 
 def to_ants_image(array: np.ndarray, geometry: ItkGeometry, components: bool = False):

@@ -10,6 +10,7 @@ returns None, and ``train.py`` with such a model only tests.
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Mapping
 
 import torch
@@ -37,11 +38,14 @@ class InstanceOptimisationModule(RegistrationModule):
         threads: torch CPU threads, set when the module sets up (``setup``, before testing or
             predicting); None: the CPUs allocated to the process
             (:func:`classical.threads.allocated_cpus`: CPU affinity, ``SLURM_CPUS_PER_TASK``).
+        verbose: print one line per pyramid level of every pair as it ends (the pair, the stage,
+            iterations run of the budget, final loss, seconds); it changes no result, so it is not
+            a hyper-parameter (a rerun with another ``verbose`` reuses finished pairs).
         **settings: the algorithm's settings (:mod:`classical.config`), e.g. ``scales``,
             ``iterations``, ``lr``, ``grad_sigma``, ``warp_sigma``, ``sim``, ``sim_kwargs``, ``affine``.
     """
 
-    HPARAMS_IGNORE = ("init_model",)
+    HPARAMS_IGNORE = ("init_model", "verbose")
 
     def __init__(
         self,
@@ -52,6 +56,7 @@ class InstanceOptimisationModule(RegistrationModule):
         label_interp: str = "nearest",
         hd95: bool = True,
         threads: int | None = None,
+        verbose: bool = False,
         **settings: Any,
     ) -> None:
         if algorithm not in ALGORITHMS:
@@ -62,6 +67,9 @@ class InstanceOptimisationModule(RegistrationModule):
         except (TypeError, ValueError) as exc:
             raise ValueError(f"model: {exc}") from exc
         self.algorithm = algorithm
+        if not isinstance(verbose, bool):
+            raise ValueError(f"model.verbose must be a bool (true/false), got {verbose!r}")
+        self.verbose = verbose
         self.init_from = init_from
         self.threads = check_threads(threads, "model.threads")
         if init_from and init_model is None:
@@ -137,10 +145,38 @@ class InstanceOptimisationModule(RegistrationModule):
             for i in range(fixed.shape[0]):
                 # fixed and moving share one grid (the batch contract, checked by every dataset)
                 res = register(fixed[i : i + 1], moving[i : i + 1], self.config,
-                               init=None if init is None else init[i : i + 1])
+                               init=None if init is None else init[i : i + 1],
+                               report=self._reporter(batch, i) if self.verbose else None)
                 self.last_results.append(res)
                 out.append(res.displacement.detach())
             return torch.cat(out, dim=0)
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`register` and, for SyN, the inverse it computes (``psi_f o psi_m^-1``, moving ->
+        fixed on the same grid); None for affine and greedy."""
+        u = self.register(batch)
+        inverses = [res.inverse for res in self.last_results]
+        if not inverses or any(inv is None for inv in inverses):
+            return u, None
+        return u, torch.cat([inv.detach() for inv in inverses], dim=0)
+
+    def _reporter(self, batch: Mapping[str, Any], i: int):
+        """Print a level's line prefixed with the method and pair ``i`` (through the trainer's
+        progress bar when one shows, so that it is not torn), flushed."""
+        ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
+        pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}" for v in ids)
+        trainer = getattr(self, "_trainer", None)
+        bar = getattr(trainer, "progress_bar_callback", None) if trainer is not None else None
+
+        def report(line: str) -> None:
+            text = f"[{self.method}] {pair}: {line}"
+            if bar is not None and getattr(bar, "is_enabled", False):
+                bar.print(text)
+            else:
+                print(text)
+            sys.stdout.flush()
+
+        return report
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> torch.Tensor:
         """The displacement of each pair (``trainer.predict``)."""

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from spatial.filters import gaussian_blur
 
 __all__ = ["level_shape", "level_need", "min_input_size", "downsample", "check_pair", "ConvergenceMonitor",
-           "MIN_LEVEL_VOXELS"]
+           "MIN_LEVEL_VOXELS", "level_line"]
 
 # The fewest voxels per axis of any pyramid level: an affine (12 parameters in 3-D) and a smooth
 # field are both determined on 4^3 = 64 voxels, not on 2 or 3 per axis.
@@ -98,3 +98,15 @@ class ConvergenceMonitor:
             return False
         before = self.trace[-1 - self.patience]
         return (before - self.trace[-1]) < self.tolerance * max(abs(before), 1e-12)
+
+
+def level_line(stage: str, index: int, n_levels: int, scale: float, shape: Sequence[int], trace: Sequence[float],
+               iterations: int, seconds: float) -> str:
+    """What a verbose run reports when a pyramid level ends: ``"greedy level 2/3 (scale 2, grid
+    48x56x48): 87/200 iterations (converged), loss -0.4123, 1.93 s"``; ``trace`` is the level's loss
+    trace (:attr:`ConvergenceMonitor.trace`: one value per iteration run), ``iterations`` the
+    level's budget (fewer run: the level converged)."""
+    ran = len(trace)
+    loss = f"loss {trace[-1]:.6g}" if trace else "no loss (no iteration)"
+    return (f"{stage} level {index + 1}/{n_levels} (scale {scale:g}, grid {'x'.join(str(n) for n in shape)}): "
+            f"{ran}/{iterations} iterations{' (converged)' if ran < iterations else ''}, {loss}, {seconds:.2f} s")

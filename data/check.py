@@ -136,92 +136,105 @@ def check_dataset(
         pairs = []
     missing = layout.missing_files(volumes)
     problems.extend(f"{p}: file not found" for p in missing)
-    missing_set = set(missing)
+    infos, unreadable = _inspect_all(volumes, set(missing), config, run_preprocess, problems, progress)
+    if expected_n is not None and len(subjects) != expected_n:
+        problems.insert(0, f"{layout.root}: found {len(subjects)} {layout.title} subjects, expected {expected_n}")
+    rows = _layout_rows(layout, subjects, expected_n, pairs, len(infos), len(volumes), len(missing), unreadable)
+    if infos:
+        rows += _volume_rows(layout, infos, config, problems)
+    rows.append(("status", "OK" if not problems else f"{len(problems)} problem(s)", ""))
+    _print_table(rows, infos if per_volume else [], out)
+    return rows, problems
+
+
+def _inspect_all(volumes, missing: set, config, run_preprocess: bool, problems: list[str], progress):
+    """:func:`_inspect` of every volume whose files exist; ``(infos, number unreadable)``; each
+    unreadable file's error is appended to ``problems``."""
     infos: list[dict[str, Any]] = []
     unreadable = 0
     for n, ref in enumerate(volumes, start=1):
         if progress is not None and (n % 25 == 0 or n == len(volumes)):
             print(f"checked {n}/{len(volumes)} volumes", file=progress, flush=True)
-        if ref.image in missing_set or (ref.label is not None and ref.label in missing_set):
+        if ref.image in missing or (ref.label is not None and ref.label in missing):
             continue
         try:
             infos.append(_inspect(ref, config, run_preprocess))
         except DataError as err:
             unreadable += 1
             problems.append(str(err))
-    if expected_n is not None and len(subjects) != expected_n:
-        problems.insert(0, f"{layout.root}: found {len(subjects)} {layout.title} subjects, expected {expected_n}")
-    unlisted = getattr(layout, "unlisted_folders", None)
-    extra = unlisted() if callable(unlisted) else []
+    return infos, unreadable
 
-    rows: list[tuple[str, str, str]] = []
 
-    def row(name: str, value: str, note: str = "") -> None:
-        rows.append((name, value, note))
-
-    row("dataset", f"{layout.title} (data={layout.name})")
-    row("root", str(layout.root))
-    row("layout", layout.expected)
-    row("subjects", str(len(subjects)), "" if expected_n is None else
-        ("ok" if len(subjects) == expected_n else f"MISMATCH: expected {expected_n}"))
+def _layout_rows(layout, subjects, expected_n, pairs, loaded: int, n_volumes: int, n_missing: int,
+                 unreadable: int) -> list[tuple[str, str, str]]:
+    """The table's rows about the tree: dataset, root, layout, subject and pair counts, files."""
+    rows = [("dataset", f"{layout.title} (data={layout.name})", ""), ("root", str(layout.root), ""),
+            ("layout", layout.expected, ""),
+            ("subjects", str(len(subjects)), "" if expected_n is None else
+             ("ok" if len(subjects) == expected_n else f"MISMATCH: expected {expected_n}"))]
     for split, n_paper in (layout.paper_pairs or {}).items():
-        row(f"pairs ({split})", str(len(pairs)), "ok" if len(pairs) == n_paper else f"paper: {n_paper}")
+        rows.append((f"pairs ({split})", str(len(pairs)), "ok" if len(pairs) == n_paper else f"paper: {n_paper}"))
     if not layout.paper_pairs:
-        row("pairs", str(len(pairs)))
-    row("volumes loaded", f"{len(infos)}/{len(volumes)}")
-    row("missing files", str(len(missing)), "ok" if not missing else "PROBLEM")
-    row("unreadable/invalid files", str(unreadable), "ok" if not unreadable else "PROBLEM")
+        rows.append(("pairs", str(len(pairs)), ""))
+    rows += [("volumes loaded", f"{loaded}/{n_volumes}", ""),
+             ("missing files", str(n_missing), "ok" if not n_missing else "PROBLEM"),
+             ("unreadable/invalid files", str(unreadable), "ok" if not unreadable else "PROBLEM")]
+    unlisted = getattr(layout, "unlisted_folders", None)  # OASIS only: folders subjects.txt leaves out
+    extra = unlisted() if callable(unlisted) else []
     if extra:
-        row("folders not in subjects.txt", str(len(extra)), "ignored: " + ", ".join(extra[:3]))
-    if infos:
-        row("image shapes", _counts([i["shape"] for i in infos], _x))
-        row("spacings (mm)", _counts([i["spacing"] for i in infos], _x))
-        row("orientations", _counts([i["orientation"] for i in infos], str))
-        lo, hi = min(i["min"] for i in infos), max(i["max"] for i in infos)
-        row("intensity range", f"[{lo:.4g}, {hi:.4g}]")
-        with_labels = [i for i in infos if "labels" in i]
-        if with_labels:
-            sets = [set(i["labels"]) - {0} for i in with_labels]
-            union = set().union(*sets)
-            common = set.intersection(*sets) if sets else set()
-            row("labels per volume", f"{min(len(s) for s in sets)}-{max(len(s) for s in sets)} foreground ids")
-            row("label ids (union)", f"{len(union)}: {_ids(union)}",
-                f"{len(union - common)} not in every volume" if union - common else "same in every volume")
-        extents = [i["extent"] for i in infos if i.get("extent") is not None]
-        if extents:
-            ext = np.max(np.stack(extents), axis=0)
-            if config.shape is not None and config.spacing is not None:
-                crop = np.array(config.shape) * np.array(config.spacing)
-                fits = bool(np.all(ext <= crop))
-                row("brain extent (mm)", f"max {_x([round(float(e), 1) for e in ext])}",
-                    f"{'fits' if fits else 'EXCEEDS'} the default crop {_x(config.shape)} at {_x(config.spacing)} mm"
-                    f"{'' if config.orientation is None else ' (' + config.orientation + ')'}")
-                if not fits:
-                    problems.append(
-                        f"{layout.root}: brain extent {_x([round(float(e), 1) for e in ext])} mm exceeds the default "
-                        f"crop {_x(crop.tolist())} mm; set data.shape larger"
-                    )
-            else:
-                row("brain extent (mm)", f"max {_x([round(float(e), 1) for e in ext])}")
-        lost = [i["label_lost"] for i in infos if "label_lost" in i]
-        if lost:
-            row("label volume lost to crop", f"max {100 * max(lost):.2f} %", "ok" if max(lost) < 0.01 else "CHECK")
-    row("status", "OK" if not problems else f"{len(problems)} problem(s)")
+        rows.append(("folders not in subjects.txt", str(len(extra)), "ignored: " + ", ".join(extra[:3])))
+    return rows
 
+
+def _volume_rows(layout, infos: list[dict[str, Any]], config, problems: list[str]) -> list[tuple[str, str, str]]:
+    """The table's rows about the volumes read: shapes, spacings, orientations, intensities, labels,
+    brain extent against the default crop (a problem when it exceeds it), label volume lost."""
+    rows = [("image shapes", _counts([i["shape"] for i in infos], _x), ""),
+            ("spacings (mm)", _counts([i["spacing"] for i in infos], _x), ""),
+            ("orientations", _counts([i["orientation"] for i in infos], str), "")]
+    lo, hi = min(i["min"] for i in infos), max(i["max"] for i in infos)
+    rows.append(("intensity range", f"[{lo:.4g}, {hi:.4g}]", ""))
+    sets = [set(i["labels"]) - {0} for i in infos if "labels" in i]
+    if sets:
+        union, common = set().union(*sets), set.intersection(*sets)
+        rows.append(("labels per volume", f"{min(len(s) for s in sets)}-{max(len(s) for s in sets)} foreground ids", ""))
+        rows.append(("label ids (union)", f"{len(union)}: {_ids(union)}",
+                     f"{len(union - common)} not in every volume" if union - common else "same in every volume"))
+    extents = [i["extent"] for i in infos if i.get("extent") is not None]
+    if extents:
+        ext = np.max(np.stack(extents), axis=0)
+        text = f"max {_x([round(float(e), 1) for e in ext])}"
+        note = ""
+        if config.shape is not None and config.spacing is not None:
+            crop = np.array(config.shape) * np.array(config.spacing)
+            fits = bool(np.all(ext <= crop))
+            note = (f"{'fits' if fits else 'EXCEEDS'} the default crop {_x(config.shape)} at {_x(config.spacing)} mm"
+                    f"{'' if config.orientation is None else ' (' + config.orientation + ')'}")
+            if not fits:
+                problems.append(f"{layout.root}: brain extent {_x([round(float(e), 1) for e in ext])} mm exceeds "
+                                f"the default crop {_x(crop.tolist())} mm; set data.shape larger")
+        rows.append(("brain extent (mm)", text, note))
+    lost = [i["label_lost"] for i in infos if "label_lost" in i]
+    if lost:
+        rows.append(("label volume lost to crop", f"max {100 * max(lost):.2f} %", "ok" if max(lost) < 0.01 else "CHECK"))
+    return rows
+
+
+def _print_table(rows: list[tuple[str, str, str]], infos: list[dict[str, Any]], out) -> None:
+    """The check table; with ``infos``, one line per volume after it."""
     width = max(len(r[0]) for r in rows)
     vwidth = min(60, max(len(r[1]) for r in rows))
     print(f"{'check':<{width}}  {'value':<{vwidth}}  note", file=out)
     print(f"{'-' * width}  {'-' * vwidth}  ----", file=out)
     for name, value, note in rows:
         print(f"{name:<{width}}  {value:<{vwidth}}  {note}".rstrip(), file=out)
-    if per_volume and infos:
+    if infos:
         print("", file=out)
         print("id\tshape\tspacing\torientation\tmin\tmax\tn_labels", file=out)
         for i in infos:
             n_labels = len(set(i.get("labels", [])) - {0})
             print(f"{i['id']}\t{_x(i['shape'])}\t{_x(i['spacing'])}\t{i['orientation']}\t{i['min']:.4g}\t"
                   f"{i['max']:.4g}\t{n_labels}", file=out)
-    return rows, problems
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ from data.generated import AxialSlices, GeneratedDataModule, takes_knobs
 from data.loaders import check_loader_args
 from data.io import DataError
 from data.mni import MNIKnobs, MNISubjects
-from data.pairs_csv import PairsCSVDataset
+from data.pairs_csv import RESAMPLE, PairsCSVDataset
 from data.synthmorph import EpochPairSampler, SynthMorphPairs
 
 __all__ = ["MNIDataModule", "PairsCSVDataModule", "SynthMorphDataModule"]
@@ -91,7 +91,8 @@ class PairsCSVDataModule(RegistrationDataModule):
 
     Construction checks headers only (cheap); :meth:`validate` loads every file of the
     test, train and val sets once. ``batch_size > 1`` needs every pair of a set to share
-    one shape.
+    one shape. ``resample="fixed"`` resamples each moving image (and label map) onto its fixed
+    image's grid in world space instead of refusing pairs on two grids (:mod:`data.pairs_csv`).
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class PairsCSVDataModule(RegistrationDataModule):
         batch_size: int = 1,
         num_workers: int = 0,
         normalize: bool = True,
+        resample: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -110,6 +112,9 @@ class PairsCSVDataModule(RegistrationDataModule):
             raise DataError("data.csv and data.test_csv are both set; give the test pairs once")
         self.batch_size, self.num_workers = check_loader_args(batch_size, num_workers, "PairsCSVDataModule")
         self.normalize = bool(normalize)
+        if resample not in RESAMPLE:
+            raise DataError(f"data.resample must be null or 'fixed', got {resample!r}")
+        self.resample = resample
         self._paths = {
             "train": (train_csv, "data.train_csv"),
             "val": (val_csv, "data.val_csv"),
@@ -131,7 +136,8 @@ class PairsCSVDataModule(RegistrationDataModule):
             path, key = self._paths[split]
             if path is None:
                 raise DataError(f"{key} is not set; the {split} stage needs a pairs CSV")
-            ds = PairsCSVDataset(os.path.expanduser(str(path)), normalize=self.normalize, check="header")
+            ds = PairsCSVDataset(os.path.expanduser(str(path)), normalize=self.normalize, check="header",
+                                 resample=self.resample)
             if self.batch_size > 1 and len(set(ds.shapes)) > 1:
                 raise DataError(
                     f"{ds.csv_path}: batch_size={self.batch_size} needs one shape for all pairs, "

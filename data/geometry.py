@@ -3,17 +3,27 @@
 Registration here works in voxel space, so two images are compared only when they lie on one
 grid in world space (the same shape and voxel-to-world affine); :func:`grid_mismatch` says, in
 words, how two grids differ, within the tolerances below. The readers (:func:`data.io.read_grid`)
-return a file's :class:`Grid`; the pair datasets refuse a pair whose grids differ.
+return a file's :class:`Grid`; the pair datasets refuse a pair whose grids differ, or resample the
+moving image onto the fixed grid in world space (``data.resample=fixed``, :mod:`data.transforms`).
+
+ITK and ANTs work in LPS millimetres: :func:`itk_geometry` is a grid's ITK geometry from its NIfTI
+(RAS) affine, and :func:`physical_to_voxel_displacement` / :func:`voxel_to_physical_displacement`
+are THE converters between a physical (LPS mm) displacement field and the project's voxel-unit
+one (``u(x) = M^-1 d(x)``, ``M = diag(-1, -1, 1) A[:3, :3]``); :mod:`classical.itk_bridge` (the
+ANTs / SimpleITK baselines) and the transform files (:mod:`data.transforms`) both use them.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
 
 import nibabel as nib
 import numpy as np
+import torch
 
-__all__ = ["Grid", "grid_mismatch", "axcodes", "SPACING_TOLERANCE", "DIRECTION_TOLERANCE", "ORIGIN_TOLERANCE"]
+__all__ = ["Grid", "grid_mismatch", "axcodes", "SPACING_TOLERANCE", "DIRECTION_TOLERANCE", "ORIGIN_TOLERANCE",
+           "ItkGeometry", "itk_geometry", "physical_to_voxel_displacement", "voxel_to_physical_displacement", "LPS"]
 
 # "Same grid in world space" (:func:`grid_mismatch`): two voxel-to-world matrices agree when
 SPACING_TOLERANCE = 1e-3  # mm: voxel sizes (header zooms and affine column norms) agree within this
@@ -79,3 +89,73 @@ def grid_mismatch(
     elif not np.allclose(norms_a, norms_b, rtol=0.0, atol=SPACING_TOLERANCE):
         words.append(f"voxel sizes in the affine {_fmt(norms_a)} vs {_fmt(norms_b)} mm")
     return ", ".join(words) if words else None
+
+
+# --------------------------------------------------------------------------- ITK / ANTs physical space
+LPS = np.diag([-1.0, -1.0, 1.0])  # RAS <-> LPS for 3-vectors (its own inverse)
+
+
+@dataclass(frozen=True)
+class ItkGeometry:
+    """ITK image geometry in our array-axis order (index ``i`` = array axis ``i``), LPS mm.
+
+    ``physical(x) = origin + direction @ diag(spacing) @ x``.
+    """
+
+    spacing: tuple[float, ...]
+    origin: tuple[float, ...]
+    direction: np.ndarray  # (D, D), orthonormal columns
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """``M = direction @ diag(spacing)``: voxel steps -> physical vectors, ``(D, D)``."""
+        return self.direction @ np.diag(self.spacing)
+
+
+def itk_geometry(ndim: int, spacing: Sequence[float] | None = None, affine: Any = None) -> ItkGeometry:
+    """Geometry of a grid from a NIfTI voxel->RAS ``affine`` ``(4, 4)`` (3-D) or from ``spacing``.
+
+    The affine wins when given (3-D only): ``M = diag(-1,-1,1) A[:3,:3]`` (RAS -> LPS), spacing
+    = column norms of ``M``, direction = normalised columns (replaced by the nearest rotation if
+    the affine has shear, which ITK cannot represent; the same geometry converts the result
+    back, so the voxel-unit field stays exact). Without one: ``diag(spacing)``, origin 0.
+    """
+    if affine is not None and ndim == 3:
+        a = affine.detach().cpu().double().numpy() if isinstance(affine, torch.Tensor) else np.array(affine, np.float64)
+        if a.shape != (4, 4) or not np.all(np.isfinite(a)):
+            raise ValueError(f"itk_geometry() 'affine' must be a finite (4, 4) matrix, got shape {a.shape}")
+        m = LPS @ a[:3, :3]
+        origin = LPS @ a[:3, 3]
+        sp = np.linalg.norm(m, axis=0)
+        if np.any(sp <= 0):
+            raise ValueError(f"itk_geometry() 'affine' has a zero column: {a[:3, :3].tolist()}")
+        direction = m / sp
+        if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+            u_, _, vt = np.linalg.svd(direction)
+            direction = u_ @ vt
+        return ItkGeometry(tuple(float(s) for s in sp), tuple(float(o) for o in origin), direction)
+    sp = (1.0,) * ndim if spacing is None else tuple(float(s) for s in spacing)[:ndim]
+    if len(sp) != ndim or any(not s > 0 for s in sp):
+        raise ValueError(f"itk_geometry() 'spacing' must be {ndim} positive numbers, got {spacing!r}")
+    return ItkGeometry(sp, (0.0,) * ndim, np.eye(ndim))
+
+
+def physical_to_voxel_displacement(d: np.ndarray, geometry: ItkGeometry) -> torch.Tensor:
+    """Physical (LPS mm) displacement ``(*S, D)`` on a grid -> our voxel-unit field ``(1, D, *S)``.
+
+    ``u(x) = M^{-1} d(x)`` with ``M = direction @ diag(spacing)``; float32.
+    """
+    d = np.asarray(d, dtype=np.float64)
+    ndim = len(geometry.spacing)
+    if d.ndim != ndim + 1 or d.shape[-1] != ndim:
+        raise ValueError(f"physical_to_voxel_displacement() 'd' must be (*S, {ndim}), got {d.shape}")
+    u = d @ np.linalg.inv(geometry.matrix).T  # row-wise M^{-1} d
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(u, -1, 0), dtype=np.float32)).unsqueeze(0)
+
+
+def voxel_to_physical_displacement(u: torch.Tensor, geometry: ItkGeometry) -> np.ndarray:
+    """Inverse of :func:`physical_to_voxel_displacement`: ``(1, D, *S)`` or ``(D, *S)`` -> ``(*S, D)``."""
+    u = torch.as_tensor(u).detach().cpu().double()
+    if u.dim() == len(geometry.spacing) + 2:
+        u = u[0]
+    return np.moveaxis(u.numpy(), 0, -1) @ geometry.matrix.T

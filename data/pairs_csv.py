@@ -22,6 +22,11 @@ Validation happens in two steps so that a run never stops half-way with partial 
   stored in another orientation (LAS vs RAS), shifted (another origin) or with a label map
   flipped against its image would be registered and scored wrongly: each is one DataError
   naming both files and the difference (resample onto the fixed image's grid first);
+* ``resample="fixed"`` (``data.resample=fixed``) lifts the fixed/moving check: each moving image
+  (and its label map) is resampled onto its fixed image's grid in world space when the pair is
+  loaded (:func:`moving_on_fixed_grid`: trilinear, nearest neighbour for labels, 0 outside the
+  moving image); the setting is part of every pair's signature. Each label map must still share
+  its image's grid;
 * :meth:`PairsCSVDataset.validate` loads each distinct file once and checks the voxels
   (NaN/inf, whole non-negative labels with some foreground and at most
   :data:`data.io.MAX_LABEL_VALUES` distinct values, a non-constant image that is not all zeros
@@ -52,8 +57,9 @@ from data.io import (
     volume_id,
 )
 from data.signature import file_signature, signature
+from data.transforms import check_affine, resample_to_grid
 
-__all__ = ["PairsCSVDataset", "SPACING_TOLERANCE"]
+__all__ = ["PairsCSVDataset", "SPACING_TOLERANCE", "RESAMPLE", "prepared_image", "moving_on_fixed_grid"]
 
 REQUIRED_COLUMNS = ("fixed", "moving")
 LABEL_COLUMNS = ("fixed_label", "moving_label")
@@ -63,6 +69,47 @@ _NORMALIZE_DEFAULTS = {k: v.default for k, v in inspect.signature(normalize_inte
 _NORMALISATION = "0.5/99.5 percentiles of its nonzero voxels"
 _CHECKS = ("full", "header")
 _RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
+RESAMPLE = (None, "fixed")  # data.resample: refuse pairs on two grids, or resample moving onto the fixed grid
+
+
+def prepared_image(path: Path, array: np.ndarray, normalize: bool) -> np.ndarray:
+    """An image as items hold it: checked (not constant; in [0, 1] without ``normalize``), then
+    normalised (:func:`data.io.normalize_intensity`) or clipped to [0, 1]; never all zeros.
+
+    Raises:
+        DataError: naming ``path``.
+    """
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        raise DataError(f"{path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+    if not normalize and (lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
+        raise DataError(
+            f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
+            f"set normalize=True or rescale the file"
+        )
+    if normalize:
+        return require_contrast(path, normalize_intensity(array), _NORMALISATION)
+    return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
+
+
+def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str, path: Path,
+                         fixed_path: Path | None = None) -> np.ndarray:
+    """A moving ``array`` (grid ``moving``) on the ``fixed`` grid in world space: unchanged when both
+    are one grid (:func:`data.io.grid_mismatch`), else resampled (:func:`data.transforms.resample_to_grid`:
+    trilinear for ``kind="image"``, nearest neighbour for ``"label"``, 0 outside the moving image).
+
+    Raises:
+        DataError: naming ``path`` when its affine cannot be resampled, or when an image lies
+            entirely outside the fixed grid (all zeros once resampled).
+    """
+    if moving.shape == fixed.shape and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None:
+        return array
+    out = resample_to_grid(array, moving.affine, fixed.shape, fixed.affine, kind=kind, path=path)
+    if kind == "image" and not np.any(out != 0):
+        raise DataError(f"{path}: no voxel of it lies on the grid of the fixed image {fixed_path or ''} in world "
+                        "space (all zeros once resampled onto it); do both images share one world space "
+                        "(scanner or template coordinates)?")
+    return out
 
 
 class PairsCSVDataset(Dataset):
@@ -75,6 +122,9 @@ class PairsCSVDataset(Dataset):
             already lie in [0, 1] (checked by :meth:`validate` and on loading).
         check: ``"full"`` validates headers and voxel values at construction;
             ``"header"`` only headers (call :meth:`validate` before producing results).
+        resample: ``None`` (default): fixed and moving must share one grid in world space;
+            ``"fixed"``: each moving image and label map is resampled onto its fixed image's grid
+            in world space (:func:`moving_on_fixed_grid`).
 
     Item ``i`` follows the batch contract (:mod:`data.batch`); labels with label columns;
     ``spacing`` and ``fixed_affine`` are the fixed image's header's; ``fixed_id``, ``moving_id``
@@ -85,11 +135,15 @@ class PairsCSVDataset(Dataset):
             line) and the files involved.
     """
 
-    def __init__(self, csv_path: str | os.PathLike, normalize: bool = True, check: str = "full"):
+    def __init__(self, csv_path: str | os.PathLike, normalize: bool = True, check: str = "full",
+                 resample: str | None = None):
         if check not in _CHECKS:
             raise ValueError(f"PairsCSVDataset() 'check' must be one of {_CHECKS}, got {check!r}")
+        if resample not in RESAMPLE:
+            raise DataError(f"data.resample must be null or 'fixed', got {resample!r}")
         self.csv_path = Path(csv_path)
         self.normalize = bool(normalize)
+        self.resample = resample
         self.rows: list[dict[str, Path]] = []
         self.has_labels = False
         self._headers: dict[Path, Grid] = {}
@@ -197,14 +251,17 @@ class PairsCSVDataset(Dataset):
 
     def pair_signature(self, index: int) -> str:
         """Signature of pair ``index``'s inputs (:mod:`data.signature`): resolved path, size and
-        mtime of each of its files, and the intensity normalisation."""
+        mtime of each of its files, the intensity normalisation and ``resample`` when set."""
         row = self.rows[index]
         cols = REQUIRED_COLUMNS + (LABEL_COLUMNS if self.has_labels else ())
-        return signature({
+        description = {
             "dataset": "pairs_csv",
             "files": {col: file_signature(row[col]) for col in cols},
             "normalize": _NORMALIZE_DEFAULTS if self.normalize else "clip [0, 1]",
-        })
+        }
+        if self.resample is not None:
+            description["resample"] = self.resample
+        return signature(description)
 
     def _where(self, row: dict) -> str:
         return f"{self.csv_path}: row {row['_row']} (line {row['_line']})"
@@ -222,16 +279,23 @@ class PairsCSVDataset(Dataset):
             fixed = self._header(row["fixed"], row, "fixed")
             moving = self._header(row["moving"], row, "moving")
             where = self._where(row)
-            if fixed.shape != moving.shape:
+            if self.resample == "fixed":
+                try:
+                    check_affine(row["moving"], moving.affine)
+                    check_affine(row["fixed"], fixed.affine)
+                except DataError as err:
+                    raise DataError(f"{where}: {err}") from None
+            elif fixed.shape != moving.shape:
                 raise DataError(
                     f"{where}: fixed {row['fixed']} has shape {fixed.shape} but moving {row['moving']} has "
-                    f"shape {moving.shape}; a pair must share one grid (resample first)"
+                    f"shape {moving.shape}; a pair must share one grid (resample first, or set data.resample=fixed)"
                 )
-            diff = grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
+            diff = None if self.resample else grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
             if diff:
                 raise DataError(
                     f"{where}: fixed {row['fixed']} and moving {row['moving']} are not on one grid in world "
-                    f"space ({diff}); resample the moving image onto the fixed image's grid first"
+                    f"space ({diff}); resample the moving image onto the fixed image's grid first, or set "
+                    f"data.resample=fixed"
                 )
             if self.has_labels:
                 for img_col, lab_col in zip(REQUIRED_COLUMNS, LABEL_COLUMNS):
@@ -257,7 +321,8 @@ class PairsCSVDataset(Dataset):
         Checks, beyond the header checks of construction: finite voxels; labels whole,
         non-negative, not all zero, at most :data:`data.io.MAX_LABEL_VALUES` distinct values;
         images not constant and not all zeros after normalisation (a binary mask); with
-        ``normalize=False`` images within [0, 1].
+        ``normalize=False`` images within [0, 1]; with ``resample="fixed"`` each pair's moving
+        image overlaps its fixed image's grid in world space (it is resampled once to see).
         Also records the largest label (:attr:`num_labels`). Run it before writing any result.
         """
         max_label = -1
@@ -278,25 +343,33 @@ class PairsCSVDataset(Dataset):
                         max_label = max(max_label, int(vol.array.max()))
                 except DataError as err:
                     raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
+            if self.resample:  # the moving image must overlap the fixed grid
+                try:
+                    self._moving_image(row)
+                except DataError as err:
+                    raise DataError(f"{self._where(row)}, column 'moving': {err}") from err
         self._max_label = max_label if self.has_labels else None
         self._validated = True
 
-    def _check_image_values(self, path: Path, array: np.ndarray) -> None:
-        lo, hi = float(array.min()), float(array.max())
-        if hi <= lo:
-            raise DataError(f"{path}: image is constant (every voxel {lo:g}); expected an image with contrast")
-        if not self.normalize and (lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
-            raise DataError(
-                f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
-                f"set normalize=True or rescale the file"
-            )
-
     def _prepared(self, path: Path, array: np.ndarray) -> np.ndarray:
-        """The image as items hold it (checked, normalised or clipped to [0, 1]), never all zeros."""
-        self._check_image_values(path, array)
-        if self.normalize:
-            return require_contrast(path, normalize_intensity(array), _NORMALISATION)
-        return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
+        """The image as items hold it (:func:`prepared_image`)."""
+        return prepared_image(path, array, self.normalize)
+
+    def _moving_image(self, row: dict) -> np.ndarray:
+        """The moving image of ``row`` as items hold it: prepared on its own grid, then on the fixed
+        grid (:func:`moving_on_fixed_grid` with ``resample="fixed"``)."""
+        array = self._prepared(row["moving"], load_volume(row["moving"], kind="image").array)
+        if self.resample:
+            array = moving_on_fixed_grid(array, self._headers[row["moving"]], self._headers[row["fixed"]], "image",
+                                         row["moving"], row["fixed"])
+        return array
+
+    def _moving_label(self, row: dict) -> np.ndarray:
+        array = load_volume(row["moving_label"], kind="label").array
+        if self.resample:
+            array = moving_on_fixed_grid(array, self._headers[row["moving_label"]], self._headers[row["fixed"]],
+                                         "label", row["moving_label"])
+        return array
 
     @property
     def validated(self) -> bool:
@@ -347,9 +420,11 @@ class PairsCSVDataset(Dataset):
         row = self.rows[index]
         try:
             fixed, fixed_affine = self._image_and_affine(row["fixed"])
-            moving = self._image_and_affine(row["moving"])[0]
-            labels = {col: load_volume(row[col], kind="label").array[None] for col in LABEL_COLUMNS
-                      if self.has_labels}
+            moving = self._moving_image(row)[None]
+            labels = {}
+            if self.has_labels:
+                labels = {"fixed_label": load_volume(row["fixed_label"], kind="label").array[None],
+                          "moving_label": self._moving_label(row)[None]}
         except DataError as err:
             raise DataError(f"{self._where(row)}: {err}") from err
         fixed_id, moving_id = self.pair_id_of(row)
@@ -358,5 +433,6 @@ class PairsCSVDataset(Dataset):
                          pair_signature=self.pair_signature(index))
 
     def __repr__(self) -> str:
-        return f"PairsCSVDataset({str(self.csv_path)!r}, pairs={len(self)}, labels={self.has_labels})"
+        resample = f", resample={self.resample!r}" if self.resample else ""
+        return f"PairsCSVDataset({str(self.csv_path)!r}, pairs={len(self)}, labels={self.has_labels}{resample})"
 

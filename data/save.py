@@ -32,7 +32,7 @@ def _nifti_dtype(array: np.ndarray) -> np.dtype:
     raise ValueError(f"save_nifti_atomic() cannot store an array of dtype {array.dtype}")
 
 
-def _nifti_image(array, affine, description: str | None, fn: str) -> "nib.Nifti1Image":
+def _nifti_image(array, affine, description: str | None, fn: str, intent: tuple[str, str] | None = None) -> "nib.Nifti1Image":
     """The NIfTI image :func:`save_nifti_atomic` and :func:`nifti_bytes` write (see there)."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
@@ -47,14 +47,18 @@ def _nifti_image(array, affine, description: str | None, fn: str) -> "nib.Nifti1
     img.set_qform(affine, code=2)
     if description is not None:
         img.header["descrip"] = description.encode("ascii", "replace")[:80]
+    if intent is not None:  # e.g. ("vector", name): a displacement field (data.transforms)
+        img.header.set_intent(intent[0], (), name=intent[1][:16])
     return img
 
 
-def nifti_bytes(array, affine, name: str | os.PathLike, description: str | None = None) -> bytes:
+def nifti_bytes(array, affine, name: str | os.PathLike, description: str | None = None,
+                intent: tuple[str, str] | None = None) -> bytes:
     """The bytes of the NIfTI file :func:`save_nifti_atomic` would write at ``name`` (gzip-compressed
     when it ends in ``.gz``), for writing several files all or none
-    (:func:`data.files.atomic_write_files`)."""
-    data = _nifti_image(array, affine, description, "nifti_bytes").to_bytes()
+    (:func:`data.files.atomic_write_files`). ``intent``: ``(NIfTI intent, intent name)``, e.g.
+    ``("vector", "voxel disp")`` for a displacement field (:mod:`data.transforms`)."""
+    data = _nifti_image(array, affine, description, "nifti_bytes", intent).to_bytes()
     return gzip.compress(data, compresslevel=1, mtime=0) if str(name).lower().endswith(".gz") else data
 
 

@@ -10,8 +10,6 @@ signed-rank and paired t-test, two-sided) compute the statistics, ``compare`` do
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -22,7 +20,6 @@ import numpy as np
 
 from data.io import DataError
 from app import ConfigError
-from app.results import PAIR_COLUMNS
 from models.module import PARADIGMS
 
 __all__ = [
@@ -42,13 +39,19 @@ __all__ = [
     "check_paradigm",
 ]
 
-# metric column -> True when higher is better
+# metric column -> True when higher is better. Klein et al. 2009's pooled overlaps are comparable
+# except total_volume_similarity: signed, best at 0, so neither higher nor lower is better.
 METRICS = {
     "dice": True,
     "hd95": False,
     "sdlogj": False,
     "sdlogj_l2r": False,
     "folding_pct": False,
+    "total_target_overlap": True,
+    "total_mean_overlap": True,
+    "total_union_overlap": True,
+    "total_fn_error": False,
+    "total_fp_error": False,
     "seconds": False,
     "dice_identity": True,
 }
@@ -133,43 +136,11 @@ def load_results(path: str | os.PathLike, name: str | None = None, paradigm: str
     Raises :class:`DataError` naming the file when pairs.csv is missing, empty, lacks a column of
     the results contract, repeats a pair or holds a non-number; summary.json unreadable likewise.
     """
-    folder = Path(path)
-    if not (folder / "pairs.csv").is_file() and (folder / "test" / "pairs.csv").is_file():
-        folder = folder / "test"
-    csv_path = folder / "pairs.csv"
-    if not csv_path.is_file():
-        what = "no such folder" if not folder.exists() else "no pairs.csv (not a results folder of eval.py/train.py)"
-        raise DataError(f"{csv_path}: {what}")
-    with open(csv_path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        header = reader.fieldnames
-        if not header:
-            raise DataError(f"{csv_path}: empty file; expected columns {','.join(PAIR_COLUMNS)}")
-        missing = [c for c in PAIR_COLUMNS if c not in header]
-        if missing:
-            raise DataError(f"{csv_path}: missing column(s) {','.join(missing)}; "
-                            f"expected {','.join(PAIR_COLUMNS)}, got {','.join(header)}")
-        rows: dict[tuple[str, str], dict[str, float]] = {}
-        methods_seen: list[str] = []
-        for line_no, raw in enumerate(reader, start=2):
-            key = (str(raw["fixed_id"]), str(raw["moving_id"]))
-            if key in rows:
-                raise DataError(f"{csv_path}: line {line_no}: pair {key[0]} -> {key[1]} appears twice")
-            rows[key] = {m: _to_float(raw[m], f"{csv_path}: line {line_no}, column {m}") for m in METRICS}
-            if raw["method"] and raw["method"] not in methods_seen:
-                methods_seen.append(raw["method"])
-    if not rows:
-        raise DataError(f"{csv_path}: no pairs (header only)")
+    from app.results import read_results
 
-    summary: dict[str, Any] = {}
-    summary_path = folder / "summary.json"
-    if summary_path.is_file():
-        try:
-            summary = json.loads(summary_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise DataError(f"{summary_path}: not readable JSON ({exc})") from None
-        if not isinstance(summary, dict):
-            raise DataError(f"{summary_path}: expected a JSON object")
+    results = read_results(path)
+    folder, summary, methods_seen = results.folder, results.summary, results.methods
+    rows = {pair: {m: values[m] for m in METRICS} for pair, values in results.rows.items()}
     if name is None:
         name = summary.get("method") or (methods_seen[0] if methods_seen else None) or folder.name
     if paradigm is None:

@@ -18,7 +18,6 @@ The functions here are shared by ``mi_sweep.py`` and ``recipe.py``.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import os
@@ -78,24 +77,12 @@ def image_information(
 
 
 def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """Rows of ``results_dir/pairs.csv`` (the results contract) with float metrics."""
-    path = Path(results_dir) / "pairs.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: no pairs.csv (run eval.py with paths.output_dir={results_dir} first)")
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        missing = {"fixed_id", "moving_id", "dice"} - set(reader.fieldnames or [])
-        if missing:
-            raise DataError(f"{path}: missing columns {sorted(missing)}")
-        rows = []
-        for row in reader:
-            for key in ("dice", "dice_identity", "hd95", "sdlogj", "folding_pct", "seconds"):
-                if key in row:
-                    row[key] = float(row[key]) if row[key] not in ("", "nan", "None") else float("nan")
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no pairs")
-    return rows
+    """Rows of a results folder's ``pairs.csv`` (:func:`app.results.read_results`, the one reader;
+    the analysis needs the pair ids and ``dice``, numbers as floats) as dicts with ``fixed_id``/``moving_id``."""
+    from app.results import read_results
+
+    rows = read_results(results_dir, required=("fixed_id", "moving_id", "dice")).rows
+    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in rows.items()]
 
 
 def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[str, str]],

@@ -290,56 +290,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     train = None if no_train else measure_side(args.train, overrides["train"], "--train", True, args.max_images)
     test = measure_side(args.test, overrides["test"], "--test", False, args.max_images)
-    js, mask_name = shift_statistic(train, test) if train is not None else (None, None)
-    evidence = Evidence(
-        n_train_images=0 if train is None else train.n_images,
-        n_labelled=0 if train is None else train.n_labelled,
-        test_labelled=test.labelled,
-        mi_train=None if train is None else train.mi_mean,
-        mi_test=test.mi_mean,
-        js=js,
-        histogram_mask=mask_name,
-        n_test_images=test.n_images,
-        n_train_sampled=0 if train is None else len(train.ids),
-        n_test_sampled=len(test.ids),
-    )
+    evidence = _evidence(train, test)
     rec = recommend(evidence, args.min_labelled, args.js_threshold, args.mi_threshold, args.need_fast)
-    warnings: list[str] = []
-    dice = None
-    if fit is not None:
-        if evidence.mi_test is None:
-            warnings.append("--curve given but the test set has no labels: no MI, no Dice prediction")
-        else:
-            dice, warning = expected_classical_dice(fit, evidence.mi_test)
-            if warning:
-                warnings.append(warning)
-            opts = fit.get("options") or {}
-            if opts.get("bins", MI_BINS) != MI_BINS or opts.get("mask", "foreground") != "foreground":
-                warnings.append(f"the curve's MI options {opts} differ from this tool's (bins {MI_BINS}, "
-                                "mask foreground): the prediction is approximate")
-    if train is not None and set(train.ids) & set(test.ids):
-        shared = sorted(set(train.ids) & set(test.ids))
-        warnings.append(f"sampled test images also in the training set: {', '.join(shared[:5])}"
-                        + (" ..." if len(shared) > 5 else "") + " (the same subjects on both sides)")
-    for s in (train, test):
-        if s is not None and s.note:
-            warnings.append(f"{s.source}: {s.note}")
-
-    lines = []
-    for name, s in (("train", train), ("test", test)):
-        if s is None:
-            lines.append(f"{name}: none")
-            continue
-        lines.append(f"{name}: {s.source}: {s.n_images} images, {s.n_labelled} labelled; sampled {len(s.ids)}; "
-                     f"MI(i; s) = {_f(s.mi_mean)} bits" + ("" if s.mi else " (no labels)"))
-    lines.append(f"recommendation: {rec.method} (rule {rec.rule})")
-    lines += [f"  - {r}" for r in rec.reasons]
-    if dice is not None:
-        lines.append(f"expected classical Dice at test MI {evidence.mi_test:.3f} bits: {dice:.3f} (curve {args.curve})")
-    lines += [f"warning: {w}" for w in warnings]
-    print("\n".join(lines))
-    sys.stdout.flush()
-
+    dice, warnings = _curve_prediction(fit, evidence)
+    warnings += _side_warnings(train, test)
+    _print_report(train, test, rec, evidence, dice, args.curve, warnings)
     report = {
         "recommendation": rec.method,
         "rule": rec.rule,
@@ -359,6 +314,64 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         atomic_write_text(path, json.dumps(report, indent=2) + "\n")
         print(f"results: {path.resolve()}")
     return report
+
+
+def _evidence(train: Side | None, test: Side) -> Evidence:
+    js, mask_name = shift_statistic(train, test) if train is not None else (None, None)
+    return Evidence(
+        n_train_images=0 if train is None else train.n_images,
+        n_labelled=0 if train is None else train.n_labelled,
+        test_labelled=test.labelled,
+        mi_train=None if train is None else train.mi_mean,
+        mi_test=test.mi_mean,
+        js=js,
+        histogram_mask=mask_name,
+        n_test_images=test.n_images,
+        n_train_sampled=0 if train is None else len(train.ids),
+        n_test_sampled=len(test.ids),
+    )
+
+
+def _curve_prediction(fit: dict[str, Any] | None, evidence: Evidence) -> tuple[float | None, list[str]]:
+    """The classical Dice a ``--curve`` predicts at the test set's MI, and the warnings about it."""
+    if fit is None:
+        return None, []
+    if evidence.mi_test is None:
+        return None, ["--curve given but the test set has no labels: no MI, no Dice prediction"]
+    dice, warning = expected_classical_dice(fit, evidence.mi_test)
+    warnings = [warning] if warning else []
+    opts = fit.get("options") or {}
+    if opts.get("bins", MI_BINS) != MI_BINS or opts.get("mask", "foreground") != "foreground":
+        warnings.append(f"the curve's MI options {opts} differ from this tool's (bins {MI_BINS}, "
+                        "mask foreground): the prediction is approximate")
+    return dice, warnings
+
+
+def _side_warnings(train: Side | None, test: Side) -> list[str]:
+    warnings = []
+    if train is not None and set(train.ids) & set(test.ids):
+        shared = sorted(set(train.ids) & set(test.ids))
+        warnings.append(f"sampled test images also in the training set: {', '.join(shared[:5])}"
+                        + (" ..." if len(shared) > 5 else "") + " (the same subjects on both sides)")
+    return warnings + [f"{s.source}: {s.note}" for s in (train, test) if s is not None and s.note]
+
+
+def _print_report(train: Side | None, test: Side, rec, evidence: Evidence, dice: float | None, curve: str | None,
+                  warnings: list[str]) -> None:
+    lines = []
+    for name, s in (("train", train), ("test", test)):
+        if s is None:
+            lines.append(f"{name}: none")
+            continue
+        lines.append(f"{name}: {s.source}: {s.n_images} images, {s.n_labelled} labelled; sampled {len(s.ids)}; "
+                     f"MI(i; s) = {_f(s.mi_mean)} bits" + ("" if s.mi else " (no labels)"))
+    lines.append(f"recommendation: {rec.method} (rule {rec.rule})")
+    lines += [f"  - {r}" for r in rec.reasons]
+    if dice is not None:
+        lines.append(f"expected classical Dice at test MI {evidence.mi_test:.3f} bits: {dice:.3f} (curve {curve})")
+    lines += [f"warning: {w}" for w in warnings]
+    print("\n".join(lines))
+    sys.stdout.flush()
 
 
 def _side_dict(s: Side) -> dict[str, Any]:

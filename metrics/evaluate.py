@@ -2,7 +2,7 @@
 :func:`evaluate_pair` on each pair, so learned and classical methods are scored identically.
 
 Rules (the official Learn2Reg 2021 scorer's, see :mod:`metrics.overlap` / :mod:`metrics.surface`):
-Dice and HD95 score the foreground labels present in the fixed AND the un-warped moving label
+Dice, HD95 and Klein et al. 2009's overlap measures score the foreground labels present in the fixed AND the un-warped moving label
 map; a label the warp erases scores Dice 0 and the HD95 penalty (fixed grid diagonal in mm) and
 is counted in ``n_erased``. A labelled pair must yield a finite value for every metric it
 computes: no label in common, a non-finite displacement or any NaN result raises ``ValueError``
@@ -17,12 +17,16 @@ from typing import Any, Iterable
 
 from metrics._inputs import displacement, label_maps, label_subset, spacing_tuple
 from metrics.jacobian import _jacobian_det, _metrics_from_det
-from metrics.overlap import _dice_from_counts, _label_counts, _present
+from metrics.overlap import KLEIN_MEASURES, _dice_from_counts, _klein_from_counts, _label_counts, _present
 from metrics.surface import _hd95_arrays
 
 _NAN = math.nan
+# Klein et al. 2009's measures pooled over a pair's scored labels ("total" overlap, metrics.klein_overlaps)
+TOTAL_METRICS = tuple(f"total_{m}" for m in KLEIN_MEASURES)
 # the per-pair metrics every result row holds, in the order of the results files (the one list)
-PAIR_METRICS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct")
+PAIR_METRICS = ("dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", *TOTAL_METRICS)
+# the per-label metrics of every pair (labels.csv), in file order; a label's Klein mean overlap is its Dice
+LABEL_METRICS = ("dice", *(m for m in KLEIN_MEASURES if m != "mean_overlap"))
 
 
 class MetricError(ValueError):
@@ -68,8 +72,13 @@ def evaluate_pair(
 
     Returns:
         ``{"dice": float, "hd95": float, "sdlogj": float, "sdlogj_l2r": float,
-        "folding_pct": float, "dice_per_label": {label: float}, "hd95_per_label":
-        {label: float}, "n_erased": int, "erased_labels": tuple}`` with the conventions of
+        "folding_pct": float, "total_<measure>": float for each of :data:`TOTAL_METRICS`,
+        "dice_per_label": {label: float}, "hd95_per_label": {label: float}, "label_metrics":
+        {label: {name: float}} (names: :data:`LABEL_METRICS`), "n_erased": int,
+        "erased_labels": tuple}`` with the conventions of :func:`metrics.klein_overlaps` (the
+        ``total_*`` values pool the scored labels' voxel counts; an erased label has target,
+        mean and union overlap 0, volume similarity -2, false negative error 1 and false
+        positive error 0), of
         :func:`metrics.dice` and :func:`metrics.hd95` (foreground labels present in the fixed
         AND the un-warped moving map; a label erased by the warp scores Dice 0 and HD95 = the
         fixed grid's diagonal in mm; ``n_erased`` / ``erased_labels`` count / list those,
@@ -90,45 +99,19 @@ def evaluate_pair(
         "sdlogj": _NAN,
         "sdlogj_l2r": _NAN,
         "folding_pct": _NAN,
+        **{name: _NAN for name in TOTAL_METRICS},
         "dice_per_label": {},
         "hd95_per_label": {},
+        "label_metrics": {},
         "n_erased": 0,
         "erased_labels": (),
     }
     computed: list[str] = []
     u = displacement(disp, fn) if disp is not None else None
-    ndim = u.dim() - 2 if u is not None else None
 
     if fixed_label is not None:
-        for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
-            if value is None:
-                raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
-        f, mv, m = label_maps(fixed_label, moving_label, moved_label, fn, ndim)
-        if u is not None and tuple(u.shape[2:]) != tuple(f.shape):
-            raise ValueError(
-                f"{fn}() 'disp' spatial shape {tuple(u.shape[2:])} differs from the label maps' "
-                f"{tuple(f.shape)}; labels must be on the displacement's (fixed) grid"
-            )
-        subset = label_subset(labels, fn)
-        counts = _label_counts(f, mv, m)
-        d = _dice_from_counts(counts, subset)
-        if not d.per_label:
-            in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
-            within = "" if subset is None else f" within labels={_label_list(set(subset))}"
-            raise ValueError(
-                f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
-                f"moving_label {_label_list(in_mv)}{within}: nothing to score (wrong label maps?)"
-            )
-        out["dice"], out["dice_per_label"] = d.mean, d.per_label
-        out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
-        computed.append("dice")
-        if hd95_enabled:
-            sp = spacing_tuple(spacing, f.dim(), fn)
-            h = _hd95_arrays(
-                f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
-            )
-            out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
-            computed.append("hd95")
+        computed += _label_metrics(out, fixed_label, moving_label, moved_label, u, spacing, labels, hd95_enabled,
+                                   hd95_method, fn)
 
     if u is not None:
         jac = _metrics_from_det(_jacobian_det(u, fn), 0, 2, fn)
@@ -141,3 +124,47 @@ def evaluate_pair(
         if not math.isfinite(out[key]):
             raise ValueError(f"{fn}() '{key}' is {out[key]} (not finite); a metric must be a number")
     return out
+
+
+def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, u, spacing, labels,
+                   hd95_enabled: bool, hd95_method: str, fn: str) -> list[str]:
+    """Fill ``out``'s label metrics (Dice, Klein's overlaps, HD95, erased labels) of :func:`evaluate_pair`; returns the
+    names of the metrics computed."""
+    computed = []
+    ndim = u.dim() - 2 if u is not None else None
+    for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
+        if value is None:
+            raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
+    f, mv, m = label_maps(fixed_label, moving_label, moved_label, fn, ndim)
+    if u is not None and tuple(u.shape[2:]) != tuple(f.shape):
+        raise ValueError(
+            f"{fn}() 'disp' spatial shape {tuple(u.shape[2:])} differs from the label maps' "
+            f"{tuple(f.shape)}; labels must be on the displacement's (fixed) grid"
+        )
+    subset = label_subset(labels, fn)
+    counts = _label_counts(f, mv, m)
+    d = _dice_from_counts(counts, subset)
+    if not d.per_label:
+        in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
+        within = "" if subset is None else f" within labels={_label_list(set(subset))}"
+        raise ValueError(
+            f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
+            f"moving_label {_label_list(in_mv)}{within}: nothing to score (wrong label maps?)"
+        )
+    out["dice"], out["dice_per_label"] = d.mean, d.per_label
+    out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
+    computed.append("dice")
+    k = _klein_from_counts(counts, subset)  # the same counts and labels as Dice
+    out.update({f"total_{m}": v for m, v in k.total.items()})
+    out["label_metrics"] = {lab: {"dice": d.per_label[lab], **{m: v[m] for m in LABEL_METRICS if m != "dice"}}
+                            for lab, v in k.per_label.items()}
+    computed += TOTAL_METRICS
+    if hd95_enabled:
+        sp = spacing_tuple(spacing, f.dim(), fn)
+        h = _hd95_arrays(
+            f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
+        )
+        out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
+        computed.append("hd95")
+
+    return computed

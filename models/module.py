@@ -14,15 +14,15 @@ import time
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
-import numpy as np
 import torch
 from torch import nn
 import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity, compact_labels, dice_loss, one_hot
+from metrics import PAIR_METRICS
+from models.evaluation import LABEL_INTERPS, evaluate_batch, nanmean, warp_label
+from models.health import NonFiniteError, configured_call, format_parts, is_plain, non_finite_names, plain_data
 from models.loss_config import loss_config
-from metrics import dice as dice_metric
-from metrics import PAIR_METRICS, MetricError, evaluate_pair
 from models.networks import pad_to_multiple
 from models.specs import built, factory
 from spatial import DISPLACEMENT_CONVENTION, compose, integrate, resize_field, warp
@@ -31,7 +31,6 @@ __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "conf
            "LABEL_INTERPS", "PARADIGMS"]
 
 FIELDS = ("displacement", "velocity")
-LABEL_INTERPS = ("nearest", "linear")
 LOSS_GRIDS = ("full", "coarse")
 # how a method got its field: no registration, per-pair optimisation, a network trained without /
 # with labels, or a network's prediction refined by per-pair optimisation
@@ -39,29 +38,6 @@ PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
 # 2: the model is rebuilt from Lightning's hyper_parameters and registration.target;
 # 1 (before): from registration.model_config, a resolved Hydra config (still read)
 CHECKPOINT_FORMAT = 2
-
-
-class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss or non-finite weights: the run stops with this one line
-    (the global step and the loss parts); such weights are never saved nor tested."""
-
-
-def configured_call(factory: Callable[..., Any], args: Sequence[Any], key: str) -> Any:
-    """``factory(*args)`` (an optimiser / scheduler built from config); its ``TypeError`` /
-    ``ValueError`` becomes a ``ValueError`` naming the config key: ``"<key>.lr: Invalid learning
-    rate: -1"`` when exactly one configured value appears in the message, else ``"<key>: ..."``."""
-    try:
-        return factory(*args)
-    except (TypeError, ValueError) as exc:
-        message = " ".join(str(exc).split())
-        values = dict(getattr(factory, "keywords", None) or {})
-        named = [k for k, v in values.items() if str(v) in message]
-        where = f"{key}.{named[0]}" if len(named) == 1 else key
-        raise ValueError(f"{where}: {message}") from None
-
-
-def _format_parts(parts: Mapping[str, torch.Tensor]) -> str:
-    return ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in parts.items() if k != "loss")
 
 
 class RegistrationModule(L.LightningModule):
@@ -175,7 +151,7 @@ class RegistrationModule(L.LightningModule):
         objects = [k for k, v in outer.f_locals.items() if k in self.HPARAMS_IGNORE or isinstance(v, nn.Module)]
         self.save_hyperparameters(ignore=objects or None, frame=outer)
         for key in list(self.hparams):
-            if key in self.HPARAMS_IGNORE or not _is_plain(self.hparams[key]):
+            if key in self.HPARAMS_IGNORE or not is_plain(self.hparams[key]):
                 del self.hparams[key]
 
     # ------------------------------------------------------------------ core API
@@ -224,6 +200,22 @@ class RegistrationModule(L.LightningModule):
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Final displacement ``(B, D, *S)`` fixed -> moving for a batch of pairs."""
         return self.to_displacement(self(batch["moving"], batch["fixed"]), batch["fixed"].shape[2:])
+
+    def inverse_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor | None:
+        """The inverse map (moving -> fixed) of :meth:`to_displacement` ``(out, shape)`` when the method
+        has one by construction: ``exp(-v)`` for a velocity ``v``; None for a displacement network."""
+        return self.to_displacement(-out, shape) if self.field == "velocity" else None
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(u, inverse)``: :meth:`register`'s displacement ``(B, D, *S)`` fixed -> moving and its
+        inverse moving -> fixed on the same grid (``moving(x + u(x))`` undone by ``inverse``), or None
+        when the method has none (one network pass serves both; :meth:`inverse_displacement`).
+        A subclass that overrides :meth:`register` says here whether it has an inverse (default: none)."""
+        if self.net is None or type(self).register is not RegistrationModule.register:
+            return self.register(batch), None
+        out = self(batch["moving"], batch["fixed"])
+        shape = batch["fixed"].shape[2:]
+        return self.to_displacement(out, shape), self.inverse_displacement(out, shape)
 
     # ------------------------------------------------------------------ training
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
@@ -323,7 +315,7 @@ class RegistrationModule(L.LightningModule):
             return
         pairs = ", ".join(f"{f} <- {m}" for f, m in zip(batch.get("fixed_id", []), batch.get("moving_id", [])))
         raise NonFiniteError(
-            f"step {self.global_step}: loss is {float(loss):.4g} ({_format_parts(parts)})"
+            f"step {self.global_step}: loss is {float(loss):.4g} ({format_parts(parts)})"
             + (f" on pair {pairs}" if pairs else "")
             + "; training stopped before this step's update (lower model.optimizer.lr, set "
             "trainer.gradient_clip_val, or check the data)"
@@ -335,12 +327,7 @@ class RegistrationModule(L.LightningModule):
 
     def non_finite_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> list[str]:
         """Names of the floating-point weights (``state``, default the module's) that hold NaN or inf."""
-        state = self.state_dict() if state is None else state
-        tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()}
-        if not tensors:
-            return []
-        flags = torch.stack([torch.isfinite(v).all() for v in tensors.values()]).tolist()
-        return [k for k, ok in zip(tensors, flags) if not ok]
+        return non_finite_names(self.state_dict() if state is None else state)
 
     def check_finite_weights(self, context: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
         """:class:`NonFiniteError` ``"<context> weights non-finite (<names>)"`` if any weight is NaN/inf.
@@ -381,48 +368,15 @@ class RegistrationModule(L.LightningModule):
 
     # ------------------------------------------------------------------ evaluation
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``). ``"linear"``
-        warps a one-hot over the ids present (:func:`losses.compact_labels`: K + 1 channels, not
-        max id + 1) and maps the argmax back to the ids."""
-        if self.label_interp == "nearest":
-            return warp(label, u, mode="nearest")
-        # one-hot over the ids present (0 included), warped linearly, argmax, back to the ids: the
-        # same result as a dense one-hot of max id + 1 channels (absent channels stay 0 and never win)
-        ids, (index,) = compact_labels(label)
-        moved = warp(one_hot(index, int(ids.numel())), u).argmax(dim=1, keepdim=True)
-        return ids.to(label.dtype)[moved]
+        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``;
+        :func:`models.evaluation.warp_label`)."""
+        return warp_label(label, u, self.label_interp)
 
     def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
-        """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
-        un-warped moving and the warped moving map). A pair that cannot be scored raises
-        :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``."""
-        has_labels = "fixed_label" in batch and "moving_label" in batch
-        moved_label = self.warp_label(batch["moving_label"], u) if has_labels else None
-        rows = []
-        for i in range(u.shape[0]):
-            try:
-                spacing = _spacing_of(batch, i, u.shape[1])
-                res = evaluate_pair(
-                    batch["fixed_label"][i] if has_labels else None,
-                    batch["moving_label"][i] if has_labels else None,
-                    moved_label[i] if has_labels else None,
-                    u[i : i + 1],
-                    spacing,
-                    hd95_enabled=with_hd95,
-                )
-                if has_labels:  # no registration: the moving map is its own warp
-                    moving = batch["moving_label"][i]
-                    res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving).mean
-                else:
-                    res["dice_identity"] = float("nan")
-            except ValueError as exc:
-                ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
-                pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}"
-                                   for v in ids)
-                raise MetricError(f"pair {pair}: {exc}") from None
-            res["moved_label"] = moved_label[i] if has_labels else None
-            rows.append(res)
-        return rows
+        """Every pair of the batch scored (:func:`models.evaluation.evaluate_batch`); a pair that
+        cannot be scored raises :class:`metrics.MetricError` naming it."""
+        return evaluate_batch(batch, u, with_hd95, self.label_interp)
+
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         if self.net is None:
@@ -461,7 +415,7 @@ class RegistrationModule(L.LightningModule):
         rows, self._val_rows = self._val_rows, []
         if not rows:
             return
-        means = {k: _nanmean([r[k] for r in rows]) for k in rows[0]}
+        means = {k: nanmean([r[k] for r in rows]) for k in rows[0]}
         for k, v in means.items():
             self.log(f"val/{k}", v, sync_dist=True)
         if not self.trainer.sanity_checking and math.isfinite(means["dice"]):
@@ -472,8 +426,8 @@ class RegistrationModule(L.LightningModule):
     def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
         """Register the batch and score every pair (the one metric path); returns one result per
         pair and writes nothing (the application's results callback stores them):
-        ``{"pair": row of the results contract, "labels": Dice per label, "erased": labels the
-        warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
+        ``{"pair": row of the results contract, "labels": {label: {name: value}} (the per-label
+        metrics, :data:`metrics.LABEL_METRICS`), "erased": labels the warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
         "moved_label": (1, *S) or None}``."""
         start = time.perf_counter()
         u = self.register(batch).detach()
@@ -489,7 +443,7 @@ class RegistrationModule(L.LightningModule):
             if self._trainer is not None:  # called by a Trainer (not directly)
                 for k in (*PAIR_METRICS, "dice_identity"):
                     self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
-            results.append({"pair": row, "labels": res["dice_per_label"], "erased": res["erased_labels"],
+            results.append({"pair": row, "labels": res["label_metrics"], "erased": res["erased_labels"],
                             "signature": None if signatures is None else signatures[i],
                             "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
         return results
@@ -504,49 +458,15 @@ class RegistrationModule(L.LightningModule):
         self.check_finite_weights(f"step {self.global_step}: checkpoint not saved:", checkpoint.get("state_dict"))
         for key in list(checkpoint):
             if key != "state_dict":
-                checkpoint[key] = _plain_data(checkpoint[key], key)
+                checkpoint[key] = plain_data(checkpoint[key], key)
         checkpoint["registration"] = {
             "format": CHECKPOINT_FORMAT,
             "target": f"{type(self).__module__}.{type(self).__qualname__}",
+            "hyper_parameters": plain_data(dict(self.hparams), "registration/hyper_parameters"),
             "method": self.method,
             "field": self.field,
             "displacement_convention": DISPLACEMENT_CONVENTION,
         }
-
-
-def _plain_data(value: Any, where: str) -> Any:
-    """``value`` as the types a weights-only ``torch.load`` accepts (tensors, numbers, strings, None,
-    dtypes, lists, tuples, dicts); OmegaConf containers, paths and numpy values are converted; a
-    ``ValueError`` naming ``where`` for anything else."""
-    from collections import OrderedDict
-    from pathlib import PurePath
-
-    if value is None or isinstance(value, (bool, int, float, str, bytes, torch.Tensor, torch.dtype, torch.Size,
-                                           torch.device)):
-        return value
-    if isinstance(value, PurePath):
-        return str(value)
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value.copy())
-    if isinstance(value, np.generic):
-        return value.item()
-    try:
-        from omegaconf import Container, OmegaConf
-
-        if isinstance(value, Container):
-            value = OmegaConf.to_container(value, resolve=True)
-    except ImportError:  # pragma: no cover
-        pass
-    if isinstance(value, OrderedDict):
-        return OrderedDict((k, _plain_data(v, f"{where}/{k}")) for k, v in value.items())
-    if isinstance(value, dict):
-        return {k: _plain_data(v, f"{where}/{k}") for k, v in value.items()}
-    if isinstance(value, (list, tuple, set)):
-        items = [_plain_data(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if isinstance(value, tuple) else set(items) if isinstance(value, set) else items
-    raise ValueError(f"checkpoint entry {where} holds a {type(value).__module__}.{type(value).__name__}, "
-                     "which a weights-only checkpoint load refuses; store plain values (numbers, strings, "
-                     "tensors, lists, dicts) instead")
 
 
 class IdentityRegistration(RegistrationModule):
@@ -559,35 +479,12 @@ class IdentityRegistration(RegistrationModule):
         fixed = batch["fixed"]
         return torch.zeros(fixed.shape[0], fixed.dim() - 2, *fixed.shape[2:], device=fixed.device, dtype=fixed.dtype)
 
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        u = self.register(batch)
+        return u, torch.zeros_like(u)
+
     @property
     def paradigm(self) -> str:
         return "identity"
 
 
-def _spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:
-    sp = batch.get("spacing")
-    if sp is None:
-        return (1.0,) * ndim
-    sp = torch.as_tensor(sp)
-    row = sp[i] if sp.dim() == 2 else sp
-    return tuple(float(s) for s in row[:ndim])
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    """Mean of the finite values (a validation epoch's logged means), NaN when there is none."""
-    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
-    return math.fsum(finite) / len(finite) if finite else math.nan
-
-
-def _is_plain(value: Any) -> bool:
-    """Plain data or a spec (what a hyper-parameter may hold), not an object."""
-    from models.specs import plain
-
-    value = plain(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True
-    if isinstance(value, (list, tuple)):
-        return all(_is_plain(v) for v in value)
-    if isinstance(value, Mapping):
-        return all(isinstance(k, str) and _is_plain(v) for k, v in value.items())
-    return False

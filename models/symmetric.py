@@ -169,6 +169,12 @@ class SymmetricRegistrationModule(RegistrationModule):
         u = symmetric_maps(v_f, v_m, self.integration_steps, full=False)["forward"]
         return u if shape is None else resize_field(u, shape)
 
+    def inverse_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
+        """The backward map moving -> fixed ``compose(exp(v_f), exp(-v_m))``: the forward map with the
+        half velocities swapped (its exact inverse by construction)."""
+        v_f, v_m = self.half_velocities(out)
+        return self.to_displacement(torch.cat([v_m, v_f], dim=1), shape)
+
     # ------------------------------------------------------------------ training
     def _loss_parts(
         self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None,

@@ -97,7 +97,8 @@ def test_a_checkpoint_names_no_code_to_run(where, target, tmp_path):
     if where == "registration":
         ckpt["registration"]["target"] = target
     else:
-        ckpt["hyper_parameters"]["net"] = {"_target_": target, "args": ["touch", str(tmp_path / "ran")]}
+        for hparams in (ckpt["hyper_parameters"], ckpt["registration"]["hyper_parameters"]):
+            hparams["net"] = {"_target_": target, "args": ["touch", str(tmp_path / "ran")]}
     torch.save(ckpt, path)
     with pytest.raises(ConfigError, match=r"ckpt_path: .*m\.ckpt.*cannot be built here"):
         load_model_from_checkpoint(path)
@@ -120,7 +121,9 @@ def test_test_step_returns_rows_and_writes_nothing(tmp_path, monkeypatch):
     (result,) = IdentityRegistration().test_step(batch, 0)
     assert not opened and not os.listdir(tmp_path)
     assert set(result["pair"]) | {"method"} == set(PAIR_COLUMNS)
-    assert result["pair"]["dice"] == 1.0 and result["labels"] == {3: 1.0} and result["signature"] == "sig"
+    perfect = {"dice": 1.0, "target_overlap": 1.0, "union_overlap": 1.0, "volume_similarity": 0.0, "fn_error": 0.0,
+               "fp_error": 0.0}
+    assert result["pair"]["dice"] == 1.0 and result["labels"] == {3: perfect} and result["signature"] == "sig"
     assert result["displacement"].shape == (1, 3, 8, 8, 8) and torch.equal(result["moved_label"], lab[0])
 
 

@@ -14,12 +14,15 @@ from scipy.spatial.distance import cdist
 
 import metrics
 from metrics import (
+    LABEL_METRICS,
+    TOTAL_METRICS,
     LabelScores,
     dice,
     evaluate_pair,
     folding_pct,
     hd95,
     jacobian_metrics,
+    klein_overlaps,
     sdlogj,
     sdlogj_l2r,
 )
@@ -288,9 +291,13 @@ def test_evaluate_pair_is_the_individual_metrics():
     sp = (1.0, 1.2, 0.9)
     out = evaluate_pair(f[None, None], m[None, None], m[None, None], u, torch.tensor(sp)[None])
     keys = {"dice", "hd95", "sdlogj", "sdlogj_l2r", "folding_pct", "dice_per_label", "hd95_per_label",
-            "n_erased", "erased_labels"}
+            "label_metrics", "n_erased", "erased_labels", *TOTAL_METRICS}
     assert set(out) == keys
-    d, h = dice(f, m, m), hd95(f, m, m, sp)
+    d, h, k = dice(f, m, m), hd95(f, m, m, sp), klein_overlaps(f, m, m)
+    assert {name: out[f"total_{name}"] for name in k.total} == k.total
+    assert set(out["label_metrics"]) == set(d.per_label)
+    for lab, values in out["label_metrics"].items():
+        assert values == {"dice": d.per_label[lab], **{n: k.per_label[lab][n] for n in LABEL_METRICS[1:]}}
     assert out["n_erased"] == 0 and out["erased_labels"] == ()
     assert out["dice"] == d.mean and out["dice_per_label"] == d.per_label
     assert out["hd95"] == pytest.approx(h.mean) and out["hd95_per_label"] == pytest.approx(h.per_label)

@@ -387,7 +387,10 @@ def _few_channel_spy(monkeypatch, calls):
         assert num_classes <= 16, f"one-hot of {num_classes} channels for sparse label ids"
         return real(label, num_classes, *args, **kwargs)
 
-    monkeypatch.setattr(module_mod, "one_hot", spy)
+    import models.evaluation as evaluation_mod
+
+    for mod in (module_mod, evaluation_mod):  # the Dice loss's one-hot and the label warp's
+        monkeypatch.setattr(mod, "one_hot", spy)
 
 
 def test_linear_label_warp_of_sparse_large_ids_uses_few_channels(monkeypatch):

@@ -547,7 +547,7 @@ def test_compare_and_domain_shift_pass_sigterm_on_to_the_method_they_run(tmp_pat
     exits 143 with its own resume line; the parent's stop propagates (guarded prints its resume)."""
     import threading
 
-    from experiments import stopping
+    from app import stopping
     from experiments.runs import run_method
 
     csv = _pairs(tmp_path / "d", 2)

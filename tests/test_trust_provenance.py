@@ -174,13 +174,20 @@ def test_network_with_other_weights_never_reuses_results(tmp_path):
     assert seed0["sdlogj_mean"] != fresh["sdlogj_mean"]  # the weights really change the result
 
 
+# the Klein overlap columns of a pair row and the per-label metrics of one label (made-up values)
+_TOTALS = {"total_target_overlap": 0.5, "total_mean_overlap": 0.5, "total_union_overlap": 0.4,
+           "total_volume_similarity": 0.0, "total_fn_error": 0.5, "total_fp_error": 0.5}
+_LABEL = {"dice": 0.5, "target_overlap": 0.5, "union_overlap": 0.4, "volume_similarity": 0.0, "fn_error": 0.5,
+          "fp_error": 0.5}
+
+
 def test_writer_reuses_only_matching_parts(tmp_path):
     from app.parts import ResultsWriter
 
     w = ResultsWriter(tmp_path, "m", method_hash="h1")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4}
-    w.add({"pair": row, "labels": {1: 0.5}, "signature": "sig-a"})
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, **_TOTALS}
+    w.add({"pair": row, "labels": {1: _LABEL}, "signature": "sig-a"})
     assert w.reusable("f", "g", "sig-a")
     assert not w.reusable("f", "g", "sig-b")  # other inputs
     assert not w.reusable("f", "g", None)  # a dataset without signatures never reuses
@@ -249,8 +256,8 @@ def test_finalize_names_a_test_pair_without_a_result(tmp_path):
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4}
-    w.add({"pair": row, "labels": {1: 0.5}, "signature": "s"})
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, **_TOTALS}
+    w.add({"pair": row, "labels": {1: _LABEL}, "signature": "s"})
     w.seen.add(("f", "lost"))
     with pytest.raises(ResultsError, match=r"\(f, lost\)"):
         w.finalize([("f", "g"), ("f", "lost")])
@@ -287,7 +294,8 @@ def _finalize_with(tmp_path, values):
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     for k, (dice, hd95) in enumerate(values):
         w.add({"pair": {"fixed_id": f"f{k}", "moving_id": f"m{k}", "dice": dice, "hd95": hd95, "sdlogj": 0.1,
-                        "sdlogj_l2r": 0.1, "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": dice},
+                        "sdlogj_l2r": 0.1, "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": dice,
+                        **_TOTALS},
                "labels": {}, "signature": "s"})
     return w.finalize([(f"f{k}", f"m{k}") for k in range(len(values))])
 

@@ -1,0 +1,127 @@
+"""``apply.py``: a saved transform applied to any image, in world space.
+
+    python apply.py transform=DIR image=X.nii.gz out=Y.nii.gz [label=true] [inverse=true] [reference=R.nii.gz]
+    python apply.py transform=[DIR/disp_itk.nii.gz,affine.txt] image=X.nii.gz reference=F.nii.gz out=Y.nii.gz
+
+``transform``: a ``register.py`` output folder (its forward transform ``disp.nii.gz``; with
+``inverse=true`` its inverse, when the method had one), one transform file, or a list of them
+composed like ``antsApplyTransforms -t T1 -t T2 ...`` (a point of the output grid goes through
+``T1`` first, then ``T2``: ``T2(T1(p))``; ANTs' own output ``[1Warp.nii.gz, 0GenericAffine.mat]``
+reads as it does in ANTs).
+Files: the project's displacement NIfTI, its ITK/ANTs form or any ITK displacement field, an ITK
+affine (``.txt``/``.tfm``/``.mat``) (:mod:`data.transforms`).
+
+``image`` may lie in any space and on any grid: it is read in world space through the transform
+(one interpolation, :func:`data.transforms.transform_volume`): trilinear, or nearest neighbour with
+``label=true`` (the ids are kept exactly, the file's integer type as small as holds them). The
+output lies on ``reference``'s grid; by default the transform's own: a folder's fixed grid (its
+moving grid with ``inverse=true``), the first displacement file's lattice. Applying a folder's
+transform to the moving label map gives exactly its ``moved_label.nii.gz``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, ListConfig
+
+from app.errors import ConfigError
+from app.register import OUTPUTS, RECORD, TOOL, required_path
+
+__all__ = ["read_transform_folder", "read_transforms", "run_apply"]
+
+_USAGE = "python apply.py transform=DIR_OR_FILE image=X.nii.gz out=Y.nii.gz [label=true]"
+
+
+def read_transform_folder(folder: Path, inverse: bool = False):
+    """``(stages, reference grid)`` of a ``register.py`` output folder: its forward transform on the
+    fixed grid, or with ``inverse`` its inverse on the moving grid. DataErrors name the folder and
+    the file it lacks."""
+    from data.geometry import Grid
+    from data.io import DataError
+    from data.transforms import read_displacement
+
+    record_path = folder / RECORD
+    if not record_path.is_file():
+        raise DataError(f"{folder}: not a {TOOL} output folder ({RECORD} is missing)")
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        grid = record["moving" if inverse else "fixed"]
+        reference = Grid(tuple(grid["shape"]), tuple(grid["spacing"]), np.asarray(grid["affine"], dtype=np.float64))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"{record_path}: unreadable {TOOL} record ({type(exc).__name__}: {exc})") from None
+    if inverse and not record.get("inverse"):
+        raise DataError(f"{folder}: method {record.get('method')} computed no inverse ({OUTPUTS['inverse']} "
+                        "exists for SyN and velocity-field methods); apply the forward transform or register the "
+                        "other way round")
+    name = OUTPUTS["inverse" if inverse else "disp"]
+    if not (folder / name).is_file():
+        raise DataError(f"{folder}: the transform folder is missing {name} (listed in {RECORD})")
+    return [read_displacement(folder / name)], reference
+
+
+def read_transforms(spec: Any, inverse: bool = False):
+    """``(stages, default reference grid or None)`` of ``transform=``: a folder, a file or a list."""
+    from data.geometry import Grid
+    from data.io import DataError
+    from data.transforms import FieldStage, read_stage
+
+    items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
+    if not items or any(item is None or not str(item).strip() for item in items):
+        raise ConfigError(f"transform is not set (or holds an empty entry): {_USAGE}")
+    paths = [Path(os.path.expanduser(str(item))) for item in items]
+    if inverse and (len(paths) != 1 or not paths[0].is_dir()):
+        raise ConfigError(f"inverse=true applies to one {TOOL} output folder, got transform={[str(p) for p in paths]}")
+    stages, reference = [], None
+    for i, path in enumerate(paths):
+        if path.is_dir():
+            got, grid = read_transform_folder(path, inverse)
+        elif not path.exists():
+            raise DataError(f"{path}: transform not found (transform=...)")
+        else:
+            got, grid = [read_stage(path)], None
+            if isinstance(got[0], FieldStage):
+                lattice = got[0]
+                spacing = tuple(float(s) for s in np.linalg.norm(lattice.affine[:3, :3], axis=0))
+                grid = Grid(lattice.shape, spacing, lattice.affine)
+        if i == 0:
+            reference = grid
+        stages += got
+    return stages, reference
+
+
+def run_apply(cfg: DictConfig) -> Path:
+    """``apply.py``'s work (module docstring); returns the written file."""
+    from app.config_check import check_config
+    from data.io import load_volume, read_grid, save_nifti_atomic
+    from data.transforms import transform_volume
+
+    check_config(cfg)
+    image = required_path(cfg, "image", _USAGE)
+    out = required_path(cfg, "out", _USAGE)
+    if not out.name.lower().endswith((".nii", ".nii.gz")):
+        raise ConfigError(f"out={out} must name a NIfTI file (.nii.gz or .nii)")
+    label, inverse = bool(cfg.get("label", False)), bool(cfg.get("inverse", False))  # checked strict booleans
+    stages, reference = read_transforms(cfg.get("transform"), inverse)
+    if cfg.get("reference"):
+        reference = read_grid(os.path.expanduser(str(cfg.reference)))
+    if reference is None:
+        raise ConfigError("reference is not set and the first transform (an affine) has no grid: give "
+                          "reference=FILE.nii.gz, the image whose grid the output takes")
+    sources = [image] + [Path(s.source) for s in stages if s.source]
+    if any(out.resolve() == p.resolve() for p in sources):
+        raise ConfigError(f"out={out} would overwrite an input; write to another file")
+    volume = load_volume(image, kind="label" if label else "image")
+    array = transform_volume(stages, volume.array, volume.affine, reference.shape, reference.affine,
+                             "label" if label else "image", interp="nearest", path=image)
+    how = "nearest" if label else "linear"
+    save_nifti_atomic(array, reference.affine, out, description=f"{image.name} through {len(stages)} transform(s), {how}"[:80])
+    print(f"{image} -> {out.resolve()} ({'label, nearest neighbour' if label else 'image, trilinear'}; "
+          f"grid {tuple(reference.shape)}; {len(stages)} transform stage(s))")
+    sys.stdout.flush()
+    return out

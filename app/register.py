@@ -1,0 +1,327 @@
+"""``register.py``: one pair of a person's own images registered in world space, into a folder.
+
+    python register.py fixed=F.nii.gz moving=M.nii.gz out=DIR [model=NAME | ckpt_path=CKPT]
+                       [moving_label=ML.nii.gz [fixed_label=FL.nii.gz]]
+
+Fixed and moving may differ in shape, spacing and orientation: the moving image (and its label map)
+is resampled onto the fixed image's grid in world space (:func:`data.pairs_csv.moving_on_fixed_grid`),
+and the method registers that pair (a classical method's own affine stage, ``model.affine=...``,
+pre-aligns it; ``model.affine="{scales:[1],iterations:[0]}"`` is the moments translation alone).
+The result is one transform, fixed -> moving in world space (:mod:`data.transforms`: the
+displacement ``u`` on the fixed grid read through both images' affines), and every output that
+reads an image through it does so once, from the image's own grid and intensities
+(:func:`data.transforms.transform_volume`), exactly as ``apply.py`` does.
+
+``DIR`` receives (:data:`OUTPUTS`; written all or none, after everything was computed; an earlier
+run's output that this run does not write, e.g. an inverse, is then removed):
+
+==========================  ====================================================================
+``moved.nii.gz``            the moving image on the fixed grid, in its own (original) intensities
+``moved_label.nii.gz``      with ``moving_label``: the label map on the fixed grid (``model.label_interp``)
+``disp.nii.gz``             ``u`` fixed -> moving, voxel units of the fixed grid, ``(X, Y, Z, 1, 3)``
+``disp_itk.nii.gz``         the same transform for ANTs / ITK: LPS millimetres (antsApplyTransforms -t)
+``inverse_disp*.nii.gz``    moving -> fixed, when the method has an inverse (SyN, a velocity field)
+``jacobian_det.nii.gz``     determinant of the Jacobian of ``x -> x + u(x)`` on the fixed grid
+``affine_itk.txt``          a classical affine stage alone (ITK text; ``disp`` already includes it)
+``metrics.json``            with both label maps: the metrics of ``eval.py`` (one code path)
+``transform.json``          what was done: inputs, grids, method, resampling, files, convention
+==========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from app.errors import ConfigError
+
+__all__ = ["OUTPUTS", "RECORD", "run_register", "grid_record", "required_path"]
+
+OUTPUTS = {
+    "moved": "moved.nii.gz",
+    "moved_label": "moved_label.nii.gz",
+    "disp": "disp.nii.gz",
+    "disp_itk": "disp_itk.nii.gz",
+    "inverse": "inverse_disp.nii.gz",
+    "inverse_itk": "inverse_disp_itk.nii.gz",
+    "jacobian": "jacobian_det.nii.gz",
+    "affine": "affine_itk.txt",
+    "metrics": "metrics.json",
+    "record": "transform.json",
+}
+RECORD = OUTPUTS["record"]
+TOOL = "register.py"
+
+
+def required_path(cfg: DictConfig, key: str, usage: str) -> Path:
+    """``cfg[key]`` as a path; ConfigError naming the key and the usage line when it is not set."""
+    value = cfg.get(key)
+    if value is None or not str(value).strip():
+        raise ConfigError(f"{key} is not set: {usage}")
+    return Path(os.path.expanduser(str(value)))
+
+
+def _optional_path(cfg: DictConfig, key: str) -> Path | None:
+    value = cfg.get(key)
+    return None if value is None or not str(value).strip() else Path(os.path.expanduser(str(value)))
+
+
+def grid_record(grid, path: Path | None = None) -> dict[str, Any]:
+    """A grid as ``transform.json`` records it (shape, spacing, voxel-to-world affine, orientation)."""
+    from data.geometry import axcodes
+
+    out = {"shape": [int(s) for s in grid.shape], "spacing": [float(s) for s in grid.spacing],
+           "affine": np.asarray(grid.affine, dtype=np.float64).tolist(), "orientation": axcodes(grid.affine)}
+    return {"path": str(path.resolve()), **out} if path is not None else out
+
+
+_USAGE = "python register.py fixed=F.nii.gz moving=M.nii.gz out=DIR [moving_label=ML.nii.gz fixed_label=FL.nii.gz]"
+
+
+def _inputs(cfg: DictConfig) -> tuple[dict[str, Path], Path]:
+    """The input files by key and the output folder; ConfigErrors name the key."""
+    files = {key: required_path(cfg, key, _USAGE) for key in ("fixed", "moving")}
+    for key in ("fixed_label", "moving_label"):
+        path = _optional_path(cfg, key)
+        if path is not None:
+            files[key] = path
+    if "fixed_label" in files and "moving_label" not in files:
+        raise ConfigError(f"fixed_label={files['fixed_label']} needs moving_label=... (the metrics compare the "
+                          "fixed label map with the moving one read through the transform)")
+    out = required_path(cfg, "out", _USAGE)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={out} is a file; give the folder to write the registration to")
+    targets = {(out / name).resolve() for name in OUTPUTS.values()}
+    for key, path in files.items():
+        if path.resolve() in targets:
+            raise ConfigError(f"out={out} would overwrite the input {key}={path}; write to another folder")
+    return files, out
+
+
+def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
+    """Every input's header (:func:`data.io.read_grid`), each label map on its image's grid, both
+    images resampleable; returns the grids by key. DataErrors name the files."""
+    from data.io import DataError, grid_mismatch, read_grid
+    from data.transforms import check_affine
+
+    grids = {key: read_grid(path) for key, path in files.items()}
+    for key in ("fixed", "moving"):
+        check_affine(files[key], grids[key].affine)
+        label = f"{key}_label"
+        if label in grids:
+            a, b = grids[key], grids[label]
+            if a.shape != b.shape:
+                diff = f"shape {b.shape} vs {a.shape}"
+            else:
+                diff = grid_mismatch(a.affine, b.affine, a.spacing, b.spacing)
+            if diff:
+                raise DataError(f"{files[label]}: label map {label} is not on the grid of its image {key}={files[key]} "
+                                f"({diff}); expected the label map in its image's voxel-to-world frame")
+    return grids
+
+
+def _device(cfg: DictConfig) -> torch.device:
+    name = str(cfg.get("device", "auto"))
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"device={name}: {exc}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name}: no CUDA device is available here; use device=cpu or device=auto")
+    return device
+
+
+def _model(cfg: DictConfig):
+    from app.build import build_model
+    from app.checkpoints import load_model_from_checkpoint
+
+    if cfg.get("ckpt_path"):
+        return load_model_from_checkpoint(cfg.ckpt_path), {"ckpt_path": str(Path(str(cfg.ckpt_path)).resolve())}
+    return build_model(cfg), OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def _pair(files: dict[str, Path], grids: dict[str, Any], volumes: dict[str, Any], normalize: bool):
+    """The batch the method registers: both images prepared as a pairs CSV prepares them, the moving
+    image and label map on the fixed grid in world space (:mod:`data.pairs_csv`)."""
+    from data.batch import pair_item
+    from data.io import volume_id
+    from data.pairs_csv import moving_on_fixed_grid, prepared_image
+    from data.signature import file_signature, signature
+
+    fixed = prepared_image(files["fixed"], volumes["fixed"].array, normalize)
+    moving = moving_on_fixed_grid(prepared_image(files["moving"], volumes["moving"].array, normalize),
+                                  grids["moving"], grids["fixed"], "image", files["moving"], files["fixed"])
+    labels = {}
+    if "fixed_label" in volumes:
+        labels = {"fixed_label": volumes["fixed_label"].array[None],
+                  "moving_label": moving_on_fixed_grid(volumes["moving_label"].array, grids["moving_label"],
+                                                       grids["fixed"], "label", files["moving_label"])[None]}
+    item = pair_item(fixed[None], moving[None], spacing=grids["fixed"].spacing, fixed_affine=grids["fixed"].affine,
+                     fixed_id=volume_id(files["fixed"]), moving_id=volume_id(files["moving"]),
+                     pair_signature=signature({k: file_signature(v) for k, v in files.items()}), **labels)
+    return {k: (v.unsqueeze(0) if isinstance(v, torch.Tensor) else [v]) for k, v in item.items()}
+
+
+def _check_size(model, files: dict[str, Path], shape: tuple[int, ...]) -> None:
+    from data.io import DataError
+
+    minimum = model.min_input_size()
+    for axis, n in enumerate(shape):
+        if n < minimum:
+            raise DataError(f"{files['fixed']}: shape {tuple(shape)} has {n} voxel(s) on axis {axis}, fewer than the "
+                            f"{minimum} that model {model.method} needs ({model.min_input_size_reason()})")
+
+
+def _register(model, batch: dict[str, Any], device: torch.device, files: dict[str, Path]):
+    """``(u, inverse or None, seconds)`` on the CPU; a non-finite field stops with one error."""
+    from models.module import NonFiniteError
+
+    model.eval().to(device)
+    on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    start = time.perf_counter()
+    with torch.no_grad():
+        u, inverse = model.register_with_inverse(on_device)
+    seconds = time.perf_counter() - start
+    for name, field in (("displacement", u), ("inverse", inverse)):
+        if field is not None and not bool(torch.isfinite(field).all()):
+            bad = int((~torch.isfinite(field)).sum())
+            raise NonFiniteError(f"{model.method}: the {name} of {files['fixed']} <- {files['moving']} holds {bad} "
+                                 "non-finite values; nothing was written")
+    return u.detach().float().cpu(), None if inverse is None else inverse.detach().float().cpu(), seconds
+
+
+def _affine_stage(model, fixed_affine: np.ndarray) -> np.ndarray | None:
+    """The world matrix of a classical method's affine stage (fixed -> moving), or None."""
+    from data.transforms import voxel_matrix_to_world
+
+    results = getattr(model, "last_results", None)
+    if not results or results[0].affine is None:
+        return None
+    return voxel_matrix_to_world(results[0].affine[0].detach().double().cpu().numpy(), fixed_affine)
+
+
+def _metrics(model, batch: dict[str, Any], u: torch.Tensor, moved_label: np.ndarray, seconds: float) -> dict[str, Any]:
+    """``eval.py``'s metrics of the pair (:func:`models.evaluation.evaluate_batch`, one code path)
+    with the moved label map this tool wrote."""
+    from metrics import PAIR_METRICS
+    from models.evaluation import evaluate_batch
+
+    moved = torch.from_numpy(moved_label)[None, None]
+    res = evaluate_batch(batch, u, True, model.label_interp, moved_label=moved)[0]
+    row = {k: float(res[k]) for k in PAIR_METRICS}
+    return {"fixed_id": batch["fixed_id"][0], "moving_id": batch["moving_id"][0], "method": model.method, **row,
+            "dice_identity": float(res["dice_identity"]), "n_erased": int(res["n_erased"]), "seconds": seconds,
+            "label_interp": model.label_interp,
+            "dice_per_label": {str(k): float(v) for k, v in sorted(res["dice_per_label"].items())},
+            "hd95_per_label": {str(k): float(v) for k, v in sorted(res["hd95_per_label"].items())},
+            "erased_labels": [int(v) for v in res["erased_labels"]],
+            "note": "dice_identity: before registration, the moving label map resampled onto the fixed grid"}
+
+
+def run_register(cfg: DictConfig) -> dict[str, Any]:
+    """``register.py``'s work (module docstring); returns the record written to ``transform.json``."""
+    import lightning as L
+
+    from data.files import atomic_write_files
+    from data.geometry import grid_mismatch
+    from data.io import load_volume
+    from data.save import nifti_bytes
+    from data.transforms import FieldStage, displacement_bytes, itk_affine_text, transform_volume
+    from spatial import DISPLACEMENT_CONVENTION, jacobian_determinant
+
+    from app.config_check import check_config
+
+    check_config(cfg)  # values of the wrong type, named by key, before any work
+    L.seed_everything(int(cfg.get("seed", 0)), verbose=False)
+    files, out = _inputs(cfg)
+    grids = _check_grids(files)
+    volumes = {key: load_volume(path, kind="label" if key.endswith("_label") else "image") for key, path in files.items()}
+    model, model_record = _model(cfg)
+    fixed, moving = grids["fixed"], grids["moving"]
+    _check_size(model, files, fixed.shape)
+    batch = _pair(files, grids, volumes, bool(cfg.get("normalize", True)))
+    u, inverse, seconds = _register(model, batch, _device(cfg), files)
+
+    stages = [FieldStage(u, fixed.affine, OUTPUTS["disp"])]
+    moved = transform_volume(stages, volumes["moving"].array, moving.affine, fixed.shape, fixed.affine, "image",
+                             path=files["moving"])
+    written: dict[Path, bytes | str] = {}
+
+    def nifti(key: str, array: np.ndarray, description: str) -> None:
+        written[out / OUTPUTS[key]] = nifti_bytes(array, fixed.affine, OUTPUTS[key], description)
+
+    nifti("moved", moved, f"{files['moving'].name} on the fixed grid, own intensities"[:80])
+    metrics = None
+    if "moving_label" in files:
+        moved_label = transform_volume(stages, volumes["moving_label"].array, grids["moving_label"].affine,
+                                       fixed.shape, fixed.affine, "label", interp=model.label_interp,
+                                       path=files["moving_label"])
+        nifti("moved_label", moved_label, f"{files['moving_label'].name} on the fixed grid ({model.label_interp})")
+        if "fixed_label" in files:
+            metrics = _metrics(model, batch, u, moved_label, seconds)
+            written[out / OUTPUTS["metrics"]] = json.dumps(metrics, indent=2) + "\n"
+    for key, field in (("disp", u), ("inverse", inverse)):
+        if field is not None:
+            written[out / OUTPUTS[key]] = displacement_bytes(field, fixed.affine, OUTPUTS[key], "voxel")
+            written[out / OUTPUTS[f"{key}_itk"]] = displacement_bytes(field, fixed.affine, OUTPUTS[f"{key}_itk"], "itk")
+    nifti("jacobian", jacobian_determinant(u)[0].numpy(), "det Jacobian of x -> x + u(x), fixed grid")
+    affine = _affine_stage(model, fixed.affine)
+    if affine is not None:
+        written[out / OUTPUTS["affine"]] = itk_affine_text(affine)
+
+    mismatch = grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
+    if fixed.shape != moving.shape:
+        mismatch = f"shape {moving.shape} vs {fixed.shape}" + (f", {mismatch}" if mismatch else "")
+    record = {
+        "tool": TOOL,
+        "convention": DISPLACEMENT_CONVENTION,
+        "transform": ("fixed -> moving in world space: a fixed-grid point p reads the moving image at p + d(p); "
+                      f"{OUTPUTS['disp']}: u in voxel units of the fixed grid, d = A[:3, :3] u (A: the fixed "
+                      f"affine, RAS mm); {OUTPUTS['disp_itk']}: d in LPS mm for ANTs/ITK"),
+        "fixed": grid_record(fixed, files["fixed"]),
+        "moving": grid_record(moving, files["moving"]),
+        "fixed_label": str(files["fixed_label"].resolve()) if "fixed_label" in files else None,
+        "moving_label": str(files["moving_label"].resolve()) if "moving_label" in files else None,
+        "resampling": (f"moving resampled onto the fixed grid in world space ({mismatch}) before registration"
+                       if mismatch else "moving already on the fixed grid"),
+        "method": model.method,
+        "paradigm": model.paradigm,
+        "model": model_record,
+        "normalize": bool(cfg.get("normalize", True)),
+        "label_interp": model.label_interp,
+        "affine_stage": None if affine is None else {
+            "world_ras": affine.tolist(), "file": OUTPUTS["affine"],
+            "note": f"the affine pre-alignment alone; {OUTPUTS['disp']} already includes it"},
+        "inverse": None if inverse is None else OUTPUTS["inverse"],
+        "files": sorted(p.name for p in written) + [RECORD],
+        "seconds": seconds,
+    }
+    written[out / RECORD] = json.dumps(record, indent=2) + "\n"
+    atomic_write_files(written)
+    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
+    _report(record, metrics, out, inverse is not None)
+    return record
+
+
+def _report(record: dict[str, Any], metrics: dict[str, Any] | None, out: Path, has_inverse: bool) -> None:
+    line = f"[{record['method']}] {Path(record['moving']['path']).name} -> {Path(record['fixed']['path']).name}: "
+    line += f"{record['seconds']:.1f} s; {record['resampling']}"
+    print(line)
+    if metrics is not None:
+        print(f"[{record['method']}] Dice before {metrics['dice_identity']:.4f} -> after {metrics['dice']:.4f}, "
+              f"HD95 {metrics['hd95']:.3f} mm, SDlogJ {metrics['sdlogj']:.4f}, folding {metrics['folding_pct']:.4f} %")
+    print(f"results: {out.resolve()} ({', '.join(record['files'])})"
+          + ("" if has_inverse else f"; {record['method']} has no inverse"))
+    sys.stdout.flush()

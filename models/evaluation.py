@@ -1,0 +1,87 @@
+"""Scoring a batch of registered pairs: labels warped as configured, then the one metric code path
+(:func:`metrics.evaluate_pair`) on every pair. Used by the validation and test steps of
+:class:`models.module.RegistrationModule`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from losses import compact_labels, one_hot
+from metrics import MetricError, evaluate_pair
+from metrics import dice as dice_metric
+from spatial import warp
+
+__all__ = ["LABEL_INTERPS", "warp_label", "evaluate_batch", "spacing_of", "nanmean"]
+
+LABEL_INTERPS = ("nearest", "linear")
+
+
+def warp_label(label: torch.Tensor, u: torch.Tensor, interp: str = "nearest") -> torch.Tensor:
+    """Warp an int label map ``(B,1,*S)`` by ``u`` with ``interp`` (a ``label_interp`` of :data:`LABEL_INTERPS`). ``"linear"``
+    warps a one-hot over the ids present (:func:`losses.compact_labels`: K + 1 channels, not
+    max id + 1) and maps the argmax back to the ids."""
+    if interp == "nearest":
+        return warp(label, u, mode="nearest")
+    # one-hot over the ids present (0 included), warped linearly, argmax, back to the ids: the
+    # same result as a dense one-hot of max id + 1 channels (absent channels stay 0 and never win)
+    ids, (index,) = compact_labels(label)
+    moved = warp(one_hot(index, int(ids.numel())), u).argmax(dim=1, keepdim=True)
+    return ids.to(label.dtype)[moved]
+
+
+def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, interp: str = "nearest",
+                   moved_label: torch.Tensor | None = None) -> list[dict[str, Any]]:
+    """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
+    un-warped moving and the warped moving map). A pair that cannot be scored raises
+    :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``.
+
+    ``moved_label`` ``(B, 1, *S)``: the warped moving maps when the caller read them itself (the
+    one-pair tool reads the moving label in world space from its own grid,
+    :func:`data.transforms.transform_volume`); default: ``batch["moving_label"]`` warped by ``u``."""
+    has_labels = "fixed_label" in batch and "moving_label" in batch
+    if has_labels and moved_label is None:
+        moved_label = warp_label(batch["moving_label"], u, interp)
+    rows = []
+    for i in range(u.shape[0]):
+        try:
+            spacing = spacing_of(batch, i, u.shape[1])
+            res = evaluate_pair(
+                batch["fixed_label"][i] if has_labels else None,
+                batch["moving_label"][i] if has_labels else None,
+                moved_label[i] if has_labels else None,
+                u[i : i + 1],
+                spacing,
+                hd95_enabled=with_hd95,
+            )
+            if has_labels:  # no registration: the moving map is its own warp
+                moving = batch["moving_label"][i]
+                res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving).mean
+            else:
+                res["dice_identity"] = float("nan")
+        except ValueError as exc:
+            ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
+            pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}"
+                               for v in ids)
+            raise MetricError(f"pair {pair}: {exc}") from None
+        res["moved_label"] = moved_label[i] if has_labels else None
+        rows.append(res)
+    return rows
+
+
+def spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:
+    sp = batch.get("spacing")
+    if sp is None:
+        return (1.0,) * ndim
+    sp = torch.as_tensor(sp)
+    row = sp[i] if sp.dim() == 2 else sp
+    return tuple(float(s) for s in row[:ndim])
+
+
+def nanmean(values: Sequence[float]) -> float:
+    """Mean of the finite values (a validation epoch's logged means), NaN when there is none."""
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return math.fsum(finite) / len(finite) if finite else math.nan
+
