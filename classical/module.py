@@ -17,7 +17,7 @@ import torch
 
 from classical.api import RegistrationResult, input_size_requirement, register
 from classical.config import ALGORITHMS, config_from_dict
-from classical.threads import check_threads, set_threads
+from classical.threads import check_threads, using_threads
 from data.io import to_plain
 from models.module import RegistrationModule
 
@@ -35,9 +35,10 @@ class InstanceOptimisationModule(RegistrationModule):
             application layer reads it (``app.build.build_model``) and passes ``init_model``.
         init_model: that network (a :class:`RegistrationModule`), or None.
         label_interp, hd95: as :class:`RegistrationModule`.
-        threads: torch CPU threads, set when the module sets up (``setup``, before testing or
-            predicting); None: the CPUs allocated to the process
-            (:func:`classical.threads.allocated_cpus`: CPU affinity, ``SLURM_CPUS_PER_TASK``).
+        threads: torch CPU threads while a batch is optimised (:meth:`register`, the count before
+            restored after it); None: the CPUs allocated to the process
+            (:func:`classical.threads.allocated_cpus`: CPU affinity, ``SLURM_CPUS_PER_TASK``,
+            ``OMP_NUM_THREADS``). Fields do not depend on it (within 0.01 voxel); seconds do.
         verbose: print one line per pyramid level of every pair as it ends (the pair, the stage,
             iterations run of the budget, final loss, seconds); it changes no result, so it is not
             a hyper-parameter (a rerun with another ``verbose`` reuses finished pairs).
@@ -85,11 +86,6 @@ class InstanceOptimisationModule(RegistrationModule):
     def configure_optimizers(self):
         return None
 
-    def setup(self, stage: str | None = None) -> None:
-        """Lightning's set-up hook: torch's CPU threads follow ``model.threads``."""
-        super().setup(stage)
-        set_threads(self.threads, "model.threads")
-
     def min_input_size(self) -> int:
         """Fewest voxels per axis: every pyramid level of every stage must hold what its similarity
         and smoothing need, given the largest scale (:func:`classical.api.input_size_requirement`:
@@ -135,7 +131,7 @@ class InstanceOptimisationModule(RegistrationModule):
 
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Optimise each pair of the batch; returns the final displacements ``(B, D, *S)``."""
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), using_threads(self.threads, "model.threads"):
             fixed = batch["fixed"].clone()
             moving = batch["moving"].clone()
             init = self._initial(batch)
