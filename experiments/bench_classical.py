@@ -3,6 +3,7 @@
     python -m experiments.bench_classical                       # 2 mm, every method found
     python -m experiments.bench_classical --methods greedy_fast fireants --resolution 1
     python -m experiments.bench_classical --pareto              # ours vs FireANTs at several schedules
+    python -m experiments.bench_classical --pareto --quick      # one pair, one run, short schedules (a smoke run)
     python -m experiments.bench_classical --pareto --ours "greedy_fast iterations=[60,30,10]" \\
         --fireants "200,100,50" "200,100,50 lr=0.25 cc=7 grad_sigma=1 warp_sigma=0.25"
 
@@ -65,6 +66,7 @@ OURS_PARETO = (
     "greedy",
 )
 FIREANTS_PARETO = ("200,100,50", "100,50,25", "50,25,12")
+QUICK = {"pairs": ["20,21"], "ours": ["greedy_fast iterations=[20,10,3]"], "fireants": ["25,12,6"]}
 # the bars a schedule of ours must meet to count as reaching FireANTs (the goal)
 SDLOGJ_FACTOR = 1.2
 MAX_FOLDING_PCT = 0.01
@@ -95,10 +97,16 @@ def _our_method(spec: str) -> Callable:
     from classical import register
     from classical.config import config_from_dict
 
+    import inspect
+
+    from classical import InstanceOptimisationModule
+
     node = _compose_model(spec)
     algorithm = node.pop("algorithm")
-    for key in ("_target_", "method", "init_from", "label_interp", "hd95", "threads"):
-        node.pop(key, None)
+    # the module's own arguments (method, threads, verbose, ...) are not the algorithm's settings
+    for key in ["_target_", *inspect.signature(InstanceOptimisationModule.__init__).parameters]:
+        if key != "settings":
+            node.pop(key, None)
     cfg = config_from_dict(algorithm, node)
 
     def run(fixed, moving, pair):
@@ -140,9 +148,11 @@ def _fireants(iterations=(200, 100, 50), lr=0.5, cc=7, grad_sigma=1.0, warp_sigm
     import numpy as np
     import SimpleITK as sitk
 
-    logging.getLogger("fireants").setLevel(logging.ERROR)
-    from fireants.io.image import BatchedImages, Image
-    from fireants.registration.greedy import GreedyRegistration
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):  # its import-time prints
+        from fireants.io.image import BatchedImages, Image
+        from fireants.registration.greedy import GreedyRegistration
+    for name in [n for n in logging.root.manager.loggerDict if n.startswith("fireants")] + ["fireants"]:
+        logging.getLogger(name).setLevel(logging.ERROR)  # its per-module INFO/WARNING lines
 
     def to_image(t: torch.Tensor, spacing) -> Image:
         # SimpleITK arrays are (z, y, x); transposing makes its x axis our axis 0
@@ -255,7 +265,13 @@ def main(argv=None) -> int:
     parser.add_argument("--pareto", action="store_true", help="ours vs FireANTs at several schedules (see above)")
     parser.add_argument("--ours", nargs="+", default=list(OURS_PARETO), help="--pareto: our specs")
     parser.add_argument("--fireants", nargs="+", default=list(FIREANTS_PARETO), help="--pareto: FireANTs specs")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke run: pair {QUICK['pairs'][0]}, 1 repeat, short schedules "
+                             f"(ours {QUICK['ours']}, FireANTs {QUICK['fireants']}); timings not comparable")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.repeats, args.ours, args.fireants = QUICK["pairs"], 1, QUICK["ours"], QUICK["fireants"]
+        args.methods = [*QUICK["ours"], f"fireants {QUICK['fireants'][0]}"]
     from classical.threads import set_threads
 
     threads = set_threads(args.threads, "--threads")
@@ -272,7 +288,7 @@ def main(argv=None) -> int:
     print(f"{'method':48s} {'pair':9s} {'seconds':>8s} {'dice':>7s} {'hd95':>6s} {'sdlogj':>7s} {'fold%':>7s}", flush=True)
     names = args.methods
     if args.pareto:
-        names = [*args.ours, *[f"fireants {s}" for s in args.fireants], "ants_syn_fast"]
+        names = [*args.ours, *[f"fireants {s}" for s in args.fireants], *([] if args.quick else ["ants_syn_fast"])]
     results: dict[str, list[Row]] = {}
     for name in names:
         run = build_method(name)
