@@ -4,7 +4,7 @@
                        [moving_label=ML.nii.gz [fixed_label=FL.nii.gz]]
 
 Fixed and moving may differ in shape, spacing and orientation: the moving image (and its label map)
-is resampled onto the fixed image's grid in world space (:func:`data.pairs_csv.moving_on_fixed_grid`),
+is resampled onto the fixed image's grid in world space (:func:`data.pair_inputs.moving_on_fixed_grid`),
 and the method registers that pair (a classical method's own affine stage, ``model.affine=...``,
 pre-aligns it; ``model.affine="{scales:[1],iterations:[0]}"`` is the moments translation alone).
 The result is one transform, fixed -> moving in world space (:mod:`data.transforms`: the
@@ -109,7 +109,7 @@ def _inputs(cfg: DictConfig) -> tuple[dict[str, Path], Path]:
 def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
     """Every input's header (:func:`data.io.read_grid`), each label map on its image's grid, both
     images resampleable; returns the grids by key. DataErrors name the files."""
-    from data.io import DataError, grid_mismatch, read_grid
+    from data.io import check_label_grid, read_grid
     from data.transforms import check_affine
 
     grids = {key: read_grid(path) for key, path in files.items()}
@@ -117,14 +117,7 @@ def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
         check_affine(files[key], grids[key].affine)
         label = f"{key}_label"
         if label in grids:
-            a, b = grids[key], grids[label]
-            if a.shape != b.shape:
-                diff = f"shape {b.shape} vs {a.shape}"
-            else:
-                diff = grid_mismatch(a.affine, b.affine, a.spacing, b.spacing)
-            if diff:
-                raise DataError(f"{files[label]}: label map {label} is not on the grid of its image {key}={files[key]} "
-                                f"({diff}); expected the label map in its image's voxel-to-world frame")
+            check_label_grid(grids[label], grids[key], f"{files[label]}: label map {label}", f"{key}={files[key]}")
     return grids
 
 
@@ -155,7 +148,7 @@ def _pair(files: dict[str, Path], grids: dict[str, Any], volumes: dict[str, Any]
     image and label map on the fixed grid in world space (:mod:`data.pairs_csv`)."""
     from data.batch import pair_item
     from data.io import volume_id
-    from data.pairs_csv import moving_on_fixed_grid, prepared_image
+    from data.pair_inputs import moving_on_fixed_grid, prepared_image
     from data.signature import file_signature, signature
 
     fixed = prepared_image(files["fixed"], volumes["fixed"].array, normalize)
@@ -233,11 +226,10 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     import lightning as L
 
     from data.files import atomic_write_files
-    from data.geometry import grid_mismatch
     from data.io import load_volume
     from data.save import nifti_bytes
     from data.transforms import FieldStage, displacement_bytes, itk_affine_text, transform_volume
-    from spatial import DISPLACEMENT_CONVENTION, jacobian_determinant
+    from spatial import jacobian_determinant
 
     from app.config_check import check_config
 
@@ -279,10 +271,28 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     if affine is not None:
         written[out / OUTPUTS["affine"]] = itk_affine_text(affine)
 
+    record = _record(cfg, files, grids, model, model_record, inverse, affine, written, seconds)
+    written[out / RECORD] = json.dumps(record, indent=2) + "\n"
+    atomic_write_files(written)
+    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
+        if out / name not in written:
+            (out / name).unlink(missing_ok=True)
+    _report(record, metrics, out, inverse is not None)
+    return record
+
+
+def _record(cfg: DictConfig, files: dict[str, Path], grids: dict, model, model_record: dict, inverse, affine,
+            written: dict[Path, bytes | str], seconds: float) -> dict[str, Any]:
+    """The ``transform.json`` record of :func:`run_register`: the transform's convention, both grids,
+    how the moving image was resampled, the method and the files written."""
+    from data.geometry import grid_mismatch
+    from spatial import DISPLACEMENT_CONVENTION
+
+    fixed, moving = grids["fixed"], grids["moving"]
     mismatch = grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing)
     if fixed.shape != moving.shape:
         mismatch = f"shape {moving.shape} vs {fixed.shape}" + (f", {mismatch}" if mismatch else "")
-    record = {
+    return {
         "tool": TOOL,
         "convention": DISPLACEMENT_CONVENTION,
         "transform": ("fixed -> moving in world space: a fixed-grid point p reads the moving image at p + d(p); "
@@ -306,13 +316,6 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
         "files": sorted(p.name for p in written) + [RECORD],
         "seconds": seconds,
     }
-    written[out / RECORD] = json.dumps(record, indent=2) + "\n"
-    atomic_write_files(written)
-    for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
-        if out / name not in written:
-            (out / name).unlink(missing_ok=True)
-    _report(record, metrics, out, inverse is not None)
-    return record
 
 
 def _report(record: dict[str, Any], metrics: dict[str, Any] | None, out: Path, has_inverse: bool) -> None:

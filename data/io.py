@@ -41,6 +41,7 @@ __all__ = [
     "read_header",
     "read_grid",
     "grid_mismatch",
+    "check_label_grid",
     "require_contrast",
     "SPACING_TOLERANCE",
     "DIRECTION_TOLERANCE",
@@ -384,3 +385,21 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, (DictConfig, ListConfig)):
         return OmegaConf.to_container(value, resolve=True)
     return value
+
+
+def check_label_grid(label: Grid, image: Grid, label_name: str, image_name: str) -> None:
+    """Refuse a label map that is not on its image's grid: another shape, or another voxel-to-world
+    affine beyond the tolerances of :func:`grid_mismatch` (a label map stored flipped or shifted
+    against its image would be scored against the wrong voxels).
+
+    Raises:
+        DataError: ``"<label_name> is not on the grid of its image <image_name> ..."`` with the
+            shapes or the difference (orientation, origin, spacing).
+    """
+    if tuple(label.shape) != tuple(image.shape):
+        raise DataError(f"{label_name} is not on the grid of its image {image_name}: it has shape "
+                        f"{tuple(label.shape)}, the image {tuple(image.shape)}; expected equal shapes")
+    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
+    if diff:
+        raise DataError(f"{label_name} is not on the grid of its image {image_name} in world space ({diff}); "
+                        "expected the label map in its image's voxel-to-world frame")

@@ -49,15 +49,16 @@ from data.io import (
     SPACING_TOLERANCE,  # re-exported: one tolerance (mm) for "same grid" everywhere
     DataError,
     Grid,
+    check_label_grid,
     grid_mismatch,
     load_volume,
     normalize_intensity,
     read_grid,
-    require_contrast,
     volume_id,
 )
+from data.pair_inputs import moving_on_fixed_grid, prepared_image
 from data.signature import file_signature, signature
-from data.transforms import check_affine, resample_to_grid
+from data.transforms import check_affine
 
 __all__ = ["PairsCSVDataset", "SPACING_TOLERANCE", "RESAMPLE", "prepared_image", "moving_on_fixed_grid"]
 
@@ -66,50 +67,8 @@ LABEL_COLUMNS = ("fixed_label", "moving_label")
 # what normalize=True does (recorded in every pair's signature: other settings, other results)
 _NORMALIZE_DEFAULTS = {k: v.default for k, v in inspect.signature(normalize_intensity).parameters.items()
                        if v.default is not inspect.Parameter.empty}
-_NORMALISATION = "0.5/99.5 percentiles of its nonzero voxels"
 _CHECKS = ("full", "header")
-_RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
 RESAMPLE = (None, "fixed")  # data.resample: refuse pairs on two grids, or resample moving onto the fixed grid
-
-
-def prepared_image(path: Path, array: np.ndarray, normalize: bool) -> np.ndarray:
-    """An image as items hold it: checked (not constant; in [0, 1] without ``normalize``), then
-    normalised (:func:`data.io.normalize_intensity`) or clipped to [0, 1]; never all zeros.
-
-    Raises:
-        DataError: naming ``path``.
-    """
-    lo, hi = float(array.min()), float(array.max())
-    if hi <= lo:
-        raise DataError(f"{path}: image is constant (every voxel {lo:g}); expected an image with contrast")
-    if not normalize and (lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
-        raise DataError(
-            f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
-            f"set normalize=True or rescale the file"
-        )
-    if normalize:
-        return require_contrast(path, normalize_intensity(array), _NORMALISATION)
-    return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
-
-
-def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str, path: Path,
-                         fixed_path: Path | None = None) -> np.ndarray:
-    """A moving ``array`` (grid ``moving``) on the ``fixed`` grid in world space: unchanged when both
-    are one grid (:func:`data.io.grid_mismatch`), else resampled (:func:`data.transforms.resample_to_grid`:
-    trilinear for ``kind="image"``, nearest neighbour for ``"label"``, 0 outside the moving image).
-
-    Raises:
-        DataError: naming ``path`` when its affine cannot be resampled, or when an image lies
-            entirely outside the fixed grid (all zeros once resampled).
-    """
-    if moving.shape == fixed.shape and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None:
-        return array
-    out = resample_to_grid(array, moving.affine, fixed.shape, fixed.affine, kind=kind, path=path)
-    if kind == "image" and not np.any(out != 0):
-        raise DataError(f"{path}: no voxel of it lies on the grid of the fixed image {fixed_path or ''} in world "
-                        "space (all zeros once resampled onto it); do both images share one world space "
-                        "(scanner or template coordinates)?")
-    return out
 
 
 class PairsCSVDataset(Dataset):
@@ -300,19 +259,8 @@ class PairsCSVDataset(Dataset):
             if self.has_labels:
                 for img_col, lab_col in zip(REQUIRED_COLUMNS, LABEL_COLUMNS):
                     label = self._header(row[lab_col], row, lab_col)
-                    image = self._headers[row[img_col]]
-                    if label.shape != image.shape:
-                        raise DataError(
-                            f"{where}: {lab_col} {row[lab_col]} has shape {label.shape} but {img_col} "
-                            f"{row[img_col]} has shape {image.shape}; expected equal shapes"
-                        )
-                    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
-                    if diff:
-                        raise DataError(
-                            f"{where}: {lab_col} {row[lab_col]} is not on the grid of its {img_col} image "
-                            f"{row[img_col]} in world space ({diff}); expected the label map in its image's "
-                            f"voxel-to-world frame"
-                        )
+                    check_label_grid(label, self._headers[row[img_col]], f"{where}: {lab_col} {row[lab_col]}",
+                                     f"{img_col} {row[img_col]}")
 
     # --------------------------------------------------------------- validation
     def validate(self) -> None:

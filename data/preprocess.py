@@ -55,8 +55,9 @@ import torch
 from data.io import (
     SPACING_TOLERANCE,  # one tolerance (mm) for "same grid" everywhere
     DataError,
+    Grid,
     Volume,
-    grid_mismatch,
+    check_label_grid,
     load_volume,
     normalize_intensity,
     require_contrast,
@@ -198,17 +199,8 @@ def load_source(
     if label_path is None:
         return image, None
     label = load_volume(label_path, kind="label")
-    if label.array.shape != image.array.shape:
-        raise DataError(
-            f"{label_path}: label map has shape {label.array.shape} but its image {image_path} has shape "
-            f"{image.array.shape}; expected equal shapes"
-        )
-    diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
-    if diff:
-        raise DataError(
-            f"{label_path}: label map is not on the grid of its image {image_path} in world space ({diff}); "
-            f"expected the label map in its image's voxel-to-world frame"
-        )
+    check_label_grid(Grid(label.array.shape, label.spacing, label.affine),
+                     Grid(image.array.shape, image.spacing, image.affine), f"{label_path}: label map", str(image_path))
     return image, label
 
 

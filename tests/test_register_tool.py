@@ -286,7 +286,6 @@ def test_register_with_inverse_of_the_methods():
     """Identity: zero inverse; greedy and a displacement net: none; SymNet: the swapped halves."""
     from classical import InstanceOptimisationModule
     from models import IdentityRegistration
-    from models.symmetric import SymmetricRegistrationModule
 
     batch = {"fixed": torch.rand(1, 1, 16, 16, 16), "moving": torch.rand(1, 1, 16, 16, 16)}
     u, inv = IdentityRegistration().register_with_inverse(batch)

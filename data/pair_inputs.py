@@ -1,0 +1,57 @@
+"""A pair's inputs as items hold them: one image checked and normalised (:func:`prepared_image`),
+and a moving volume brought onto its fixed image's grid in world space
+(:func:`moving_on_fixed_grid`). Used by :mod:`data.pairs_csv` and ``register.py``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from data.io import DataError, Grid, grid_mismatch, normalize_intensity, require_contrast
+from data.transforms import resample_to_grid
+
+__all__ = ["prepared_image", "moving_on_fixed_grid"]
+
+_NORMALISATION = "0.5/99.5 percentiles of its nonzero voxels"
+_RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
+
+
+def prepared_image(path: Path, array: np.ndarray, normalize: bool) -> np.ndarray:
+    """An image as items hold it: checked (not constant; in [0, 1] without ``normalize``), then
+    normalised (:func:`data.io.normalize_intensity`) or clipped to [0, 1]; never all zeros.
+
+    Raises:
+        DataError: naming ``path``.
+    """
+    lo, hi = float(array.min()), float(array.max())
+    if hi <= lo:
+        raise DataError(f"{path}: image is constant (every voxel {lo:g}); expected an image with contrast")
+    if not normalize and (lo < -_RANGE_TOLERANCE or hi > 1 + _RANGE_TOLERANCE):
+        raise DataError(
+            f"{path}: intensities span [{lo:g}, {hi:g}] but normalize=False needs them in [0, 1]; "
+            f"set normalize=True or rescale the file"
+        )
+    if normalize:
+        return require_contrast(path, normalize_intensity(array), _NORMALISATION)
+    return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
+
+
+def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str, path: Path,
+                         fixed_path: Path | None = None) -> np.ndarray:
+    """A moving ``array`` (grid ``moving``) on the ``fixed`` grid in world space: unchanged when both
+    are one grid (:func:`data.io.grid_mismatch`), else resampled (:func:`data.transforms.resample_to_grid`:
+    trilinear for ``kind="image"``, nearest neighbour for ``"label"``, 0 outside the moving image).
+
+    Raises:
+        DataError: naming ``path`` when its affine cannot be resampled, or when an image lies
+            entirely outside the fixed grid (all zeros once resampled).
+    """
+    if moving.shape == fixed.shape and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None:
+        return array
+    out = resample_to_grid(array, moving.affine, fixed.shape, fixed.affine, kind=kind, path=path)
+    if kind == "image" and not np.any(out != 0):
+        raise DataError(f"{path}: no voxel of it lies on the grid of the fixed image {fixed_path or ''} in world "
+                        "space (all zeros once resampled onto it); do both images share one world space "
+                        "(scanner or template coordinates)?")
+    return out
