@@ -61,7 +61,8 @@ FIREANTS_DEFAULTS = {"lr": 0.5, "cc": 7, "grad_sigma": 1.0, "warp_sigma": 0.5}
 OURS_PARETO = (
     "greedy_fast",
     "greedy_fast iterations=[60,30,10]",
-    "greedy_fast iterations=[80,40,15]",
+    "greedy_fast iterations=[60,30,10] lr=0.35 grad_sigma=1.25",
+    "greedy_fast iterations=[60,30,10] lr=0.35",
     "greedy_fast iterations=[100,100,20] lr=0.35",
     "greedy",
 )
