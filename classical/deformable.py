@@ -2,18 +2,34 @@
 
 Per pyramid level (coarse to fine):
 
-1. ``moved = moving(x + u(x))`` and the gradient of the loss with respect to ``u`` by autograd
-   through the sampler. (Sampling the image gradient instead, ``dL/dmoved * (grad moving)(x+u)``,
-   skips the sampler's backward pass but is not the gradient of the discretised objective:
-   measured on a 2 mm MNI pair it ends 0.04 Dice lower.)
-2. The gradient is Gaussian-smoothed (``grad_sigma``) and normalised by its largest per-voxel
-   norm (so the scale of the similarity does not matter); Adam turns it into a step of at most
-   about ``lr`` voxels per component, which shrinks as the moments average out near convergence.
+1. ``moved = moving(x + u(x))`` and the gradient ``g`` of the loss with respect to ``u`` by
+   autograd through the sampler. (Sampling the image gradient instead, ``dL/dmoved * (grad
+   moving)(x+u)``, skips the sampler's backward pass but is not the gradient of the discretised
+   objective: measured on a 2 mm MNI pair it ends 0.04 Dice lower.)
+2. ``g`` is Gaussian-smoothed (``grad_sigma``) and fed **as it is** to Adam, whose direction
+   ``m_hat / (sqrt(v_hat) + eps)`` is then **normalised** so that its largest per-voxel norm is
+   ``lr`` voxels (the step the paper describes: Adam on the raw gradient, the step scaled after).
+   Adam's ``eps = 1e-8`` is compared with the raw gradient of the voxel-mean similarity (about
+   1e-7 per voxel on a 96x112x96 grid), so voxels whose gradient is negligible get negligible
+   steps. (Normalising the gradient *before* Adam, as this module did until 2026-12, lifts every
+   voxel's ratio to about +-1 wherever the gradient is not exactly 0: fields twice as rough
+   (SDlogJ 0.20 -> 0.13 on MNI pair 20-21, equal Dice) and folding at the paper's smoothing.)
 3. The step ``d`` is applied compositively, ``u <- d + u o (x + d)`` (:func:`spatial.compose`),
    then the field is Gaussian-smoothed (``warp_sigma``).
 
+Boundary: the field is the identity (zero displacement) outside the grid. Both smoothings pad
+with zeros and the composition samples ``u`` with zero padding, so nothing outside the image
+feeds displacement in: a border voxel's displacement decays unless the similarity sustains it.
+(Edge-replicating padding, used until 2026-12, extends the border displacement outwards at
+every smoothing: on MNI pair 20-21 the background then moved 1.6 voxels on average, 0.56 with
+zeros, against 0.55 for FireANTs.)
+
+Results do not depend on the thread count: every reduction on the gradient's path is
+order-independent (see :func:`losses.lncc` for its centring mean, taken in float64), so one and
+two threads give bitwise the same field for LNCC and MSE (tested).
+
 Between levels the field is resized with its magnitudes rescaled (:func:`spatial.resize_field`)
-and Adam starts afresh. SyN runs the same update on two fields that warp the fixed and
+and Adam's moments start afresh. SyN runs the same update on two fields that warp the fixed and
 the moving image to a midpoint, and returns ``psi_m o psi_f^-1`` (fixed -> moving).
 
 The loop stays on the device: the loss is never read on the host per iteration; the stop test
@@ -48,11 +64,12 @@ class DeformableResult:
     losses: list[list[float]] = field(default_factory=list)
 
 
-def _normalised(g: torch.Tensor) -> torch.Tensor:
-    """``g / max_x |g(x)|`` per batch item: the largest per-voxel norm becomes 1."""
-    norm = g.square().sum(dim=1, keepdim=True).sqrt()
-    peak = norm.flatten(1).amax(dim=1).clamp_min(1e-30).view(-1, *([1] * (g.dim() - 1)))
-    return g / peak
+def _normalised(d: torch.Tensor, length: float) -> torch.Tensor:
+    """``d * length / max_x |d(x)|`` per batch item (in place): the largest per-voxel norm
+    becomes ``|length|`` (a negative ``length`` also reverses ``d``); an all-zero ``d`` stays zero."""
+    peak = d.square().sum(dim=1).flatten(1).amax(dim=1).sqrt_()
+    scale = torch.where(peak > 0, length / peak.clamp_min(1e-30), torch.zeros_like(peak))
+    return d.mul_(scale.view(-1, *([1] * (d.dim() - 1))))
 
 
 def _loss_and_grads(loss_fn: Callable, sides: list["_Side"]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -100,15 +117,16 @@ class _Side:
             self.adam = Adam(self.u, self.cfg.betas)
 
     def update(self, g: torch.Tensor, live: torch.Tensor | None = None) -> None:
-        """One Adam step along the similarity gradient ``g`` w.r.t. the field, applied compositively;
-        kept only where ``live`` (:meth:`ConvergenceMonitor.live`) when given. The level's Adam
-        moments are discarded with the level, so they need no mask."""
+        """One step along the similarity gradient ``g`` w.r.t. the field (module docstring):
+        smooth, Adam on the raw gradient, normalise to ``lr``, compose, smooth the field; kept only
+        where ``live`` (:meth:`ConvergenceMonitor.live`) when given. The level's Adam moments are
+        discarded with the level, so they need no mask."""
         if self.cfg.grad_sigma > 0:
-            g = gaussian_blur(g, self.cfg.grad_sigma)
-        step = self.adam.direction(_normalised(g)).mul_(-self.cfg.lr)
-        u = compose(self.u, step)
+            g = gaussian_blur(g, self.cfg.grad_sigma, padding="zeros")
+        step = _normalised(self.adam.direction(g), -self.cfg.lr)
+        u = compose(self.u, step, padding_mode="zeros")
         if self.cfg.warp_sigma > 0:
-            u = gaussian_blur(u, self.cfg.warp_sigma)
+            u = gaussian_blur(u, self.cfg.warp_sigma, padding="zeros")
         self.u = u if live is None else torch.where(live, u, self.u)
 
 

@@ -414,7 +414,7 @@ def fireants(pair: dict, device: torch.device, args, budget: Budget) -> dict:
     try:
         from experiments.bench_classical import _fireants
 
-        run = _fireants(device.type)
+        run = _fireants(device=device.type)
     except ImportError as exc:
         return {"skipped": f"not importable ({exc}); it needs SimpleITK, a 52.6 MB wheel that does not fit "
                            "the 64 MiB a device call carries together with the rest"}

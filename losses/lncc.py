@@ -95,7 +95,11 @@ class _FixedStats(NamedTuple):
 def _centred(x: torch.Tensor) -> torch.Tensor:
     # Global centring changes no window statistic (they are shift invariant) but removes most
     # of the cancellation in E[I^2] - E[I]^2; it also fixes the scale of the noise floor below.
-    return x - x.detach().mean(dim=tuple(range(2, x.dim())), keepdim=True)
+    # The mean is accumulated in float64: a float32 sum's rounding depends on how the threads
+    # split it, and the variance floor below turns such a last-bit change into a different
+    # gradient, so results would depend on the thread count.
+    mean = x.detach().mean(dim=tuple(range(2, x.dim())), keepdim=True, dtype=torch.float64)
+    return x - mean.to(x.dtype)
 
 
 def _floored(var: torch.Tensor, second_moment: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +128,12 @@ def _lncc_from_stats(stats: _FixedStats, moving: torch.Tensor, window: int, eps:
     var_j, live_j = _floored(m_jj - mu_j * mu_j, m_jj)
     cov = torch.where(stats.live & live_j, m_ij - stats.mu * mu_j, means.new_zeros(()))
     return (cov * cov + eps) / (stats.var * var_j + eps)
+
+
+def _voxel_mean(cc: torch.Tensor) -> torch.Tensor:
+    """Mean of the map, accumulated in float64 so that its value does not depend on how the
+    threads split the sum (an optimiser's convergence test compares it across iterations)."""
+    return cc.mean(dtype=torch.float64).to(cc.dtype)
 
 
 @_full_precision
@@ -182,7 +192,7 @@ def lncc(fixed: torch.Tensor, moving: torch.Tensor, window: int = 9, eps: float 
     _check_window(window, "lncc")
     if not float(eps) > 0.0:
         raise ValueError(f"lncc() 'eps' must be > 0, got {eps!r}")
-    return -_lncc_map(fixed, moving, window, float(eps)).mean()
+    return -_voxel_mean(_lncc_map(fixed, moving, window, float(eps)))
 
 
 class LNCC(nn.Module):
@@ -209,7 +219,7 @@ class LNCC(nn.Module):
 
         def loss(moving: torch.Tensor) -> torch.Tensor:
             _check_pair(fixed, moving.to(fixed.dtype), "LNCC.to_fixed")
-            return -_lncc_from_stats(stats, moving.to(fixed.dtype), self.window, self.eps).mean()
+            return -_voxel_mean(_lncc_from_stats(stats, moving.to(fixed.dtype), self.window, self.eps))
 
         return loss
 
