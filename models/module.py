@@ -18,14 +18,15 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from losses import build_regulariser, build_similarity, compact_labels, dice_loss, one_hot
+from losses import build_regulariser, build_similarity
 from metrics import PAIR_METRICS
 from models.evaluation import LABEL_INTERPS, evaluate_batch, nanmean, warp_label
 from models.health import NonFiniteError, configured_call, format_parts, is_plain, non_finite_names, plain_data
 from models.loss_config import loss_config
+from models.training_loss import TrainingLoss
 from models.networks import pad_to_multiple
 from models.specs import built, factory
-from spatial import DISPLACEMENT_CONVENTION, as_float32, compose, float32_region, integrate, resize_field, warp
+from spatial import DISPLACEMENT_CONVENTION, as_float32, float32_region, integrate, resize_field, warp
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
            "LABEL_INTERPS", "PARADIGMS"]
@@ -40,7 +41,7 @@ PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
 CHECKPOINT_FORMAT = 2
 
 
-class RegistrationModule(L.LightningModule):
+class RegistrationModule(TrainingLoss, L.LightningModule):
     """Trains and evaluates a network ``net(moving, fixed) -> field``.
 
     Args:
@@ -223,86 +224,6 @@ class RegistrationModule(L.LightningModule):
         return self.to_displacement(out, shape), self.inverse_displacement(out, shape)
 
     # ------------------------------------------------------------------ training
-    def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-        """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
-        return self._loss_parts(batch, self(batch["moving"], batch["fixed"]))
-
-    def _loss_parts(
-        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None = None,
-        grid_factor: int | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """Loss parts from the network output ``out`` (and its full-resolution displacement
-        ``u`` when already computed); with ``loss_grid="coarse"`` the coarse displacement and
-        images downsampled to the network's grid are compared instead. ``grid_factor``: compare
-        on ``S // grid_factor``, where ``out`` lives (a coarse training stage, e.g. LapIRN's)."""
-        out = as_float32(out)  # the loss of a mixed-precision step: float32, autocast off (spatial.precision)
-        with float32_region(out):
-            return self._loss_parts_float32(batch, out, u, grid_factor)
-
-    def _loss_parts_float32(self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None,
-                            grid_factor: int | None) -> dict[str, torch.Tensor]:
-        factor = grid_factor if grid_factor is not None else (self.downsize if self.loss_grid == "coarse" else 1)
-        coarse = factor > 1
-        if coarse:
-            u = self.to_displacement(out)
-        elif u is None:
-            u = self.to_displacement(out, batch["fixed"].shape[2:])
-        fixed = self._coarse(batch["fixed"], factor)
-        moving = self._coarse(batch["moving"], factor)
-        moved = warp(moving, u)
-        parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
-        loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
-        if self.bidirectional:
-            u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse)
-            parts.update(reverse)
-            loss = loss + parts["sim_reverse"] + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"]
-            if "reg_reverse" in parts:
-                loss = loss + self.loss_cfg["reg_weight"] * parts["reg_reverse"]
-        if self.loss_cfg["dice_weight"] > 0:
-            moving_oh, fixed_oh = self._label_maps(batch, factor)
-            parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)
-            loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
-            if self.bidirectional:
-                parts["dice_loss_reverse"] = dice_loss(warp(fixed_oh, u_rev), moving_oh)
-                loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss_reverse"]
-        parts["loss"] = loss
-        return parts
-
-    def _label_maps(self, batch: Mapping[str, Any], factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-hot ``(moving, fixed)`` label maps for a Dice loss (soft maps on ``S // factor``
-        when ``factor > 1``); one clear error when the batch has no labels."""
-        if "moving_label" not in batch or "fixed_label" not in batch:
-            raise ValueError(
-                "model.loss.dice_weight > 0 needs labels, but the batch has no 'fixed_label'/'moving_label'; "
-                "use a dataset with labels or set model.loss.dice_weight=0"
-            )
-        # sparse ids ({0, 7, 40000}) -> contiguous channels over fixed and moving together: the
-        # channels absent from both are all zero and masked out of the Dice loss, so the loss equals
-        # the dense one-hot's on K + 1 channels instead of max id + 1
-        ids, (moving_idx, fixed_idx) = compact_labels(batch["moving_label"], batch["fixed_label"])
-        n = int(ids.numel())
-        moving_oh, fixed_oh = one_hot(moving_idx, n), one_hot(fixed_idx, n)
-        return self._coarse(moving_oh, factor), self._coarse(fixed_oh, factor)
-
-    def _reverse_parts(
-        self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor,
-        moving: torch.Tensor, coarse: bool,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``bidirectional``: the reverse displacement ``u_mf`` (moving -> fixed, on ``u``'s grid)
-        and the parts ``sim_reverse``, ``inverse_consistency`` (+ ``reg_reverse`` for a
-        displacement net, whose reverse field is a second pass ``net(fixed, moving)``)."""
-        parts = {}
-        if self.field == "velocity":
-            out_rev = -out  # exp(-v) is the inverse of exp(v)
-        else:
-            out_rev = self(batch["fixed"], batch["moving"])
-            parts["reg_reverse"] = self.regulariser(out_rev)
-        u_rev = self.to_displacement(out_rev, None if coarse else batch["moving"].shape[2:])
-        parts["sim_reverse"] = self.similarity(moving, warp(fixed, u_rev))
-        ic = [compose(u, u_rev), compose(u_rev, u)]  # moving -> fixed -> moving, and the other way
-        parts["inverse_consistency"] = 0.5 * sum(w.pow(2).sum(dim=1).mean() for w in ic)
-        return u_rev, parts
-
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
         parts = self.compute_loss(batch)
         self._check_finite_loss(parts, batch)
