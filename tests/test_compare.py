@@ -185,6 +185,7 @@ def test_cli_results_folders(three, tmp_path):
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:") and "nope" in lines[0]
 
 
+@pytest.mark.slow  # ~45 s: one eval.py subprocess per method; test_cli_results_folders covers the comparison itself
 def test_cli_runs_eval_subprocesses(tmp_path):
     """Two methods given as eval.py overrides: run in subprocesses, then resumed without running."""
     data = "'data=mni', 'data.shape=[64,64,64]', 'data.n_train=2', 'data.n_val=0', 'data.n_test=3', " \

@@ -40,6 +40,7 @@ def test_find_checkpoint(tmp_path):
     assert find_checkpoint(tmp_path).name == "epoch_003.ckpt"
 
 
+@pytest.mark.slow  # ~70 s: trains and evaluates every method of the experiment; its parts are tested one by one above
 def test_domain_shift_end_to_end(tmp_path):
     out = tmp_path / "ds"
     args = [

@@ -193,6 +193,7 @@ def test_submitit_local_config(monkeypatch):
     assert _launcher(["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5"])["timeout_min"] == 5
 
 
+@pytest.mark.slow  # ~21 s: two submitit jobs; the launcher configs are checked above
 def test_submitit_local_two_job_sweep(tmp_path):
     """A real multirun: two jobs as local subprocesses (test phase only: identity, train=false)."""
     env = {k: v for k, v in os.environ.items() if k not in SLURM_ENV + LOCAL_ENV}

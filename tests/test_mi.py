@@ -182,6 +182,7 @@ def test_mi_sweep_end_to_end(tmp_path):
     assert not (tmp_path / "bad" / "mi_fit.json").exists()
 
 
+@pytest.mark.slow  # ~27 s: eval.py then the analysis; the join on a results folder is tested in test_trust_provenance
 def test_mi_analysis_on_an_eval_folder(tmp_path):
     out = tmp_path / "mia"
     data = ["data=synthetic", "data.shape=[24,24,24]", "data.n_labels=6", "data.n_test=4", "data.n_train=2",

@@ -25,7 +25,7 @@ from conftest import ROOT, compose
 
 sys.path.insert(0, str(ROOT))
 import eval as eval_entry  # noqa: E402
-import models.module as module_mod  # noqa: E402
+import models.training_loss as training_loss_mod  # noqa: E402
 from classical import InstanceOptimisationModule, register  # noqa: E402
 from classical.config import GreedyConfig  # noqa: E402
 from data.check import main as check_main  # noqa: E402
@@ -380,7 +380,7 @@ def test_linear_label_warp_equals_dense_computation(with_background):
 
 
 def _few_channel_spy(monkeypatch, calls):
-    real = module_mod.one_hot
+    real = training_loss_mod.one_hot
 
     def spy(label, num_classes, *args, **kwargs):
         calls.append(num_classes)
@@ -389,7 +389,7 @@ def _few_channel_spy(monkeypatch, calls):
 
     import models.evaluation as evaluation_mod
 
-    for mod in (module_mod, evaluation_mod):  # the Dice loss's one-hot and the label warp's
+    for mod in (training_loss_mod, evaluation_mod):  # the Dice loss's one-hot and the label warp's
         monkeypatch.setattr(mod, "one_hot", spy)
 
 
