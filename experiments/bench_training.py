@@ -211,14 +211,15 @@ def memory_worker(name: str, shape, field: str, tm_size: str, checkpoint: bool =
 
 
 def memory_of(name: str, shape, field: str, tm_size: str, threads: int | None, checkpoint: bool = False) -> dict:
-    """:func:`memory_worker` in a fresh subprocess (this script with ``--worker``)."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", name, "--shapes", "x".join(map(str, shape)),
+    """:func:`memory_worker` in a fresh subprocess (``python -m experiments.bench_training --worker``,
+    run from the repository root so that the project's packages import)."""
+    cmd = [sys.executable, "-m", "experiments.bench_training", "--worker", name, "--shapes", "x".join(map(str, shape)),
            "--field", field, "--transmorph-size", tm_size]
     if threads:
         cmd += ["--threads", str(threads)]
     if checkpoint:
         cmd += ["--checkpoint"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
