@@ -76,13 +76,24 @@ def image_information(
     return out
 
 
+# the metrics_version from which Dice scores the labels of the fixed AND the un-warped moving map
+# (a label the warp erases scores 0); folders of older eval.py runs are refused
+DICE_RULE_VERSION = 2
+
+
 def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a results folder's ``pairs.csv`` (:func:`app.results.read_results`, the one reader;
     the analysis needs the pair ids and ``dice``, numbers as floats) as dicts with ``fixed_id``/``moving_id``."""
     from app.results import read_results
 
-    rows = read_results(results_dir, required=("fixed_id", "moving_id", "dice")).rows
-    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in rows.items()]
+    results = read_results(results_dir, required=("fixed_id", "moving_id", "dice"))
+    if results.summary:  # written by eval.py/train.py: its Dice must follow the scorer's label rule
+        version = results.summary.get("metrics_version")
+        if not isinstance(version, int) or version < DICE_RULE_VERSION:
+            raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} predates the Learn2Reg "
+                            f"label rule of Dice (metrics_version {DICE_RULE_VERSION}): its Dice may count erased "
+                            f"labels as matched; recompute it with eval.py paths.output_dir={results.folder}")
+    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in results.rows.items()]
 
 
 def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[str, str]],

@@ -460,3 +460,24 @@ def test_mi_analysis_joins_exactly_the_dataset_pairs(tmp_path, capsys):
     (results / "pairs.csv").write_text(head + "syn_0002,syn_0003,m,0.5,0.4\n")
     with pytest.raises(DataError, match=r"no result for 1 of the dataset's 2 test pairs: \(syn_0003, syn_0004\)"):
         analyse(compose("mi_analysis", data + [f"results_dir={results}", f"paths.output_dir={tmp_path / 'b'}"]))
+
+
+def test_mi_analysis_refuses_an_eval_folder_older_than_the_dice_label_rule(tmp_path):
+    """A results folder whose summary.json records no metrics_version, or one before the scorer's
+    label rule, may count erased labels as matched: the analysis stops naming it (a hand-made
+    pairs.csv without summary.json is the user's and is read)."""
+    import json
+
+    from data.io import DataError
+    from experiments.mi_analysis import DICE_RULE_VERSION, read_pairs_csv
+
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "pairs.csv").write_text("fixed_id,moving_id,method,dice\na,b,m,0.5\n")
+    assert read_pairs_csv(results)[0]["dice"] == 0.5
+    for summary in ({"n_pairs": 1}, {"n_pairs": 1, "metrics_version": DICE_RULE_VERSION - 1}):
+        (results / "summary.json").write_text(json.dumps(summary))
+        with pytest.raises(DataError, match="summary.json: metrics_version .* predates the Learn2Reg label rule"):
+            read_pairs_csv(results)
+    (results / "summary.json").write_text(json.dumps({"n_pairs": 1, "metrics_version": DICE_RULE_VERSION}))
+    assert read_pairs_csv(results)[0]["dice"] == 0.5
