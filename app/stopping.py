@@ -13,6 +13,12 @@ scripts) installs :func:`handler` for it while it runs:
 * outside a Lightning run (building data, an analysis script's own work, waiting for a method
   run as a subprocess), the handler raises :class:`Stopped` at once, like Ctrl-C does.
 
+Ctrl-C (SIGINT) is handled the same way, so that a run interrupted at the keyboard also stops
+at a batch boundary and saves ``last.ckpt``: Python's own ``KeyboardInterrupt`` is raised wherever
+the main thread happens to be, and one raised inside a ``__del__`` or a weakref callback (the
+garbage collector runs them at any allocation) is printed and swallowed, so a run could go on
+training after a Ctrl-C. A second Ctrl-C while stopping raises ``KeyboardInterrupt`` at once.
+
 Either way :func:`app.build.guarded` prints ONE ``error:`` line with the command that
 resumes (the same command with ``paths.output_dir`` pinned; ``ckpt_path=last`` for ``train.py``)
 and exits with ``128 + signal`` (143 for SIGTERM). A second SIGTERM while stopping is ignored.
@@ -41,7 +47,7 @@ from typing import Any, Iterable
 __all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "hand_over", "resume_command",
            "StopCheck", "StopCheckpoint"]
 
-_state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None, "requeue": None}
+_state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None, "requeue": None, "interrupt": False}
 # a job launcher's "time is nearly up" signal: submitit (hydra/launcher=slurm) requeues on SIGUSR2
 REQUEUE_SIGNAL = getattr(signal, "SIGUSR2", None)
 
@@ -61,6 +67,8 @@ class Stopped(BaseException):
 
 
 def signal_name(signum: int) -> str:
+    if signum == signal.SIGINT:
+        return "Ctrl-C (SIGINT)"
     try:
         return signal.Signals(signum).name
     except ValueError:
@@ -73,13 +81,26 @@ def handler(signum: int, frame: Any) -> None:
     if first:
         _state["signum"] = signum
     if not first:
+        if signum == signal.SIGINT and _state["signum"] == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C again while stopping: stop at once
         return  # already stopping: let the first stop finish its work (saving, cleaning up)
     term = signal.getsignal(signal.SIGTERM)
     if term is not handler:  # a trainer's handler is in front: Lightning stops at its next batch boundary
+        if signum == signal.SIGINT:
+            _say("\nCtrl-C: stopping at the next batch boundary (press Ctrl-C again to stop at once)\n")
         if signum != signal.SIGTERM and callable(term):
-            term(signal.SIGTERM, frame)  # (the requeue signal: ask Lightning as SIGTERM would)
+            term(signal.SIGTERM, frame)  # (Ctrl-C, the requeue signal: ask Lightning as SIGTERM would)
         return
     raise Stopped(signum)
+
+
+def _say(text: str) -> None:
+    """Write to stderr from a signal handler (``os.write``: ``print`` may be in the middle of a
+    write to the same stream, and re-entering it raises)."""
+    try:
+        os.write(2, text.encode())
+    except OSError:
+        pass
 
 
 def hand_over(stop: Stopped) -> None:
@@ -92,8 +113,9 @@ def hand_over(stop: Stopped) -> None:
 
 
 class installed:
-    """Context: :func:`handler` handles SIGTERM inside (re-entrant: the outermost one installs it and
-    puts the previous handler back on exit). Clears the recorded stop on entry."""
+    """Context: :func:`handler` handles SIGTERM inside, and SIGINT where Python's default Ctrl-C
+    handler is installed (re-entrant: the outermost one installs it and puts the previous handlers
+    back on exit). Clears the recorded stop on entry."""
 
     def __enter__(self) -> "installed":
         if threading.current_thread() is not threading.main_thread():
@@ -102,6 +124,9 @@ class installed:
             _state["previous"] = signal.getsignal(signal.SIGTERM)
             _state["signum"] = None
             signal.signal(signal.SIGTERM, handler)
+            _state["interrupt"] = signal.getsignal(signal.SIGINT) is signal.default_int_handler
+            if _state["interrupt"]:
+                signal.signal(signal.SIGINT, handler)
             _state["requeue"] = None
             requeue = signal.getsignal(REQUEUE_SIGNAL) if REQUEUE_SIGNAL is not None else None
             if callable(requeue) and requeue is not handler:  # a launcher requeues on it: save first
@@ -118,6 +143,9 @@ class installed:
             previous = _state["previous"]
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
             _state["previous"] = None
+            if _state["interrupt"]:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                _state["interrupt"] = False
             if _state["requeue"] is not None:  # kept for hand_over() after the stop is reported
                 signal.signal(REQUEUE_SIGNAL, _state["requeue"])
 

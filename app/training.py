@@ -33,8 +33,8 @@ def run_train(cfg: DictConfig) -> dict:
     tested only if it was trained here (at least one optimiser step) or comes from ``ckpt_path``;
     non-finite losses or weights stop training with one error (:class:`models.health.NonFiniteError`).
     SIGTERM saves ``checkpoints/last.ckpt`` at the next batch boundary and exits 143 with the
-    resume command; Ctrl-C exits 130 with it (resuming from the last saved checkpoint); neither
-    goes on to test.
+    resume command; Ctrl-C does the same and exits 130 (a second Ctrl-C stops at once: the resume
+    command then starts from the last checkpoint saved); neither goes on to test.
     """
     from app.stopping import StopCheckpoint
 
@@ -145,7 +145,7 @@ def _stopped(exc: BaseException, stop, trainer, cfg: DictConfig, phase: str, res
         last = stop.path if stop.path and os.path.isfile(stop.path) else None
         saved = (f"the last saved checkpoint is {last}" if last else
                  "no checkpoint was saved yet (the command below starts afresh)")
-        return Stopped(signal.SIGINT, f"interrupted (Ctrl-C) {where}; not tested; {saved}; resume with: {command}")
+        return Stopped(signal.SIGINT, f"interrupted (Ctrl-C twice) {where}; not tested; {saved}; resume with: {command}")
     got = as_stop(exc)
     if got is None:
         return None

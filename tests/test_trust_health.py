@@ -270,14 +270,16 @@ def test_type_rules():
 
 # ============================================================================== 3. signals
 class SigtermAtStep(L.Callback):
-    """Sends this process SIGTERM after optimiser step ``step`` (what SLURM does at a time limit)."""
+    """Sends this process SIGTERM (or ``signame``) after optimiser step ``step`` (what SLURM does at
+    a time limit; SIGINT: Ctrl-C)."""
 
-    def __init__(self, step: int) -> None:
+    def __init__(self, step: int, signame: str = "SIGTERM") -> None:
         self.step = step
+        self.signum = signal.Signals[signame]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), self.signum)
 
 
 def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_uninterrupted_one(tmp_path, capsys):
@@ -305,6 +307,51 @@ def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_unin
     assert max(float((wf["state_dict"][k] - wr["state_dict"][k]).abs().max()) for k in wf["state_dict"]) == 0.0
     for key in ("dice_mean", "hd95_mean", "folding_pct_mean"):
         assert full[key] == resumed[key], key
+
+
+def test_ctrl_c_saves_the_state_of_that_step_like_sigterm(tmp_path, capfd):
+    """In process: Ctrl-C (SIGINT) after step 2 stops train.py at that batch boundary (not wherever
+    Python's KeyboardInterrupt would land, which a __del__ can swallow): last.ckpt holds step 2, exit
+    130 with the resume command, nothing tested; Python's Ctrl-C handler is put back."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    base = ["data=mni", "data.shape=[24,24,24]", "data.n_train=4", "data.n_val=2", "data.n_test=2",
+            "data.pairs_per_epoch=4", "trainer.max_epochs=3"]
+    part = tmp_path / "part"
+    stop = ["+callbacks.term._target_=test_trust_health.SigtermAtStep", "+callbacks.term.step=2",
+            "+callbacks.term.signame=SIGINT"]
+    assert _exit_code(_train, part, base + stop) == 128 + signal.SIGINT
+    err = capfd.readouterr().err  # (the handler's notice is written to the file descriptor)
+    assert "Ctrl-C: stopping at the next batch boundary" in err
+    line = _one_error(err, "stopped by Ctrl-C (SIGINT) at step 2", part / "checkpoints" / "last.ckpt",
+                      "(step 2)", "ckpt_path=last", "resume with: python train.py")
+    assert "not tested" in line and not (part / "test").exists()
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_ctrl_c_outside_a_trainer_stops_at_once_and_twice_inside_one_forces_the_stop():
+    """The handler alone: outside a Lightning run Ctrl-C raises Stopped(SIGINT) at once; inside one
+    (a trainer's SIGTERM handler in front) the first asks that handler to stop at the next batch and
+    returns, and a second Ctrl-C raises KeyboardInterrupt."""
+    from app import stopping
+
+    with pytest.raises(stopping.Stopped) as got, stopping.installed():
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert got.value.exit_code == 130
+    asked = []
+    with stopping.installed():
+        previous = signal.signal(signal.SIGTERM, lambda signum, frame: asked.append(signum))  # "Lightning"
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)
+            assert asked == [signal.SIGTERM] and stopping.requested() == signal.SIGINT
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def _start(args: list[str]) -> subprocess.Popen:
@@ -349,8 +396,8 @@ def _train_args(csv: Path, out: Path) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_train_py_stopped_by_a_signal_prints_the_exact_resume_command(signum, tmp_path):
-    """A real train.py, signalled once its first last.ckpt exists: SIGTERM exits 143 after saving
-    last.ckpt at that step; Ctrl-C exits 130 naming the last saved checkpoint. Both print the
+    """A real train.py, signalled once its first last.ckpt exists: SIGTERM exits 143 and Ctrl-C 130,
+    each after saving last.ckpt at the step it stopped at. Both print the
     command with the run's own overrides, paths.output_dir pinned and ckpt_path=last, and test nothing."""
     csv = _pairs(tmp_path / "d", 2)
     out = tmp_path / "out"
@@ -361,11 +408,9 @@ def test_train_py_stopped_by_a_signal_prints_the_exact_resume_command(signum, tm
     assert _resume_words(line) == ["train.py", *args[1:], "ckpt_path=last"]
     assert not (out / "test").exists()
     saved = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)
-    if signum == signal.SIGTERM:
-        assert f"stopped by SIGTERM at step {saved['global_step']} " in line
-        assert f"saved {out / 'checkpoints' / 'last.ckpt'} (step {saved['global_step']})" in line
-    else:
-        assert line.startswith("error: interrupted (Ctrl-C) at step ") and "not tested" in line
+    name = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C (SIGINT)"
+    assert f"stopped by {name} at step {saved['global_step']} " in line and "not tested" in line
+    assert f"saved {out / 'checkpoints' / 'last.ckpt'} (step {saved['global_step']})" in line
 
 
 @pytest.mark.slow
