@@ -20,7 +20,7 @@ run's output that this run does not write, e.g. an inverse, is then removed):
 ``moved_label.nii.gz``      with ``moving_label``: the label map on the fixed grid (``model.label_interp``)
 ``disp.nii.gz``             ``u`` fixed -> moving, voxel units of the fixed grid, ``(X, Y, Z, 1, 3)``
 ``disp_itk.nii.gz``         the same transform for ANTs / ITK: LPS millimetres (antsApplyTransforms -t)
-``inverse_disp*.nii.gz``    moving -> fixed, when the method has an inverse (SyN, a velocity field)
+``inverse_disp*.nii.gz``    moving -> fixed, when the method has an inverse (SyN, ants_syn, a velocity field)
 ``jacobian_det.nii.gz``     determinant of the Jacobian of ``x -> x + u(x)`` on the fixed grid
 ``affine_itk.txt``          a classical affine stage alone (ITK text; ``disp`` already includes it)
 ``metrics.json``            with both label maps: the metrics of ``eval.py`` (one code path)

@@ -78,18 +78,37 @@ _INITIAL = ("center_of_mass", "identity")
 
 class _ExternalRegistration(RegistrationModule):
     """A tool that registers one pair of numpy arrays at a time (:meth:`register_arrays`);
-    :meth:`register` runs it over the batch on the fixed image's physical grid."""
+    :meth:`register` runs it over the batch on the fixed image's physical grid. A tool that also
+    gives the inverse sets ``has_inverse`` and returns it from :meth:`register_arrays` when asked."""
+
+    has_inverse = False
 
     def register(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self._run(batch, inverse=False)[0]
+
+    def register_with_inverse(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self._run(batch, inverse=self.has_inverse)
+
+    def _run(self, batch: Mapping[str, Any], inverse: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         fixed, moving = batch["fixed"], batch["moving"]
         ndim = fixed.dim() - 2
-        out = []
+        fields, inverses = [], []
         for i in range(fixed.shape[0]):
             geom = _batch_geometry(batch, i, ndim)
-            out.append(self.register_arrays(_np(fixed[i, 0]), _np(moving[i, 0]), geom))
-        return torch.cat(out).to(device=fixed.device, dtype=fixed.dtype)
+            args = (_np(fixed[i, 0]), _np(moving[i, 0]), geom)
+            if inverse:
+                u, inv = self.register_arrays(*args, inverse=True)
+                inverses.append(inv)
+            else:
+                u = self.register_arrays(*args)
+            fields.append(u)
+        like = {"device": fixed.device, "dtype": fixed.dtype}
+        return torch.cat(fields).to(**like), torch.cat(inverses).to(**like) if inverse else None
 
-    def register_arrays(self, fixed: np.ndarray, moving: np.ndarray, geometry: ItkGeometry) -> torch.Tensor:
+    def register_arrays(self, fixed: np.ndarray, moving: np.ndarray, geometry: ItkGeometry,
+                        inverse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One pair of arrays on one grid -> voxel-unit displacement ``(1, D, *S)`` fixed -> moving;
+        with ``inverse`` (where ``has_inverse``) also the moving -> fixed one, as a pair."""
         raise NotImplementedError
 
     @property
@@ -146,8 +165,12 @@ class AntsSyNRegistration(_ExternalRegistration):
         self.preset = preset
         self.ants_config = cfg
 
-    def register_arrays(self, fixed: np.ndarray, moving: np.ndarray, geometry: ItkGeometry) -> torch.Tensor:
-        """One pair of arrays on one grid -> voxel-unit displacement ``(1, D, *S)``."""
+    has_inverse = True  # SyN's inverse warp (and the initial affine, inverted)
+
+    def register_arrays(self, fixed: np.ndarray, moving: np.ndarray, geometry: ItkGeometry,
+                        inverse: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """One pair of arrays on one grid -> voxel-unit displacement ``(1, D, *S)`` fixed -> moving;
+        with ``inverse``, also ANTs' own inverse (moving -> fixed, on the same grid) as a pair."""
         ants = import_ants()
         _ants_threads_check()
         f = to_ants_image(fixed.astype(np.float32), geometry)
@@ -162,7 +185,17 @@ class AntsSyNRegistration(_ExternalRegistration):
             else:
                 res = ants.registration(f, m, type_of_transform="SyNOnly", reg_iterations=iterations, outprefix=prefix)
                 transforms = res["fwdtransforms"]
-            return ants_transforms_to_voxel_displacement(transforms, f)
+            u = ants_transforms_to_voxel_displacement(transforms, f)
+            if not inverse:
+                return u
+            # the inverse, antsApplyTransforms order: the affines (inverted) first, then the
+            # inverse warps, reversed from the forward list (antspyx's "invtransforms" rule)
+            backward = [p.replace("Warp.nii.gz", "InverseWarp.nii.gz") for p in reversed(transforms)]
+            missing = [p for p in backward if not os.path.isfile(p)]
+            if missing:
+                raise RuntimeError(f"AntsSyNRegistration: antsRegistration wrote no {missing[0]}")
+            invert = [p.endswith(".mat") for p in backward]
+            return u, ants_transforms_to_voxel_displacement(backward, m, whichtoinvert=invert)
 
     def _run_paper(self, ants, f, m, tmp: str, prefix: str, iterations: Sequence[int]) -> list[str]:
         c = self.ants_config

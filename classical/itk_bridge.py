@@ -174,13 +174,17 @@ def ants_to_voxel_displacement(field) -> torch.Tensor:
     return physical_to_voxel_displacement(field.numpy(), _geometry_of(field, "ants"))
 
 
-def ants_transforms_to_voxel_displacement(transforms: Sequence[str], fixed) -> torch.Tensor:
-    """An ANTs forward transform list (as ``ants.registration``'s ``fwdtransforms``: warps and
-    affines, applied to fixed-space points) -> one voxel-unit displacement ``(1, D, *S)`` on
-    ``fixed``'s grid, by composing them with antsApplyTransforms into a displacement field."""
+def ants_transforms_to_voxel_displacement(transforms: Sequence[str], fixed,
+                                         whichtoinvert: Sequence[bool] | None = None) -> torch.Tensor:
+    """An ANTs transform list (as ``ants.registration``'s ``fwdtransforms``: warps and affines,
+    applied to fixed-space points; or its ``invtransforms`` with ``whichtoinvert``) -> one
+    voxel-unit displacement ``(1, D, *S)`` on ``fixed``'s grid, by composing them with
+    antsApplyTransforms into a displacement field."""
     ants = import_ants()
+    invert = [False] * len(transforms) if whichtoinvert is None else list(whichtoinvert)
     with tempfile.TemporaryDirectory(prefix="ants_compose_") as tmp:
-        path = ants.apply_transforms(fixed, fixed, list(transforms), compose=os.path.join(tmp, "fwd_"))
+        path = ants.apply_transforms(fixed, fixed, list(transforms), whichtoinvert=invert,
+                                     compose=os.path.join(tmp, "fwd_"))
         field = ants.image_read(path)
     return ants_to_voxel_displacement(field)
 

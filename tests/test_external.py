@@ -152,6 +152,35 @@ def test_ants_paper_path_orders_initial_translation_and_warp():
     assert torch.allclose(u, _constant((2.0, -3.0, 1.0), fixed.shape), atol=1e-3)
 
 
+def test_ants_inverse_of_the_initial_translation_is_its_negative():
+    """The 'paper' preset's inverse takes the centre-of-mass affine inverted (antspyx's
+    invtransforms order): with 0 SyN iterations, u = the shift and its inverse = minus it."""
+    _importorskip("ants")
+    g = _geometry("flipped_affine")
+    fixed = np.zeros((24, 28, 22), np.float32)
+    fixed[6:16, 8:20, 5:15] = _moving((10, 12, 10))
+    moving = np.roll(fixed, (2, -3, 1), axis=(0, 1, 2))
+    u, inv = AntsSyNRegistration(preset="paper", reg_iterations=[0, 0, 0, 0]).register_arrays(
+        fixed, moving, g, inverse=True)
+    assert torch.allclose(u, _constant((2.0, -3.0, 1.0), fixed.shape), atol=1e-3)
+    assert torch.allclose(inv, _constant((-2.0, 3.0, -1.0), fixed.shape), atol=1e-3)
+
+
+def test_ants_syn_inverse_undoes_its_forward_field(mni_pair):
+    """register_with_inverse (register.py's path): ANTs' inverse warp composed after the forward
+    field leaves under a twentieth of the field's size in the interior; register() alone asks for none."""
+    from spatial import compose
+
+    _importorskip("ants")
+    model = AntsSyNRegistration(preset="fast")
+    batch = mni_pair[0]
+    u, inv = model.register_with_inverse(batch)
+    assert inv is not None and inv.shape == u.shape and inv.dtype == u.dtype
+    core = (slice(None), slice(None), slice(6, -6), slice(6, -6), slice(6, -6))
+    residual = compose(inv, u)[core].abs()  # x -> x + u(x) -> back by inv
+    assert residual.mean() < 0.05 * u[core].abs().mean(), (residual.mean(), u[core].abs().mean())
+
+
 # --------------------------------------------------------------------------- SimpleITK converters
 @pytest.mark.parametrize("geom", sorted(GEOMETRIES))
 def test_sitk_translation_and_field_match_spatial_warp(geom):
