@@ -19,7 +19,8 @@ run's output that this run does not write, e.g. an inverse, is then removed):
 ``moved.nii.gz``            the moving image on the fixed grid, in its own (original) intensities
 ``moved_label.nii.gz``      with ``moving_label``: the label map on the fixed grid (``model.label_interp``)
 ``disp.nii.gz``             ``u`` fixed -> moving, voxel units of the fixed grid, ``(X, Y, Z, 1, 3)``
-``disp_itk.nii.gz``         the same transform for ANTs / ITK: LPS millimetres (antsApplyTransforms -t)
+``disp_itk.nii.gz``         the same transform for ANTs / ITK: LPS millimetres (antsApplyTransforms -t);
+                            not for a sheared fixed grid (``transform.json`` ``itk_fields`` says why)
 ``inverse_disp*.nii.gz``    moving -> fixed, when the method has an inverse (SyN, ants_syn, a velocity field)
 ``jacobian_det.nii.gz``     determinant of the Jacobian of ``x -> x + u(x)`` on the fixed grid
 ``affine_itk.txt``          a classical affine stage alone (ITK text; ``disp`` already includes it)
@@ -262,16 +263,20 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
         if "fixed_label" in files:
             metrics = _metrics(model, batch, u, moved_label, seconds)
             written[out / OUTPUTS["metrics"]] = json.dumps(metrics, indent=2) + "\n"
+    no_itk = _no_itk_reason(files["fixed"], fixed.affine)
     for key, field in (("disp", u), ("inverse", inverse)):
         if field is not None:
             written[out / OUTPUTS[key]] = displacement_bytes(field, fixed.affine, OUTPUTS[key], "voxel")
-            written[out / OUTPUTS[f"{key}_itk"]] = displacement_bytes(field, fixed.affine, OUTPUTS[f"{key}_itk"], "itk")
+            if no_itk is None:
+                written[out / OUTPUTS[f"{key}_itk"]] = displacement_bytes(field, fixed.affine, OUTPUTS[f"{key}_itk"],
+                                                                          "itk")
     nifti("jacobian", jacobian_determinant(u)[0].numpy(), "det Jacobian of x -> x + u(x), fixed grid")
     affine = _affine_stage(model, fixed.affine)
     if affine is not None:
         written[out / OUTPUTS["affine"]] = itk_affine_text(affine)
 
     record = _record(cfg, files, grids, model, model_record, inverse, affine, written, seconds)
+    record["itk_fields"] = no_itk or "written"
     written[out / RECORD] = json.dumps(record, indent=2) + "\n"
     atomic_write_files(written)
     for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
@@ -279,6 +284,18 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
             (out / name).unlink(missing_ok=True)
     _report(record, metrics, out, inverse is not None)
     return record
+
+
+def _no_itk_reason(path: Path, affine: np.ndarray) -> str | None:
+    """Why the ITK/ANTs displacement files are not written (the fixed grid is sheared, which ITK
+    images cannot be: an ITK tool would place the field's voxels elsewhere), or None."""
+    from data.geometry import SHEAR_TOLERANCE, shear
+
+    amount = shear(affine)
+    if amount <= SHEAR_TOLERANCE:
+        return None
+    return (f"not written: {path}'s affine is sheared (voxel axes {amount:.4f} from orthogonal), which ITK/ANTs "
+            f"images cannot represent; {OUTPUTS['disp']} with apply.py is exact")
 
 
 def _record(cfg: DictConfig, files: dict[str, Path], grids: dict, model, model_record: dict, inverse, affine,
@@ -327,4 +344,6 @@ def _report(record: dict[str, Any], metrics: dict[str, Any] | None, out: Path, h
               f"HD95 {metrics['hd95']:.3f} mm, SDlogJ {metrics['sdlogj']:.4f}, folding {metrics['folding_pct']:.4f} %")
     print(f"results: {out.resolve()} ({', '.join(record['files'])})"
           + ("" if has_inverse else f"; {record['method']} has no inverse"))
+    if record.get("itk_fields", "written") != "written":
+        print(f"ITK/ANTs displacement files {record['itk_fields']}")
     sys.stdout.flush()

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple, Sequence
 import numpy as np
 import torch
 
-__all__ = ["Grid", "grid_mismatch", "axcodes", "SPACING_TOLERANCE", "DIRECTION_TOLERANCE", "ORIGIN_TOLERANCE",
+__all__ = ["Grid", "grid_mismatch", "shear", "SHEAR_TOLERANCE", "axcodes", "SPACING_TOLERANCE", "DIRECTION_TOLERANCE", "ORIGIN_TOLERANCE",
            "ItkGeometry", "itk_geometry", "physical_to_voxel_displacement", "voxel_to_physical_displacement", "LPS"]
 
 # "Same grid in world space" (:func:`grid_mismatch`): two voxel-to-world matrices agree when
@@ -113,6 +113,20 @@ class ItkGeometry:
         return self.direction @ np.diag(self.spacing)
 
 
+SHEAR_TOLERANCE = 1e-4  # |cos| between two voxel axes in world space above which a grid is sheared
+
+
+def shear(affine: Any) -> float:
+    """How far a voxel -> world ``affine`` ``(4, 4)`` is from orthogonal axes: the largest |cosine|
+    between two of its columns (0 for any rotation, flip, permutation and spacing). ITK and ANTs
+    images cannot be sheared (orthonormal direction cosines): above :data:`SHEAR_TOLERANCE` they
+    read such a NIfTI header without its shear."""
+    a = np.asarray(affine, dtype=np.float64)[:3, :3]
+    cols = a / np.linalg.norm(a, axis=0)
+    cos = cols.T @ cols - np.eye(3)
+    return float(np.abs(cos).max())
+
+
 def itk_geometry(ndim: int, spacing: Sequence[float] | None = None, affine: Any = None) -> ItkGeometry:
     """Geometry of a grid from a NIfTI voxel->RAS ``affine`` ``(4, 4)`` (3-D) or from ``spacing``.
 
@@ -131,7 +145,7 @@ def itk_geometry(ndim: int, spacing: Sequence[float] | None = None, affine: Any 
         if np.any(sp <= 0):
             raise ValueError(f"itk_geometry() 'affine' has a zero column: {a[:3, :3].tolist()}")
         direction = m / sp
-        if not np.allclose(direction.T @ direction, np.eye(3), atol=1e-4):
+        if shear(a) > SHEAR_TOLERANCE:
             u_, _, vt = np.linalg.svd(direction)
             direction = u_ @ vt
         return ItkGeometry(tuple(float(s) for s in sp), tuple(float(o) for o in origin), direction)

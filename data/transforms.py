@@ -42,7 +42,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from data.geometry import itk_geometry, physical_to_voxel_displacement, voxel_to_physical_displacement
+from data.geometry import (SHEAR_TOLERANCE, itk_geometry, physical_to_voxel_displacement, shear,
+                           voxel_to_physical_displacement)
 from data.io import DataError, nifti_bytes
 from spatial.world import affine_points, as_affine, displace_points, grid_points, sample, voxel_coordinates
 
@@ -197,6 +198,9 @@ def displacement_bytes(u: torch.Tensor, affine, name: str | os.PathLike, kind: s
     if kind == "voxel":
         vectors, intent, description = np.moveaxis(u[0].double().numpy(), 0, -1), VOXEL_INTENT, VOXEL_DESCRIPTION
     elif kind == "itk":
+        if shear(affine) > SHEAR_TOLERANCE:
+            raise ValueError(f"displacement_bytes() {name}: the grid is sheared ({shear(affine):.4f}), which an "
+                             "ITK/ANTs image cannot be")
         vectors = voxel_to_physical_displacement(u, itk_geometry(3, affine=affine))
         intent, description = ITK_INTENT, ITK_DESCRIPTION
     else:
@@ -236,6 +240,9 @@ def read_displacement(path: str | os.PathLike) -> FieldStage:
     if not np.all(np.isfinite(data)):
         raise DataError(f"{path}: displacement field holds {int((~np.isfinite(data)).sum())} non-finite values")
     affine = check_affine(path, img.affine)
+    if not ours and shear(affine) > SHEAR_TOLERANCE:
+        raise DataError(f"{path}: an ITK/ANTs displacement field on a sheared grid (axes {shear(affine):.4f} from "
+                        "orthogonal): ITK cannot represent shear, so where its vectors sit is ambiguous")
     if ours:
         u = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0))).unsqueeze(0)
     else:

@@ -238,6 +238,40 @@ def test_apply_reproduces_register_moved_label_and_image(pair, greedy_run, tmp_p
     assert np.allclose(_load(tmp_path / "i.nii.gz")[0], _load(out / "moved.nii.gz")[0], rtol=1e-5, atol=1e-3)
 
 
+def test_a_sheared_fixed_grid_gets_no_itk_fields_and_a_sheared_itk_field_is_refused(pair, tmp_path, capsys):
+    """ITK/ANTs images cannot be sheared: for a sheared fixed header register.py writes its own
+    exact disp.nii.gz (apply.py reads it) but no disp_itk.nii.gz, and says so in transform.json and
+    on the console; an ITK-form field with a sheared header is refused by name."""
+    from data.transforms import ITK_INTENT, displacement_bytes
+
+    array, img = _load(pair["fixed"])
+    sheared = img.affine.copy()
+    sheared[:3, :3] = sheared[:3, :3] @ np.array([[1.0, 0.15, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    fixed = tmp_path / "sheared.nii.gz"
+    nib.save(nib.Nifti1Image(array, sheared), str(fixed))
+    out = tmp_path / "out"
+    record = _register({**pair, "fixed": fixed}, out, ["model=greedy", "model.scales=[1]", "model.iterations=[2]",
+                                                       "device=cpu"])
+    assert record["itk_fields"].startswith(f"not written: {fixed}'s affine is sheared")
+    assert (out / "disp.nii.gz").exists() and not (out / "disp_itk.nii.gz").exists()
+    assert "ITK/ANTs displacement files not written" in capsys.readouterr().out
+    _apply([f"transform={out}", f"image={pair['moving']}", f"out={tmp_path / 'm.nii.gz'}"])
+    assert np.allclose(_load(tmp_path / "m.nii.gz")[0], _load(out / "moved.nii.gz")[0], rtol=1e-5, atol=1e-3)
+    with pytest.raises(ValueError, match="sheared"):
+        displacement_bytes(torch.zeros(1, 3, 4, 4, 4), sheared, "d.nii.gz", "itk")
+    itk = tmp_path / "itk.nii.gz"
+    itk.write_bytes(displacement_bytes(torch.zeros(1, 3, 4, 4, 4), img.affine, "itk.nii.gz", "itk"))
+    field = nib.load(str(itk))
+    assert field.header.get_intent()[2] == ITK_INTENT
+    field = nib.Nifti1Image(np.asarray(field.dataobj), sheared, field.header)
+    nib.save(field, str(itk))
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _apply([f"transform={itk}", f"image={pair['moving']}", f"out={tmp_path / 'x.nii.gz'}"])
+    _one_error(capsys, str(itk), "sheared grid")
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
 def test_syn_inverse_inverts_and_apply_maps_fixed_labels_to_the_moving_grid(pair, tmp_path):
     out = tmp_path / "syn"
     record = _register(pair, out, ["model=syn", "model.iterations=[30,15,8]", "model.tolerance=0", "device=cpu",
