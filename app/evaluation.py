@@ -152,9 +152,10 @@ def _print_reuse(writer) -> None:
     notes = []
     if c.get("reused"):
         notes.append(f"reused {c['reused']} of {c['expected']} pairs from {writer.parts_dir} (same inputs, "
-                     "method and metric settings)")
+                     "method, metric settings and code)")
     if c.get("stale"):
-        notes.append(f"recomputed {c['stale']} pairs whose earlier results had other inputs, method or metric settings")
+        notes.append(f"recomputed {c['stale']} pairs whose earlier results had other inputs, method, metric settings "
+                     "or code")
     if c.get("ignored"):
         notes.append(f"ignored {c['ignored']} parts of pairs outside this run's test set")
     if notes:

@@ -4,8 +4,10 @@ contract, :mod:`app.results`), and the summary files built from them.
 Every finished pair is one small JSON part written atomically, with its provenance: the signature
 of the pair's inputs (the batch's ``pair_signature``: files, their size and mtime, preprocessing;
 or the generator's settings and subject indices), a hash of the method (its class, hyper-parameters
-and weights: :func:`method_signature`) and the metric settings (:func:`metric_config`). A rerun into
-the same ``DIR`` reuses a part only when all three match; any other pair is recomputed. The CSVs and
+and weights: :func:`method_signature`), the metric settings (:func:`metric_config`) and the code that
+computes results (:func:`data.signature.code_signature`: any edit of ``data/``, ``spatial/``,
+``classical/``, ``models/``, ``metrics/`` or ``losses/``). A rerun into the same ``DIR`` reuses a part
+only when all four match; any other pair is recomputed. The CSVs and
 the summary are rebuilt from the parts of exactly the run's test pairs (other parts in the folder
 are ignored), all three files or none; a test pair without a matching part is an error naming it.
 Several processes (DDP ranks) may add parts to one folder.
@@ -27,6 +29,7 @@ import numpy as np
 from app.results import (LABEL_COLUMNS, LABEL_RULE, PAIR_COLUMNS, SUMMARY_COLUMNS, ResultsError, _name, _pairs_text,
                          csv_text, pair_name)
 from data.files import atomic_write_files, atomic_write_text
+from data.signature import code_signature
 from metrics import LABEL_METRICS
 from spatial import DISPLACEMENT_CONVENTION
 
@@ -120,10 +123,12 @@ class ResultsWriter:
         return self.parts_dir / f"{pair_name(fixed_id, moving_id)}.json"
 
     def provenance(self, pair_signature: str | None) -> dict[str, Any]:
-        """What a part of this run records: ``inputs`` (the pair's signature), ``method`` and ``metrics``."""
+        """What a part of this run records: ``inputs`` (the pair's signature), ``method``, ``metrics``
+        and ``code`` (:func:`data.signature.code_signature`: the sources that compute a result)."""
         if self.method_hash is None:
             raise RuntimeError("ResultsWriter.method_hash is not set (app.results.method_signature(model))")
-        return {"inputs": pair_signature, "method": self.method_hash, "metrics": self.metrics}
+        return {"inputs": pair_signature, "method": self.method_hash, "metrics": self.metrics,
+                "code": code_signature()}
 
     @staticmethod
     def _read_part(path: Path) -> dict[str, Any] | None:
@@ -143,7 +148,7 @@ class ResultsWriter:
         want = self.provenance(pair_signature)
         if check_inputs and (pair_signature is None or prov.get("inputs") != pair_signature):
             return False
-        return prov.get("method") == want["method"] and prov.get("metrics") == want["metrics"]
+        return all(prov.get(key) == want[key] for key in ("method", "metrics", "code"))
 
     def reusable(self, fixed_id: str, moving_id: str, pair_signature: str | None) -> bool:
         """True when ``DIR`` holds a part of this pair computed from the same inputs, method and

@@ -10,13 +10,17 @@ entries by the same :func:`file_signature`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_signature", "signature"]
+__all__ = ["file_signature", "signature", "code_signature", "CODE_PACKAGES"]
+
+# the packages whose code computes a pair's numbers (its inputs, the warp, the method, the metrics)
+CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses")
 
 
 def file_signature(path: str | os.PathLike | None) -> list:
@@ -36,3 +40,23 @@ def signature(description: Any) -> str:
     """SHA-256 (hex) of ``description`` as canonical JSON (sorted keys; other objects by ``repr``)."""
     text = json.dumps(description, sort_keys=True, default=repr, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def code_signature(root: str | os.PathLike | None = None) -> str:
+    """SHA-256 (hex) of the Python sources of :data:`CODE_PACKAGES` under ``root`` (default: this
+    project), path and bytes of each ``.py`` file in sorted order: any edit of the code that makes
+    a result (a fixed bug in a method, another generator) changes it, so a resumed run never mixes
+    pairs computed by two versions of the code. Computed once per process and root."""
+    base = Path(__file__).resolve().parents[1] if root is None else Path(root).resolve()
+    return _code_digest(str(base))
+
+
+@functools.lru_cache(maxsize=4)
+def _code_digest(base: str) -> str:
+    h = hashlib.sha256()
+    root = Path(base)
+    for package in CODE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            h.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+            h.update(path.read_bytes() + b"\0")
+    return h.hexdigest()

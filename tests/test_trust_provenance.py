@@ -91,7 +91,7 @@ def test_unchanged_rerun_reuses_every_pair_and_says_so(tmp_path, capsys):
     assert "reused 2 of 2 pairs" in capsys.readouterr().out
     assert again["dice_mean"] == first["dice_mean"]
     part = json.loads(_part_files(out)[0].read_text())
-    assert set(part["provenance"]) == {"inputs", "method", "metrics"}
+    assert set(part["provenance"]) == {"inputs", "method", "metrics", "code"}
     assert part["provenance"]["metrics"]["label_interp"] == "nearest"
 
 
@@ -115,6 +115,46 @@ def test_changed_input_file_recomputes_that_pair(tmp_path, capsys):
     assert after == fresh
     assert after[("a_f", "a_m")] != before[("a_f", "a_m")]  # the case really changed the result
     assert after[("b_f", "b_m")] == before[("b_f", "b_m")]
+
+
+def test_parts_of_another_version_of_the_code_are_recomputed(tmp_path, capsys, monkeypatch):
+    """A fixed bug in a method changes its results under the same hyper-parameters: parts written
+    by other sources of data/ spatial/ classical/ models/ metrics/ losses/ are not reused."""
+    import app.parts
+
+    csv_path = _two_pair_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    with monkeypatch.context() as m:
+        m.setattr(app.parts, "code_signature", lambda: "an older version")
+        _csv_eval(out, csv_path)
+    capsys.readouterr()
+    _csv_eval(out, csv_path)
+    printed = capsys.readouterr().out
+    assert "reused" not in printed and "recomputed 2 pairs" in printed
+    from data.signature import code_signature
+
+    assert {json.loads(p.read_text())["provenance"]["code"] for p in _part_files(out)} == {code_signature()}
+
+
+def test_code_signature_follows_the_sources_that_make_results(tmp_path):
+    """An edit of a .py file in a result-making package changes the signature; a file elsewhere
+    (app/, docs) does not."""
+    from data.signature import CODE_PACKAGES, code_signature
+
+    for package in CODE_PACKAGES + ("app",):
+        (tmp_path / package).mkdir()
+        (tmp_path / package / "m.py").write_text("x = 1\n")
+    first = code_signature(tmp_path)
+    (tmp_path / "app" / "m.py").write_text("x = 2\n")
+    (tmp_path / "README.md").write_text("changed\n")
+    from data.signature import _code_digest
+
+    _code_digest.cache_clear()
+    assert code_signature(tmp_path) == first
+    (tmp_path / "classical" / "m.py").write_text("x = 2\n")
+    _code_digest.cache_clear()
+    assert code_signature(tmp_path) != first
+    assert code_signature() == code_signature(ROOT) and len(code_signature()) == 64
 
 
 def test_changed_metric_settings_recompute_every_pair(tmp_path, capsys):
