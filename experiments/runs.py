@@ -2,11 +2,15 @@
 
 Shared by :mod:`experiments.compare` and :mod:`experiments.domain_shift`: a method given as
 ``{eval: [overrides]}`` or ``{train: [overrides]}`` runs once into ``<out>/runs/<name>``; a
-folder that already has its ``summary.json`` is not run again (resume).
+folder that already has its ``summary.json`` is not run again (resume) unless the code changed.
+``<out>/runs/<name>.command.json`` records the script and overrides that made the folder: a rerun
+with other overrides under the same name stops with one error instead of reusing results of
+another command.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -57,12 +61,23 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
     (SIGTERM), the run gets SIGTERM too and up to 2 minutes to save its state. Output is echoed and
     kept in ``out_dir/runs/<name>.log``; a non-zero exit raises :class:`ConfigError` naming the method.
     """
+    from data.files import atomic_write_text
+    from data.signature import code_signature
+
     run_dir = (Path(out_dir) / "runs" / name).resolve()
     results_dir = run_dir / "test" if kind == "train" else run_dir
-    if (results_dir / "summary.json").is_file():
-        print(f"[{name}] results found in {results_dir}; not run again")
-        return results_dir
     script = "train.py" if kind == "train" else "eval.py"
+    record = {"script": script, "overrides": [str(o) for o in overrides], "code": code_signature()}
+    marker = run_dir.parent / f"{name}.command.json"
+    earlier = _earlier_command(name, marker, run_dir, record)
+    if (results_dir / "summary.json").is_file():
+        if earlier.get("code") == record["code"]:
+            print(f"[{name}] results found in {results_dir}; not run again")
+            return results_dir
+        print(f"[{name}] the code changed since {results_dir} was made: running again (its pairs are recomputed"
+              + ("; the training resumes from its last.ckpt)" if kind == "train" else ")"), flush=True)
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
     cmd = [sys.executable, str(ROOT / script), *overrides, f"paths.output_dir={run_dir}"]
     if kind == "train" and not any(re.match(r"^[+~]*ckpt_path=", s) for s in overrides):
         cmd.append("ckpt_path=last")  # a rerun after a stop resumes the training (none yet: starts afresh)
@@ -101,3 +116,26 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
         raise ConfigError(f"methods.{name}: {script} failed (exit status {rc}): {last_error or last or 'no output'} "
                           f"(full output: {log_path})")
     return results_dir
+
+
+def _earlier_command(name: str, marker: Path, run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """The command recorded for ``run_dir`` ({} when none ran yet); ConfigError when the folder was
+    made by another script or other overrides, or holds a run whose command is unknown."""
+    if not marker.is_file():
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            raise ConfigError(f"methods.{name}: {run_dir} holds a run whose command was not recorded ({marker.name} "
+                              "is missing; made by an older version?): remove it, or give another paths.output_dir")
+        return {}
+    try:
+        earlier = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"methods.{name}: {marker}: unreadable ({exc})") from None
+    if not isinstance(earlier, dict):
+        raise ConfigError(f"methods.{name}: {marker}: not a command record")
+    was = [earlier.get("script"), *(earlier.get("overrides") or [])]
+    now = [record["script"], *record["overrides"]]
+    if was != now:
+        raise ConfigError(f"methods.{name}: {run_dir} was made by another command ({shlex.join(map(str, was))}; "
+                          f"now {shlex.join(now)}): give another paths.output_dir or another method name, or remove "
+                          "it to run again")
+    return earlier

@@ -256,3 +256,49 @@ def test_train_common_follows_every_train_method():
     lapirn = compose("train", trains["lapirn_sup"] + list(cfg.common))
     assert (lapirn.trainer.max_epochs, lapirn.data.pairs_per_epoch, lapirn.model.downsize, lapirn.model.loss_grid,
             list(lapirn.model.stage_epochs), lapirn.model.loss.dice_weight) == (4, 50, 2, "coarse", [1, 2], 1.0)
+
+
+def test_run_method_reuses_a_folder_only_for_the_same_command_and_code(tmp_path, monkeypatch, capsys):
+    """runs/<name>.command.json: the same overrides and code skip a finished method; other code
+    runs it again (its pairs are then recomputed); other overrides under the same name, or a
+    folder without a record, stop with one error naming the method; nothing is run then."""
+    import experiments.runs as runs
+    from app import ConfigError
+    from data.signature import code_signature
+
+    started = []
+
+    class FakeRun:  # stands in for the eval.py / train.py subprocess
+        def __init__(self, cmd, **kwargs):
+            started.append(cmd)
+            self.stdout = iter(["done\n"])
+
+        def wait(self):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(runs.subprocess, "Popen", FakeRun)
+    out = tmp_path / "cmp"
+    over = ["model=greedy", "data=mni"]
+    runs.run_method("greedy", "eval", over, out)  # first run: records its command
+    record = json.loads((out / "runs" / "greedy.command.json").read_text())
+    assert record == {"script": "eval.py", "overrides": over, "code": code_signature()} and len(started) == 1
+    (out / "runs" / "greedy").mkdir()
+    (out / "runs" / "greedy" / "summary.json").write_text("{}")
+    assert runs.run_method("greedy", "eval", over, out) == out / "runs" / "greedy"
+    assert "not run again" in capsys.readouterr().out and len(started) == 1
+    with pytest.raises(ConfigError, match=r"^methods\.greedy: .* was made by another command \(eval\.py model=greedy "
+                                          r"data=mni; now eval\.py model=greedy data=mni model\.lr=0\.1\)"):
+        runs.run_method("greedy", "eval", over + ["model.lr=0.1"], out)
+    assert len(started) == 1
+    (out / "runs" / "greedy.command.json").write_text(json.dumps({**record, "code": "older"}))
+    runs.run_method("greedy", "eval", over, out)
+    assert "the code changed" in capsys.readouterr().out and len(started) == 2
+    assert json.loads((out / "runs" / "greedy.command.json").read_text())["code"] == code_signature()
+    (out / "runs" / "vxm").mkdir()
+    (out / "runs" / "vxm" / "last.ckpt").write_text("")
+    with pytest.raises(ConfigError, match=r"^methods\.vxm: .* whose command was not recorded"):
+        runs.run_method("vxm", "train", ["experiment=x"], out)
+    assert len(started) == 2
