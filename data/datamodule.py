@@ -18,6 +18,7 @@ from data.generated import AxialSlices, GeneratedDataModule, takes_knobs
 from data.loaders import check_loader_args
 from data.io import DataError
 from data.mni import MNIKnobs, MNISubjects
+from data.pairs import RandomPairSampler
 from data.pairs_csv import RESAMPLE, PairsCSVDataset
 from data.synthmorph import EpochPairSampler, SynthMorphPairs
 
@@ -105,9 +106,11 @@ class PairsCSVDataModule(RegistrationDataModule):
         num_workers: int = 0,
         normalize: bool = True,
         resample: str | None = None,
+        seed: int = 0,
     ):
         super().__init__()
         self.save_hyperparameters()
+        self.seed = int(seed)
         if csv is not None and test_csv is not None:
             raise DataError("data.csv and data.test_csv are both set; give the test pairs once")
         self.batch_size, self.num_workers = check_loader_args(batch_size, num_workers, "PairsCSVDataModule")
@@ -209,14 +212,10 @@ class PairsCSVDataModule(RegistrationDataModule):
                     ds.validate()
 
     def train_dataloader(self) -> DataLoader:
+        """Every training pair once per epoch, in an order drawn from ``(seed, epoch)``
+        (:class:`data.pairs.RandomPairSampler`): a resumed run replays it exactly (:mod:`data.loaders`)."""
         ds = self.dataset("train")
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size,
-            shuffle=True,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-        )
+        return self._loader(ds, sampler=RandomPairSampler(len(ds), len(ds), seed=self.seed))
 
     def val_dataloader(self):
         if not self.has("val"):

@@ -309,6 +309,24 @@ def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_unin
         assert full[key] == resumed[key], key
 
 
+def test_pairs_csv_training_resumed_mid_epoch_equals_an_uninterrupted_run(tmp_path, capsys):
+    """Your own pairs (data=pairs_csv, 4 training pairs): SIGTERM after step 5 of 8 and a resume
+    end with the weights of an uninterrupted run: the pair order is drawn from (seed, epoch) and
+    the loader replays the batches already trained on (a shuffling DataLoader drew a new order)."""
+    csv = _pairs(tmp_path / "d", 3)
+    base = [*_csv_data(csv), "trainer.max_epochs=2", "seed=3"]
+    _train(tmp_path / "full", base)
+    part = tmp_path / "part"
+    term = ["+callbacks.term._target_=test_trust_health.SigtermAtStep", "+callbacks.term.step=5"]
+    assert _exit_code(_train, part, base + term) == 128 + signal.SIGTERM
+    capsys.readouterr()
+    _train(part, base + ["ckpt_path=last"])
+    wf = torch.load(tmp_path / "full" / "checkpoints" / "last.ckpt", weights_only=True)
+    wr = torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)
+    assert wf["global_step"] == wr["global_step"] == 8
+    assert max(float((wf["state_dict"][k] - wr["state_dict"][k]).abs().max()) for k in wf["state_dict"]) == 0.0
+
+
 def test_ctrl_c_saves_the_state_of_that_step_like_sigterm(tmp_path, capfd):
     """In process: Ctrl-C (SIGINT) after step 2 stops train.py at that batch boundary (not wherever
     Python's KeyboardInterrupt would land, which a __del__ can swallow): last.ckpt holds step 2, exit
