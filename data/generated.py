@@ -148,6 +148,10 @@ class AxialSlices:
     def label_names(self) -> dict[int, str]:
         return self.subjects.label_names
 
+    @property
+    def source_signature(self) -> Any:
+        return getattr(self.subjects, "source_signature", None)
+
     def subject_id(self, k: int) -> str:
         return self.subjects.subject_id(k)
 
@@ -209,11 +213,13 @@ class GeneratedPairDataset(Dataset):
         return [(self.subjects.subject_id(a), self.subjects.subject_id(b)) for a, b in self.pairs]
 
     def pair_signature(self, index: int) -> str:
-        """Signature of pair ``index``'s inputs: the generator (class and settings) and the two
+        """Signature of pair ``index``'s inputs: the generator (class and settings), the files it
+        reads (its ``source_signature``, e.g. the MNI template's, when it has one) and the two
         subject indices (a subject depends only on them)."""
         a, b = self.pairs[index]
         return signature({"dataset": "generated", "generator": type(self.subjects).__name__,
-                          "config": self.config, "fixed": a, "moving": b, "with_labels": self.with_labels})
+                          "config": self.config, "source": getattr(self.subjects, "source_signature", None),
+                          "fixed": a, "moving": b, "with_labels": self.with_labels})
 
 
 class GeneratedDataModule(RegistrationDataModule):

@@ -41,6 +41,7 @@ from data.mni_template import (  # re-exported: the template's home is data.mni_
     MNITemplate,
     check_resolution,
     load_mni_template,
+    template_source,
 )
 from spatial.filters import gaussian_blur
 from spatial.functional import warp
@@ -181,6 +182,11 @@ class MNISubjects:
     @property
     def spacing(self) -> tuple[float, float, float]:
         return (float(self.resolution),) * 3
+
+    @property
+    def source_signature(self) -> dict:
+        """The template files the subjects are made from (:func:`data.mni_template.template_source`)."""
+        return template_source()
 
     @staticmethod
     def subject_id(k: int) -> str:

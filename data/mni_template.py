@@ -99,13 +99,34 @@ _NILEARN_FILES = {
 }
 
 
-@functools.lru_cache(maxsize=1)
-def _load_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The 1 mm T1, GM, WM maps (each scaled to max 1, float32) and their affine."""
+def _nilearn_folder() -> Path:
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         raise DataError("nilearn is not installed; the MNI152 template ships with it (pip install nilearn)")
-    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+
+
+@functools.lru_cache(maxsize=1)
+def template_source() -> dict:
+    """What the template is read from: nilearn's version and each file's path, size and mtime
+    (:func:`data.signature.file_signature`); part of every MNI pair's input signature, so results
+    computed on another template (a nilearn update) are not reused."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from data.signature import file_signature
+
+    try:
+        nilearn = version("nilearn")
+    except PackageNotFoundError:
+        nilearn = None
+    folder = _nilearn_folder()
+    return {"nilearn": nilearn, "files": [file_signature(folder / name) for name in _NILEARN_FILES.values()]}
+
+
+@functools.lru_cache(maxsize=1)
+def _load_1mm() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The 1 mm T1, GM, WM maps (each scaled to max 1, float32) and their affine."""
+    folder = _nilearn_folder()
     paths = {key: folder / name for key, name in _NILEARN_FILES.items()}
     if all(p.is_file() for p in paths.values()):
         imgs = {key: nib.load(str(p)) for key, p in paths.items()}

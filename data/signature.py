@@ -4,7 +4,7 @@ when nothing changed (:class:`app.results.ResultsWriter`).
 Every pair dataset puts ``pair_signature`` (a str, :func:`signature` of a description) in its
 items: for files the resolved paths, sizes and modification times of the fixed, moving and label
 files plus the preprocessing / normalisation settings; for generated subjects the generator's
-settings and the subject indices. The preprocessing cache (:mod:`data.preprocess`) keys its
+settings, the files it reads (the MNI template's) and the subject indices. The preprocessing cache (:mod:`data.preprocess`) keys its
 entries by the same :func:`file_signature`.
 """
 

@@ -521,3 +521,19 @@ def test_mi_analysis_refuses_an_eval_folder_older_than_the_dice_label_rule(tmp_p
             read_pairs_csv(results)
     (results / "summary.json").write_text(json.dumps({"n_pairs": 1, "metrics_version": DICE_RULE_VERSION}))
     assert read_pairs_csv(results)[0]["dice"] == 0.5
+
+
+def test_mni_pair_signature_follows_the_template_files(monkeypatch):
+    """The offline MNI pairs are made from nilearn's template files: another template (a nilearn
+    update) changes every pair's input signature, 3-D and 2-D alike, so no result is reused."""
+    import data.mni as mni
+    from data import MNIDataModule
+
+    dm = MNIDataModule(shape=[16, 16, 16], n_train=2, n_val=0, n_test=2)
+    dm2 = MNIDataModule(shape=[16, 16, 16], n_train=2, n_val=0, n_test=2, slice_index=8)
+    before = [d.test_dataloader().dataset.pair_signature(0) for d in (dm, dm2)]
+    source = mni.template_source()
+    assert source["files"] and all(f[1] for f in source["files"])  # read from the installed package
+    monkeypatch.setattr(mni, "template_source", lambda: {**source, "nilearn": "another"})
+    after = [d.test_dataloader().dataset.pair_signature(0) for d in (dm, dm2)]
+    assert after[0] != before[0] and after[1] != before[1]
