@@ -11,13 +11,14 @@ project's convention (``_disp``) and in ITK/ANTs form (``_disp_itk``, LPS mm), b
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from app.parts import ResultsWriter
+from app.parts import MOVED_KINDS, ResultsWriter
 from app.progress import PairProgress, say
 from data.files import atomic_write_files
 from data.transforms import VOXEL_DESCRIPTION
@@ -40,16 +41,17 @@ class ResultsCallback(Callback):
                           dataloader_idx: int = 0) -> None:
         rows = []
         for i, result in enumerate(outputs or ()):
-            if self.save_outputs:
-                self._save(batch, i, result)
-            self.writer.add(result)
+            moved = self._save(batch, i, result) if self.save_outputs else []
+            self.writer.add(result, moved=moved)
             rows.append(result["pair"])
         if self.progress is not None:
             for line in self.progress.batch_done(rows):
                 say(trainer, line)
 
-    def _save(self, batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> None:
-        """The pair's moved image, moved label and displacement (ours and ITK's) as NIfTI, written all or none."""
+    def _save(self, batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> list[Path]:
+        """The pair's moved image, moved label and displacement (ours and, unless the grid is sheared,
+        which ITK images cannot be, ITK's) as NIfTI, written all or none; the files written."""
+        from data.geometry import SHEAR_TOLERANCE, shear
         from data.io import nifti_bytes
         from data.transforms import displacement_bytes
 
@@ -61,14 +63,20 @@ class ResultsCallback(Callback):
             path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
             files[path] = nifti_bytes(array, affine, path, description)
         if u.shape[1] == 3:  # NIfTI vector fields: 3-D only
-            for kind, form in (("disp", "voxel"), ("disp_itk", "itk")):
+            forms = (("disp", "voxel"), ("disp_itk", "itk")) if shear(affine) <= SHEAR_TOLERANCE else (("disp", "voxel"),)
+            for kind, form in forms:
                 path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
                 files[path] = displacement_bytes(u.detach().cpu(), affine, path, form)
         else:
             disp = u[0].detach().cpu().numpy().astype(np.float32)  # (D, *S) -> (*S, D)
             path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], "disp")
             files[path] = nifti_bytes(np.moveaxis(disp, 0, -1), affine, path, VOXEL_DESCRIPTION)
+        for kind in MOVED_KINDS:  # a volume this pair has not now (a label, ITK's field) is not left from before
+            path = self.writer.moved_path(pair["fixed_id"], pair["moving_id"], kind)
+            if path not in files:
+                path.unlink(missing_ok=True)
         atomic_write_files(files)
+        return list(files)
 
 
 def moved_volumes(batch: Mapping[str, Any], i: int, result: Mapping[str, Any]) -> dict[str, tuple[np.ndarray, str | None]]:

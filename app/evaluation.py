@@ -116,7 +116,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     model.check_finite_weights("before testing:")
     expected = [(str(f), str(m)) for f, m in datamodule.test_pair_ids()]
     writer = ResultsWriter(out_dir, method=model.method, label_interp=model.label_interp,
-                           method_hash=method_signature(model))
+                           method_hash=method_signature(model), save_outputs=save_outputs)
     datamodule.setup("test")
     dataset = datamodule.test_dataloader().dataset
     todo = [i for i, (f, m) in enumerate(expected) if not writer.reusable(f, m, dataset.pair_signature(i))]

@@ -33,7 +33,10 @@ from data.signature import code_signature
 from metrics import LABEL_METRICS
 from spatial import DISPLACEMENT_CONVENTION
 
-__all__ = ["METRICS_VERSION", "metric_config", "method_signature", "ResultsWriter"]
+__all__ = ["METRICS_VERSION", "MOVED_KINDS", "metric_config", "method_signature", "ResultsWriter"]
+
+# the volumes save_outputs writes per pair under DIR/moved/ (ResultsWriter.moved_path)
+MOVED_KINDS = ("image", "label", "disp", "disp_itk")
 
 # Bump when the metric code (metrics/) changes what it computes: parts of an older version are
 # then recomputed instead of being reused on resume. 3: Klein et al. 2009's overlap measures
@@ -104,14 +107,16 @@ class ResultsWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, method: str, label_interp: str = "nearest",
-                 method_hash: str | None = None) -> None:
+                 method_hash: str | None = None, save_outputs: bool = False) -> None:
         self.out_dir = Path(out_dir)
         self.method = str(method)
         self.label_interp = label_interp
         self.metrics = metric_config(label_interp)
         self.method_hash = method_hash
+        self.save_outputs = bool(save_outputs)  # a reused pair must then have its moved volumes
         self.run_id = uuid.uuid4().hex
         self.seen: set[tuple[str, str]] = set()
+        self.inputs: dict[tuple[str, str], str | None] = {}  # each asked pair's current input signature
         self.pairs: list[dict[str, Any]] = []  # the rows of the last finalize()
         self.counts: dict[str, int] = {}
 
@@ -151,18 +156,32 @@ class ResultsWriter:
         return all(prov.get(key) == want[key] for key in ("method", "metrics", "code"))
 
     def reusable(self, fixed_id: str, moving_id: str, pair_signature: str | None) -> bool:
-        """True when ``DIR`` holds a part of this pair computed from the same inputs, method and
-        metric settings (resume). A pair without a signature is never reused."""
-        fixed_id, moving_id = str(fixed_id), str(moving_id)
-        self.seen.add((fixed_id, moving_id))
-        part = self._read_part(self._part_path(fixed_id, moving_id))
-        return part is not None and self._matches(part, fixed_id, moving_id, pair_signature)
+        """True when ``DIR`` holds a part of this pair computed from the same inputs, method,
+        metric settings and code (resume) and, with ``save_outputs``, its moved volumes. A pair
+        without a signature is never reused. Only a reused pair counts as ``seen``: a pair that is
+        not must be computed by this run (:meth:`add`), else :meth:`finalize` names it."""
+        key = (str(fixed_id), str(moving_id))
+        self.inputs[key] = pair_signature
+        part = self._read_part(self._part_path(*key))
+        ok = part is not None and self._matches(part, *key, pair_signature) and self._has_moved(part)
+        if ok:
+            self.seen.add(key)
+        return ok
 
-    def add(self, result: Mapping[str, Any]) -> None:
+    def _has_moved(self, part: Mapping[str, Any]) -> bool:
+        """With ``save_outputs``: the part's run wrote its moved volumes and they are all there."""
+        if not self.save_outputs:
+            return True
+        names = part.get("moved")
+        return bool(names) and all((self.out_dir / "moved" / str(n)).is_file() for n in names)
+
+    def add(self, result: Mapping[str, Any], moved: Sequence[Path] = ()) -> None:
         """Store one pair, a result of ``RegistrationModule.test_step``: ``pair`` (a row of
         :data:`PAIR_COLUMNS` without ``method``), ``labels`` (``{label: {name: value}}`` with every
         name of :data:`metrics.LABEL_METRICS`), ``erased`` (labels the warp erased) and
-        ``signature`` (the inputs' signature), with its provenance."""
+        ``signature`` (the inputs' signature), with its provenance and the ``moved`` volumes
+        written for it (:meth:`moved_path`); without them, earlier moved volumes of the pair are
+        removed (they showed another result)."""
         row = {**result["pair"], "method": self.method}
         missing = [c for c in PAIR_COLUMNS if c not in row]
         if missing:
@@ -186,11 +205,15 @@ class ResultsWriter:
             "run": self.run_id,
             # a part of other inputs / method / metric settings was replaced (counted in the report)
             "replaced_stale": old is not None and not self._matches(old, fixed_id, moving_id, signature),
+            "moved": sorted(Path(m).name for m in moved),
         }
+        if not moved:
+            for what in MOVED_KINDS:
+                self.moved_path(fixed_id, moving_id, what).unlink(missing_ok=True)
         atomic_write_text(path, json.dumps(part))
 
     def moved_path(self, fixed_id: str, moving_id: str, what: str) -> Path:
-        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: image, label, disp or disp_itk; :func:`pair_name`)."""
+        """``DIR/moved/<pair name>_<what>.nii.gz`` (what: one of :data:`MOVED_KINDS`; :func:`pair_name`)."""
         return self.out_dir / "moved" / f"{pair_name(fixed_id, moving_id)}_{what}.nii.gz"
 
     def finalize(self, expected: Iterable[tuple[str, str]], extra: dict[str, Any] | None = None,
@@ -248,7 +271,9 @@ class ResultsWriter:
         parts, missing = [], []
         for f, m in expected:
             part = self._read_part(self._part_path(f, m))
-            if part is None or not self._matches(part, f, m, None, check_inputs=False):
+            # inputs as this run saw them (rank 0 asked for every pair); else another process's check
+            check = (f, m) in self.inputs
+            if part is None or not self._matches(part, f, m, self.inputs.get((f, m)), check_inputs=check):
                 missing.append((f, m))
             else:
                 parts.append(part)

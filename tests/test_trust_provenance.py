@@ -157,6 +157,48 @@ def test_code_signature_follows_the_sources_that_make_results(tmp_path):
     assert code_signature() == code_signature(ROOT) and len(code_signature()) == 64
 
 
+def test_a_limited_rerun_never_reports_a_stale_pair_it_did_not_recompute(tmp_path, capsys):
+    """Both pairs' inputs change, then a rerun limited to one test batch: that pair is recomputed
+    and reported alone; the other's stale part is neither reused nor reported (it was, as reused)."""
+    csv_path = _two_pair_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    _csv_eval(out, csv_path)
+    for name in ("a_ms", "b_ms"):
+        _, _, _, ml = make_blob_pair(shape=(24, 24, 24), shift=7, seed=0)
+        write_nifti(tmp_path / "data" / f"{name}.nii.gz", ml)
+    capsys.readouterr()
+    summary = _csv_eval(out, csv_path, "trainer.limit_test_batches=1")
+    printed = capsys.readouterr().out
+    assert "1 of 2 test pairs evaluated" in printed and "reused" not in printed
+    assert _pairs(out) == [("a_f", "a_m")] and summary["n_pairs"] == 1
+    fresh = _csv_eval(tmp_path / "fresh", csv_path)
+    assert float(_rows(out / "pairs.csv")[0]["dice"]) == float(_rows(tmp_path / "fresh" / "pairs.csv")[0]["dice"])
+    assert fresh["n_pairs"] == 2
+
+
+def test_save_outputs_reuses_a_pair_only_with_its_own_moved_volumes(tmp_path, capsys):
+    """save_outputs: a pair recomputed without it loses its old moved volumes (they showed the old
+    result), and a later save_outputs run recomputes it rather than reusing a part without them."""
+    import nibabel as nib
+    import numpy as np
+
+    csv_path = _two_pair_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    _csv_eval(out, csv_path, "save_outputs=true")
+    moved_label = out / "moved" / "a_f__a_m_label.nii.gz"
+    assert moved_label.exists()
+    _, _, _, ml = make_blob_pair(shape=(24, 24, 24), shift=7, seed=0)
+    write_nifti(tmp_path / "data" / "a_ms.nii.gz", ml)  # the moving label of pair a changes
+    _csv_eval(out, csv_path)  # recomputed, no outputs asked
+    assert not moved_label.exists() and (out / "moved" / "b_f__b_m_label.nii.gz").exists()
+    capsys.readouterr()
+    _csv_eval(out, csv_path, "save_outputs=true")
+    assert "reused 1 of 2" in capsys.readouterr().out  # pair b only
+    saved = np.asarray(nib.load(str(moved_label)).dataobj)
+    assert np.array_equal(saved, np.asarray(nib.load(str(tmp_path / "data" / "a_ms.nii.gz")).dataobj))  # identity
+    assert json.loads((out / ".parts" / "identity" / "a_f__a_m.json").read_text())["moved"]
+
+
 def test_changed_metric_settings_recompute_every_pair(tmp_path, capsys):
     csv_path = _two_pair_csv(tmp_path / "data")
     out = tmp_path / "out"
