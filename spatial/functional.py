@@ -74,13 +74,17 @@ def identity_grid(
     return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
 
 
-def _sampling_grid(u: torch.Tensor, img_shape: Sequence[int]) -> torch.Tensor:
+def _sampling_grid(u: torch.Tensor, img_shape: Sequence[int], nearest: bool = False) -> torch.Tensor:
     """``(B, D, *S)`` voxel displacement -> ``(B, *S, D)`` grid_sample coordinates in [-1, 1].
 
     Output voxel ``x`` of ``u``'s grid samples the image at ``x * (S_img - 1) / (S - 1) + u(x)``
     (voxel units of the image; both grids span the same extent, align_corners=True; the ratio
     is 1 when the grids match). grid_sample wants the last axis ordered (x, y, z) = (last
     spatial axis, ..., first), so the channels are reversed after normalising.
+
+    ``nearest``: the position is rounded to the nearest voxel first, exact ties up (ITK's rule,
+    ``floor(p + 0.5)``, in float64): grid_sample's own nearest mode rounds ties to even, which
+    maps a half-voxel shift onto every other voxel twice and drops the labels in between.
     """
     shape = u.shape[2:]
     ndim = len(shape)
@@ -91,6 +95,11 @@ def _sampling_grid(u: torch.Tensor, img_shape: Sequence[int]) -> torch.Tensor:
         step = scale * (n_img - 1) / max(n - 1, 1) if n != n_img else scale
         view = [1] * ndim
         view[axis] = n
+        if nearest:
+            ratio = (n_img - 1) / max(n - 1, 1) if n != n_img else 1.0
+            pos = torch.arange(n, device=u.device, dtype=torch.float64).view(1, *view) * ratio + u[:, axis].double()
+            coords.append((torch.floor(pos + 0.5) * scale - 1.0).to(u.dtype))
+            continue
         base = (torch.arange(n, device=u.device, dtype=u.dtype) * step - 1.0).view(1, *view)
         coords.append(torch.add(base, u[:, axis], alpha=scale))  # one pass per channel
     return torch.stack(coords, dim=-1)
@@ -132,7 +141,7 @@ def warp(
     if integer and mode != "nearest":
         raise ValueError("warp() integer images (labels) need mode='nearest' or a one-hot float input")
     batch = max(img.shape[0], u.shape[0])
-    grid = _sampling_grid(u, img.shape[2:])
+    grid = _sampling_grid(u, img.shape[2:], nearest=mode == "nearest")
     src = img.to(u.dtype) if integer else img
     if src.shape[0] != batch:
         src = src.expand(batch, *src.shape[1:])

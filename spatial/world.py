@@ -16,8 +16,8 @@ voxel_coordinates(displace_points(grid_points(fixed), u, A_fixed), A_moving))``:
 image on another grid the one interpolation reads it in world space. Boundaries follow ITK
 (``ResampleImageFilter``, ``DisplacementFieldTransform``): a voxel covers half a voxel around its
 centre; a coordinate within that margin outside the grid takes the border value, one beyond it
-reads 0 (an image) or no displacement (a field). Nearest neighbour rounds half to even
-(``grid_sample``); ITK rounds half up: they differ only on exact ties.
+reads 0 (an image) or no displacement (a field). Nearest neighbour rounds exact ties up, as ITK
+does (``grid_sample`` alone rounds them to even, which drops every other label on a half-voxel shift).
 """
 
 from __future__ import annotations
@@ -95,6 +95,8 @@ def sample(img: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear") -> t
         raise ValueError("sample() integer images (labels) need mode='nearest'")
     shape = img.shape[2:]
     c = coords.to(torch.float64)
+    if mode == "nearest":
+        c = torch.floor(c + 0.5)  # exact ties up, as ITK (grid_sample rounds them to even: labels lost)
     grid = []
     for axis in reversed(range(ndim)):  # grid_sample wants (x, y, z) = (last axis, ..., first)
         n = shape[axis]

@@ -299,3 +299,25 @@ def test_cpu_slab_sampling_equals_grid_sample_with_gradients(first_axis):
                     torch.testing.assert_close(a, b)
     finally:
         torch.set_num_threads(threads)
+
+
+def test_nearest_rounds_exact_half_voxel_ties_up_and_keeps_every_label():
+    """A label map read half a voxel further (a grid whose origin is +0.5 voxel, or u = +0.5):
+    every voxel takes the next label, ITK's rule (round half up); grid_sample's own rounding
+    (half to even) read labels 2,3,3,5,5,... and dropped every other one."""
+    from spatial.world import sample
+
+    labels = torch.arange(1, 13, dtype=torch.int64).view(1, 1, 12, 1, 1).expand(1, 1, 12, 3, 3).contiguous()
+    u = torch.zeros(1, 3, 12, 3, 3)
+    u[:, 0] = 0.5
+    out = warp(labels, u, mode="nearest", padding_mode="border")[0, 0, :, 1, 1]
+    assert out.tolist() == list(range(2, 13)) + [12]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in (12, 3, 3)],
+                                        indexing="ij"))
+    coords[0] += 0.5
+    read = sample(labels, coords, mode="nearest")[0, 0, :, 1, 1]
+    assert read.tolist() == list(range(2, 13)) + [0]  # the last reads past the half-voxel margin: 0
+    # away from ties nothing changes: +0.4 stays, +0.6 moves on
+    for shift, want in ((0.4, list(range(1, 13))), (0.6, list(range(2, 13)) + [12])):
+        u[:, 0] = shift
+        assert warp(labels, u, mode="nearest")[0, 0, :, 1, 1].tolist() == want
