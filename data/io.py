@@ -156,11 +156,25 @@ def _spatial_shape(path: Path | str, shape: Sequence[int]) -> tuple[int, int, in
     return shape[:3]  # type: ignore[return-value]
 
 
-def _spacing(path: Path | str, header) -> tuple[float, float, float]:
-    zooms = tuple(float(z) for z in header.get_zooms()[:3])
+def _spacing(path: Path | str, img) -> tuple[float, float, float]:
+    """The voxel sizes of the header (pixdim), which must be those of the voxel -> world affine
+    (its column norms) within :data:`SPACING_TOLERANCE`: metrics in mm (HD95) use the sizes, world
+    space (resampling, ITK exports) the affine, and a header where they disagree would make the two
+    describe different images."""
+    zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
         raise DataError(f"{path}: expected three positive voxel sizes in the header, got {zooms}")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if affine.shape == (4, 4) and np.all(np.isfinite(affine)):
+        norms = np.linalg.norm(affine[:3, :3], axis=0)
+        if np.any(np.abs(norms - np.asarray(zooms)) > SPACING_TOLERANCE):
+            raise DataError(f"{path}: the header's voxel sizes (pixdim {_fmt3(zooms)} mm) disagree with its affine "
+                            f"(sform/qform: {_fmt3(norms)} mm); fix the header so that both describe the same grid")
     return zooms  # type: ignore[return-value]
+
+
+def _fmt3(values) -> str:
+    return "x".join(f"{float(v):.4g}" for v in values)
 
 
 def _expected_data_end(img) -> int | None:
@@ -225,7 +239,7 @@ def read_grid(path: str | os.PathLike) -> Grid:
     img = _open(path)
     _check_scalar(path, img)
     shape = _spatial_shape(path, img.shape)
-    spacing = _spacing(path, img.header)
+    spacing = _spacing(path, img)
     _check_complete(path, img)
     return Grid(shape, spacing, np.asarray(img.affine, dtype=np.float64))
 
@@ -259,7 +273,7 @@ def load_volume(path: str | os.PathLike, kind: str = "image") -> Volume:
     img = _open(path)
     _check_scalar(path, img)
     shape = _spatial_shape(path, img.shape)
-    spacing = _spacing(path, img.header)
+    spacing = _spacing(path, img)
     try:
         if kind == "image":
             data = np.asarray(img.get_fdata(dtype=np.float32))

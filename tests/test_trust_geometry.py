@@ -443,3 +443,22 @@ def test_compact_labels_unique_and_lookup_paths_agree():
     assert ids.tolist() == [0, 3, 1 << 40] and torch.equal(ids[ih], huge)
     ids, (iz,) = compact_labels(torch.tensor([[[[4, 4], [8, 4]]]]))  # no background: 0 still index 0
     assert ids.tolist() == [0, 4, 8] and iz.min() == 1
+
+
+def test_header_voxel_sizes_that_disagree_with_the_affine_are_refused(tmp_path):
+    """pixdim 1 mm under a 2 mm sform: HD95 (voxel sizes) and world space (the affine) would
+    describe different images; the file is refused by name with both values."""
+    import nibabel as nib
+
+    from data.io import read_grid
+
+    img = nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([2.0, 2.0, 2.0, 1.0]))
+    img.header["pixdim"][1:4] = 1.0
+    path = tmp_path / "bad.nii.gz"
+    nib.save(img, str(path))
+    with pytest.raises(DataError, match=r"bad\.nii\.gz: the header's voxel sizes \(pixdim 1x1x1 mm\) disagree with "
+                                        r"its affine \(sform/qform: 2x2x2 mm\)"):
+        read_grid(path)
+    good = tmp_path / "good.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((8, 8, 8), np.float32), np.diag([2.0, 1.5, 3.0, 1.0])), str(good))
+    assert read_grid(good).spacing == (2.0, 1.5, 3.0)
