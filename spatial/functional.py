@@ -142,7 +142,9 @@ def warp(
         raise ValueError("warp() integer images (labels) need mode='nearest' or a one-hot float input")
     batch = max(img.shape[0], u.shape[0])
     grid = _sampling_grid(u, img.shape[2:], nearest=mode == "nearest")
-    src = img.to(u.dtype) if integer else img
+    # label ids are sampled as floats: float32 holds integers exactly up to 2^24 only
+    exact = u.dtype if not integer or img.numel() == 0 or int(img.abs().max()) < 2 ** 24 else torch.float64
+    src, grid = (img.to(exact), grid.to(exact)) if integer else (img, grid)
     if src.shape[0] != batch:
         src = src.expand(batch, *src.shape[1:])
     if grid.shape[0] != batch:

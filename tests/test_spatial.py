@@ -321,3 +321,14 @@ def test_nearest_rounds_exact_half_voxel_ties_up_and_keeps_every_label():
     for shift, want in ((0.4, list(range(1, 13))), (0.6, list(range(2, 13)) + [12])):
         u[:, 0] = shift
         assert warp(labels, u, mode="nearest")[0, 0, :, 1, 1].tolist() == want
+
+
+def test_nearest_warp_keeps_label_ids_beyond_float32_integers():
+    """Label ids >= 2^24 (float32's exact integers end there; pairs CSVs may hold them) survive a
+    nearest warp exactly: 20000001 read back as 20000000 scored Dice 0 and counted as erased."""
+    big = torch.tensor([20_000_001, 2 ** 31 - 1, 16_777_217], dtype=torch.int64)
+    labels = big.view(1, 1, 3, 1, 1).expand(1, 1, 3, 2, 2).contiguous()
+    assert torch.equal(warp(labels, torch.zeros(1, 3, 3, 2, 2), mode="nearest"), labels)
+    u = torch.zeros(1, 3, 3, 2, 2)
+    u[:, 0] = 1.0
+    assert warp(labels, u, mode="nearest")[0, 0, :, 0, 0].tolist() == [2 ** 31 - 1, 16_777_217, 16_777_217]
