@@ -49,30 +49,36 @@ _LOG_FLOOR = 1e-6  # bits: MI below this is clipped before taking the log
 
 
 def image_information(
-    dataset, bins: int = 64, mask: str = "foreground", ids: Iterable[str] | None = None
-) -> dict[str, LabelInformation]:
-    """MI of every distinct image of a pair dataset (items follow the batch contract).
+    dataset, bins: int = 64, mask: str = "foreground", pairs: Iterable[tuple[str, str]] | None = None
+) -> dict[tuple[str, str], tuple[LabelInformation, LabelInformation]]:
+    """MI of the fixed and of the moving image of every pair of a pair dataset (items follow the
+    batch contract), each from that pair's own images: one subject id can name different images in
+    different pairs (LPBA40's moving subject is resampled into each target's space).
 
     Args:
         dataset: indexable pairs (``dataset[i]`` -> dict with ``fixed``, ``moving``,
             ``fixed_label``, ``moving_label``, ``fixed_id``, ``moving_id``).
-        ids: only these image ids (default: all).
-    Returns: ``{image id: LabelInformation}``. A dataset without labels raises DataError.
+        pairs: only these ``(fixed_id, moving_id)`` (default: all).
+    Returns: ``{(fixed_id, moving_id): (fixed's, moving's LabelInformation)}``. A dataset without
+    labels raises DataError.
     """
-    wanted = None if ids is None else set(ids)
-    out: dict[str, LabelInformation] = {}
+    wanted = None if pairs is None else {(str(f), str(m)) for f, m in pairs}
+    out: dict[tuple[str, str], tuple[LabelInformation, LabelInformation]] = {}
     for index in range(len(dataset)):
         item = dataset[index]
+        key = (str(item["fixed_id"]), str(item["moving_id"]))
+        if wanted is not None and key not in wanted:
+            continue
+        sides = []
         for side in ("fixed", "moving"):
-            image_id = str(item[f"{side}_id"])
-            if image_id in out or (wanted is not None and image_id not in wanted):
-                continue
             if f"{side}_label" not in item:
-                raise DataError(f"MI needs label maps, but the dataset's pairs have no '{side}_label' (image {image_id})")
+                raise DataError(f"MI needs label maps, but the dataset's pairs have no '{side}_label' "
+                                f"(pair {key[0]} <- {key[1]})")
             try:
-                out[image_id] = intensity_label_information(item[side], item[f"{side}_label"], bins=bins, mask=mask)
+                sides.append(intensity_label_information(item[side], item[f"{side}_label"], bins=bins, mask=mask))
             except ValueError as exc:
-                raise DataError(f"image {image_id}: {exc}") from exc
+                raise DataError(f"pair {key[0]} <- {key[1]}, {side} image {item[f'{side}_id']}: {exc}") from exc
+        out[key] = (sides[0], sides[1])
     return out
 
 
@@ -122,16 +128,18 @@ def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[st
 
 
 def join_pairs(
-    pairs: Sequence[Mapping[str, Any]], info: Mapping[str, LabelInformation], reduction: str = "mean"
+    pairs: Sequence[Mapping[str, Any]], info: Mapping[tuple[str, str], tuple[LabelInformation, LabelInformation]],
+    reduction: str = "mean",
 ) -> list[dict[str, Any]]:
-    """One row per pair: its ids, method, Dice (registered and identity) and MI (fixed, moving, pair)."""
+    """One row per pair: its ids, method, Dice (registered and identity) and MI (fixed, moving, pair;
+    ``info`` from :func:`image_information`)."""
     rows = []
     for p in pairs:
         fixed_id, moving_id = str(p["fixed_id"]), str(p["moving_id"])
-        for image_id in (fixed_id, moving_id):
-            if image_id not in info:
-                raise DataError(f"pairs.csv lists image {image_id!r}, which is not in the dataset (data=... differs from the eval run?)")
-        fi, mi = info[fixed_id], info[moving_id]
+        if (fixed_id, moving_id) not in info:
+            raise DataError(f"pairs.csv lists pair ({fixed_id!r}, {moving_id!r}), which is not in the dataset "
+                            "(data=... differs from the eval run?)")
+        fi, mi = info[(fixed_id, moving_id)]
         rows.append({
             "fixed_id": fixed_id,
             "moving_id": moving_id,
@@ -277,7 +285,7 @@ def analyse(cfg) -> dict[str, Any]:
     pairs = dataset_pairs(read_pairs_csv(results_dir), datamodule.test_pair_ids(), Path(results_dir) / "pairs.csv")
     dataset = datamodule.test_dataloader().dataset
     info = image_information(dataset, bins=opts["bins"], mask=opts["mask"],
-                             ids={p["fixed_id"] for p in pairs} | {p["moving_id"] for p in pairs})
+                             pairs=[(p["fixed_id"], p["moving_id"]) for p in pairs])
     rows = join_pairs(pairs, info, opts["pair"])
     fit = fit_dice_vs_mi([r["dice"] for r in rows], [r["mi"] for r in rows])
     paths = write_outputs(out_dir, rows, fit, {**opts, "results_dir": str(results_dir)},

@@ -129,7 +129,8 @@ def test_synthetic_datamodule_contract():
     assert batch["fixed"].shape == (1, 1, 16, 16, 16) and batch["fixed_label"].dtype == torch.int64
     assert batch["fixed_id"] == ["syn_0002"] and batch["moving_id"] == ["syn_0003"]
     info = image_information(dm.test_set)
-    assert set(info) == {"syn_0002", "syn_0003", "syn_0004"}
+    assert set(info) == {("syn_0002", "syn_0003"), ("syn_0003", "syn_0004")}
+    assert info[("syn_0002", "syn_0003")][1] == info[("syn_0003", "syn_0004")][0]  # one image, one value
 
 
 # ------------------------------------------------------------------ analysis functions
@@ -151,9 +152,29 @@ def test_join_names_a_missing_image():
     from data.io import DataError
     from metrics.information import LabelInformation
 
-    info = {"a": LabelInformation(1.0, 2.0, 1.0, 10)}
-    with pytest.raises(DataError, match="'b'"):
+    info = {("a", "c"): (LabelInformation(1.0, 2.0, 1.0, 10),) * 2}
+    with pytest.raises(DataError, match=r"pair \('a', 'b'\), which is not in the dataset"):
         join_pairs([{"fixed_id": "a", "moving_id": "b", "dice": 0.5}], info)
+
+
+def test_each_pair_gets_the_mi_of_its_own_moving_image(tmp_path):
+    """LPBA40: the moving subject is resampled into each target's space (l2_to_l1, l2_to_l3 are
+    two files, one id): each pair's MI is that of its own moving file, not the first one read."""
+    from data import KleinDataModule
+    from metrics.information import intensity_label_information
+    from test_datasets import make_lpba
+
+    root = make_lpba(tmp_path / "LPBA40", 3)
+    dm = KleinDataModule("lpba40", str(root), strict_count=False, shape=(12, 14, 10))
+    ds = dm.dataset("test")
+    info = image_information(ds)
+    seen_moving = {}
+    for i in range(len(ds)):
+        item = ds[i]
+        own = intensity_label_information(item["moving"], item["moving_label"]).mi
+        assert info[(item["fixed_id"], item["moving_id"])][1].mi == own
+        seen_moving.setdefault(item["moving_id"], set()).add(round(own, 6))
+    assert any(len(v) > 1 for v in seen_moving.values())  # the case: one id, different images
 
 
 # ------------------------------------------------------------------ the scripts
