@@ -146,8 +146,16 @@ class PreprocessConfig:
         return d
 
     def key(self) -> str:
-        """Cache key: a hash of this config and :data:`CACHE_VERSION` (16 hex digits)."""
-        text = json.dumps({"version": CACHE_VERSION, **self.to_dict()}, sort_keys=True)
+        """Cache key (16 hex digits): a hash of this config, :data:`CACHE_VERSION`, the code that
+        prepares a volume (this module and :mod:`data.io`) and the torchio / nibabel versions, so
+        that a cached volume is never one an earlier version of the code or of torchio made."""
+        from importlib.metadata import version
+
+        from data.signature import source_signature
+
+        text = json.dumps({"version": CACHE_VERSION, "code": source_signature("data/preprocess.py", "data/io.py"),
+                           "torchio": version("torchio"), "nibabel": version("nibabel"), **self.to_dict()},
+                          sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_signature", "signature", "code_signature", "CODE_PACKAGES"]
+__all__ = ["file_signature", "signature", "code_signature", "source_signature", "CODE_PACKAGES"]
 
 # the packages whose code computes a pair's numbers (its inputs, the warp, the method, the metrics)
 CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses")
@@ -53,10 +53,21 @@ def code_signature(root: str | os.PathLike | None = None) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _code_digest(base: str) -> str:
-    h = hashlib.sha256()
     root = Path(base)
-    for package in CODE_PACKAGES:
-        for path in sorted((root / package).rglob("*.py")):
-            h.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
-            h.update(path.read_bytes() + b"\0")
+    return _digest(root, [path for package in CODE_PACKAGES for path in sorted((root / package).rglob("*.py"))])
+
+
+@functools.lru_cache(maxsize=16)
+def source_signature(*files: str) -> str:
+    """SHA-256 (hex) of the given source files of this project (paths relative to its root, e.g.
+    ``"data/preprocess.py"``): for a cache whose entries depend on a few modules only."""
+    root = Path(__file__).resolve().parents[1]
+    return _digest(root, [root / f for f in files])
+
+
+def _digest(root: Path, paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for path in paths:
+        h.update(path.relative_to(root).as_posix().encode("utf-8") + b"\0")
+        h.update(path.read_bytes() + b"\0")
     return h.hexdigest()

@@ -357,6 +357,12 @@ def test_cache_is_keyed_by_config_and_source(tmp_path, monkeypatch):
     monkeypatch.undo()
     other = PreprocessConfig(spacing=2.0, shape=(12, 12, 12))
     assert other.key() != cfg.key()
+    import data.signature as sig
+
+    with monkeypatch.context() as m:  # another version of the preprocessing code: another cache folder
+        m.setattr(sig, "source_signature", lambda *files: "an edited data/preprocess.py")
+        edited = cfg.key()
+    assert edited != cfg.key()
     assert VolumeStore(other, tmp_path / "cache").get("IBSR_01", img, lab).spacing == (2.0, 2.0, 2.0)
     st = img.stat()
     os.utime(img, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # an edited source file is not read stale
