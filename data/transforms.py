@@ -21,7 +21,8 @@ naming the file):
 * its ITK/ANTs form (``disp_itk.nii.gz``): the same shape and intent (named :data:`ITK_INTENT`),
   the physical displacement in LPS millimetres (:func:`data.geometry.voxel_to_physical_displacement`):
   what ``antsApplyTransforms`` and SimpleITK's ``DisplacementFieldTransform`` read. Any other
-  vector NIfTI (an ANTs ``1Warp.nii.gz``) is read as ITK's;
+  vector NIfTI (an ANTs ``1Warp.nii.gz``) is read as ITK's; one with NIfTI's displacement intent
+  (``NIFTI_INTENT_DISPVECT``, 1006) holds RAS millimetres, as ITK 5.4 reads it;
 * an ITK affine (``.txt``/``.tfm`` text ``#Insight Transform File V1.0``, written and read; ANTs'
   binary ``.mat``, read): ``p -> M (p - c) + c + t`` on LPS points.
 
@@ -54,6 +55,9 @@ __all__ = [
 ]
 
 VOXEL_INTENT = "voxel disp"  # NIfTI intent_name (16 bytes at most) of the project's displacement files
+# NIFTI_INTENT_DISPVECT: a displacement in the NIfTI world (RAS mm); ANTs / ITK write theirs as
+# NIFTI_INTENT_VECTOR (1007) in LPS mm
+NIFTI_INTENT_DISPVECT = 1006
 ITK_INTENT = "ITK disp LPS mm"  # ... and of their ITK / ANTs form
 VOXEL_DESCRIPTION = "disp vox fixed->moving; moved(x)=moving(x+u(x)); ch i = array axis i"
 ITK_DESCRIPTION = "ITK/ANTs displacement, LPS mm, fixed->moving: moved(p)=moving(p+d(p))"
@@ -246,6 +250,8 @@ def read_displacement(path: str | os.PathLike) -> FieldStage:
     if ours:
         u = torch.from_numpy(np.ascontiguousarray(np.moveaxis(data, -1, 0))).unsqueeze(0)
     else:
+        if int(header["intent_code"]) == NIFTI_INTENT_DISPVECT:
+            data = data * np.array([-1.0, -1.0, 1.0])  # NIfTI's own displacement intent is in RAS mm (ITK >= 5.4 agrees)
         u = physical_to_voxel_displacement(data, itk_geometry(3, affine=affine)).double()
     return FieldStage(u, affine, str(path))
 

@@ -602,3 +602,19 @@ def test_cli_apply_end_to_end(pair, greedy_run, tmp_path):
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["y.nii.gz"]
     assert np.array_equal(_load(tmp_path / "y.nii.gz")[0], _load(out / "moved_label.nii.gz")[0])
+
+
+@pytest.mark.parametrize("intent, sign", [("vector", -1.0), ("displacement vector", 1.0)])
+def test_a_foreign_field_is_read_in_the_frame_its_intent_names(intent, sign, tmp_path):
+    """ITK/ANTs write displacements as NIfTI 'vector' (1007) in LPS mm; NIfTI's own
+    'displacement vector' (1006) is RAS mm (ITK 5.4 reads it so): +3 mm along the first world axis
+    of a RAS 1 mm grid is u = -3 voxels along axis 0 in the first case, +3 in the second."""
+    from data.transforms import read_displacement
+
+    d = np.zeros((6, 6, 6, 1, 3), np.float32)
+    d[..., 0] = 3.0
+    img = nib.Nifti1Image(d, np.eye(4))
+    img.header.set_intent(intent, ())
+    nib.save(img, str(tmp_path / "f.nii.gz"))
+    u = read_displacement(tmp_path / "f.nii.gz").u
+    assert torch.allclose(u[0, 0], torch.full((6, 6, 6), 3.0 * sign, dtype=u.dtype)) and u[0, 1:].abs().max() == 0
