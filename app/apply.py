@@ -95,11 +95,31 @@ def read_transforms(spec: Any, inverse: bool = False):
     return stages, reference
 
 
+def _label_interp(cfg: DictConfig) -> str:
+    """``label_interp``, or when unset the one ``register.py`` warped the moving label map with
+    (its folder's ``transform.json``), so that applying the folder reproduces ``moved_label``;
+    nearest for transform files."""
+    value = cfg.get("label_interp")
+    if value is not None:
+        if value not in ("nearest", "linear"):
+            raise ConfigError(f"label_interp must be 'nearest' or 'linear' (or null), got {value!r}")
+        return str(value)
+    spec = cfg.get("transform")
+    if isinstance(spec, str) and Path(os.path.expanduser(spec)).is_dir():
+        record_path = Path(os.path.expanduser(spec)) / RECORD
+        try:
+            value = json.loads(record_path.read_text(encoding="utf-8")).get("label_interp", "nearest")
+        except (OSError, ValueError, AttributeError):
+            value = "nearest"  # read_transform_folder names an unreadable record
+        return value if value in ("nearest", "linear") else "nearest"
+    return "nearest"
+
+
 def run_apply(cfg: DictConfig) -> Path:
     """``apply.py``'s work (module docstring); returns the written file."""
     from app.config_check import check_config
     from data.io import load_volume, read_grid, save_nifti_atomic
-    from data.transforms import transform_volume
+    from data.transforms import check_affine, transform_volume
 
     check_config(cfg)
     image = required_path(cfg, "image", _USAGE)
@@ -109,7 +129,10 @@ def run_apply(cfg: DictConfig) -> Path:
     label, inverse = bool(cfg.get("label", False)), bool(cfg.get("inverse", False))  # checked strict booleans
     stages, reference = read_transforms(cfg.get("transform"), inverse)
     if cfg.get("reference"):
-        reference = read_grid(os.path.expanduser(str(cfg.reference)))
+        reference_path = os.path.expanduser(str(cfg.reference))
+        reference = read_grid(reference_path)
+        check_affine(reference_path, reference.affine)  # one line naming the file, not the resampler's
+    interp = _label_interp(cfg) if label else "nearest"
     if reference is None:
         raise ConfigError("reference is not set and the first transform (an affine) has no grid: give "
                           "reference=FILE.nii.gz, the image whose grid the output takes")
@@ -118,10 +141,11 @@ def run_apply(cfg: DictConfig) -> Path:
         raise ConfigError(f"out={out} would overwrite an input; write to another file")
     volume = load_volume(image, kind="label" if label else "image")
     array = transform_volume(stages, volume.array, volume.affine, reference.shape, reference.affine,
-                             "label" if label else "image", interp="nearest", path=image)
-    how = "nearest" if label else "linear"
+                             "label" if label else "image", interp=interp, path=image)
+    how = f"label {interp}" if label else "linear"
     save_nifti_atomic(array, reference.affine, out, description=f"{image.name} through {len(stages)} transform(s), {how}"[:80])
-    print(f"{image} -> {out.resolve()} ({'label, nearest neighbour' if label else 'image, trilinear'}; "
+    what = {"nearest": "label, nearest neighbour", "linear": "label, linear (each label's indicator)"}[interp]
+    print(f"{image} -> {out.resolve()} ({what if label else 'image, trilinear'}; "
           f"grid {tuple(reference.shape)}; {len(stages)} transform stage(s))")
     sys.stdout.flush()
     return out

@@ -149,7 +149,9 @@ def transform_volume(stages: Sequence[Stage], array: np.ndarray, affine, shape: 
     shape = tuple(int(s) for s in shape)
     ref = np.asarray(reference_affine, dtype=np.float64)
     data = torch.from_numpy(np.asarray(array, dtype=np.float64)).reshape(1, 1, *np.shape(array))
-    ids = np.unique(array) if kind == "label" and interp == "linear" else None
+    # with 0 (what lies outside the map) among the candidates: a map without background voxels
+    # would otherwise give its smallest id to every voxel outside it
+    ids = np.union1d(np.unique(array), [0]) if kind == "label" and interp == "linear" else None
     out = np.zeros(shape, dtype=np.float32 if kind == "image" else np.int64)
     for rows, sub_shape, sub_affine in _slabs(shape, ref):
         coords = voxel_coordinates(map_points(grid_points(sub_shape, sub_affine), stages), src_affine)

@@ -618,3 +618,47 @@ def test_a_foreign_field_is_read_in_the_frame_its_intent_names(intent, sign, tmp
     nib.save(img, str(tmp_path / "f.nii.gz"))
     u = read_displacement(tmp_path / "f.nii.gz").u
     assert torch.allclose(u[0, 0], torch.full((6, 6, 6), 3.0 * sign, dtype=u.dtype)) and u[0, 1:].abs().max() == 0
+
+
+def test_apply_reproduces_moved_label_with_the_folders_label_interp(pair, tmp_path):
+    """register.py with model.label_interp=linear: apply.py label=true on the folder reads the same
+    interpolation from transform.json and reproduces moved_label exactly (nearest differed)."""
+    out = tmp_path / "lin"
+    _register(pair, out, GREEDY_SHORT + ["model.label_interp=linear", f"moving_label={pair['moving_seg']}"])
+    _apply([f"transform={out}", f"image={pair['moving_seg']}", "label=true", f"out={tmp_path / 'a.nii.gz'}"])
+    moved = _load(out / "moved_label.nii.gz")[0]
+    assert np.array_equal(_load(tmp_path / "a.nii.gz")[0], moved)
+    _apply([f"transform={out}", f"image={pair['moving_seg']}", "label=true", "label_interp=nearest",
+            f"out={tmp_path / 'n.nii.gz'}"])
+    assert not np.array_equal(_load(tmp_path / "n.nii.gz")[0], moved)  # the case tells the two apart
+
+
+def test_linear_label_resampling_reads_zero_outside_a_map_without_background(tmp_path):
+    """A label map with ids 1 and 2 only, read onto a larger grid: outside it, 0 (as nearest), not
+    its smallest id."""
+    from data.transforms import resample_to_grid, transform_volume
+
+    lab = np.ones((8, 8, 8), np.int64)
+    lab[4:] = 2
+    big = np.eye(4)
+    big[:3, 3] = -4.0
+    nearest = resample_to_grid(lab, np.eye(4), (16, 16, 16), big, kind="label")
+    linear = transform_volume((), lab, np.eye(4), (16, 16, 16), big, kind="label", interp="linear")
+    assert nearest[0, 0, 0] == 0 and linear[0, 0, 0] == 0
+    assert np.array_equal(nearest, linear)  # integer shift: both read the same voxels
+
+
+def test_a_reference_with_a_singular_affine_is_named(pair, tmp_path, capsys):
+    ref = tmp_path / "flat.nii.gz"
+    img = nib.Nifti1Image(np.zeros((6, 6, 6), np.float32), np.diag([1.0, 1.0, 1.0, 1.0]))
+    img.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)
+    img.set_qform(None, code=0)
+    nib.save(img, str(ref))
+    from data.transforms import itk_affine_text
+
+    (tmp_path / "id.txt").write_text(itk_affine_text(np.eye(4)))
+    with pytest.raises(SystemExit):
+        _apply([f"transform={tmp_path / 'id.txt'}", f"image={pair['moving']}", f"reference={ref}",
+                f"out={tmp_path / 'x.nii.gz'}"])
+    _one_error(capsys, str(ref), "affine")
+    assert not (tmp_path / "x.nii.gz").exists()
