@@ -6,7 +6,7 @@ of the pair's inputs (the batch's ``pair_signature``: files, their size and mtim
 or the generator's settings and subject indices), a hash of the method (its class, hyper-parameters
 and weights: :func:`method_signature`), the metric settings (:func:`metric_config`) and the code that
 computes results (:func:`data.signature.code_signature`: any edit of ``data/``, ``spatial/``,
-``classical/``, ``models/``, ``metrics/`` or ``losses/``). A rerun into the same ``DIR`` reuses a part
+``classical/``, ``models/``, ``metrics/``, ``losses/`` or ``app/``). A rerun into the same ``DIR`` reuses a part
 only when all four match; any other pair is recomputed. The CSVs and
 the summary are rebuilt from the parts of exactly the run's test pairs (other parts in the folder
 are ignored), all three files or none; a test pair without a matching part is an error naming it.

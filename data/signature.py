@@ -19,8 +19,9 @@ from typing import Any
 
 __all__ = ["file_signature", "signature", "code_signature", "source_signature", "CODE_PACKAGES"]
 
-# the packages whose code computes a pair's numbers (its inputs, the warp, the method, the metrics)
-CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses")
+# the packages whose code computes a pair's numbers (its inputs, the warp, the method, the metrics) and
+# writes them (app: evaluation, results files, moved volumes)
+CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses", "app")
 
 
 def file_signature(path: str | os.PathLike | None) -> list:

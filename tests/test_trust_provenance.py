@@ -119,7 +119,7 @@ def test_changed_input_file_recomputes_that_pair(tmp_path, capsys):
 
 def test_parts_of_another_version_of_the_code_are_recomputed(tmp_path, capsys, monkeypatch):
     """A fixed bug in a method changes its results under the same hyper-parameters: parts written
-    by other sources of data/ spatial/ classical/ models/ metrics/ losses/ are not reused."""
+    by other sources of data/ spatial/ classical/ models/ metrics/ losses/ app/ are not reused."""
     import app.parts
 
     csv_path = _two_pair_csv(tmp_path / "data")
@@ -138,14 +138,14 @@ def test_parts_of_another_version_of_the_code_are_recomputed(tmp_path, capsys, m
 
 def test_code_signature_follows_the_sources_that_make_results(tmp_path):
     """An edit of a .py file in a result-making package changes the signature; a file elsewhere
-    (app/, docs) does not."""
+    (experiments/, docs) does not."""
     from data.signature import CODE_PACKAGES, code_signature
 
-    for package in CODE_PACKAGES + ("app",):
+    for package in CODE_PACKAGES + ("experiments",):
         (tmp_path / package).mkdir()
         (tmp_path / package / "m.py").write_text("x = 1\n")
     first = code_signature(tmp_path)
-    (tmp_path / "app" / "m.py").write_text("x = 2\n")
+    (tmp_path / "experiments" / "m.py").write_text("x = 2\n")
     (tmp_path / "README.md").write_text("changed\n")
     from data.signature import _code_digest
 
