@@ -118,7 +118,7 @@ def _label_interp(cfg: DictConfig) -> str:
 def run_apply(cfg: DictConfig) -> Path:
     """``apply.py``'s work (module docstring); returns the written file."""
     from app.config_check import check_config
-    from data.io import load_volume, read_grid, save_nifti_atomic
+    from data.io import check_itk_header, load_volume, read_grid, save_nifti_atomic
     from data.transforms import check_affine, transform_volume
 
     check_config(cfg)
@@ -132,6 +132,7 @@ def run_apply(cfg: DictConfig) -> Path:
         reference_path = os.path.expanduser(str(cfg.reference))
         reference = read_grid(reference_path)
         check_affine(reference_path, reference.affine)  # one line naming the file, not the resampler's
+        check_itk_header(reference_path)
     interp = _label_interp(cfg) if label else "nearest"
     if reference is None:
         raise ConfigError("reference is not set and the first transform (an affine) has no grid: give "
@@ -139,6 +140,7 @@ def run_apply(cfg: DictConfig) -> Path:
     sources = [image] + [Path(s.source) for s in stages if s.source]
     if any(out.resolve() == p.resolve() for p in sources):
         raise ConfigError(f"out={out} would overwrite an input; write to another file")
+    check_itk_header(image)
     volume = load_volume(image, kind="label" if label else "image")
     array = transform_volume(stages, volume.array, volume.affine, reference.shape, reference.affine,
                              "label" if label else "image", interp=interp, path=image)

@@ -110,10 +110,12 @@ def _inputs(cfg: DictConfig) -> tuple[dict[str, Path], Path]:
 def _check_grids(files: dict[str, Path]) -> dict[str, Any]:
     """Every input's header (:func:`data.io.read_grid`), each label map on its image's grid, both
     images resampleable; returns the grids by key. DataErrors name the files."""
-    from data.io import check_label_grid, read_grid
+    from data.io import check_itk_header, check_label_grid, read_grid
     from data.transforms import check_affine
 
     grids = {key: read_grid(path) for key, path in files.items()}
+    for path in files.values():
+        check_itk_header(path)  # the ITK exports must act on the image nibabel reads
     for key in ("fixed", "moving"):
         check_affine(files[key], grids[key].affine)
         label = f"{key}_label"

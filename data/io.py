@@ -37,6 +37,7 @@ from data.save import nifti_bytes, save_nifti_atomic
 
 __all__ = [
     "DataError",
+    "check_itk_header",
     "Volume",
     "Grid",
     "load_volume",
@@ -387,6 +388,25 @@ def require_contrast(path: str | os.PathLike, normalized: np.ndarray, how: str) 
             f"single bright voxel normalises so (its nonzero voxels share one value): expected an intensity image"
         )
     return normalized
+
+
+def check_itk_header(path: str | os.PathLike) -> None:
+    """DataError naming ``path`` when its NIfTI header holds an sform and a qform (both codes > 0)
+    that describe different grids: nibabel (and this project) place the image by the sform, ITK and
+    ANTs by the qform in that case, so a transform exported for them would act on another image."""
+    try:
+        header = nib.load(str(path)).header
+    except Exception:  # noqa: BLE001 - read_grid names an unreadable file
+        return
+    if not isinstance(header, nib.Nifti1Header):
+        return  # Analyze and others: one orientation only
+    s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
+    if s_code > 0 and q_code > 0:
+        diff = grid_mismatch(header.get_sform(), header.get_qform())
+        if diff is not None:
+            raise DataError(f"{path}: its sform (code {s_code}) and qform (code {q_code}) describe different grids "
+                            f"({diff}); nibabel and this tool use the sform, ITK/ANTs the qform: make them agree "
+                            "(e.g. nibabel: img.set_qform(img.get_sform()))")
 
 
 def check_label_grid(label: Grid, image: Grid, label_name: str, image_name: str) -> None:

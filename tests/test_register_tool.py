@@ -662,3 +662,26 @@ def test_a_reference_with_a_singular_affine_is_named(pair, tmp_path, capsys):
                 f"out={tmp_path / 'x.nii.gz'}"])
     _one_error(capsys, str(ref), "affine")
     assert not (tmp_path / "x.nii.gz").exists()
+
+
+def test_an_input_whose_sform_and_qform_disagree_is_refused(pair, tmp_path, capsys):
+    """sform (code 2) rotated 15 degrees, qform (code 1) not: nibabel places the image by the
+    sform, ITK/ANTs by the qform, so the ITK exports would act on another image: refused by name."""
+    array, img = _load(pair["moving"])
+    th = np.deg2rad(15)
+    rot = np.eye(4)
+    rot[:2, :2] = [[np.cos(th), -np.sin(th)], [np.sin(th), np.cos(th)]]
+    both = nib.Nifti1Image(array, img.affine)
+    both.set_qform(img.affine, code=1)
+    both.set_sform(rot @ img.affine, code=2)
+    path = tmp_path / "both.nii.gz"
+    nib.save(both, str(path))
+    with pytest.raises(SystemExit):
+        _register({**pair, "moving": path}, tmp_path / "out", GREEDY_SHORT)
+    _one_error(capsys, str(path), "sform (code 2) and qform (code 1) describe different grids")
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    both.set_qform(rot @ img.affine, code=1)  # agreeing: accepted
+    nib.save(both, str(path))
+    from data.io import check_itk_header
+
+    check_itk_header(path)
