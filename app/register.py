@@ -196,6 +196,27 @@ def _register(model, batch: dict[str, Any], device: torch.device, files: dict[st
     return u.detach().float().cpu(), None if inverse is None else inverse.detach().float().cpu(), seconds
 
 
+# largest |compose(inverse, u)| (voxels) accepted where x + u(x) lies inside the grid: the fixed-point
+# inverses of smooth fields stay near 0.1; a field too large or folded to invert does not
+INVERSE_TOLERANCE = 0.5
+
+
+def _checked_inverse(u: torch.Tensor, inverse: torch.Tensor | None):
+    """``(inverse or None, its residual record or None)``: an inverse that does not undo ``u``
+    within :data:`INVERSE_TOLERANCE` voxels (:func:`spatial.inverse_residual`) is not written."""
+    from spatial import inverse_residual
+
+    if inverse is None:
+        return None, None
+    mean, largest, n = inverse_residual(u, inverse)
+    check = {"mean_voxels": mean, "max_voxels": largest, "voxels": n, "tolerance_voxels": INVERSE_TOLERANCE}
+    if largest > INVERSE_TOLERANCE:
+        check["note"] = (f"inverse not written: it leaves up to {largest:.2f} voxels where the method's field is "
+                         f"undone (tolerance {INVERSE_TOLERANCE}); the field is too large or folded to invert")
+        return None, check
+    return inverse, check
+
+
 def _affine_stage(model, fixed_affine: np.ndarray) -> np.ndarray | None:
     """The world matrix of a classical method's affine stage (fixed -> moving), or None."""
     from data.transforms import voxel_matrix_to_world
@@ -246,6 +267,7 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     _check_size(model, files, fixed.shape)
     batch = _pair(files, grids, volumes, bool(cfg.get("normalize", True)))
     u, inverse, seconds = _register(model, batch, _device(cfg), files)
+    inverse, inverse_check = _checked_inverse(u, inverse)
 
     stages = [FieldStage(u, fixed.affine, OUTPUTS["disp"])]
     moved = transform_volume(stages, volumes["moving"].array, moving.affine, fixed.shape, fixed.affine, "image",
@@ -279,6 +301,8 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
 
     record = _record(cfg, files, grids, model, model_record, inverse, affine, written, seconds)
     record["itk_fields"] = no_itk or "written"
+    if inverse_check is not None:
+        record["inverse_residual"] = inverse_check
     written[out / RECORD] = json.dumps(record, indent=2) + "\n"
     atomic_write_files(written)
     for name in OUTPUTS.values():  # an earlier run's output this run has not (an inverse, metrics) goes
@@ -344,8 +368,9 @@ def _report(record: dict[str, Any], metrics: dict[str, Any] | None, out: Path, h
     if metrics is not None:
         print(f"[{record['method']}] Dice before {metrics['dice_identity']:.4f} -> after {metrics['dice']:.4f}, "
               f"HD95 {metrics['hd95']:.3f} mm, SDlogJ {metrics['sdlogj']:.4f}, folding {metrics['folding_pct']:.4f} %")
+    note = (record.get("inverse_residual") or {}).get("note")
     print(f"results: {out.resolve()} ({', '.join(record['files'])})"
-          + ("" if has_inverse else f"; {record['method']} has no inverse"))
+          + ("" if has_inverse else f"; {note or record['method'] + ' has no inverse'}"))
     if record.get("itk_fields", "written") != "written":
         print(f"ITK/ANTs displacement files {record['itk_fields']}")
     sys.stdout.flush()

@@ -32,6 +32,7 @@ __all__ = [
     "compose",
     "integrate",
     "invert",
+    "inverse_residual",
     "resize_field",
     "jacobian_matrix",
     "jacobian_determinant",
@@ -222,6 +223,30 @@ def invert(u: torch.Tensor, iterations: int = 20) -> torch.Tensor:
     for _ in range(iterations):
         w = -warp(u, w, padding_mode="border")
     return w
+
+
+def inverse_residual(u: torch.Tensor, inverse: torch.Tensor, margin: int = 2) -> tuple[float, float, int]:
+    """How far ``inverse`` is from undoing ``u`` (both ``(1, D, *S)`` on one grid, voxel units):
+    ``|compose(inverse, u)(x)|`` (go by ``u``, come back by ``inverse``) over the voxels ``x`` whose
+    image ``x + u(x)`` lies at least ``margin`` voxels inside the grid (near the border the inverse
+    is not defined by the data). Returns ``(mean, max, number of voxels counted)``; ``(0, 0, 0)``
+    when none is."""
+    check_field(u, "u", "inverse_residual")
+    if inverse.shape != u.shape or u.shape[0] != 1:
+        raise ValueError(f"inverse_residual() 'u' and 'inverse' must be one (1, D, *S) shape, got "
+                         f"{tuple(u.shape)} and {tuple(inverse.shape)}")
+    ndim = u.shape[1]
+    r = compose(inverse, u).norm(dim=1)[0]
+    inside = torch.ones_like(r, dtype=torch.bool)
+    for axis, n in enumerate(u.shape[2:]):
+        view = [1] * ndim
+        view[axis] = n
+        dest = torch.arange(n, device=u.device, dtype=u.dtype).view(view) + u[0, axis]
+        inside &= (dest >= margin) & (dest <= n - 1 - margin)
+    values = r[inside]
+    if values.numel() == 0:
+        return 0.0, 0.0, 0
+    return float(values.mean()), float(values.max()), int(values.numel())
 
 
 def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:

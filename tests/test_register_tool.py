@@ -277,6 +277,7 @@ def test_syn_inverse_inverts_and_apply_maps_fixed_labels_to_the_moving_grid(pair
     record = _register(pair, out, ["model=syn", "model.iterations=[30,15,8]", "model.tolerance=0", "device=cpu",
                                    "model.affine={scales:[1],iterations:[0]}"])  # moments pre-alignment
     assert record["inverse"] == "inverse_disp.nii.gz" and (out / "inverse_disp_itk.nii.gz").exists()
+    assert record["inverse_residual"]["max_voxels"] < 0.2 and record["inverse_residual"]["voxels"] > 10000
     assert record["affine_stage"]["file"] == "affine_itk.txt" and (out / "affine_itk.txt").exists()
     u = read_displacement(out / "disp.nii.gz").u.float()
     inv = read_displacement(out / "inverse_disp.nii.gz").u.float()
@@ -685,3 +686,22 @@ def test_an_input_whose_sform_and_qform_disagree_is_refused(pair, tmp_path, caps
     from data.io import check_itk_header
 
     check_itk_header(path)
+
+
+def test_an_inverse_that_does_not_undo_the_field_is_not_written(pair, tmp_path, monkeypatch, capsys):
+    """A method's inverse is checked (spatial.inverse_residual): one that leaves more than half a
+    voxel (here: the forward field itself, the wrong way round) is not written; transform.json and
+    the console say why."""
+    from classical.module import InstanceOptimisationModule
+
+    def wrong_inverse(self, batch):
+        u = self.register(batch)
+        return u, u  # not the inverse
+
+    monkeypatch.setattr(InstanceOptimisationModule, "register_with_inverse", wrong_inverse)
+    out = tmp_path / "out"
+    record = _register(pair, out, ["model=greedy", "model.scales=[1]", "model.iterations=[5]", "device=cpu"])
+    assert record["inverse"] is None and not (out / "inverse_disp.nii.gz").exists()
+    assert record["inverse_residual"]["max_voxels"] > 0.5
+    assert record["inverse_residual"]["note"].startswith("inverse not written")
+    assert "inverse not written" in capsys.readouterr().out

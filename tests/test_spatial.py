@@ -332,3 +332,20 @@ def test_nearest_warp_keeps_label_ids_beyond_float32_integers():
     u = torch.zeros(1, 3, 3, 2, 2)
     u[:, 0] = 1.0
     assert warp(labels, u, mode="nearest")[0, 0, :, 0, 0].tolist() == [2 ** 31 - 1, 16_777_217, 16_777_217]
+
+
+def test_inverse_residual_measures_how_far_an_inverse_undoes_a_field():
+    """A translation by t: its exact inverse -t leaves 0, no inverse leaves |t|, counted only where
+    x + t stays 2 voxels inside; a 75-degree rotation is beyond the fixed-point inverse (> 1 voxel)."""
+    from spatial import inverse_residual, invert
+
+    t = torch.tensor([1.5, -2.0, 0.5]).view(1, 3, 1, 1, 1).expand(1, 3, 12, 12, 12).contiguous()
+    assert inverse_residual(t, -t)[1] < 1e-5
+    mean, largest, n = inverse_residual(t, torch.zeros_like(t))
+    assert abs(mean - float(t[0, :, 0, 0, 0].norm())) < 1e-5 and abs(largest - mean) < 1e-5
+    assert n == 7 * 8 * 7  # x + t inside [2, 9]: x in 1..7, 4..11, 2..8
+    g = torch.stack(torch.meshgrid(*[torch.arange(24.0)] * 2, indexing="ij")) - 11.5
+    th = math.radians(75)
+    rot = torch.tensor([[math.cos(th), -math.sin(th)], [math.sin(th), math.cos(th)]], dtype=torch.float32)
+    u = (torch.einsum("ij,jxy->ixy", rot, g) - g)[None]
+    assert inverse_residual(u, invert(u))[1] > 1.0
