@@ -184,6 +184,7 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
     if not shared:
         detail = "; ".join(f"{r.name}: {len(r.rows)} pairs, e.g. {'->'.join(next(iter(r.rows)))}" for r in results)
         raise DataError(f"no pair is common to all methods ({detail})")
+    check_same_data(results, shared)
     values = np.array([[r.rows[p][metric] for r in results] for p in shared], dtype=np.float64)
     finite = np.isfinite(values).all(axis=1)
     if not finite.all():
@@ -195,6 +196,30 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
         if not shared:
             raise DataError(f"no common pair has a finite {metric} in every method")
     return shared, values
+
+
+# |difference| of two methods' Dice before registration on one pair above which their results are
+# taken to come from different data (identity Dice depends on the label maps alone)
+SAME_DATA_TOLERANCE = 1e-6
+
+
+def check_same_data(results: Sequence[MethodResults], pairs: Sequence[tuple[str, str]]) -> None:
+    """DataError naming the pair and both folders when two methods' Dice before registration
+    (``dice_identity``, a property of the pair's label maps, not of the method) differ on a pair
+    they share: their results come from different data under the same pair ids (another dataset
+    with the same file names, another label protocol, another crop) and pairing them would compare
+    unlike things."""
+    for pair in pairs:
+        seen = [(r, r.rows[pair].get("dice_identity", float("nan"))) for r in results]
+        seen = [(r, v) for r, v in seen if np.isfinite(v)]
+        for r, v in seen[1:]:
+            first, v0 = seen[0]
+            if abs(v - v0) > SAME_DATA_TOLERANCE:
+                raise DataError(
+                    f"pair {pair[0]} <- {pair[1]}: Dice before registration is {v0:.6g} in {first.name} "
+                    f"({first.source}) but {v:.6g} in {r.name} ({r.source}): the two were evaluated on different "
+                    "data under the same pair ids (other images, labels, label protocol or crop); compare results "
+                    "of one dataset")
 
 
 def _values(results: Sequence[MethodResults], metric: str, values: np.ndarray | None) -> np.ndarray:

@@ -23,7 +23,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 
 import numpy as np
@@ -48,9 +48,18 @@ FIT_MODELS = ("linear", "log")
 _LOG_FLOOR = 1e-6  # bits: MI below this is clipped before taking the log
 
 
+class PairInformation(NamedTuple):
+    """MI of a pair's fixed and moving image, and the pair's Dice before registration (to recognise
+    results of other data under the same ids)."""
+
+    fixed: LabelInformation
+    moving: LabelInformation
+    dice_identity: float
+
+
 def image_information(
     dataset, bins: int = 64, mask: str = "foreground", pairs: Iterable[tuple[str, str]] | None = None
-) -> dict[tuple[str, str], tuple[LabelInformation, LabelInformation]]:
+) -> dict[tuple[str, str], PairInformation]:
     """MI of the fixed and of the moving image of every pair of a pair dataset (items follow the
     batch contract), each from that pair's own images: one subject id can name different images in
     different pairs (LPBA40's moving subject is resampled into each target's space).
@@ -59,11 +68,12 @@ def image_information(
         dataset: indexable pairs (``dataset[i]`` -> dict with ``fixed``, ``moving``,
             ``fixed_label``, ``moving_label``, ``fixed_id``, ``moving_id``).
         pairs: only these ``(fixed_id, moving_id)`` (default: all).
-    Returns: ``{(fixed_id, moving_id): (fixed's, moving's LabelInformation)}``. A dataset without
-    labels raises DataError.
+    Returns: ``{(fixed_id, moving_id): PairInformation}``. A dataset without labels raises DataError.
     """
+    from metrics import dice
+
     wanted = None if pairs is None else {(str(f), str(m)) for f, m in pairs}
-    out: dict[tuple[str, str], tuple[LabelInformation, LabelInformation]] = {}
+    out: dict[tuple[str, str], PairInformation] = {}
     for index in range(len(dataset)):
         item = dataset[index]
         key = (str(item["fixed_id"]), str(item["moving_id"]))
@@ -78,7 +88,8 @@ def image_information(
                 sides.append(intensity_label_information(item[side], item[f"{side}_label"], bins=bins, mask=mask))
             except ValueError as exc:
                 raise DataError(f"pair {key[0]} <- {key[1]}, {side} image {item[f'{side}_id']}: {exc}") from exc
-        out[key] = (sides[0], sides[1])
+        identity = dice(item["fixed_label"], item["moving_label"], item["moving_label"]).mean  # as eval.py's
+        out[key] = PairInformation(sides[0], sides[1], float(identity))
     return out
 
 
@@ -128,18 +139,26 @@ def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[st
 
 
 def join_pairs(
-    pairs: Sequence[Mapping[str, Any]], info: Mapping[tuple[str, str], tuple[LabelInformation, LabelInformation]],
+    pairs: Sequence[Mapping[str, Any]], info: Mapping[tuple[str, str], PairInformation],
     reduction: str = "mean",
 ) -> list[dict[str, Any]]:
     """One row per pair: its ids, method, Dice (registered and identity) and MI (fixed, moving, pair;
-    ``info`` from :func:`image_information`)."""
+    ``info`` from :func:`image_information`). A result whose Dice before registration is not the
+    dataset's for that pair comes from other data under the same ids: DataError naming the pair."""
+    from experiments.comparison import SAME_DATA_TOLERANCE
+
     rows = []
     for p in pairs:
         fixed_id, moving_id = str(p["fixed_id"]), str(p["moving_id"])
         if (fixed_id, moving_id) not in info:
             raise DataError(f"pairs.csv lists pair ({fixed_id!r}, {moving_id!r}), which is not in the dataset "
                             "(data=... differs from the eval run?)")
-        fi, mi = info[(fixed_id, moving_id)]
+        fi, mi, identity = info[(fixed_id, moving_id)]
+        given = float(p.get("dice_identity", float("nan")))
+        if np.isfinite(given) and abs(given - identity) > SAME_DATA_TOLERANCE:
+            raise DataError(f"pair {fixed_id} <- {moving_id}: the results give Dice before registration {given:.6g}, "
+                            f"this data {identity:.6g}: they were computed on other data (data=... differs from the "
+                            "eval run: images, labels or label protocol)")
         rows.append({
             "fixed_id": fixed_id,
             "moving_id": moving_id,

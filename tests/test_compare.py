@@ -302,3 +302,17 @@ def test_run_method_reuses_a_folder_only_for_the_same_command_and_code(tmp_path,
     with pytest.raises(ConfigError, match=r"^methods\.vxm: .* whose command was not recorded"):
         runs.run_method("vxm", "train", ["experiment=x"], out)
     assert len(started) == 2
+
+
+def test_results_of_different_data_under_the_same_pair_ids_are_refused(three, tmp_path):
+    """Dice before registration depends on the pair's label maps only: two folders that disagree on
+    it for a shared pair were evaluated on different data (another dataset with the same file names,
+    another label protocol) and are not paired; the error names the pair and both folders."""
+    other = fake_results(tmp_path / "other", "other", "classical", dict(zip(PAIRS, TABLE["vxm"].tolist())))
+    text = (other / "pairs.csv").read_text().replace(",0.6\n", ",0.55\n", 1)  # the first pair's identity Dice
+    (other / "pairs.csv").write_text(text)
+    results = [cmp.load_results(three["greedy"]), cmp.load_results(other)]
+    with pytest.raises(DataError, match=rf"pair s00 <- s01: Dice before registration is 0.6 in greedy "
+                                        rf"\({three['greedy']}\) but 0.55 in other \({other}\)"):
+        cmp.align(results)
+    assert len(cmp.align([cmp.load_results(three[n]) for n in ("greedy", "vxm")])[0]) == 12  # same data: fine

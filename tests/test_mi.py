@@ -130,7 +130,7 @@ def test_synthetic_datamodule_contract():
     assert batch["fixed_id"] == ["syn_0002"] and batch["moving_id"] == ["syn_0003"]
     info = image_information(dm.test_set)
     assert set(info) == {("syn_0002", "syn_0003"), ("syn_0003", "syn_0004")}
-    assert info[("syn_0002", "syn_0003")][1] == info[("syn_0003", "syn_0004")][0]  # one image, one value
+    assert info[("syn_0002", "syn_0003")].moving == info[("syn_0003", "syn_0004")].fixed  # one image, one value
 
 
 # ------------------------------------------------------------------ analysis functions
@@ -152,9 +152,16 @@ def test_join_names_a_missing_image():
     from data.io import DataError
     from metrics.information import LabelInformation
 
-    info = {("a", "c"): (LabelInformation(1.0, 2.0, 1.0, 10),) * 2}
+    from experiments.mi_analysis import PairInformation
+
+    one = LabelInformation(1.0, 2.0, 1.0, 10)
+    info = {("a", "c"): PairInformation(one, one, 0.6)}
     with pytest.raises(DataError, match=r"pair \('a', 'b'\), which is not in the dataset"):
         join_pairs([{"fixed_id": "a", "moving_id": "b", "dice": 0.5}], info)
+    # the same ids, other data: Dice before registration tells them apart
+    with pytest.raises(DataError, match=r"pair a <- c: the results give Dice before registration 0.55, this data 0.6"):
+        join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.55}], info)
+    assert join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6}], info)[0]["mi"] == 1.0
 
 
 def test_each_pair_gets_the_mi_of_its_own_moving_image(tmp_path):
@@ -172,7 +179,7 @@ def test_each_pair_gets_the_mi_of_its_own_moving_image(tmp_path):
     for i in range(len(ds)):
         item = ds[i]
         own = intensity_label_information(item["moving"], item["moving_label"]).mi
-        assert info[(item["fixed_id"], item["moving_id"])][1].mi == own
+        assert info[(item["fixed_id"], item["moving_id"])].moving.mi == own
         seen_moving.setdefault(item["moving_id"], set()).add(round(own, 6))
     assert any(len(v) > 1 for v in seen_moving.values())  # the case: one id, different images
 
