@@ -298,7 +298,8 @@ class ResultsWriter:
             "method": self.method,
             "n_pairs": len(pairs),
             **{f"{c}_mean": _mean(values) for c, values in columns.items()},
-            "dice_std": None if columns["dice"] is None else float(np.std(columns["dice"])),
+            # the sample standard deviation over pairs (ddof 1, as the comparison tables; None for one pair)
+            "dice_std": None if columns["dice"] is None or len(columns["dice"]) < 2 else float(np.std(columns["dice"], ddof=1)),
             "n_erased_total": int(sum(int(p.get("n_erased") or 0) for p in pairs)),
             "label_interp": self.label_interp,
             "label_rule": LABEL_RULE,

@@ -14,7 +14,7 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
   volume similarity, false negative and false positive error; ``erased`` 1 when the warp erased
   that label: Dice, target and union overlap 0, volume similarity -2, FN error 1, FP error 0).
 * ``DIR/summary.json`` — ``n_pairs, n_test_pairs`` and the mean of each :data:`SUMMARY_COLUMNS`
-  (``<column>_mean``; ``dice_std``), ``n_erased_total``, ``method``, ``paradigm``, ``label_interp``,
+  (``<column>_mean``; ``dice_std``: the sample std over pairs, ddof 1), ``n_erased_total``, ``method``, ``paradigm``, ``label_interp``,
   ``label_rule``, ``metrics_version``, ``displacement_convention``. A metric is averaged only when it
   is finite for every pair; when it is finite for none (no labels: every Dice) its mean is
   ``null``; a mix is an error naming the pairs (:class:`ResultsError`).
