@@ -143,9 +143,9 @@ def warp(
         raise ValueError("warp() integer images (labels) need mode='nearest' or a one-hot float input")
     batch = max(img.shape[0], u.shape[0])
     grid = _sampling_grid(u, img.shape[2:], nearest=mode == "nearest")
-    # label ids are sampled as floats: float32 holds integers exactly up to 2^24 only
-    exact = u.dtype if not integer or img.numel() == 0 or int(img.abs().max()) < 2 ** 24 else torch.float64
-    src, grid = (img.to(exact), grid.to(exact)) if integer else (img, grid)
+    # label ids are sampled as floats: float32 holds integers exactly up to 2^24 only, so an integer
+    # map is sampled in float64 (exact to 2^53; deciding from its values would read them on the host)
+    src, grid = (img.to(torch.float64), grid.to(torch.float64)) if integer else (img, grid)
     if src.shape[0] != batch:
         src = src.expand(batch, *src.shape[1:])
     if grid.shape[0] != batch:
