@@ -35,13 +35,14 @@ from app.register import OUTPUTS, RECORD, TOOL, required_path
 
 __all__ = ["read_transform_folder", "read_transforms", "run_apply"]
 
+LABEL_INTERPS = ("nearest", "linear")
 _USAGE = "python apply.py transform=DIR_OR_FILE image=X.nii.gz out=Y.nii.gz [label=true]"
 
 
 def read_transform_folder(folder: Path, inverse: bool = False):
-    """``(stages, reference grid)`` of a ``register.py`` output folder: its forward transform on the
-    fixed grid, or with ``inverse`` its inverse on the moving grid. DataErrors name the folder and
-    the file it lacks."""
+    """``(stages, reference grid, label_interp)`` of a ``register.py`` output folder: its forward
+    transform on the fixed grid, or with ``inverse`` its inverse on the moving grid, and the label
+    interpolation its ``moved_label`` was made with. DataErrors name the folder and the file it lacks."""
     from data.geometry import Grid
     from data.io import DataError
     from data.transforms import read_displacement
@@ -53,8 +54,11 @@ def read_transform_folder(folder: Path, inverse: bool = False):
         record = json.loads(record_path.read_text(encoding="utf-8"))
         grid = record["moving" if inverse else "fixed"]
         reference = Grid(tuple(grid["shape"]), tuple(grid["spacing"]), np.asarray(grid["affine"], dtype=np.float64))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        label_interp = record.get("label_interp", "nearest")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise DataError(f"{record_path}: unreadable {TOOL} record ({type(exc).__name__}: {exc})") from None
+    if label_interp not in LABEL_INTERPS:
+        raise DataError(f"{record_path}: label_interp must be one of {LABEL_INTERPS}, got {label_interp!r}")
     if inverse and not record.get("inverse"):
         raise DataError(f"{folder}: method {record.get('method')} computed no inverse ({OUTPUTS['inverse']} "
                         "exists for SyN and velocity-field methods); apply the forward transform or register the "
@@ -62,11 +66,12 @@ def read_transform_folder(folder: Path, inverse: bool = False):
     name = OUTPUTS["inverse" if inverse else "disp"]
     if not (folder / name).is_file():
         raise DataError(f"{folder}: the transform folder is missing {name} (listed in {RECORD})")
-    return [read_displacement(folder / name)], reference
+    return [read_displacement(folder / name)], reference, label_interp
 
 
 def read_transforms(spec: Any, inverse: bool = False):
-    """``(stages, default reference grid or None)`` of ``transform=``: a folder, a file or a list."""
+    """``(stages, default reference grid or None, default label interpolation)`` of ``transform=``:
+    a folder, a file or a list (the label interpolation: a lone folder's, else nearest)."""
     from data.geometry import Grid
     from data.io import DataError
     from data.transforms import FieldStage, read_stage
@@ -77,10 +82,12 @@ def read_transforms(spec: Any, inverse: bool = False):
     paths = [Path(os.path.expanduser(str(item))) for item in items]
     if inverse and (len(paths) != 1 or not paths[0].is_dir()):
         raise ConfigError(f"inverse=true applies to one {TOOL} output folder, got transform={[str(p) for p in paths]}")
-    stages, reference = [], None
+    stages, reference, label_interp = [], None, "nearest"
     for i, path in enumerate(paths):
         if path.is_dir():
-            got, grid = read_transform_folder(path, inverse)
+            got, grid, interp = read_transform_folder(path, inverse)
+            if len(paths) == 1:
+                label_interp = interp
         elif not path.exists():
             raise DataError(f"{path}: transform not found (transform=...)")
         else:
@@ -92,27 +99,18 @@ def read_transforms(spec: Any, inverse: bool = False):
         if i == 0:
             reference = grid
         stages += got
-    return stages, reference
+    return stages, reference, label_interp
 
 
-def _label_interp(cfg: DictConfig) -> str:
-    """``label_interp``, or when unset the one ``register.py`` warped the moving label map with
-    (its folder's ``transform.json``), so that applying the folder reproduces ``moved_label``;
-    nearest for transform files."""
+def _label_interp(cfg: DictConfig, default: str) -> str:
+    """``label_interp``, or when unset ``default`` (:func:`read_transforms`: the one ``register.py``
+    warped the moving label map with, so that applying its folder reproduces ``moved_label``)."""
     value = cfg.get("label_interp")
-    if value is not None:
-        if value not in ("nearest", "linear"):
-            raise ConfigError(f"label_interp must be 'nearest' or 'linear' (or null), got {value!r}")
-        return str(value)
-    spec = cfg.get("transform")
-    if isinstance(spec, str) and Path(os.path.expanduser(spec)).is_dir():
-        record_path = Path(os.path.expanduser(spec)) / RECORD
-        try:
-            value = json.loads(record_path.read_text(encoding="utf-8")).get("label_interp", "nearest")
-        except (OSError, ValueError, AttributeError):
-            value = "nearest"  # read_transform_folder names an unreadable record
-        return value if value in ("nearest", "linear") else "nearest"
-    return "nearest"
+    if value is None:
+        return default
+    if value not in LABEL_INTERPS:
+        raise ConfigError(f"label_interp must be one of {LABEL_INTERPS} (or null), got {value!r}")
+    return str(value)
 
 
 def run_apply(cfg: DictConfig) -> Path:
@@ -127,13 +125,13 @@ def run_apply(cfg: DictConfig) -> Path:
     if not out.name.lower().endswith((".nii", ".nii.gz")):
         raise ConfigError(f"out={out} must name a NIfTI file (.nii.gz or .nii)")
     label, inverse = bool(cfg.get("label", False)), bool(cfg.get("inverse", False))  # checked strict booleans
-    stages, reference = read_transforms(cfg.get("transform"), inverse)
+    stages, reference, folder_interp = read_transforms(cfg.get("transform"), inverse)
     if cfg.get("reference"):
         reference_path = os.path.expanduser(str(cfg.reference))
         reference = read_grid(reference_path)
         check_affine(reference_path, reference.affine)  # one line naming the file, not the resampler's
         check_itk_header(reference_path)
-    interp = _label_interp(cfg) if label else "nearest"
+    interp = _label_interp(cfg, folder_interp) if label else "nearest"
     if reference is None:
         raise ConfigError("reference is not set and the first transform (an affine) has no grid: give "
                           "reference=FILE.nii.gz, the image whose grid the output takes")
