@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 import torch
 
 from metrics import dice, evaluate_pair
-from spatial import warp
+from models.evaluation import warp_label
 
 OURS = ("greedy", "greedy_fast", "syn", "affine")
 PEERS = ("ants_syn_fast", "ants_syn_paper", "demons")
@@ -222,7 +222,7 @@ def measure(name: str, run: Callable, pairs: list[dict], repeats: int) -> list[R
             u = run(fixed, moving, pair)
             times.append(time.perf_counter() - start)
         spacing = pair["spacing"][0].tolist()
-        moved = warp(pair["moving_label"], u, mode="nearest")[0]
+        moved = warp_label(pair["moving_label"], u)[0]
         res = evaluate_pair(pair["fixed_label"][0], pair["moving_label"][0], moved, u, spacing)
         rows.append(Row(name, pair["ids"], statistics.median(times), res))
         print(f"{name:48s} {str(pair['ids']):9s} {rows[-1].seconds:8.2f} {res['dice']:7.4f} {res['hd95']:6.2f} "

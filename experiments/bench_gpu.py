@@ -173,10 +173,10 @@ def _median(values: list[float]) -> float:
 def _pair_metrics(fixed_lab, moving_lab, u, spacing) -> dict:
     """The one metric path (:func:`metrics.evaluate_pair`), labels warped nearest-neighbour."""
     from metrics import evaluate_pair
-    from spatial import warp
+    from models.evaluation import warp_label
 
     u = u.float()
-    res = evaluate_pair(fixed_lab[0], moving_lab[0], warp(moving_lab.to(u.device), u, mode="nearest")[0].cpu(),
+    res = evaluate_pair(fixed_lab[0], moving_lab[0], warp_label(moving_lab.to(u.device), u)[0].cpu(),
                         u.cpu(), spacing)
     return {k: round(float(res[k]), 4) for k in ("dice", "hd95", "sdlogj", "folding_pct")}
 

@@ -22,14 +22,20 @@ LABEL_INTERPS = ("nearest", "linear")
 def warp_label(label: torch.Tensor, u: torch.Tensor, interp: str = "nearest") -> torch.Tensor:
     """Warp an int label map ``(B,1,*S)`` by ``u`` with ``interp`` (a ``label_interp`` of :data:`LABEL_INTERPS`). ``"linear"``
     warps a one-hot over the ids present (:func:`losses.compact_labels`: K + 1 channels, not
-    max id + 1) and maps the argmax back to the ids."""
+    max id + 1) and maps the argmax back to the ids.
+
+    A point read more than half a voxel outside the moving grid is background (0), within that
+    margin it takes the border label: ITK's rule, which ``register.py`` applies in world space
+    (:func:`spatial.world.sample`), so both tools score the same moved labels at the edge."""
     if interp == "nearest":
-        return warp(label, u, mode="nearest")
+        return warp(label, u, mode="nearest", padding_mode="half_voxel")
     # one-hot over the ids present (0 included), warped linearly, argmax, back to the ids: the
     # same result as a dense one-hot of max id + 1 channels (absent channels stay 0 and never win)
     ids, (index,) = compact_labels(label)
-    moved = warp(one_hot(index, int(ids.numel())), u).argmax(dim=1, keepdim=True)
-    return ids.to(label.dtype)[moved]
+    warped = warp(one_hot(index, int(ids.numel())), u, padding_mode="half_voxel")
+    moved = ids.to(label.dtype)[warped.argmax(dim=1, keepdim=True)]
+    # beyond the margin every channel reads 0: background, not the first id present
+    return torch.where(warped.sum(dim=1, keepdim=True) > 0.5, moved, torch.zeros_like(moved))
 
 
 def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, interp: str = "nearest",

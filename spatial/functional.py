@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 _MODES = {"bilinear", "nearest"}
-_PADDING = {"zeros", "border", "reflection"}
+_PADDING = {"zeros", "border", "reflection", "half_voxel"}
 
 
 def check_field(u: torch.Tensor, name: str = "u", fn: str = "spatial") -> int:
@@ -120,7 +120,10 @@ def warp(
         u: ``(B, D, *S)`` displacement in voxel units of ``img``'s grid; ``S`` may differ
             from ``S_in`` only if the caller knows what it does (voxel units are ``img``'s).
         mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
-        padding_mode: ``"border"`` (default), ``"zeros"`` or ``"reflection"``.
+        padding_mode: ``"border"`` (default), ``"zeros"``, ``"reflection"`` or ``"half_voxel"``:
+            ITK's rule (:mod:`spatial.world`, ``ResampleImageFilter``), the border value within
+            half a voxel outside the grid and 0 beyond it: how label maps are scored, so that
+            ``eval.py`` and ``register.py`` read the same moved labels at the field-of-view edge.
 
     Returns:
         ``(B, C, *S)`` warped image, same dtype as ``img`` for floating inputs; integer
@@ -150,8 +153,22 @@ def warp(
         src = src.expand(batch, *src.shape[1:])
     if grid.shape[0] != batch:
         grid = grid.expand(batch, *grid.shape[1:])
-    out = _grid_sample(src, grid, mode, padding_mode)
+    out = _grid_sample(src, grid, mode, "border" if padding_mode == "half_voxel" else padding_mode)
+    if padding_mode == "half_voxel":
+        out = out * _within_half_voxel(grid, img.shape[2:]).to(out.dtype)
     return out.round().to(img.dtype) if integer else out
+
+
+def _within_half_voxel(grid: torch.Tensor, img_shape: Sequence[int]) -> torch.Tensor:
+    """``(B, 1, *S)`` bool: every coordinate of a grid_sample grid ``(B, *S, D)`` within half a
+    voxel of the image grid ``img_shape`` (ITK's buffer; a nearest grid is already rounded)."""
+    ndim = len(img_shape)
+    ok = torch.ones(grid.shape[:-1], dtype=torch.bool, device=grid.device)
+    for k in range(ndim):  # grid channel k is spatial axis ndim - 1 - k
+        n = img_shape[ndim - 1 - k]
+        half = 1.0 / max(n - 1, 1)  # half a voxel in [-1, 1] coordinates
+        ok &= grid[..., k].abs() <= 1.0 + half * (1 + 1e-6)
+    return ok.unsqueeze(1)
 
 
 def _slab_count(src: torch.Tensor, grid: torch.Tensor) -> int:

@@ -365,7 +365,33 @@ def _smooth_field(shape, seed=0, scale=1.5):
 
 def _dense_warp_label(label, u):
     n = int(label.max()) + 1
-    return warp(one_hot(label, n), u).argmax(dim=1, keepdim=True)
+    warped = warp(one_hot(label, n), u, padding_mode="half_voxel")
+    moved = warped.argmax(dim=1, keepdim=True)
+    return torch.where(warped.sum(dim=1, keepdim=True) > 0.5, moved, torch.zeros_like(moved))
+
+
+@pytest.mark.parametrize("interp", ["nearest", "linear"])
+def test_scored_labels_read_background_beyond_half_a_voxel_as_register_py_does(interp):
+    """eval.py's moved labels (``warp_label``) and register.py's (:func:`spatial.world.sample`, ITK's
+    rule) agree where the field reads outside the moving grid: the border label within half a
+    voxel, background beyond. With border padding, labels touching the edge were smeared outward
+    (eval.py scored them, register.py did not)."""
+    from spatial.world import sample
+
+    shape = (9, 6, 5)
+    label = torch.full((1, 1, *shape), 4, dtype=torch.int64)  # one label touching every face
+    label[..., :3, :, :] = 2
+    for shift in (1.7, -0.4, 0.45, -2.6):
+        u = torch.zeros(1, 3, *shape)
+        u[:, 0] = shift
+        coords = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
+                                            indexing="ij"))
+        coords[0] += shift
+        want = sample(label, coords, mode="nearest")
+        got = IdentityRegistration(label_interp=interp).warp_label(label, u)
+        assert torch.equal(got, want), (interp, shift)
+        beyond = int(np.ceil(abs(shift) - 0.5)) if abs(shift) > 0.5 else 0
+        assert int((got[0, 0, :, 0, 0] == 0).sum()) == beyond
 
 
 @pytest.mark.parametrize("with_background", [True, False])
