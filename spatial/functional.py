@@ -226,19 +226,21 @@ def integrate(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
     return u
 
 
-def invert(u: torch.Tensor, iterations: int = 20) -> torch.Tensor:
+def invert(u: torch.Tensor, iterations: int = 20, padding_mode: str = "border") -> torch.Tensor:
     """Numerical inverse of a displacement by fixed-point iteration: ``(B, D, *S) -> (B, D, *S)``.
 
     Finds ``w`` with ``compose(u, w) = w + u o (x + w) = 0`` (apply w, then u: identity) by
     ``w_{k+1} = -u o (x + w_k)``, ``w_0 = -u``; converges when the map is invertible with
     ``|grad u| < 1`` (smooth, moderate fields). ``compose(w, u)`` is then ~0 as well.
+    ``padding_mode``: how ``u`` is read outside its grid (as :func:`warp`); ``"zeros"`` for a
+    field that is the identity outside the grid (the classical optimisers' fields).
     """
     check_field(u, "u", "invert")
     if not isinstance(iterations, int) or iterations < 1:
         raise ValueError(f"invert() 'iterations' must be a positive int, got {iterations!r}")
     w = -u
     for _ in range(iterations):
-        w = -warp(u, w, padding_mode="border")
+        w = -warp(u, w, padding_mode=padding_mode)
     return w
 
 
