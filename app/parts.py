@@ -40,8 +40,10 @@ MOVED_KINDS = ("image", "label", "disp", "disp_itk")
 
 # Bump when the metric code (metrics/) changes what it computes: parts of an older version are
 # then recomputed instead of being reused on resume. 3: Klein et al. 2009's overlap measures
-# (total_* in pairs.csv, per label in labels.csv).
-METRICS_VERSION = 3
+# (total_* in pairs.csv, per label in labels.csv). 4: a label the field reads more than half a voxel
+# outside the moving grid is background (spatial.warp padding_mode="half_voxel", as register.py);
+# pairs.csv gains mae_identity.
+METRICS_VERSION = 4
 
 
 def _default_hd95_method() -> str:

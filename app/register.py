@@ -237,7 +237,7 @@ def _metrics(model, batch: dict[str, Any], u: torch.Tensor, moved_label: np.ndar
     res = evaluate_batch(batch, u, True, model.label_interp, moved_label=moved)[0]
     row = {k: float(res[k]) for k in PAIR_METRICS}
     return {"fixed_id": batch["fixed_id"][0], "moving_id": batch["moving_id"][0], "method": model.method, **row,
-            "dice_identity": float(res["dice_identity"]), "n_erased": int(res["n_erased"]), "seconds": seconds,
+            "dice_identity": float(res["dice_identity"]), "mae_identity": float(res["mae_identity"]), "n_erased": int(res["n_erased"]), "seconds": seconds,
             "label_interp": model.label_interp,
             "dice_per_label": {str(k): float(v) for k, v in sorted(res["dice_per_label"].items())},
             "hd95_per_label": {str(k): float(v) for k, v in sorted(res["hd95_per_label"].items())},

@@ -5,7 +5,10 @@ Layout of an output folder ``DIR`` (``eval.py`` and ``train.py``'s test phase wr
 
 * ``DIR/pairs.csv`` — one row per pair of the run's test set: :data:`PAIR_COLUMNS` (the metrics
   of :data:`metrics.PAIR_METRICS`, ``n_erased`` = labels the warp erased (Dice 0, HD95 the grid
-  diagonal), ``seconds`` = registration only, ``dice_identity`` = Dice with no registration).
+  diagonal), ``seconds`` = registration only, ``dice_identity`` = Dice with no registration, ``mae_identity`` =
+  the mean absolute intensity difference of the pair's images before registration: the two
+  ``_identity`` columns are properties of the data, not of the method, and tell two datasets
+  under the same pair ids apart, :func:`experiments.comparison.check_same_data`).
   ``total_<measure>``: Klein et al. 2009's overlap measures pooled over the pair's scored labels
   (sums over labels in numerator and denominator, :func:`metrics.klein_overlaps`), beside ``dice``,
   the unweighted mean of the per-label Dice.
@@ -44,7 +47,8 @@ from metrics import LABEL_METRICS, PAIR_METRICS
 __all__ = ["PAIR_COLUMNS", "LABEL_COLUMNS", "SUMMARY_COLUMNS", "LABEL_RULE", "ResultsError", "Results",
            "read_results", "missing_columns", "pair_name", "csv_text"]
 
-PAIR_COLUMNS = ["fixed_id", "moving_id", "method", *PAIR_METRICS, "n_erased", "seconds", "dice_identity"]
+PAIR_COLUMNS = ["fixed_id", "moving_id", "method", *PAIR_METRICS, "n_erased", "seconds", "dice_identity",
+                "mae_identity"]
 LABEL_COLUMNS = ["fixed_id", "moving_id", "method", "label", *LABEL_METRICS, "erased"]
 # the per-pair columns summary.json averages (each finite for every pair, or for none)
 SUMMARY_COLUMNS = (*PAIR_METRICS, "dice_identity", "seconds")

@@ -54,6 +54,7 @@ METRICS = {
     "total_fp_error": False,
     "seconds": False,
     "dice_identity": True,
+    "mae_identity": False,
 }
 LEARNED = ("unsupervised", "supervised", "hybrid")
 UNKNOWN = "unknown"
@@ -198,28 +199,33 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
     return shared, values
 
 
-# |difference| of two methods' Dice before registration on one pair above which their results are
-# taken to come from different data (identity Dice depends on the label maps alone)
+# |difference| of two methods' Dice before registration (or mean absolute intensity difference
+# before registration) on one pair above which their results are taken to come from different data
+# (the identity Dice depends on the label maps alone, the identity MAE on the images alone)
 SAME_DATA_TOLERANCE = 1e-6
+# the columns that describe a pair's data, not the method: equal for every result of one pair
+DATA_COLUMNS = {"dice_identity": "Dice before registration", "mae_identity": "mean |fixed - moving| before registration"}
 
 
 def check_same_data(results: Sequence[MethodResults], pairs: Sequence[tuple[str, str]]) -> None:
-    """DataError naming the pair and both folders when two methods' Dice before registration
-    (``dice_identity``, a property of the pair's label maps, not of the method) differ on a pair
-    they share: their results come from different data under the same pair ids (another dataset
-    with the same file names, another label protocol, another crop) and pairing them would compare
-    unlike things."""
+    """DataError naming the pair, the column and both folders when two methods differ on a pair
+    they share in a column of :data:`DATA_COLUMNS` (the Dice before registration, a property of the
+    pair's label maps, and the mean absolute intensity difference before registration, one of its
+    images; neither depends on the method): their results come from different data under the same
+    pair ids (another dataset with the same file names, another label protocol, another contrast,
+    another crop) and pairing them would compare unlike things."""
     for pair in pairs:
-        seen = [(r, r.rows[pair].get("dice_identity", float("nan"))) for r in results]
-        seen = [(r, v) for r, v in seen if np.isfinite(v)]
-        for r, v in seen[1:]:
-            first, v0 = seen[0]
-            if abs(v - v0) > SAME_DATA_TOLERANCE:
-                raise DataError(
-                    f"pair {pair[0]} <- {pair[1]}: Dice before registration is {v0:.6g} in {first.name} "
-                    f"({first.source}) but {v:.6g} in {r.name} ({r.source}): the two were evaluated on different "
-                    "data under the same pair ids (other images, labels, label protocol or crop); compare results "
-                    "of one dataset")
+        for column, what in DATA_COLUMNS.items():
+            seen = [(r, r.rows[pair].get(column, float("nan"))) for r in results]
+            seen = [(r, v) for r, v in seen if np.isfinite(v)]
+            for r, v in seen[1:]:
+                first, v0 = seen[0]
+                if abs(v - v0) > SAME_DATA_TOLERANCE:
+                    raise DataError(
+                        f"pair {pair[0]} <- {pair[1]}: {what} ({column}) is {v0:.6g} in {first.name} "
+                        f"({first.source}) but {v:.6g} in {r.name} ({r.source}): the two were evaluated on "
+                        "different data under the same pair ids (other images, labels, label protocol, contrast "
+                        "or crop); compare results of one dataset")
 
 
 def _values(results: Sequence[MethodResults], metric: str, values: np.ndarray | None) -> np.ndarray:

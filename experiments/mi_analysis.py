@@ -49,12 +49,13 @@ _LOG_FLOOR = 1e-6  # bits: MI below this is clipped before taking the log
 
 
 class PairInformation(NamedTuple):
-    """MI of a pair's fixed and moving image, and the pair's Dice before registration (to recognise
-    results of other data under the same ids)."""
+    """MI of a pair's fixed and moving image, and the pair's Dice and mean absolute intensity
+    difference before registration (to recognise results of other data under the same ids)."""
 
     fixed: LabelInformation
     moving: LabelInformation
     dice_identity: float
+    mae_identity: float = float("nan")
 
 
 def image_information(
@@ -71,6 +72,7 @@ def image_information(
     Returns: ``{(fixed_id, moving_id): PairInformation}``. A dataset without labels raises DataError.
     """
     from metrics import dice
+    from models.evaluation import mae_identity
 
     wanted = None if pairs is None else {(str(f), str(m)) for f, m in pairs}
     out: dict[tuple[str, str], PairInformation] = {}
@@ -89,7 +91,7 @@ def image_information(
             except ValueError as exc:
                 raise DataError(f"pair {key[0]} <- {key[1]}, {side} image {item[f'{side}_id']}: {exc}") from exc
         identity = dice(item["fixed_label"], item["moving_label"], item["moving_label"]).mean  # as eval.py's
-        out[key] = PairInformation(sides[0], sides[1], float(identity))
+        out[key] = PairInformation(sides[0], sides[1], float(identity), mae_identity(item["fixed"], item["moving"]))
     return out
 
 
@@ -145,7 +147,7 @@ def join_pairs(
     """One row per pair: its ids, method, Dice (registered and identity) and MI (fixed, moving, pair;
     ``info`` from :func:`image_information`). A result whose Dice before registration is not the
     dataset's for that pair comes from other data under the same ids: DataError naming the pair."""
-    from experiments.comparison import SAME_DATA_TOLERANCE
+    from experiments.comparison import DATA_COLUMNS, SAME_DATA_TOLERANCE
 
     rows = []
     for p in pairs:
@@ -153,12 +155,13 @@ def join_pairs(
         if (fixed_id, moving_id) not in info:
             raise DataError(f"pairs.csv lists pair ({fixed_id!r}, {moving_id!r}), which is not in the dataset "
                             "(data=... differs from the eval run?)")
-        fi, mi, identity = info[(fixed_id, moving_id)]
-        given = float(p.get("dice_identity", float("nan")))
-        if np.isfinite(given) and abs(given - identity) > SAME_DATA_TOLERANCE:
-            raise DataError(f"pair {fixed_id} <- {moving_id}: the results give Dice before registration {given:.6g}, "
-                            f"this data {identity:.6g}: they were computed on other data (data=... differs from the "
-                            "eval run: images, labels or label protocol)")
+        fi, mi, identity, mae = info[(fixed_id, moving_id)]
+        for column, own in (("dice_identity", identity), ("mae_identity", mae)):
+            given = float(p.get(column, float("nan")))
+            if np.isfinite(given) and np.isfinite(own) and abs(given - own) > SAME_DATA_TOLERANCE:
+                raise DataError(f"pair {fixed_id} <- {moving_id}: the results give {DATA_COLUMNS[column]} "
+                                f"({column}) {given:.6g}, this data {own:.6g}: they were computed on other data "
+                                "(data=... differs from the eval run: images, labels, label protocol or contrast)")
         rows.append({
             "fixed_id": fixed_id,
             "moving_id": moving_id,

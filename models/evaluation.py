@@ -14,7 +14,7 @@ from metrics import MetricError, evaluate_pair
 from metrics import dice as dice_metric
 from spatial import warp
 
-__all__ = ["LABEL_INTERPS", "warp_label", "evaluate_batch", "spacing_of", "nanmean"]
+__all__ = ["LABEL_INTERPS", "warp_label", "evaluate_batch", "mae_identity", "spacing_of", "nanmean"]
 
 LABEL_INTERPS = ("nearest", "linear")
 
@@ -67,6 +67,8 @@ def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, i
                 res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving).mean
             else:
                 res["dice_identity"] = float("nan")
+            res["mae_identity"] = (mae_identity(batch["fixed"][i], batch["moving"][i])
+                                   if "fixed" in batch and "moving" in batch else float("nan"))
         except ValueError as exc:
             ids = [batch.get(key) for key in ("fixed_id", "moving_id")]
             pair = " <- ".join(str(v[i]) if isinstance(v, (list, tuple)) and i < len(v) else f"#{i}"
@@ -75,6 +77,15 @@ def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, i
         res["moved_label"] = moved_label[i] if has_labels else None
         rows.append(res)
     return rows
+
+
+def mae_identity(fixed: torch.Tensor, moving: torch.Tensor) -> float:
+    """Mean absolute intensity difference of a pair's images ``(C, *S)`` before registration
+    (float64): with ``dice_identity`` a property of the data, not of the method, that two results
+    of one pair must share (:func:`experiments.comparison.check_same_data`)."""
+    if fixed.shape != moving.shape:
+        raise ValueError(f"fixed image {tuple(fixed.shape)} and moving image {tuple(moving.shape)} differ in shape")
+    return float((fixed.double() - moving.double()).abs().mean())
 
 
 def spacing_of(batch: Mapping[str, Any], i: int, ndim: int) -> tuple[float, ...]:

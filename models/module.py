@@ -374,7 +374,7 @@ class RegistrationModule(TrainingLoss, L.LightningModule):
         for i, res in enumerate(self._evaluate_batch(batch, u, with_hd95=True)):
             row = {"fixed_id": str(batch["fixed_id"][i]), "moving_id": str(batch["moving_id"][i]),
                    **{k: res[k] for k in PAIR_METRICS}, "n_erased": res["n_erased"], "seconds": seconds,
-                   "dice_identity": res["dice_identity"]}
+                   "dice_identity": res["dice_identity"], "mae_identity": res["mae_identity"]}
             if self._trainer is not None:  # called by a Trainer (not directly)
                 for k in (*PAIR_METRICS, "dice_identity"):
                     self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)

@@ -33,7 +33,8 @@ def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd
         for (f, m), d in dice.items():
             w.writerow({"fixed_id": f, "moving_id": m, "method": method, "dice": d,
                         "hd95": (hd95 or {}).get((f, m), 2.0), "sdlogj": 0.1, "sdlogj_l2r": 0.03,
-                        "folding_pct": 0.0, "seconds": 1.5, "dice_identity": 0.6})
+                        "folding_pct": 0.0, "seconds": 1.5, "dice_identity": 0.6,
+                        "mae_identity": 0.125})
     summary = {"method": method, "n_pairs": len(dice)}
     if paradigm is not None:
         summary["paradigm"] = paradigm
@@ -309,10 +310,15 @@ def test_results_of_different_data_under_the_same_pair_ids_are_refused(three, tm
     it for a shared pair were evaluated on different data (another dataset with the same file names,
     another label protocol) and are not paired; the error names the pair and both folders."""
     other = fake_results(tmp_path / "other", "other", "classical", dict(zip(PAIRS, TABLE["vxm"].tolist())))
-    text = (other / "pairs.csv").read_text().replace(",0.6\n", ",0.55\n", 1)  # the first pair's identity Dice
-    (other / "pairs.csv").write_text(text)
+    clean = (other / "pairs.csv").read_text()
+    (other / "pairs.csv").write_text(clean.replace(",0.6,", ",0.55,", 1))  # the first pair's identity Dice
     results = [cmp.load_results(three["greedy"]), cmp.load_results(other)]
-    with pytest.raises(DataError, match=rf"pair s00 <- s01: Dice before registration is 0.6 in greedy "
-                                        rf"\({three['greedy']}\) but 0.55 in other \({other}\)"):
+    with pytest.raises(DataError, match=rf"pair s00 <- s01: Dice before registration \(dice_identity\) is 0.6 in "
+                                        rf"greedy \({three['greedy']}\) but 0.55 in other \({other}\)"):
         cmp.align(results)
+    # the same label maps under other images (another contrast): the images' difference tells them apart
+    (other / "pairs.csv").write_text(clean.replace(",0.125\n", ",0.25\n", 1))
+    with pytest.raises(DataError, match=r"pair s00 <- s01: mean \|fixed - moving\| before registration "
+                                        r"\(mae_identity\) is 0.125 in greedy .* but 0.25 in other"):
+        cmp.align([cmp.load_results(three["greedy"]), cmp.load_results(other)])
     assert len(cmp.align([cmp.load_results(three[n]) for n in ("greedy", "vxm")])[0]) == 12  # same data: fine

@@ -155,13 +155,19 @@ def test_join_names_a_missing_image():
     from experiments.mi_analysis import PairInformation
 
     one = LabelInformation(1.0, 2.0, 1.0, 10)
-    info = {("a", "c"): PairInformation(one, one, 0.6)}
+    info = {("a", "c"): PairInformation(one, one, 0.6, 0.125)}
     with pytest.raises(DataError, match=r"pair \('a', 'b'\), which is not in the dataset"):
         join_pairs([{"fixed_id": "a", "moving_id": "b", "dice": 0.5}], info)
     # the same ids, other data: Dice before registration tells them apart
-    with pytest.raises(DataError, match=r"pair a <- c: the results give Dice before registration 0.55, this data 0.6"):
+    with pytest.raises(DataError, match=r"pair a <- c: the results give Dice before registration \(dice_identity\) "
+                                        r"0.55, this data 0.6"):
         join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.55}], info)
-    assert join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6}], info)[0]["mi"] == 1.0
+    # the same label maps, other images (another contrast): their difference before registration tells
+    with pytest.raises(DataError, match=r"pair a <- c: the results give mean \|fixed - moving\| before registration "
+                                        r"\(mae_identity\) 0.25, this data 0.125"):
+        join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6, "mae_identity": 0.25}], info)
+    assert join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6,
+                        "mae_identity": 0.125}], info)[0]["mi"] == 1.0
 
 
 def test_each_pair_gets_the_mi_of_its_own_moving_image(tmp_path):
