@@ -147,13 +147,14 @@ class PreprocessConfig:
 
     def key(self) -> str:
         """Cache key (16 hex digits): a hash of this config, :data:`CACHE_VERSION`, the code that
-        prepares a volume (this module and :mod:`data.io`) and the torchio / nibabel versions, so
+        prepares a volume (this module, :mod:`data.io` and :mod:`data.headers`) and the torchio / nibabel versions, so
         that a cached volume is never one an earlier version of the code or of torchio made."""
         from importlib.metadata import version
 
         from data.signature import source_signature
 
-        text = json.dumps({"version": CACHE_VERSION, "code": source_signature("data/preprocess.py", "data/io.py"),
+        code = source_signature("data/preprocess.py", "data/io.py", "data/headers.py")
+        text = json.dumps({"version": CACHE_VERSION, "code": code,
                            "torchio": version("torchio"), "nibabel": version("nibabel"), **self.to_dict()},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]

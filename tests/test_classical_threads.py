@@ -100,7 +100,18 @@ def test_using_threads_restores_on_error():
 def test_configs_carry_the_threads_key():
     from omegaconf import OmegaConf
 
-    for name in ("affine", "greedy", "syn", "greedy_fast"):
+    for name in ("affine", "greedy", "syn", "greedy_fast", "greedy_pareto"):
         cfg = OmegaConf.load(ROOT / "configs" / "model" / f"{name}.yaml")
-        if name != "greedy_fast":  # greedy_fast inherits greedy's
+        if name not in ("greedy_fast", "greedy_pareto"):  # the presets inherit greedy's
             assert "threads" in cfg and cfg.threads is None, name
+
+
+def test_pareto_preset_is_the_benchmarked_schedule():
+    """``model=greedy_pareto`` is exactly the schedule docs/results.md measured against FireANTs
+    (``greedy_fast iterations=[60,30,10] lr=0.35 grad_sigma=1.25``): only its name differs."""
+    from experiments.bench_classical import _compose_model
+
+    preset = _compose_model("greedy_pareto")
+    measured = _compose_model("greedy_fast iterations=[60,30,10] lr=0.35 grad_sigma=1.25")
+    assert preset.pop("method") == "greedy_pareto" and measured.pop("method") == "greedy_fast"
+    assert preset == measured
