@@ -182,7 +182,7 @@ def test_writer_refuses_labels_without_every_metric(tmp_path):
     from app.parts import ResultsWriter
 
     row = {"fixed_id": "f", "moving_id": "m", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, **{m: 0.5 for m in TOTAL_METRICS}}
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, "mae_identity": 0.1, **{m: 0.5 for m in TOTAL_METRICS}}
     with pytest.raises(ValueError, match=r"f <- m: label 1 lacks metric\(s\) \['dice', 'target_overlap'"):
         ResultsWriter(tmp_path, "m", method_hash="h").add({"pair": row, "labels": {1: 0.5}, "signature": "s"})
 

@@ -268,7 +268,7 @@ def test_writer_reuses_only_matching_parts(tmp_path):
 
     w = ResultsWriter(tmp_path, "m", method_hash="h1")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, **_TOTALS}
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, "mae_identity": 0.1, **_TOTALS}
     w.add({"pair": row, "labels": {1: _LABEL}, "signature": "sig-a"})
     assert w.reusable("f", "g", "sig-a")
     assert not w.reusable("f", "g", "sig-b")  # other inputs
@@ -338,7 +338,7 @@ def test_finalize_names_a_test_pair_without_a_result(tmp_path):
 
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     row = {"fixed_id": "f", "moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1,
-           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, **_TOTALS}
+           "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": 0.4, "mae_identity": 0.1, **_TOTALS}
     w.add({"pair": row, "labels": {1: _LABEL}, "signature": "s"})
     w.seen.add(("f", "lost"))
     with pytest.raises(ResultsError, match=r"\(f, lost\)"):
@@ -376,7 +376,7 @@ def _finalize_with(tmp_path, values):
     w = ResultsWriter(tmp_path, "m", method_hash="h")
     for k, (dice, hd95) in enumerate(values):
         w.add({"pair": {"fixed_id": f"f{k}", "moving_id": f"m{k}", "dice": dice, "hd95": hd95, "sdlogj": 0.1,
-                        "sdlogj_l2r": 0.1, "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": dice,
+                        "sdlogj_l2r": 0.1, "folding_pct": 0.0, "n_erased": 0, "seconds": 0.1, "dice_identity": dice, "mae_identity": 0.1,
                         **_TOTALS},
                "labels": {}, "signature": "s"})
     return w.finalize([(f"f{k}", f"m{k}") for k in range(len(values))])
