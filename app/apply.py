@@ -2,12 +2,16 @@
 
     python apply.py transform=DIR image=X.nii.gz out=Y.nii.gz [label=true] [inverse=true] [reference=R.nii.gz]
     python apply.py transform=[DIR/disp_itk.nii.gz,affine.txt] image=X.nii.gz reference=F.nii.gz out=Y.nii.gz
+    python apply.py transform=[0GenericAffine.mat,1InverseWarp.nii.gz] invert=[true,false] image=F.nii.gz reference=M.nii.gz out=Y.nii.gz
 
 ``transform``: a ``register.py`` output folder (its forward transform ``disp.nii.gz``; with
 ``inverse=true`` its inverse, when the method had one), one transform file, or a list of them
 composed like ``antsApplyTransforms -t T1 -t T2 ...`` (a point of the output grid goes through
 ``T1`` first, then ``T2``: ``T2(T1(p))``; ANTs' own output ``[1Warp.nii.gz, 0GenericAffine.mat]``
-reads as it does in ANTs).
+reads as it does in ANTs). ``invert``: one ``true``/``false`` per entry, as antspyx's
+``whichtoinvert`` (``antsApplyTransforms -t [T,1]``): an affine file is inverted exactly, a
+``register.py`` folder gives its inverse (``inverse.nii.gz``, on its moving grid); a displacement
+file is refused by name (its inverse is a field of its own, e.g. ANTs' ``1InverseWarp.nii.gz``).
 Files: the project's displacement NIfTI, its ITK/ANTs form or any ITK displacement field, an ITK
 affine (``.txt``/``.tfm``/``.mat``) (:mod:`data.transforms`).
 
@@ -69,12 +73,27 @@ def read_transform_folder(folder: Path, inverse: bool = False):
     return [read_displacement(folder / name)], reference, label_interp
 
 
-def read_transforms(spec: Any, inverse: bool = False):
+def _invert_flags(value: Any, paths: list[Path], inverse: bool) -> list[bool]:
+    """``invert=`` as one bool per transform entry (all false when unset); ConfigError naming the key."""
+    if value is None:
+        return [inverse] * len(paths)
+    if inverse:
+        raise ConfigError("give either inverse=true (a folder's inverse) or invert=[...] (one true/false per "
+                          "transform entry), not both")
+    flags = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    if len(flags) != len(paths) or not all(isinstance(f, bool) for f in flags):
+        raise ConfigError(f"invert must be a list of true/false, one per transform entry ({len(paths)}: "
+                          f"{[str(p) for p in paths]}), as antspyx's whichtoinvert; got {value!r}")
+    return flags
+
+
+def read_transforms(spec: Any, inverse: bool = False, invert: Any = None):
     """``(stages, default reference grid or None, default label interpolation)`` of ``transform=``:
-    a folder, a file or a list (the label interpolation: a lone folder's, else nearest)."""
+    a folder, a file or a list (the label interpolation: a lone folder's, else nearest);
+    ``invert``: one bool per entry (module docstring), ``inverse``: a lone folder's inverse."""
     from data.geometry import Grid
     from data.io import DataError
-    from data.transforms import FieldStage, read_stage
+    from data.transforms import AffineStage, FieldStage, read_stage
 
     items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
     if not items or any(item is None or not str(item).strip() for item in items):
@@ -82,16 +101,22 @@ def read_transforms(spec: Any, inverse: bool = False):
     paths = [Path(os.path.expanduser(str(item))) for item in items]
     if inverse and (len(paths) != 1 or not paths[0].is_dir()):
         raise ConfigError(f"inverse=true applies to one {TOOL} output folder, got transform={[str(p) for p in paths]}")
+    flags = _invert_flags(invert, paths, inverse)
     stages, reference, label_interp = [], None, "nearest"
-    for i, path in enumerate(paths):
+    for i, (path, flip) in enumerate(zip(paths, flags)):
         if path.is_dir():
-            got, grid, interp = read_transform_folder(path, inverse)
+            got, grid, interp = read_transform_folder(path, flip)
             if len(paths) == 1:
                 label_interp = interp
         elif not path.exists():
             raise DataError(f"{path}: transform not found (transform=...)")
         else:
             got, grid = [read_stage(path)], None
+            if flip and isinstance(got[0], FieldStage):
+                raise DataError(f"{path}: invert=true on a displacement field: a field is not inverted here; give "
+                                "its inverse field instead (ANTs' 1InverseWarp.nii.gz, register.py's inverse.nii.gz)")
+            if flip:
+                got = [AffineStage(np.linalg.inv(got[0].matrix), source=got[0].source)]
             if isinstance(got[0], FieldStage):
                 lattice = got[0]
                 spacing = tuple(float(s) for s in np.linalg.norm(lattice.affine[:3, :3], axis=0))
@@ -125,7 +150,7 @@ def run_apply(cfg: DictConfig) -> Path:
     if not out.name.lower().endswith((".nii", ".nii.gz")):
         raise ConfigError(f"out={out} must name a NIfTI file (.nii.gz or .nii)")
     label, inverse = bool(cfg.get("label", False)), bool(cfg.get("inverse", False))  # checked strict booleans
-    stages, reference, folder_interp = read_transforms(cfg.get("transform"), inverse)
+    stages, reference, folder_interp = read_transforms(cfg.get("transform"), inverse, cfg.get("invert"))
     if cfg.get("reference"):
         reference_path = os.path.expanduser(str(cfg.reference))
         reference = read_grid(reference_path)

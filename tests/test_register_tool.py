@@ -287,6 +287,10 @@ def test_syn_inverse_inverts_and_apply_maps_fixed_labels_to_the_moving_grid(pair
             f"out={tmp_path / 'back.nii.gz'}"])
     back, img = _load(tmp_path / "back.nii.gz")
     moving_seg, moving_img = _load(pair["moving_seg"])
+    # the folder inverted as one entry of a list (invert=, antspyx's whichtoinvert): the same inverse
+    _apply([f"transform=[{out}]", "invert=[true]", f"image={pair['fixed_seg']}", "label=true",
+            f"out={tmp_path / 'back2.nii.gz'}"])
+    assert np.array_equal(_load(tmp_path / "back2.nii.gz")[0], back)
     assert back.shape == moving_seg.shape and np.allclose(img.affine, moving_img.affine)
     from metrics import dice
 
@@ -565,6 +569,52 @@ def test_register_writes_all_or_nothing(pair, tmp_path, monkeypatch, capsys):
         _register(pair, out, ["model=identity", f"moving_label={pair['moving_seg']}"])
     _one_error(capsys, "jacobian_det.nii.gz", "No space left on device")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_apply_inverts_an_affine_entry_as_ants_does(tmp_path, capsys):
+    """invert=[...] (antspyx's whichtoinvert, antsApplyTransforms -t [T,1]): an affine entry is
+    inverted exactly: [A, A] with invert=[false, true] maps every point back onto itself (the label
+    map comes back unchanged), A inverted equals the file of A^-1, and SimpleITK's inverse of the
+    same file resamples to the same labels. A displacement entry is not inverted (named), and a
+    flag list of the wrong length is one error naming invert."""
+    shape = (14, 12, 10)
+    a_img = np.diag([1.5, 1.5, 2.0, 1.0])
+    a_img[:3, 3] = [-10, -9, -8]
+    g = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    r = np.sqrt(((g - np.array([7, 6, 5])[:, None, None, None]) ** 2).sum(0))
+    label = ((r < 5).astype(np.int16) + (r < 3) + (g[0] > 8) * (r < 5)).astype(np.int16)
+    nib.save(nib.Nifti1Image(label, a_img), str(tmp_path / "m.nii.gz"))
+    w = np.eye(4)
+    th = 0.2
+    w[:3, :3] = [[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1.1]]
+    w[:3, 3] = [1.5, -2.0, 0.5]
+    (tmp_path / "a.txt").write_text(itk_affine_text(w))
+    (tmp_path / "a_inv.txt").write_text(itk_affine_text(np.linalg.inv(w)))
+    common = [f"image={tmp_path / 'm.nii.gz'}", "label=true", f"reference={tmp_path / 'm.nii.gz'}"]
+    _apply([f"transform=[{tmp_path / 'a.txt'},{tmp_path / 'a.txt'}]", "invert=[false,true]", *common,
+            f"out={tmp_path / 'round.nii.gz'}"])
+    assert np.array_equal(_load(tmp_path / "round.nii.gz")[0], label)
+    _apply([f"transform=[{tmp_path / 'a.txt'}]", "invert=[true]", *common, f"out={tmp_path / 'inv.nii.gz'}"])
+    _apply([f"transform={tmp_path / 'a_inv.txt'}", *common, f"out={tmp_path / 'file.nii.gz'}"])
+    inverted = _load(tmp_path / "inv.nii.gz")[0]
+    assert np.array_equal(inverted, _load(tmp_path / "file.nii.gz")[0]) and not np.array_equal(inverted, label)
+    if HAS_SITK:
+        import SimpleITK as sitk
+
+        image = sitk.ReadImage(str(tmp_path / "m.nii.gz"))
+        itk = sitk.Resample(image, image, sitk.ReadTransform(str(tmp_path / "a.txt")).GetInverse(),
+                            sitk.sitkNearestNeighbor, 0)
+        assert np.array_equal(np.transpose(sitk.GetArrayFromImage(itk), (2, 1, 0)), inverted)
+    field = tmp_path / "w.nii.gz"
+    field.write_bytes(displacement_bytes(torch.zeros(1, 3, *shape), a_img, field.name, "itk"))
+    cases = [([f"transform=[{tmp_path / 'a.txt'},{field}]", "invert=[false,true]"], ("w.nii.gz", "displacement field")),
+             ([f"transform=[{tmp_path / 'a.txt'},{field}]", "invert=[true]"], ("invert", "one per transform entry")),
+             ([f"transform=[{tmp_path / 'a.txt'}]", "invert=[yes]"], ("invert", "true/false"))]
+    for overrides, words in cases:
+        with pytest.raises(SystemExit):
+            _apply([*overrides, *common, f"out={tmp_path / 'bad.nii.gz'}"])
+        _one_error(capsys, *words)
+    assert not (tmp_path / "bad.nii.gz").exists()
 
 
 def test_apply_bad_transforms_name_the_folder_and_file(pair, greedy_run, tmp_path, capsys):
