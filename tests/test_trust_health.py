@@ -327,7 +327,18 @@ def test_pairs_csv_training_resumed_mid_epoch_equals_an_uninterrupted_run(tmp_pa
     assert max(float((wf["state_dict"][k] - wr["state_dict"][k]).abs().max()) for k in wf["state_dict"]) == 0.0
 
 
-def test_ctrl_c_saves_the_state_of_that_step_like_sigterm(tmp_path, capfd):
+@pytest.fixture
+def foreground_sigint():
+    """Python's own Ctrl-C handler for the test: a suite started in the background (``cmd &`` in a
+    non-interactive shell) inherits SIGINT ignored, which the stop handler rightly leaves alone."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_saves_the_state_of_that_step_like_sigterm(tmp_path, capfd, foreground_sigint):
     """In process: Ctrl-C (SIGINT) after step 2 stops train.py at that batch boundary (not wherever
     Python's KeyboardInterrupt would land, which a __del__ can swallow): last.ckpt holds step 2, exit
     130 with the resume command, nothing tested; Python's Ctrl-C handler is put back."""
@@ -347,7 +358,7 @@ def test_ctrl_c_saves_the_state_of_that_step_like_sigterm(tmp_path, capfd):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
-def test_ctrl_c_outside_a_trainer_stops_at_once_and_twice_inside_one_forces_the_stop():
+def test_ctrl_c_outside_a_trainer_stops_at_once_and_twice_inside_one_forces_the_stop(foreground_sigint):
     """The handler alone: outside a Lightning run Ctrl-C raises Stopped(SIGINT) at once; inside one
     (a trainer's SIGTERM handler in front) the first asks that handler to stop at the next batch and
     returns, and a second Ctrl-C raises KeyboardInterrupt."""
