@@ -15,12 +15,13 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from app import guarded
-from app.apply import run_apply
 from app.entry import hydra_main
 
 
 @guarded
 def apply(cfg: DictConfig) -> Path:
+    from app.apply import run_apply  # here, not at the top: see app's docstring
+
     return run_apply(cfg)
 
 

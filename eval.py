@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
-from app import check_entry, guarded, run_eval
+from app import guarded
 from app.entry import hydra_main
 
 
 @guarded
 def evaluate(cfg: DictConfig) -> dict:
+    from app import check_entry, run_eval  # here, not at the top: see app's docstring
+
     check_entry(cfg, "train", "eval")
     return run_eval(cfg)
 

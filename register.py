@@ -18,11 +18,12 @@ from omegaconf import DictConfig
 
 from app import guarded
 from app.entry import hydra_main
-from app.register import run_register
 
 
 @guarded
 def register(cfg: DictConfig) -> dict:
+    from app.register import run_register  # here, not at the top: see app's docstring
+
     return run_register(cfg)
 
 

@@ -19,12 +19,13 @@ from omegaconf import DictConfig
 
 from app import guarded
 from app.entry import hydra_main
-from app.training import run_train
 
 
 @guarded
 def train(cfg: DictConfig) -> dict:
     """Build the data, the model and the trainer from ``cfg``; fit; test the best checkpoint."""
+    from app.training import run_train  # here, not at the top: see app's docstring
+
     return run_train(cfg)
 
 

@@ -27,20 +27,19 @@ All four are used as test sets (the paper trains on OASIS and tests here, questi
 DataModule's test pairs are all ordered pairs; it has no training or validation pairs.
 Defaults: canonical RAS orientation, 1 mm isotropic resampling (CUMC12 has 3 mm slices),
 crop/pad to 160x192x224 around the brain (LPBA40: the volume centre), percentile normalisation.
+
+The layouts are here; the DataModules over them (KleinDataModule) are in :mod:`data.public`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
-from data.datasets_module import DatasetDataModule
 from data.layout import Layout, VolumeRef, find_image, numbered, register_layout
-from data.io import DataError
 from data.pairs import all_pairs
 
-__all__ = ["KleinLayout", "IBSR18Layout", "CUMC12Layout", "MGH10Layout", "LPBA40Layout", "KleinDataModule",
-           "KLEIN_SETS"]
+__all__ = ["KleinLayout", "IBSR18Layout", "CUMC12Layout", "MGH10Layout", "LPBA40Layout", "KLEIN_SETS"]
 
 
 class KleinLayout(Layout):
@@ -170,47 +169,3 @@ KLEIN_SETS: dict[str, type[KleinLayout]] = {
     "mgh10": MGH10Layout,
     "lpba40": LPBA40Layout,
 }
-
-class KleinDataModule(DatasetDataModule):
-    """One Klein set as a test-only DataModule: all ordered pairs (LPBA40: its registered pairs).
-
-    Args:
-        dataset: ``"ibsr18"``, ``"cumc12"``, ``"mgh10"`` or ``"lpba40"``.
-        root: the set's folder (``${paths.data_dir}/IBSR18`` etc.).
-        strict_count: require the paper's subject count (18/12/10/40); ``False`` accepts a
-            partial copy (or the tiny trees of the tests).
-        **kwargs: see :class:`data.datasets_module.DatasetDataModule`; defaults
-            ``orientation="RAS", spacing=1.0, shape=(160, 192, 224), crop_center="foreground"``
-            (LPBA40: ``"volume"``), ``normalize="percentile"``.
-    """
-
-    def __init__(self, dataset: str, root: str, strict_count: bool = True, **kwargs: Any):
-        key = str(dataset).lower()
-        if key not in KLEIN_SETS:
-            raise ValueError(f"KleinDataModule() 'dataset' must be one of {sorted(KLEIN_SETS)}, got {dataset!r}")
-        self.dataset_name = key
-        self.layout_cls = KLEIN_SETS[key]
-        self.strict_count = bool(strict_count)
-        super().__init__(root, **{**self.layout_cls.grid, **kwargs})
-        self.save_hyperparameters()
-
-    def _build(self) -> None:
-        self.layout = self.layout_cls(self.root)
-        subjects = self.layout.subjects()
-        expected = self.layout.paper_subjects
-        if self.strict_count and len(subjects) != expected:
-            raise DataError(
-                f"{self.root}: found {len(subjects)} {self.layout.title} subjects, expected {expected} "
-                f"(layout {self.layout.expected}); set data.strict_count=false to use a partial copy"
-            )
-        if len(subjects) < 2:
-            raise DataError(f"{self.root}: found {len(subjects)} {self.layout.title} subject(s); need >= 2 to form pairs")
-        self.train_volumes = []
-        self.val_pairs = []
-        self.test_pairs = self.layout.pairs()
-
-    def _no_train_message(self) -> str:
-        return (
-            f"{self.layout.title} is a test-only set here (the paper trains on OASIS and tests on the Klein sets); "
-            f"train with data=oasis and evaluate with eval.py data={self.dataset_name}"
-        )

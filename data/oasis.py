@@ -26,6 +26,8 @@ subjects are all other subjects of ``imagesTr``. Item ids are ``OASIS_XXXX``.
 
 Both sets are used on their native grid by default (no reorientation, 1 mm already, the
 shape above), as in the literature, so that results compare with published numbers.
+
+The layouts are here; the DataModules over them (OASISDataModule and OASISL2RDataModule) are in :mod:`data.public`.
 """
 
 from __future__ import annotations
@@ -33,14 +35,12 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any
 
-from data.datasets_module import DatasetDataModule
 from data.layout import Layout, VolumeRef, find_image, numbered, register_layout
 from data.io import DataError
 from data.pairs import consecutive_pairs
 
-__all__ = ["OASISLayout", "OASISL2RLayout", "OASISDataModule", "OASISL2RDataModule", "OASIS_LABELS"]
+__all__ = ["OASISLayout", "OASISL2RLayout", "OASIS_LABELS", "PAPER_N_TRAIN", "PAPER_N_VAL"]
 
 OASIS_LABELS = {"seg35": "aligned_seg35", "seg4": "aligned_seg4"}
 _SUBJECT = re.compile(r"OASIS_OAS1_(\d+)_MR1")
@@ -204,72 +204,3 @@ class OASISL2RLayout(Layout):
                     )
             out.append((self._ref(f), self._ref(m)))
         return out
-
-
-class OASISDataModule(DatasetDataModule):
-    """OASIS, neurite layout (:class:`OASISLayout`): paper split and pair schemes.
-
-    Args:
-        root: the folder holding ``OASIS_OAS1_XXXX_MR1/`` (``${paths.data_dir}/OASIS``).
-        labels: ``"seg35"`` (35 labels, default) or ``"seg4"``.
-        n_train, n_val: split sizes (paper: 364 and 50; they must not exceed the subjects found).
-        test_split: ``"val"`` (default: the paper evaluates the 49 consecutive validation pairs)
-            or ``"rest"`` (consecutive pairs of the subjects after train and val).
-        **kwargs: see :class:`data.datasets_module.DatasetDataModule`; defaults here keep the
-            native grid: ``orientation=None, spacing=1.0, shape=(160, 192, 224), normalize="minmax"``.
-    """
-
-    layout_cls = OASISLayout
-
-    def __init__(self, root: str, labels: str = "seg35", n_train: int = PAPER_N_TRAIN, n_val: int = PAPER_N_VAL,
-                 test_split: str = "val", **kwargs: Any):
-        if int(n_train) < 0 or int(n_val) < 0 or int(n_val) == 1:
-            raise ValueError(f"OASISDataModule() needs n_train >= 0 and n_val 0 or >= 2, got {n_train!r}, {n_val!r}")
-        if test_split not in ("val", "rest"):
-            raise ValueError(f"OASISDataModule() 'test_split' must be 'val' or 'rest', got {test_split!r}")
-        self.labels, self.n_train, self.n_val, self.test_split = labels, int(n_train), int(n_val), test_split
-        super().__init__(root, **{**self.layout_cls.grid, **kwargs})
-        self.save_hyperparameters()
-
-    def _build(self) -> None:
-        self.layout = OASISLayout(self.root, labels=self.labels)
-        train, val, rest = self.layout.split(self.n_train, self.n_val)
-        self.train_volumes = train
-        self.val_pairs = consecutive_pairs(val)
-        if self.test_split == "val":
-            self.test_pairs = list(self.val_pairs)
-        else:
-            if len(rest) < 2:
-                raise DataError(
-                    f"{self.root}: data.test_split=rest needs >= 2 subjects after the {self.n_train} + {self.n_val} "
-                    f"train/val subjects, found {len(rest)}"
-                )
-            self.test_pairs = consecutive_pairs(rest)
-
-
-class OASISL2RDataModule(DatasetDataModule):
-    """OASIS, Learn2Reg 2021 task 3 layout (:class:`OASISL2RLayout`).
-
-    Args:
-        root: the folder holding ``imagesTr/``, ``labelsTr/`` (``${paths.data_dir}/OASIS_L2R``).
-        pairs_csv: validation pairs, relative to ``root`` (default ``pairs_val.csv``) or absolute.
-        **kwargs: see :class:`data.datasets_module.DatasetDataModule`; defaults keep the native
-            grid: ``orientation=None, spacing=1.0, shape=(160, 224, 192), normalize="minmax"``.
-
-    Val and test pairs are the CSV's; training subjects are the others in ``imagesTr``.
-    """
-
-    layout_cls = OASISL2RLayout
-
-    def __init__(self, root: str, pairs_csv: str = "pairs_val.csv", **kwargs: Any):
-        self.pairs_csv = pairs_csv
-        super().__init__(root, **{**self.layout_cls.grid, **kwargs})
-        self.save_hyperparameters()
-
-    def _build(self) -> None:
-        self.layout = OASISL2RLayout(self.root, pairs_csv=self.pairs_csv)
-        pairs = self.layout.pairs()
-        in_pairs = {v.id for p in pairs for v in p}
-        self.train_volumes = [v for v in self.layout.volumes() if v.id not in in_pairs]
-        self.val_pairs = pairs
-        self.test_pairs = list(pairs)

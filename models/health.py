@@ -10,7 +10,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-__all__ = ["NonFiniteError", "configured_call", "format_parts", "non_finite_names", "plain_data", "is_plain"]
+from spatial import DISPLACEMENT_CONVENTION
+
+__all__ = ["HealthChecks", "CHECKPOINT_FORMAT", "NonFiniteError", "configured_call", "format_parts", "non_finite_names", "plain_data", "is_plain"]
 
 
 class NonFiniteError(FloatingPointError):
@@ -93,3 +95,69 @@ def is_plain(value: Any) -> bool:
         return all(isinstance(k, str) and is_plain(v) for k, v in value.items())
     return False
 
+
+# 2: the model is rebuilt from Lightning's hyper_parameters and registration.target;
+# 1 (before): from registration.model_config, a resolved Hydra config (still read)
+CHECKPOINT_FORMAT = 2
+
+
+class HealthChecks:
+    """Mixin of :class:`models.module.RegistrationModule`: a non-finite loss stops training before its
+    update, non-finite weights after the step that made them, and a checkpoint is described and kept
+    plain data. It reads the module's ``hparams``, ``method``, ``field``, ``global_step`` and trainer."""
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """``ok`` on every DDP rank (each rank's loss differs: all stop together); ``ok`` alone without DDP."""
+        trainer = getattr(self, "_trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
+        return ok
+
+    def _check_finite_loss(self, parts: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
+        """Stop before a non-finite loss reaches the weights: one error naming the global step,
+        the pair and every loss part with its value."""
+        loss = parts["loss"].detach()
+        if self._all_ranks(bool(torch.isfinite(loss).all())):
+            return
+        pairs = ", ".join(f"{f} <- {m}" for f, m in zip(batch.get("fixed_id", []), batch.get("moving_id", [])))
+        raise NonFiniteError(
+            f"step {self.global_step}: loss is {float(loss):.4g} ({format_parts(parts)})"
+            + (f" on pair {pairs}" if pairs else "")
+            + "; training stopped before this step's update (lower model.optimizer.lr, set "
+            "trainer.gradient_clip_val, or check the data)"
+        )
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimiser step: weights that became non-finite stop training at this step."""
+        self.check_finite_weights(f"step {self.global_step}: the optimiser step made")
+
+    def non_finite_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> list[str]:
+        """Names of the floating-point weights (``state``, default the module's) that hold NaN or inf."""
+        return non_finite_names(self.state_dict() if state is None else state)
+
+    def check_finite_weights(self, context: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
+        """:class:`NonFiniteError` ``"<context> weights non-finite (<names>)"`` if any weight is NaN/inf.
+        Local (no collective): DDP ranks hold the same weights."""
+        bad = self.non_finite_weights(state)
+        if bad:
+            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteError(f"{context} weights non-finite ({names}); they are not saved nor tested")
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Describe the checkpoint (``registration``: the class whose ``hyper_parameters`` rebuild the
+        model, the method, the field, the displacement convention) and
+        keep it plain data that ``torch.load(weights_only=True)`` reads back: configs and paths
+        become plain values; anything else that is not plain stops the save, naming its place.
+        Non-finite weights are never saved (:class:`NonFiniteError`)."""
+        self.check_finite_weights(f"step {self.global_step}: checkpoint not saved:", checkpoint.get("state_dict"))
+        for key in list(checkpoint):
+            if key != "state_dict":
+                checkpoint[key] = plain_data(checkpoint[key], key)
+        checkpoint["registration"] = {
+            "format": CHECKPOINT_FORMAT,
+            "target": f"{type(self).__module__}.{type(self).__qualname__}",
+            "hyper_parameters": plain_data(dict(self.hparams), "registration/hyper_parameters"),
+            "method": self.method,
+            "field": self.field,
+            "displacement_convention": DISPLACEMENT_CONVENTION,
+        }

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import time
 from typing import Any, Callable, Mapping, Sequence
 
 import lightning as L
@@ -19,14 +18,14 @@ from torch import nn
 import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity
-from metrics import PAIR_METRICS
-from models.evaluation import LABEL_INTERPS, evaluate_batch, nanmean, warp_label
-from models.health import NonFiniteError, configured_call, format_parts, is_plain, non_finite_names, plain_data
+from models.evaluation import LABEL_INTERPS
+from models.health import HealthChecks, NonFiniteError, configured_call, is_plain
 from models.loss_config import loss_config
+from models.evaluation_steps import EvaluationSteps
 from models.training_loss import TrainingLoss
 from models.networks import pad_to_multiple
 from models.specs import built, factory
-from spatial import DISPLACEMENT_CONVENTION, as_float32, float32_region, integrate, resize_field, warp
+from spatial import as_float32, float32_region, integrate, resize_field
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
            "LABEL_INTERPS", "PARADIGMS"]
@@ -36,12 +35,9 @@ LOSS_GRIDS = ("full", "coarse")
 # how a method got its field: no registration, per-pair optimisation, a network trained without /
 # with labels, or a network's prediction refined by per-pair optimisation
 PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
-# 2: the model is rebuilt from Lightning's hyper_parameters and registration.target;
-# 1 (before): from registration.model_config, a resolved Hydra config (still read)
-CHECKPOINT_FORMAT = 2
 
 
-class RegistrationModule(TrainingLoss, L.LightningModule):
+class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.LightningModule):
     """Trains and evaluates a network ``net(moving, fixed) -> field``.
 
     Args:
@@ -232,43 +228,6 @@ class RegistrationModule(TrainingLoss, L.LightningModule):
             self.log(f"train/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=bs, on_step=True, on_epoch=True)
         return parts["loss"]
 
-    def _all_ranks(self, ok: bool) -> bool:
-        """``ok`` on every DDP rank (each rank's loss differs: all stop together); ``ok`` alone without DDP."""
-        trainer = getattr(self, "_trainer", None)
-        if trainer is not None and trainer.world_size > 1:
-            return bool(trainer.strategy.reduce_boolean_decision(ok, all=True))
-        return ok
-
-    def _check_finite_loss(self, parts: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> None:
-        """Stop before a non-finite loss reaches the weights: one error naming the global step,
-        the pair and every loss part with its value."""
-        loss = parts["loss"].detach()
-        if self._all_ranks(bool(torch.isfinite(loss).all())):
-            return
-        pairs = ", ".join(f"{f} <- {m}" for f, m in zip(batch.get("fixed_id", []), batch.get("moving_id", [])))
-        raise NonFiniteError(
-            f"step {self.global_step}: loss is {float(loss):.4g} ({format_parts(parts)})"
-            + (f" on pair {pairs}" if pairs else "")
-            + "; training stopped before this step's update (lower model.optimizer.lr, set "
-            "trainer.gradient_clip_val, or check the data)"
-        )
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        """After the optimiser step: weights that became non-finite stop training at this step."""
-        self.check_finite_weights(f"step {self.global_step}: the optimiser step made")
-
-    def non_finite_weights(self, state: Mapping[str, torch.Tensor] | None = None) -> list[str]:
-        """Names of the floating-point weights (``state``, default the module's) that hold NaN or inf."""
-        return non_finite_names(self.state_dict() if state is None else state)
-
-    def check_finite_weights(self, context: str, state: Mapping[str, torch.Tensor] | None = None) -> None:
-        """:class:`NonFiniteError` ``"<context> weights non-finite (<names>)"`` if any weight is NaN/inf.
-        Local (no collective): DDP ranks hold the same weights."""
-        bad = self.non_finite_weights(state)
-        if bad:
-            names = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
-            raise NonFiniteError(f"{context} weights non-finite ({names}); they are not saved nor tested")
-
     @property
     def trainable(self) -> bool:
         """Whether ``train.py`` has something to fit: a network with parameters that take gradients
@@ -297,111 +256,6 @@ class RegistrationModule(TrainingLoss, L.LightningModule):
     def min_input_size_reason(self) -> str:
         """The config keys that set :meth:`min_input_size`, with their values, for messages."""
         return f"2 voxels per axis on the network's grid at model.downsize={self.downsize}"
-
-    # ------------------------------------------------------------------ evaluation
-    def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``;
-        :func:`models.evaluation.warp_label`)."""
-        return warp_label(label, u, self.label_interp)
-
-    def _evaluate_batch(self, batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool) -> list[dict[str, Any]]:
-        """Every pair of the batch scored (:func:`models.evaluation.evaluate_batch`); a pair that
-        cannot be scored raises :class:`metrics.MetricError` naming it. Metrics see a float32
-        displacement, computed with autocast off."""
-        u = as_float32(u)
-        with float32_region(u):
-            return evaluate_batch(batch, u, with_hd95, self.label_interp)
-
-
-    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        if self.net is None:
-            u = self.register(batch)
-        else:  # one forward pass serves both the loss and the metrics
-            out = self(batch["moving"], batch["fixed"])
-            u = self.to_displacement(out, batch["fixed"].shape[2:])
-            if self._can_compute_loss(batch):
-                for k, v in self._loss_parts(batch, out, u).items():
-                    self.log(f"val/{k}", v, batch_size=u.shape[0], sync_dist=True)
-        for res in self._evaluate_batch(batch, u, self.hd95_at_val):
-            self._val_rows.append({k: res[k] for k in (*PAIR_METRICS, "dice_identity")})
-        if batch_idx == 0:
-            self._log_example(batch, u)
-
-    def _log_example(self, batch: Mapping[str, Any], u: torch.Tensor) -> None:
-        """Draw the first pair every ``vis_every_n_epochs`` epochs for the loggers that take images."""
-        trainer = getattr(self, "_trainer", None)
-        if (trainer is None or not self.vis_every_n_epochs or trainer.sanity_checking
-                or not trainer.is_global_zero or self.current_epoch % self.vis_every_n_epochs):
-            return
-        image_loggers = [lg for lg in self.loggers if hasattr(lg, "log_image")]
-        if not image_loggers:
-            return
-        from models.visualize import log_figure, pair_figure
-
-        moved = warp(batch["moving"][:1], u[:1])
-        title = f"{batch['fixed_id'][0]} <- {batch['moving_id'][0]}, epoch {self.current_epoch}"
-        fig = pair_figure(batch["fixed"][0], batch["moving"][0], moved[0], u[0], title=title)
-        log_figure(fig, "val/example", image_loggers, self.global_step)
-
-    def _can_compute_loss(self, batch: Mapping[str, Any]) -> bool:
-        return self.loss_cfg["dice_weight"] == 0 or ("fixed_label" in batch and "moving_label" in batch)
-
-    def on_validation_epoch_end(self) -> None:
-        rows, self._val_rows = self._val_rows, []
-        if not rows:
-            return
-        means = {k: nanmean([r[k] for r in rows]) for k in rows[0]}
-        for k, v in means.items():
-            self.log(f"val/{k}", v, sync_dist=True)
-        if not self.trainer.sanity_checking and math.isfinite(means["dice"]):
-            self._val_best = max(self._val_best, means["dice"])
-        if math.isfinite(self._val_best):
-            self.log("val/dice_best", self._val_best, sync_dist=True)
-
-    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> list[dict[str, Any]]:
-        """Register the batch and score every pair (the one metric path); returns one result per
-        pair and writes nothing (the application's results callback stores them):
-        ``{"pair": row of the results contract, "labels": {label: {name: value}} (the per-label
-        metrics, :data:`metrics.LABEL_METRICS`), "erased": labels the warp erased, "signature": the inputs' signature, "displacement": u (1, D, *S),
-        "moved_label": (1, *S) or None}``."""
-        start = time.perf_counter()
-        u = self.register(batch).detach()
-        if u.device.type == "cuda":
-            torch.cuda.synchronize(u.device)
-        seconds = (time.perf_counter() - start) / u.shape[0]
-        signatures = batch.get("pair_signature")
-        results = []
-        for i, res in enumerate(self._evaluate_batch(batch, u, with_hd95=True)):
-            row = {"fixed_id": str(batch["fixed_id"][i]), "moving_id": str(batch["moving_id"][i]),
-                   **{k: res[k] for k in PAIR_METRICS}, "n_erased": res["n_erased"], "seconds": seconds,
-                   "dice_identity": res["dice_identity"], "mae_identity": res["mae_identity"]}
-            if self._trainer is not None:  # called by a Trainer (not directly)
-                for k in (*PAIR_METRICS, "dice_identity"):
-                    self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
-            results.append({"pair": row, "labels": res["label_metrics"], "erased": res["erased_labels"],
-                            "signature": None if signatures is None else signatures[i],
-                            "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
-        return results
-
-    # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Describe the checkpoint (``registration``: the class whose ``hyper_parameters`` rebuild the
-        model, the method, the field, the displacement convention) and
-        keep it plain data that ``torch.load(weights_only=True)`` reads back: configs and paths
-        become plain values; anything else that is not plain stops the save, naming its place.
-        Non-finite weights are never saved (:class:`NonFiniteError`)."""
-        self.check_finite_weights(f"step {self.global_step}: checkpoint not saved:", checkpoint.get("state_dict"))
-        for key in list(checkpoint):
-            if key != "state_dict":
-                checkpoint[key] = plain_data(checkpoint[key], key)
-        checkpoint["registration"] = {
-            "format": CHECKPOINT_FORMAT,
-            "target": f"{type(self).__module__}.{type(self).__qualname__}",
-            "hyper_parameters": plain_data(dict(self.hparams), "registration/hyper_parameters"),
-            "method": self.method,
-            "field": self.field,
-            "displacement_convention": DISPLACEMENT_CONVENTION,
-        }
 
 
 class IdentityRegistration(RegistrationModule):

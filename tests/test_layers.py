@@ -52,3 +52,19 @@ def test_the_check_sees_a_lazy_upward_import(tmp_path):
     f = tmp_path / "m.py"
     f.write_text("def f():\n    from app.results import PAIR_COLUMNS\n    return PAIR_COLUMNS\n")
     assert _imports(f) == [(2, "app")]
+
+
+def test_a_wrong_command_line_fails_before_lightning_is_imported():
+    """The entry points and ``python -m data.check`` load Lightning (about 8 s here) only once the
+    command line is good: importing them, and Hydra's own error for an unknown key, need none of it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, train, eval, register, apply, data.check, data.klein, data.oasis\n"
+            "assert 'lightning' not in sys.modules, sorted(m for m in sys.modules if m.startswith('app'))\n"
+            "sys.argv = ['train.py', 'no_such_key=1']\n"
+            "try:\n    train.main()\nexcept SystemExit as e:\n    assert e.code == 1, e.code\n"
+            "assert 'lightning' not in sys.modules\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "no_such_key" in r.stderr

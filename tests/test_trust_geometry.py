@@ -38,7 +38,7 @@ from data.io import (  # noqa: E402
     read_grid,
     read_header,
 )
-from data.klein import KleinDataModule  # noqa: E402
+from data.public import KleinDataModule  # noqa: E402
 from data.pairs_csv import PairsCSVDataset  # noqa: E402
 from data.preprocess import PreprocessConfig, load_source, preprocess, preprocessed_shape  # noqa: E402
 from losses import compact_labels, dice_loss, one_hot  # noqa: E402
