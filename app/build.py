@@ -121,12 +121,12 @@ def build_model(cfg: DictConfig):
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks: list | tuple = ()):
     """Instantiate ``cfg.trainer`` with the configured loggers and callbacks (+ ``extra_callbacks``).
 
-    Every trainer also gets :class:`app.stopping.StopCheck` (a SIGTERM during a loop's last
+    Every trainer also gets :class:`app.callbacks.StopCheck` (a SIGTERM during a loop's last
     batch still stops the run) and :class:`app.progress.EpochLog` (one log line per validation
     epoch), and reads checkpoints only as data (:func:`_safe_checkpoint_io`)."""
     from app.entry import quiet_third_party
     from app.progress import EpochLog
-    from app.stopping import StopCheck
+    from app.callbacks import StopCheck
 
     quiet_third_party()  # also in processes that do not start at an entry point (submitit jobs)
 

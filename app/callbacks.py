@@ -7,23 +7,29 @@ moved label and displacement as NIfTI when ``save_outputs`` is set: the displace
 project's convention (``_disp``) and in ITK/ANTs form (``_disp_itk``, LPS mm), both vector NIfTIs
 (:func:`data.transforms.displacement_bytes`); each stored pair is one line of the log
 (:class:`app.progress.PairProgress`: Dice, seconds, ETA).
+
+:class:`StopCheck` and :class:`StopCheckpoint` are the Lightning side of :mod:`app.stopping`: a
+signal during a loop's last batch stops the run, and ``train.py`` saves ``last.ckpt`` on a stop.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 import torch
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from app.parts import MOVED_KINDS, ResultsWriter
 from app.progress import PairProgress, say
+from app.stopping import Stopped, as_stop, requested
 from data.files import atomic_write_files
 from data.transforms import VOXEL_DESCRIPTION
 
-__all__ = ["ResultsCallback", "moved_volumes"]
+__all__ = ["ResultsCallback", "moved_volumes", "StopCheck", "StopCheckpoint"]
 
 class ResultsCallback(Callback):
     """Store every tested pair through ``writer`` (and its moved volumes with ``save_outputs``),
@@ -107,3 +113,48 @@ def _affine(batch: Mapping[str, Any], i: int, ndim: int) -> np.ndarray:
         for k, s in enumerate((sp[i] if sp.dim() == 2 else sp)[:ndim].tolist()):
             out[k, k] = s
     return out
+
+
+class StopCheck(pl.Callback):
+    """Raise :class:`Stopped` at the end of fit / test when a SIGTERM came during the last batch
+    (Lightning lets a signal during a loop's last batch pass, and resets its flag on the next run)."""
+
+    def _check(self) -> None:
+        signum = requested()
+        if signum is not None:
+            raise Stopped(signum)
+
+    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check()
+
+    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._check()
+
+
+class StopCheckpoint(pl.Callback):
+    """``train.py``: when fit stops on a signal (at a batch boundary), save the full training state
+    to ``path`` (``last.ckpt``) so that ``ckpt_path=last`` resumes from that very step.
+
+    Also remembers the exception that ended fit (``exception``: Lightning turns Ctrl-C into
+    ``sys.exit(1)``), the step saved (``saved_step``) or why nothing was saved (``not_saved``: the
+    weights are not finite; such weights are never written).
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None) -> None:
+        self.path = None if path is None else str(path)
+        self.exception: BaseException | None = None
+        self.saved_step: int | None = None
+        self.not_saved: str | None = None
+
+    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
+        self.exception = exception
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if as_stop(exception) is None or self.path is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        try:
+            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
+        except Exception as exc:  # noqa: BLE001 - reported in the stop line; never half a stop
+            self.not_saved = " ".join(str(exc).split())
+            return
+        self.saved_step = int(trainer.global_step)

@@ -1,7 +1,7 @@
 """The application's error type and how errors reach a person: ONE ``error: ...`` line.
 
 :class:`ConfigError` (a config value or key is wrong) joins the library's own error types
-(:class:`data.io.DataError`, :class:`metrics.MetricError`, :class:`models.module.NonFiniteError`);
+(:class:`data.io.DataError`, :class:`metrics.MetricError`, :class:`models.health.NonFiniteError`);
 :func:`guarded` wraps an entry point so that any of them, an ``OSError`` naming a path, or a stop by
 a signal (:mod:`app.stopping`) ends with one line on stderr and a non-zero exit status, while a
 bug keeps its traceback (``HYDRA_FULL_ERROR=1`` shows every traceback).
@@ -61,7 +61,7 @@ def user_error_line(exc: BaseException) -> str | None:
     """The one line that reports an expected user error, or None for a bug (keeps its traceback).
 
     The outermost :class:`data.io.DataError` / :class:`ConfigError` / :class:`metrics.MetricError`
-    / :class:`models.module.NonFiniteError` (a training that diverged) of the cause chain is reported
+    / :class:`models.health.NonFiniteError` (a training that diverged) of the cause chain is reported
     (it names the file, CSV row or config key; inner causes are quoted inside it); else the
     outermost ``OSError`` naming a path (``PATH: strerror``); else the root cause of a Hydra /
     OmegaConf / ``ValueError``.
@@ -71,7 +71,7 @@ def user_error_line(exc: BaseException) -> str | None:
 
     from data.io import DataError
     from metrics import MetricError
-    from models.module import NonFiniteError
+    from models.health import NonFiniteError
 
     chain = _chain(exc)
     for e in chain:
@@ -92,7 +92,7 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
 
     Expected errors: :class:`data.io.DataError` and :class:`ConfigError` (both ValueErrors; the
     outermost one in the cause chain is printed, as it carries the most context),
-    :class:`models.module.NonFiniteError` (training diverged), ``FileNotFoundError`` and other
+    :class:`models.health.NonFiniteError` (training diverged), ``FileNotFoundError`` and other
     ``OSError``\ s naming a path (an unwritable output folder, a full disk: ``PATH: reason``), and
     Hydra / OmegaConf errors (unknown keys, bad overrides; the command line's own composition
     errors are made one line by :func:`app.entry.hydra_main`). Anything else is a bug and

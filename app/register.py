@@ -180,7 +180,7 @@ def _check_size(model, files: dict[str, Path], shape: tuple[int, ...]) -> None:
 
 def _register(model, batch: dict[str, Any], device: torch.device, files: dict[str, Path]):
     """``(u, inverse or None, seconds)`` on the CPU; a non-finite field stops with one error."""
-    from models.module import NonFiniteError
+    from models.health import NonFiniteError
 
     model.eval().to(device)
     on_device = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

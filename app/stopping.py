@@ -8,8 +8,8 @@ scripts) installs :func:`handler` for it while it runs:
   in front (``lightning.pytorch.trainer.connectors.signal_connector``; it calls the handler it
   found, this one, too): Lightning finishes the current batch and raises ``SIGTERMException`` at
   the next batch boundary. A signal during the last batch of a loop, which Lightning lets pass,
-  is caught by :class:`StopCheck` at the end of the loop. ``train.py`` saves ``last.ckpt`` at that
-  point (:class:`StopCheckpoint`); evaluation has written every finished pair to ``.parts/``;
+  is caught by :class:`app.callbacks.StopCheck` at the end of the loop. ``train.py`` saves ``last.ckpt``
+  at that point (:class:`app.callbacks.StopCheckpoint`); evaluation has written every finished pair to ``.parts/``;
 * outside a Lightning run (building data, an analysis script's own work, waiting for a method
   run as a subprocess), the handler raises :class:`Stopped` at once, like Ctrl-C does.
 
@@ -31,6 +31,9 @@ limit and requeues the job on it. When such a launcher's handler is installed, S
 handled like SIGTERM first (``last.ckpt`` saved at the next batch boundary), then handed to the
 launcher (:func:`hand_over`), which requeues. The requeued job runs the same config: give sweeps
 ``ckpt_path=last`` so that it resumes from that ``last.ckpt`` (README "Training").
+
+This module imports no Lightning (its callbacks are in :mod:`app.callbacks`), so that every
+guarded entry point can install the handler before Lightning is loaded.
 """
 
 from __future__ import annotations
@@ -44,8 +47,7 @@ import threading
 from pathlib import Path
 from typing import Any, Iterable
 
-__all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "hand_over", "resume_command",
-           "StopCheck", "StopCheckpoint"]
+__all__ = ["Stopped", "handler", "installed", "requested", "as_stop", "hand_over", "resume_command"]
 
 _state: dict[str, Any] = {"signum": None, "depth": 0, "previous": None, "requeue": None, "interrupt": False}
 # a job launcher's "time is nearly up" signal: submitit (hydra/launcher=slurm) requeues on SIGUSR2
@@ -202,52 +204,3 @@ def generic_message(stop: Stopped, script: str | None, output_dir: str | os.Path
         return f"stopped by {name}; finished work is kept: rerun the same command to resume"
     return (f"stopped by {name}; finished pairs are kept in {Path(output_dir).resolve()} (a rerun skips them); "
             f"resume with: {resume_command(script, output_dir)}")
-
-
-# ---------------------------------------------------------------------------------- callbacks
-import lightning.pytorch as pl  # noqa: E402
-
-
-class StopCheck(pl.Callback):
-    """Raise :class:`Stopped` at the end of fit / test when a SIGTERM came during the last batch
-    (Lightning lets a signal during a loop's last batch pass, and resets its flag on the next run)."""
-
-    def _check(self) -> None:
-        signum = requested()
-        if signum is not None:
-            raise Stopped(signum)
-
-    def on_fit_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._check()
-
-    def on_test_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        self._check()
-
-
-class StopCheckpoint(pl.Callback):
-    """``train.py``: when fit stops on a signal (at a batch boundary), save the full training state
-    to ``path`` (``last.ckpt``) so that ``ckpt_path=last`` resumes from that very step.
-
-    Also remembers the exception that ended fit (``exception``: Lightning turns Ctrl-C into
-    ``sys.exit(1)``), the step saved (``saved_step``) or why nothing was saved (``not_saved``: the
-    weights are not finite; such weights are never written).
-    """
-
-    def __init__(self, path: str | os.PathLike | None = None) -> None:
-        self.path = None if path is None else str(path)
-        self.exception: BaseException | None = None
-        self.saved_step: int | None = None
-        self.not_saved: str | None = None
-
-    def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
-        self.exception = exception
-        from lightning.pytorch.trainer.states import TrainerFn
-
-        if as_stop(exception) is None or self.path is None or trainer.state.fn != TrainerFn.FITTING:
-            return
-        try:
-            trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
-        except Exception as exc:  # noqa: BLE001 - reported in the stop line; never half a stop
-            self.not_saved = " ".join(str(exc).split())
-            return
-        self.saved_step = int(trainer.global_step)

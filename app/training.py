@@ -36,7 +36,7 @@ def run_train(cfg: DictConfig) -> dict:
     resume command; Ctrl-C does the same and exits 130 (a second Ctrl-C stops at once: the resume
     command then starts from the last checkpoint saved); neither goes on to test.
     """
-    from app.stopping import StopCheckpoint
+    from app.callbacks import StopCheckpoint
 
     datamodule, model = _build(cfg)
     stop = StopCheckpoint()

@@ -20,7 +20,7 @@ import numpy as np
 
 from data.io import DataError
 from app import ConfigError
-from models.module import PARADIGMS
+from models.evaluation import PARADIGMS
 
 __all__ = [
     "MethodResults",
@@ -78,7 +78,7 @@ class MethodResults:
     """One method's per-pair results.
 
     ``rows``: ``(fixed_id, moving_id) -> {metric: float}`` for every metric in :data:`METRICS`
-    (an empty cell is NaN). ``paradigm``: one of ``models.module.PARADIGMS`` or ``"unknown"``.
+    (an empty cell is NaN). ``paradigm``: one of ``models.evaluation.PARADIGMS`` or ``"unknown"``.
     """
 
     name: str

@@ -14,9 +14,13 @@ from metrics import MetricError, evaluate_pair
 from metrics import dice as dice_metric
 from spatial import warp
 
-__all__ = ["LABEL_INTERPS", "warp_label", "evaluate_batch", "mae_identity", "spacing_of", "nanmean"]
+__all__ = ["LABEL_INTERPS", "PARADIGMS", "warp_label", "evaluate_batch", "mae_identity", "spacing_of", "nanmean"]
 
 LABEL_INTERPS = ("nearest", "linear")
+# how a method got its field (``summary.json``'s ``paradigm``, what compare.py groups by): no
+# registration, per-pair optimisation, a network trained without / with labels, or a network's
+# prediction refined by per-pair optimisation
+PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
 
 
 def warp_label(label: torch.Tensor, u: torch.Tensor, interp: str = "nearest") -> torch.Tensor:

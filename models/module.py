@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity
-from models.evaluation import LABEL_INTERPS
+from models.evaluation import LABEL_INTERPS, PARADIGMS
 from models.health import HealthChecks, NonFiniteError, configured_call, is_plain
 from models.loss_config import loss_config
 from models.evaluation_steps import EvaluationSteps
@@ -32,9 +32,6 @@ __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "conf
 
 FIELDS = ("displacement", "velocity")
 LOSS_GRIDS = ("full", "coarse")
-# how a method got its field: no registration, per-pair optimisation, a network trained without /
-# with labels, or a network's prediction refined by per-pair optimisation
-PARADIGMS = ("identity", "classical", "unsupervised", "supervised", "hybrid")
 
 
 class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.LightningModule):

@@ -55,16 +55,20 @@ def test_the_check_sees_a_lazy_upward_import(tmp_path):
 
 
 def test_a_wrong_command_line_fails_before_lightning_is_imported():
-    """The entry points and ``python -m data.check`` load Lightning (about 8 s here) only once the
-    command line is good: importing them, and Hydra's own error for an unknown key, need none of it."""
+    """The entry points, the experiment scripts and ``python -m data.check`` load Lightning (about 8 s
+    here) only once the command line is good: importing them, Hydra's own error for an unknown key and
+    a guarded script's one-line error for a missing file need none of it."""
     import subprocess
     import sys
 
-    code = ("import sys, train, eval, register, apply, data.check, data.klein, data.oasis\n"
+    code = ("import sys, train, eval, register, apply, data.check, data.klein, data.oasis, experiments.compare, "
+            "experiments.domain_shift, experiments.recipe, experiments.mi_analysis, models.evaluation\n"
             "assert 'lightning' not in sys.modules, sorted(m for m in sys.modules if m.startswith('app'))\n"
             "sys.argv = ['train.py', 'no_such_key=1']\n"
             "try:\n    train.main()\nexcept SystemExit as e:\n    assert e.code == 1, e.code\n"
+            "sys.argv = ['recipe', '--train', 'none', '--test', 'no_such.csv', '--out', 'no_such_dir']\n"
+            "try:\n    experiments.recipe.main()\nexcept SystemExit as e:\n    assert e.code == 1, e.code\n"
             "assert 'lightning' not in sys.modules\n")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "no_such_key" in r.stderr
+    assert "no_such_key" in r.stderr and "no_such.csv" in r.stderr
