@@ -23,6 +23,8 @@ The names below load their module on first use (PEP 562), as ``data``'s do: ``fr
 guarded`` imports neither Lightning nor the models, so an entry point whose command line is wrong
 (an unknown key, a bad value) says so in about two seconds instead of the eight that importing
 Lightning takes; the entry points import the heavy parts inside their guarded function.
+``app.build`` is the module (a submodule's name wins over a lazy name once it is imported): the
+function is ``from app.build import build``; a test checks no lazy name shadows a submodule.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from typing import Any
 _HOMES = {
     "ConfigError": "app.errors",
     "guarded": "app.errors",
-    "build": "app.build",
     "build_datamodule": "app.build",
     "build_model": "app.build",
     "build_trainer": "app.build",

@@ -9,7 +9,8 @@ from typing import Any
 
 from app.errors import ConfigError, one_line, root_cause
 
-__all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "safe_checkpoint_io"]
+__all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "check_voxel_axes",
+           "safe_checkpoint_io"]
 
 # Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
 # (tensors, numbers, strings, None, dtypes, lists, tuples, dicts, OrderedDicts): none. Inspected:
@@ -117,7 +118,23 @@ def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
         detail = one_line(exc)
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise ConfigError(f"{key}: {path} does not match its stored model config: {detail}") from exc
+    model.trained_voxel_axes = ckpt["registration"].get("voxel_axes")  # see check_voxel_axes
     return model
+
+
+def check_voxel_axes(model: Any, datamodule: Any, path: str | os.PathLike, key: str = "ckpt_path") -> None:
+    """A network loaded from ``path`` (:func:`load_model_from_checkpoint`) sees its input's voxels,
+    not world space: test data whose voxel order (``datamodule.voxel_axes``, e.g. ``RAS``) is not
+    the one it was trained on (recorded in the checkpoint) would be registered with its axes swapped
+    or flipped, and its low Dice read as a domain shift. ConfigError naming both orders and the
+    setting that reorients the data; nothing to compare when either order is unknown."""
+    trained = getattr(model, "trained_voxel_axes", None)
+    given = getattr(datamodule, "voxel_axes", None)
+    if trained and given and str(trained) != str(given):
+        raise ConfigError(
+            f"{key}: {path} was trained on data in voxel order {trained}, this data= gives {given}: a network "
+            f"sees voxels, not world space; give the test data in voxel order {trained} (data.orientation={trained} "
+            f"reorients OASIS and the Klein sets; a pairs CSV's files must be stored so) or train on data in {given}")
 
 
 def safe_checkpoint_io(key: str = "ckpt_path"):

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from app.build import build_datamodule, build_model, build_trainer
-from app.checkpoints import load_model_from_checkpoint
+from app.checkpoints import check_voxel_axes, load_model_from_checkpoint
 from app.errors import ConfigError
 from app.loggers import finish_loggers, log_results_table
 from app.progress import output_locations, print_outputs
@@ -96,9 +96,11 @@ def load_weights(model, ckpt_path: str | os.PathLike, key: str = "ckpt_path") ->
 
 
 def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_outputs: bool = False,
-             ckpt_path: str | None = None) -> dict[str, Any]:
+             ckpt_path: str | None = None, checkpoint: str | os.PathLike | None = None) -> dict[str, Any]:
     """Evaluate ``model`` (with the weights of ``ckpt_path`` when given) on the datamodule's test
     pairs into ``out_dir`` (the results contract); returns the summary (rank 0; ``{}`` elsewhere).
+    ``summary.json``'s ``checkpoint`` names the file whose weights were tested: ``ckpt_path``, or
+    ``checkpoint`` for a model already built from one (``eval.py ckpt_path=``); null for none.
 
     The output folder and the input sizes are checked first. A pair whose part in ``out_dir`` has
     the same inputs, method (hyper-parameters and weights) and metric settings is reused (resume)
@@ -138,7 +140,9 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
         print(f"[{model.method}] the trainer limits test batches (fast_dev_run / limit_test_batches): "
               f"{len(tested)} of {len(expected)} test pairs evaluated")
     datamodule.save_label_map(out_dir)  # remapped label ids: the results name which original label each is
-    summary = writer.finalize(tested, extra={"paradigm": model.paradigm}, seen=seen,
+    source = ckpt_path or checkpoint
+    extra = {"paradigm": model.paradigm, "checkpoint": str(Path(source).resolve()) if source else None}
+    summary = writer.finalize(tested, extra=extra, seen=seen,
                               run_ids={run_id for run_id, _ in gathered}, n_test_pairs=len(expected))
     _print_reuse(writer)
     log_results_table(trainer, writer, summary)
@@ -172,11 +176,18 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
     datamodule = build_datamodule(cfg) if datamodule is None else datamodule
     out_dir = cfg.paths.output_dir if out_dir is None else out_dir
     check_output_dir(out_dir, datamodule)
-    model = load_model_from_checkpoint(cfg.ckpt_path) if cfg.get("ckpt_path") else build_model(cfg)
+    if cfg.get("ckpt_path"):
+        model = load_model_from_checkpoint(cfg.ckpt_path)
+        check_voxel_axes(model, datamodule, cfg.ckpt_path)
+    else:
+        model = build_model(cfg)
+        if getattr(model, "init_model", None) is not None:  # a classical method refining a network
+            check_voxel_axes(model.init_model, datamodule, cfg.model.init_from, "model.init_from")
     trainer = build_trainer(cfg, with_callbacks=False)
     save_outputs = bool(cfg.get("save_outputs", False))
     try:
-        summary = run_test(trainer, model, datamodule, out_dir, save_outputs=save_outputs)
+        summary = run_test(trainer, model, datamodule, out_dir, save_outputs=save_outputs,
+                           checkpoint=cfg.get("ckpt_path"))
         where = output_locations(trainer, out_dir, model.method, save_outputs) if trainer.is_global_zero else []
     finally:
         finish_loggers(trainer)

@@ -122,12 +122,14 @@ def csv_text(rows: Iterable[dict[str, Any]], columns: list[str] | None = None) -
 class Results:
     """One results folder, read by :func:`read_results`: ``rows`` maps ``(fixed_id, moving_id)`` to
     ``{column: float}`` for the numeric :data:`PAIR_COLUMNS` (an empty cell is NaN) in file order;
-    ``summary`` is ``summary.json`` (empty when absent); ``methods`` the ``method`` column's values."""
+    ``summary`` is ``summary.json`` (empty when absent); ``methods`` the ``method`` column's values,
+    ``method_of`` each pair's (absent when the file has no ``method`` column)."""
 
     folder: Path
     rows: dict[tuple[str, str], dict[str, float]]
     summary: dict[str, Any] = field(default_factory=dict)
     methods: list[str] = field(default_factory=list)
+    method_of: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 _NUMERIC = [c for c in PAIR_COLUMNS if c not in ("fixed_id", "moving_id", "method")]
@@ -186,6 +188,7 @@ def read_results(path: str | os.PathLike, required: Sequence[str] = tuple(PAIR_C
         raise DataError(f"{csv_path}: no pairs.csv ({what})")
     rows: dict[tuple[str, str], dict[str, float]] = {}
     methods: list[str] = []
+    method_of: dict[tuple[str, str], str] = {}
     with open(csv_path, newline="") as fh:
         reader = csv.DictReader(fh)
         header = reader.fieldnames or []
@@ -194,10 +197,15 @@ def read_results(path: str | os.PathLike, required: Sequence[str] = tuple(PAIR_C
             raise DataError(problem)
         numeric = [c for c in _NUMERIC if c in header]
         for line, raw in enumerate(reader, start=2):
+            if None in raw or any(raw[c] is None for c in header):  # DictReader: extra / missing cells
+                cells = sum(len(v) if isinstance(v, list) else v is not None for v in raw.values())
+                raise DataError(f"{csv_path}: line {line}: {cells} cells for the header's {len(header)} columns")
             key = (str(raw["fixed_id"]), str(raw["moving_id"]))
             if key in rows:
                 raise DataError(f"{csv_path}: line {line}: pair {key[0]} -> {key[1]} appears twice")
             rows[key] = {c: _number(raw[c], f"{csv_path}: line {line}, column {c}") for c in numeric}
+            if "method" in raw:
+                method_of[key] = raw["method"]
             if raw.get("method") and raw["method"] not in methods:
                 methods.append(raw["method"])
     if not rows:
@@ -211,4 +219,4 @@ def read_results(path: str | os.PathLike, required: Sequence[str] = tuple(PAIR_C
             raise DataError(f"{summary_path}: not readable JSON ({exc})") from None
         if not isinstance(summary, dict):
             raise DataError(f"{summary_path}: expected a JSON object")
-    return Results(folder=folder, rows=rows, summary=summary, methods=methods)
+    return Results(folder=folder, rows=rows, summary=summary, methods=methods, method_of=method_of)

@@ -83,6 +83,11 @@ class InstanceOptimisationModule(RegistrationModule):
                 raise ValueError("model.init_from starts the deformable stage: use algorithm greedy or syn without an affine stage")
         self.last_results: list[RegistrationResult] = []
 
+    @property
+    def init_model(self) -> RegistrationModule | None:
+        """The network whose prediction starts the optimisation (``model.init_from``), or None."""
+        return self._init_model
+
     def configure_optimizers(self):
         return None
 

@@ -17,6 +17,10 @@ member                         what it is                                       
                                reads, for the model's minimum-size check
 ``spacing``, ``shape``         voxel size (mm) and spatial shape of the batches,   ``None``
                                None when they vary
+``voxel_axes``                 axis codes of the batches' voxel order (``"RAS"``:   ``None``
+                               axis 0 runs to the Right, ...), None when unknown
+                               or mixed: a network sees voxels, not world space,
+                               so checkpoints record it and eval.py compares
 ``num_labels``                 largest label id in batches + 1 (None: no labels)   ``None``
 ``label_names``                ``{label id: name}`` when known                     ``{}``
 ``save_label_map(out_dir)``    write how batch label ids map to the original ids   ``None``
@@ -84,6 +88,12 @@ class RegistrationDataModule(L.LightningDataModule):
     @property
     def shape(self) -> tuple[int, ...] | None:
         """Spatial shape of the batches; None when it varies or is unknown."""
+        return None
+
+    @property
+    def voxel_axes(self) -> str | None:
+        """Axis codes of the batches' voxel order (e.g. ``"RAS"``, :func:`data.geometry.axcodes`);
+        None when unknown or when volumes differ (default: unknown)."""
         return None
 
     @property

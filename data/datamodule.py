@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader
 from data.base import RegistrationDataModule, stage_splits
 from data.generated import AxialSlices, GeneratedDataModule, takes_knobs
 from data.loaders import check_loader_args
+from data.geometry import axcodes
 from data.io import DataError
 from data.mni import MNIKnobs, MNISubjects
 from data.pairs import RandomPairSampler
@@ -76,11 +77,18 @@ class MNIDataModule(GeneratedDataModule):
             "with_labels": with_labels, "val_pairs": val_pairs, "test_pairs": test_pairs, **self.knobs.to_dict(),
         })
         subjects = MNISubjects(self.knobs, seed=seed, cache=slice_index is None)
+        codes = axcodes(subjects.affine)  # the template's voxel order
+        self._voxel_axes = codes if slice_index is None else codes[:2]  # an axial slice keeps the first two
         if slice_index is not None:  # 2-D: one axial slice of every 3-D subject (slices cached)
             subjects = AxialSlices(subjects, slice_index)
         self._setup_splits(subjects, n_train, n_val, n_test, pairs_per_epoch, seed, batch_size, num_workers,
                            with_labels, val_pairs, test_pairs)
 
+
+    @property
+    def voxel_axes(self) -> str | None:
+        """The MNI152 template's voxel order (its first two codes for axial slices)."""
+        return self._voxel_axes
 
 class PairsCSVDataModule(RegistrationDataModule):
     """Your own pairs, listed in CSV files (:class:`data.PairsCSVDataset`).
@@ -174,6 +182,13 @@ class PairsCSVDataModule(RegistrationDataModule):
     def shape(self) -> tuple[int, int, int] | None:
         """Shape shared by every pair of the configured sets, or None if they differ."""
         values = {s for split in self._paths if self.has(split) for s in self.dataset(split).shapes}
+        return next(iter(values)) if len(values) == 1 else None
+
+    @property
+    def voxel_axes(self) -> str | None:
+        """Voxel axis codes shared by the fixed images of every configured set, or None if they differ
+        (a moving image is on its fixed image's grid, or resampled onto it)."""
+        values = {a for split in self._paths if self.has(split) for a in self.dataset(split).axes}
         return next(iter(values)) if len(values) == 1 else None
 
     @property

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from data.augment import VolumeAugmentation
 from data.base import RegistrationDataModule, stage_splits
+from data.geometry import axcodes
 from data.io import DataError, read_grid, to_plain
 from data.layout import Layout, Pair, VolumeRef
 from data.loaders import check_loader_args
@@ -109,6 +110,7 @@ class DatasetDataModule(RegistrationDataModule):
         self._mapping_ready = False
         self._label_values: list[int] | None = None
         self._grids: set[tuple] | None = None
+        self._axes: str | None = None  # "": the volumes differ
         self._validated = False
         self.train_volumes: list[VolumeRef] = []
         self.val_pairs: list[Pair] = []
@@ -274,6 +276,17 @@ class DatasetDataModule(RegistrationDataModule):
         for v in refs:
             seen.setdefault((v.id, v.image), v)
         return list(seen.values())
+
+    @property
+    def voxel_axes(self) -> str | None:
+        """``data.orientation`` when set (every volume is reoriented to it), else the axis codes the
+        headers of the used volumes share (None if they differ): read once, no voxel data."""
+        if self.preprocess_config.orientation is not None:
+            return self.preprocess_config.orientation
+        if self._axes is None:
+            codes = {axcodes(read_grid(ref.image).affine) for ref in self.used_volumes()}
+            self._axes = next(iter(codes)) if len(codes) == 1 else ""
+        return self._axes or None
 
     def _grid_values(self) -> set[tuple]:
         if self._grids is None:

@@ -56,6 +56,7 @@ from data.io import (
     read_grid,
     volume_id,
 )
+from data.geometry import axcodes
 from data.pair_inputs import moving_on_fixed_grid, prepared_image
 from data.signature import file_signature, signature
 from data.transforms import check_affine
@@ -347,6 +348,11 @@ class PairsCSVDataset(Dataset):
     def shapes(self) -> list[tuple[int, int, int]]:
         """Spatial shape of each pair (from headers)."""
         return [self._headers[row["fixed"]].shape for row in self.rows]
+
+    @property
+    def axes(self) -> list[str]:
+        """Voxel axis codes of each pair's fixed image (from headers, :func:`data.geometry.axcodes`)."""
+        return [axcodes(self._headers[row["fixed"]].affine) for row in self.rows]
 
     @property
     def spacings(self) -> list[tuple[float, float, float]]:

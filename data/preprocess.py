@@ -147,15 +147,23 @@ class PreprocessConfig:
 
     def key(self) -> str:
         """Cache key (16 hex digits): a hash of this config, :data:`CACHE_VERSION`, the code that
-        prepares a volume (this module, :mod:`data.io` and :mod:`data.headers`) and the torchio / nibabel versions, so
-        that a cached volume is never one an earlier version of the code or of torchio made."""
-        from importlib.metadata import version
+        prepares a volume (this module, :mod:`data.io`, :mod:`data.headers` and :mod:`data.geometry`,
+        whose tolerances decide whether a volume is resampled) and the torchio / nibabel / SimpleITK
+        versions (torchio resamples through SimpleITK), so that a cached volume is never one an
+        earlier version of the code or of those packages made."""
+        from importlib.metadata import PackageNotFoundError, version
 
         from data.signature import source_signature
 
-        code = source_signature("data/preprocess.py", "data/io.py", "data/headers.py")
-        text = json.dumps({"version": CACHE_VERSION, "code": code,
-                           "torchio": version("torchio"), "nibabel": version("nibabel"), **self.to_dict()},
+        def _version(package: str) -> str | None:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return None
+
+        code = source_signature("data/preprocess.py", "data/io.py", "data/headers.py", "data/geometry.py")
+        text = json.dumps({"version": CACHE_VERSION, "code": code, "torchio": _version("torchio"),
+                           "nibabel": _version("nibabel"), "SimpleITK": _version("SimpleITK"), **self.to_dict()},
                           sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 

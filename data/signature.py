@@ -24,17 +24,36 @@ __all__ = ["file_signature", "signature", "code_signature", "source_signature", 
 CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses", "app")
 
 
-def file_signature(path: str | os.PathLike | None) -> list:
-    """``[resolved path, size, mtime_ns]`` of a file (``[absolute path, None, None]`` when it
-    cannot be read; ``[None]`` for no file): changes when the file is replaced or rewritten."""
-    if path is None:
-        return [None]
-    path = Path(path)
+def _pair_sibling(path: Path) -> Path | None:
+    """The other half of an Analyze / NIfTI-pair image (``x.img`` <-> ``x.hdr``, also gzipped and in
+    upper case), or None for a single-file format: the header half holds the affine, voxel sizes
+    and data type, so a result or a cached volume depends on both."""
+    name = path.name
+    for a, b in ((".img", ".hdr"), (".hdr", ".img"), (".IMG", ".HDR"), (".HDR", ".IMG")):
+        for gz in ("", ".gz", ".GZ"):
+            if name.endswith(a + gz):
+                return path.with_name(name[: -len(a + gz)] + b + gz)
+    return None
+
+
+def _one_file(path: Path) -> list:
     try:
         st = path.stat()
     except OSError:
         return [str(path.absolute()), None, None]
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def file_signature(path: str | os.PathLike | None) -> list:
+    """``[resolved path, size, mtime_ns]`` of a file (``[absolute path, None, None]`` when it
+    cannot be read; ``[None]`` for no file): changes when the file is replaced or rewritten. For
+    one half of an Analyze / NIfTI pair (``.img`` + ``.hdr``) the other half's three follow, so a
+    header edited in place (orientation, voxel size) changes it too."""
+    if path is None:
+        return [None]
+    path = Path(path)
+    sibling = _pair_sibling(path)
+    return _one_file(path) + ([] if sibling is None else _one_file(sibling))
 
 
 def signature(description: Any) -> str:

@@ -12,13 +12,14 @@ the best one by ``val/dice``, else ``last.ckpt`` — is evaluated on each test s
 
 Outputs in ``paths.output_dir``: ``runs/<method>`` (training), ``runs/<method>/<test set>``
 (results contract per test set; a rerun skips what exists), ``domain_shift.csv`` (method x test
-set: mean, std, median Dice, drop from the reference, paradigm), ``domain_shift.md``, ``tests.csv``
+set: mean, std, median of the metric, its drop from the reference (positive = worse, for HD95 too), paradigm), ``domain_shift.md``, ``tests.csv``
 (per test set: paired Wilcoxon / t-tests, classical vs learned) and ``domain_shift.png``
 (boxplots per test set).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +29,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig
 
 from experiments.comparison import (
+    METRICS,
     PARADIGM_COLOURS,
     MethodResults,
     check_metric,
@@ -46,12 +48,30 @@ _KINDS = ("eval", "train", "ckpt")
 
 
 def find_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The checkpoint ``train.py`` selected in ``run_dir/checkpoints``: the single best
-    ``epoch_*.ckpt`` (top-1 by ``val/dice``), else ``last.ckpt``; ConfigError if none."""
+    """The checkpoint ``train.py`` tested in ``run_dir``: the one its ``test/summary.json`` names
+    (``checkpoint``, looked up in ``run_dir/checkpoints`` by file name, so a moved folder still
+    works); without that record, the single ``epoch_*.ckpt`` (top-1 by ``val/dice``), else
+    ``last.ckpt``. Several ``epoch_*.ckpt`` and no record (``save_top_k`` > 1) is a ConfigError:
+    which one is the model is not guessed."""
     folder = Path(run_dir) / "checkpoints"
+    summary_path = Path(run_dir) / "test" / "summary.json"
+    recorded = None
+    if summary_path.is_file():
+        try:
+            recorded = json.loads(summary_path.read_text()).get("checkpoint")
+        except (OSError, ValueError, AttributeError):
+            raise ConfigError(f"{summary_path}: not readable JSON") from None
+    if recorded:
+        found = folder / Path(str(recorded)).name
+        if found.is_file():
+            return found
+        raise ConfigError(f"{summary_path}: the tested checkpoint {recorded} is not in {folder}")
     best = sorted(folder.glob("epoch_*.ckpt"))
     if len(best) == 1:
         return best[0]
+    if len(best) > 1:
+        raise ConfigError(f"{folder}: {len(best)} epoch checkpoints ({', '.join(b.name for b in best)}) and no "
+                          f"record of which one train.py tested ({summary_path}); give the method as {{ckpt: PATH}}")
     if (folder / "last.ckpt").is_file():
         return folder / "last.ckpt"
     raise ConfigError(f"{folder}: no checkpoint (epoch_*.ckpt or last.ckpt); did training run?")
@@ -110,6 +130,12 @@ def _boxplots(comparisons: dict[str, Any], path: Path, metric: str) -> None:
     save_figure(fig, path)
 
 
+def _drop(reference: float, mean: float, metric: str) -> float:
+    """How much worse ``mean`` is than ``reference`` on the metric (positive = worse): a fall for a
+    higher-is-better metric (Dice), a rise for a lower-is-better one (HD95, SDlogJ, folding)."""
+    return reference - mean if METRICS[metric] else mean - reference
+
+
 @guarded
 def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     """The command line (module docstring); returns ``{test set: Comparison}``."""
@@ -147,7 +173,7 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
         for row, res in zip(comp.table, comp.results):
             rows.append({"test_set": set_name, "method": row["method"], "paradigm": res.paradigm, "n": row["n"],
                          "mean": row["mean"], "std": row["std"], "median": row["median"],
-                         "drop_from_reference": ref_mean[row["method"]] - row["mean"]})
+                         "drop_from_reference": _drop(ref_mean[row["method"]], row["mean"], metric)})
         for t in comp.tests:
             test_rows.append({"test_set": set_name, **t})
     atomic_write_text(out_dir / "domain_shift.csv", csv_text(rows))
@@ -168,7 +194,7 @@ def _markdown(rows, test_rows, set_names, metric, reference) -> str:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     by = {(r["method"], r["test_set"]): r for r in rows}
     head = "| method | paradigm | " + " | ".join(set_names) + " |"
-    lines = [f"Mean {metric} ± std per test set (Δ: drop from `{reference}`)", "", head,
+    lines = [f"Mean {metric} ± std per test set (Δ: how much worse than in `{reference}`; positive = worse)", "", head,
              "|" + " --- |" * (len(set_names) + 2)]
     for m in methods:
         cells = []

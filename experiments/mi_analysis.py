@@ -102,7 +102,8 @@ DICE_RULE_VERSION = 2
 
 def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """Rows of a results folder's ``pairs.csv`` (:func:`app.results.read_results`, the one reader;
-    the analysis needs the pair ids and ``dice``, numbers as floats) as dicts with ``fixed_id``/``moving_id``."""
+    the analysis needs the pair ids and ``dice``, numbers as floats) as dicts with ``fixed_id``/``moving_id``
+    and ``method`` (the row's, else ``summary.json``'s, else empty)."""
     from app.results import read_results
 
     results = read_results(results_dir, required=("fixed_id", "moving_id", "dice"))
@@ -112,7 +113,9 @@ def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
             raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} predates the Learn2Reg "
                             f"label rule of Dice (metrics_version {DICE_RULE_VERSION}): its Dice may count erased "
                             f"labels as matched; recompute it with eval.py paths.output_dir={results.folder}")
-    return [{"fixed_id": f, "moving_id": m, **values} for (f, m), values in results.rows.items()]
+    default = str(results.summary.get("method", ""))
+    return [{"fixed_id": f, "moving_id": m, "method": results.method_of.get((f, m), default), **values}
+            for (f, m), values in results.rows.items()]
 
 
 def dataset_pairs(rows: Sequence[Mapping[str, Any]], expected: Iterable[tuple[str, str]],

@@ -218,7 +218,9 @@ def recommend(
         why = "no training set" if e.n_train_images == 0 else "train/test shift"
         reasons.append(f"--need-fast ignored: {why}; a classical optimiser on a GPU takes ~1 s per pair")
     if not e.test_labelled:
-        reasons.append("test set has no label maps: its MI (and expected classical Dice) cannot be measured")
+        reasons.append("test set has no label maps: its MI (and expected classical Dice) cannot be measured"
+                       if e.mi_test is None else
+                       "only some sampled test images have label maps: its MI is the mean over those")
     return Recommendation(CLASSICAL, "R1", shifted, reasons)
 
 

@@ -102,7 +102,7 @@ def _datamodule(source: str, overrides: Sequence[str], flag: str):
     from omegaconf.errors import OmegaConfBaseException
 
     from data.io import DataError
-    from app import build
+    from app.build import build
 
     is_csv = source.lower().endswith(".csv")
     if is_csv:

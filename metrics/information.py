@@ -15,7 +15,8 @@ defaults (documented in the README, "Reproducing the paper"):
   MI by default, or ``"fixed"`` / ``"moving"`` alone.
 
 Histogram estimates are biased upwards by about ``(bins - 1)(L - 1) / (2 N ln 2)`` bits for
-``L`` labels and ``N`` voxels (Miller–Madow): ~1e-4 bits for a 1 mm brain, ignored here.
+``L`` labels and ``N`` voxels (Miller–Madow): ~1e-3 bits for 35 labels over a 1 mm brain's
+~1.5 M labelled voxels (64 bins), ~1e-4 for 3 tissue classes; ignored here.
 """
 
 from __future__ import annotations

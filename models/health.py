@@ -160,4 +160,7 @@ class HealthChecks:
             "method": self.method,
             "field": self.field,
             "displacement_convention": DISPLACEMENT_CONVENTION,
+            # the voxel order of the data it was trained on (a network sees voxels, not world
+            # space): eval.py refuses test data in another order; None when unknown
+            "voxel_axes": getattr(getattr(getattr(self, "_trainer", None), "datamodule", None), "voxel_axes", None),
         }

@@ -134,3 +134,20 @@ def test_a_model_built_from_objects_is_still_usable_but_keeps_no_object_hyperpar
                                optimizer=torch.optim.SGD)
     assert "net" not in model.hparams and "optimizer" not in model.hparams and model.hparams["method"] == "vm"
     assert isinstance(model.configure_optimizers(), torch.optim.SGD)
+
+
+def test_a_checkpoint_is_refused_on_test_data_in_another_voxel_order():
+    """A network sees voxels: trained on LIA-ordered OASIS and tested on RAS Klein data, it would see
+    every brain with two axes swapped and read the failure as domain shift. Unknown orders pass."""
+    from types import SimpleNamespace
+
+    from app import ConfigError
+    from app.checkpoints import check_voxel_axes
+
+    net, data = SimpleNamespace(trained_voxel_axes="LIA"), SimpleNamespace(voxel_axes="RAS")
+    with pytest.raises(ConfigError, match=r"ckpt_path: run/best.ckpt was trained on data in voxel order LIA, "
+                                          r"this data= gives RAS.*data.orientation=LIA"):
+        check_voxel_axes(net, data, "run/best.ckpt")
+    check_voxel_axes(net, SimpleNamespace(voxel_axes="LIA"), "run/best.ckpt")
+    check_voxel_axes(SimpleNamespace(trained_voxel_axes=None), data, "old.ckpt")  # checkpoints before the record
+    check_voxel_axes(net, SimpleNamespace(voxel_axes=None), "run/best.ckpt")  # e.g. generated data

@@ -128,7 +128,7 @@ def test_bad_input_one_clear_error(tmp_path, three):
     (bad / "pairs.csv").write_text("fixed_id,moving_id,dice\na,b,0.5\n")
     with pytest.raises(DataError, match=r"bad/pairs\.csv: missing column\(s\) method,hd95"):
         cmp.load_results(bad)
-    (bad / "pairs.csv").write_text(",".join(PAIR_COLUMNS) + "\na,b,m,oops,1,1,1,1,1,1\n")
+    (bad / "pairs.csv").write_text(",".join(PAIR_COLUMNS) + "\na,b,m,oops" + ",1" * (len(PAIR_COLUMNS) - 4) + "\n")
     with pytest.raises(DataError, match="line 2, column dice"):
         cmp.load_results(bad)
     a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", {PAIRS[0]: 0.7}))

@@ -514,3 +514,50 @@ def test_data_check_command_line(trees, capsys):
     assert check_main(["ibsr18", str(trees / "OASIS")]) == 1  # wrong layout: one error line
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.strip().count("\n") == 0 and "data=oasis" in err
+
+
+def test_an_analyze_pair_header_edited_in_place_is_not_read_stale(tmp_path):
+    """The .hdr half of an ``.img``/``.hdr`` pair holds the voxel size and orientation: fixing it alone
+    (the voxel data untouched) must give a new cache entry and a new input signature, not the old volume."""
+    import nibabel as nib
+
+    from data.signature import file_signature
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((12, 12, 10)) * 100 + 1).astype(np.float32)
+    lab = (img > 50).astype(np.uint8) + 1
+
+    def write(folder, zooms):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, arr in (("img", img), ("lab", lab)):
+            nib.save(nib.Nifti1Pair(arr, np.diag([*zooms, 1.0])), folder / f"{name}.img")
+
+    write(tmp_path / "d", (1.0, 1.0, 1.0))
+    store = VolumeStore(PreprocessConfig(orientation="RAS", spacing=1.0), tmp_path / "cache")
+    first = store.get("s1", tmp_path / "d" / "img.img", tmp_path / "d" / "lab.img")
+    assert first.image.shape == (12, 12, 10)
+    before = file_signature(tmp_path / "d" / "img.img")
+    write(tmp_path / "new", (1.0, 1.0, 2.0))  # the fixed header (2 mm slices), the same voxel data
+    for name in ("img", "lab"):
+        os.replace(tmp_path / "new" / f"{name}.hdr", tmp_path / "d" / f"{name}.hdr")
+    assert file_signature(tmp_path / "d" / "img.img") != before
+    again = store.get("s1", tmp_path / "d" / "img.img", tmp_path / "d" / "lab.img")
+    assert again.image.shape == (12, 12, 20)  # resampled from the new header, not the cached volume
+
+
+def test_datamodules_say_their_voxel_order(tmp_path):
+    """What a checkpoint records and eval.py compares (app.checkpoints.check_voxel_axes): the
+    configured orientation when set, else the axis codes the headers share; the MNI template's."""
+    import nibabel as nib
+
+    from data import MNIDataModule
+
+    assert MNIDataModule(n_train=2, n_val=0, n_test=2, resolution=2).voxel_axes == "RAS"
+    assert MNIDataModule(n_train=2, n_val=0, n_test=2, resolution=2, slice_index=40).voxel_axes == "RA"
+    root = make_ibsr(tmp_path / "IBSR18")
+    for orientation in ("RAS", "LIA"):
+        dm = KleinDataModule("ibsr18", str(root), strict_count=False, **{**SMALL, "orientation": orientation})
+        assert dm.voxel_axes == orientation
+    native = KleinDataModule("ibsr18", str(root), strict_count=False, **{**SMALL, "orientation": None})
+    image = root / "IBSR_01" / "IBSR_01_ana_strip.nii.gz"
+    assert native.voxel_axes == "".join(nib.aff2axcodes(nib.load(image).affine))

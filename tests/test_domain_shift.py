@@ -38,6 +38,16 @@ def test_find_checkpoint(tmp_path):
     assert find_checkpoint(tmp_path).name == "last.ckpt"
     (tmp_path / "checkpoints" / "epoch_003.ckpt").write_text("x")
     assert find_checkpoint(tmp_path).name == "epoch_003.ckpt"
+    # two epoch checkpoints (save_top_k > 1): the one train.py tested, as its summary records, or an error
+    (tmp_path / "checkpoints" / "epoch_007.ckpt").write_text("x")
+    with pytest.raises(ConfigError, match="2 epoch checkpoints.*no record"):
+        find_checkpoint(tmp_path)
+    (tmp_path / "test").mkdir()
+    (tmp_path / "test" / "summary.json").write_text('{"checkpoint": "/elsewhere/checkpoints/epoch_003.ckpt"}')
+    assert find_checkpoint(tmp_path).name == "epoch_003.ckpt"
+    (tmp_path / "test" / "summary.json").write_text('{"checkpoint": "/elsewhere/checkpoints/epoch_009.ckpt"}')
+    with pytest.raises(ConfigError, match="epoch_009.ckpt is not in"):
+        find_checkpoint(tmp_path)
 
 
 @pytest.mark.slow  # ~70 s: trains and evaluates every method of the experiment; its parts are tested one by one above
@@ -87,3 +97,12 @@ def test_domain_shift_bad_config(tmp_path):
     proc = _run("methods={a: " + ident + ", b: " + ident + "}", "test_sets={x: []}",
                 f"paths.output_dir={tmp_path}")
     assert proc.returncode == 1 and "test_sets: give at least two" in proc.stderr
+
+
+def test_the_drop_from_the_reference_is_positive_when_worse_for_every_metric():
+    """Dice falling and HD95 rising are both a positive drop (the table's Δ reads the same way)."""
+    from experiments.domain_shift import _drop
+
+    assert _drop(0.80, 0.70, "dice") == pytest.approx(0.10)
+    assert _drop(2.0, 3.5, "hd95") == pytest.approx(1.5)
+    assert _drop(0.10, 0.05, "sdlogj") == pytest.approx(-0.05)  # smoother than in domain: negative

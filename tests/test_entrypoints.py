@@ -148,7 +148,22 @@ def _shift_csv(folder: Path, seeds, shift=2) -> Path:
     return path
 
 
-def test_training_raises_dice_over_identity(tmp_path):
+def _reordered_csv(csv_path: Path, folder: Path) -> Path:
+    """The pairs of ``csv_path`` with every file stored in LIA voxel order (the same world-space images)."""
+    import nibabel as nib
+
+    folder.mkdir(parents=True)
+    lines = csv_path.read_text().splitlines()
+    for name in {n for line in lines[1:] for n in line.split(",")}:
+        img = nib.load(csv_path.parent / name)
+        lia = nib.orientations.ornt_transform(nib.io_orientation(img.affine), nib.orientations.axcodes2ornt("LIA"))
+        nib.save(img.as_reoriented(lia), folder / name)
+    out = folder / csv_path.name
+    out.write_text("\n".join(lines) + "\n")
+    return out
+
+
+def test_training_raises_dice_over_identity(tmp_path, capsys):
     """End to end through train.py: a short unsupervised training learns a displacement that
     raises test Dice on held-out pairs, the checkpoint describes itself and eval.py reproduces it."""
     d = tmp_path / "data"
@@ -166,6 +181,19 @@ def test_training_raises_dice_over_identity(tmp_path):
     s2 = _run_eval([f"ckpt_path={ckpt}", "data=pairs_csv", f"data.csv={test_csv}"], out)
     assert s2["method"] == "voxelmorph" and s2["n_pairs"] == 2
     assert s2["dice_mean"] == pytest.approx(summary["dice_mean"], abs=1e-6)
+    # summary.json names the checkpoint whose weights were tested (train.py: the best one)
+    assert summary["checkpoint"] == s2["checkpoint"] == str(ckpt.resolve())
+    # the checkpoint records the voxel order it was trained on; test data in another order is refused
+    import torch
+
+    assert torch.load(ckpt, weights_only=False)["registration"]["voxel_axes"] == "RAS"
+    lia = _reordered_csv(test_csv, tmp_path / "lia")
+    with pytest.raises(SystemExit):
+        eval_entry.evaluate(compose("eval", [f"ckpt_path={ckpt}", "data=pairs_csv", f"data.csv={lia}",
+                                             f"paths.output_dir={tmp_path / 'eval_lia'}"]))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "voxel order RAS" in err and "gives LIA" in err and "data.orientation=RAS" in err, err
+    assert not (tmp_path / "eval_lia").exists()
     # hybrid: the network's prediction initialises the classical optimiser (one tiny step here,
     # so the result is the network's, far above what one step from zero gives)
     s3 = _run_eval(["model=greedy", f"model.init_from={ckpt}", "model.scales=[1]", "model.iterations=[1]",

@@ -72,3 +72,16 @@ def test_a_wrong_command_line_fails_before_lightning_is_imported():
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "no_such_key" in r.stderr and "no_such.csv" in r.stderr
+
+
+def test_no_lazy_name_of_a_package_is_also_one_of_its_submodules():
+    """``app``, ``data`` and ``models`` load their names on first use (PEP 562); once a submodule of
+    the same name is imported, the package attribute is that module, so ``from app import build``
+    would give a function in one process and a module in another."""
+    import importlib
+
+    for package in ("app", "data", "models"):
+        homes = importlib.import_module(package)._HOMES
+        submodules = {p.stem for p in (ROOT / package).glob("*.py")} | {p.name for p in (ROOT / package).iterdir()
+                                                                          if (p / "__init__.py").is_file()}
+        assert not set(homes) & submodules, f"{package}: {sorted(set(homes) & submodules)}"

@@ -48,6 +48,10 @@ def test_recommend_no_labels_is_classical():
         rec = recommend(e)
         assert rec.method == CLASSICAL and rec.rule == "R1"
         assert any("finding 2" in r for r in rec.reasons)
+    assert any("cannot be measured" in r for r in recommend(Evidence(test_labelled=False)).reasons)
+    partly = recommend(Evidence(test_labelled=False, mi_test=0.8)).reasons  # some test images labelled
+    assert any("only some sampled test images" in r for r in partly)
+    assert not any("cannot be measured" in r for r in partly)
 
 
 def test_recommend_labels_but_shift_is_classical():

@@ -557,6 +557,7 @@ def test_mi_analysis_refuses_an_eval_folder_older_than_the_dice_label_rule(tmp_p
     results.mkdir()
     (results / "pairs.csv").write_text("fixed_id,moving_id,method,dice\na,b,m,0.5\n")
     assert read_pairs_csv(results)[0]["dice"] == 0.5
+    assert read_pairs_csv(results)[0]["method"] == "m"  # the row's method reaches mi_pairs.csv and the title
     for summary in ({"n_pairs": 1}, {"n_pairs": 1, "metrics_version": DICE_RULE_VERSION - 1}):
         (results / "summary.json").write_text(json.dumps(summary))
         with pytest.raises(DataError, match="summary.json: metrics_version .* predates the Learn2Reg label rule"):
@@ -579,3 +580,22 @@ def test_mni_pair_signature_follows_the_template_files(monkeypatch):
     monkeypatch.setattr(mni, "template_source", lambda: {**source, "nilearn": "another"})
     after = [d.test_dataloader().dataset.pair_signature(0) for d in (dm, dm2)]
     assert after[0] != before[0] and after[1] != before[1]
+
+
+def test_a_row_with_missing_or_extra_cells_is_refused_by_line():
+    """A short row (a truncated or hand-edited pairs.csv) would read its missing cells as NaN, and a
+    NaN dice_identity skips the same-data check: one error naming the file and line instead."""
+    import tempfile
+
+    from app.results import PAIR_COLUMNS, read_results
+    from data.io import DataError
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "pairs.csv"
+        full = ",".join(["a", "b", "greedy"] + ["0.5"] * (len(PAIR_COLUMNS) - 3))
+        path.write_text(",".join(PAIR_COLUMNS) + "\n" + full + "\n")
+        assert read_results(folder).rows[("a", "b")]["dice"] == 0.5
+        for line in ("a,c,greedy,0.8,2.1", full.replace("a,b,", "a,d,", 1) + ",9"):
+            path.write_text(",".join(PAIR_COLUMNS) + "\n" + full + "\n" + line + "\n")
+            with pytest.raises(DataError, match=r"pairs.csv: line 3: \d+ cells for the header's \d+ columns"):
+                read_results(folder)
