@@ -29,8 +29,7 @@ function is ``from app.build import build``; a test checks no lazy name shadows 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from data.lazy import lazy_names
 
 # name -> the module that defines it
 _HOMES = {
@@ -52,15 +51,4 @@ _HOMES = {
 
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'app' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names("app", _HOMES, globals())

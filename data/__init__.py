@@ -16,8 +16,7 @@ path (generated subjects, batches, DataModules over arrays) runs where nibabel i
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from data.lazy import lazy_names
 
 # name -> the module that defines it
 _HOMES = {
@@ -96,15 +95,4 @@ __all__ = [
     "VolumeAugmentation",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names("data", _HOMES, globals())

@@ -7,8 +7,7 @@ analysis script does not import Lightning until a LightningModule is asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from data.lazy import lazy_names
 
 # name -> the module that defines it
 _HOMES = {
@@ -20,15 +19,4 @@ _HOMES = {
 
 __all__ = list(_HOMES)
 
-
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(home), name)
-    globals()[name] = value  # once
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_HOMES))
+__getattr__, __dir__ = lazy_names("models", _HOMES, globals())
