@@ -105,16 +105,20 @@ def build_datamodule(cfg: DictConfig):
     return dm
 
 
-def build_model(cfg: DictConfig):
+def build_model(cfg: DictConfig, datamodule=None):
     """Instantiate ``cfg.model`` (the model builds its net and optimiser from their specs and keeps
     them as hyper-parameters). ``model.init_from`` (a classical method refining a learned one): the
     checkpoint is read here (:func:`app.checkpoints.load_model_from_checkpoint`) and its model
-    passed as ``init_model``."""
+    passed as ``init_model``; given the ``datamodule`` it will run on, the network's voxel order is
+    checked against the data's (:func:`app.checkpoints.check_voxel_axes`)."""
     kwargs = {}
     if cfg.model is not None and cfg.model.get("init_from"):
-        from app.checkpoints import load_model_from_checkpoint
+        from app.checkpoints import check_voxel_axes, load_model_from_checkpoint
 
         kwargs["init_model"] = load_model_from_checkpoint(cfg.model.init_from, "model.init_from")
+        if datamodule is not None:
+            check_voxel_axes(kwargs["init_model"].trained_voxel_axes, datamodule, cfg.model.init_from,
+                             "model.init_from")
     return build(cfg.model, "model", **kwargs)
 
 

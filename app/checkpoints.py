@@ -10,7 +10,7 @@ from typing import Any
 from app.errors import ConfigError, one_line, root_cause
 
 __all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "check_voxel_axes",
-           "safe_checkpoint_io"]
+           "refuse_voxel_order", "safe_checkpoint_io"]
 
 # Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
 # (tensors, numbers, strings, None, dtypes, lists, tuples, dicts, OrderedDicts): none. Inspected:
@@ -122,19 +122,26 @@ def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
     return model
 
 
-def check_voxel_axes(model: Any, datamodule: Any, path: str | os.PathLike, key: str = "ckpt_path") -> None:
-    """A network loaded from ``path`` (:func:`load_model_from_checkpoint`) sees its input's voxels,
-    not world space: test data whose voxel order (``datamodule.voxel_axes``, e.g. ``RAS``) is not
-    the one it was trained on (recorded in the checkpoint) would be registered with its axes swapped
-    or flipped, and its low Dice read as a domain shift. ConfigError naming both orders and the
-    setting that reorients the data; nothing to compare when either order is unknown."""
-    trained = getattr(model, "trained_voxel_axes", None)
+def check_voxel_axes(trained: str | None, datamodule: Any, path: str | os.PathLike, key: str = "ckpt_path") -> None:
+    """A network trained on data in voxel order ``trained`` (recorded in the checkpoint at ``path``:
+    ``model.trained_voxel_axes`` of :func:`load_model_from_checkpoint`, or ``registration.voxel_axes``
+    of :func:`read_checkpoint`) sees its input's voxels, not world space: data whose voxel order
+    (``datamodule.voxel_axes``, e.g. ``RAS``) differs would be registered with its axes swapped or
+    flipped, and its low Dice read as a domain shift. ConfigError naming both orders and the setting
+    that reorients the data; nothing to compare when either order is unknown."""
     given = getattr(datamodule, "voxel_axes", None)
+    refuse_voxel_order(trained, given, path, key, f"this data= gives {given}",
+                       f"give the data in voxel order {trained} (data.orientation={trained} reorients OASIS and the "
+                       f"Klein sets; a pairs CSV's files must be stored so) or train on data in {given}")
+
+
+def refuse_voxel_order(trained: str | None, given: str | None, path: str | os.PathLike, key: str, what: str,
+                       remedy: str) -> None:
+    """The one voxel-order error (see :func:`check_voxel_axes`): ``what`` says where ``given`` comes
+    from, ``remedy`` how to make the orders agree. Nothing when either order is unknown."""
     if trained and given and str(trained) != str(given):
-        raise ConfigError(
-            f"{key}: {path} was trained on data in voxel order {trained}, this data= gives {given}: a network "
-            f"sees voxels, not world space; give the test data in voxel order {trained} (data.orientation={trained} "
-            f"reorients OASIS and the Klein sets; a pairs CSV's files must be stored so) or train on data in {given}")
+        raise ConfigError(f"{key}: {path} was trained on data in voxel order {trained}, {what}: a network sees "
+                          f"voxels, not world space; {remedy}")
 
 
 def safe_checkpoint_io(key: str = "ckpt_path"):

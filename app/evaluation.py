@@ -178,11 +178,9 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
     check_output_dir(out_dir, datamodule)
     if cfg.get("ckpt_path"):
         model = load_model_from_checkpoint(cfg.ckpt_path)
-        check_voxel_axes(model, datamodule, cfg.ckpt_path)
+        check_voxel_axes(model.trained_voxel_axes, datamodule, cfg.ckpt_path)
     else:
-        model = build_model(cfg)
-        if getattr(model, "init_model", None) is not None:  # a classical method refining a network
-            check_voxel_axes(model.init_model, datamodule, cfg.model.init_from, "model.init_from")
+        model = build_model(cfg, datamodule)
     trainer = build_trainer(cfg, with_callbacks=False)
     save_outputs = bool(cfg.get("save_outputs", False))
     try:

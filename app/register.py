@@ -178,6 +178,24 @@ def _check_size(model, files: dict[str, Path], shape: tuple[int, ...]) -> None:
                             f"{minimum} that model {model.method} needs ({model.min_input_size_reason()})")
 
 
+def _check_voxel_order(cfg: DictConfig, model, files: dict[str, Path], fixed) -> None:
+    """A network (``ckpt_path``, or the ``model.init_from`` that starts a classical method) sees the
+    fixed grid's voxels, not world space (the moving image is resampled onto that grid): a fixed image
+    stored in another voxel order than its training data would be registered with its axes swapped or
+    flipped. One ConfigError naming both orders (:func:`app.checkpoints.refuse_voxel_order`)."""
+    from app.checkpoints import refuse_voxel_order
+    from data.geometry import axcodes
+
+    given = axcodes(fixed.affine)
+    for key, net in (("ckpt_path", model), ("model.init_from", getattr(model, "init_model", None))):
+        trained = getattr(net, "trained_voxel_axes", None)
+        if trained:
+            refuse_voxel_order(trained, given, OmegaConf.select(cfg, key), key,
+                               f"fixed={files['fixed']} is stored in {given}",
+                               f"store the fixed image in voxel order {trained} (the same world-space image, its "
+                               f"voxel axes reordered, e.g. nibabel's as_reoriented) or use a classical method")
+
+
 def _register(model, batch: dict[str, Any], device: torch.device, files: dict[str, Path]):
     """``(u, inverse or None, seconds)`` on the CPU; a non-finite field stops with one error."""
     from models.health import NonFiniteError
@@ -265,6 +283,7 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
     model, model_record = _model(cfg)
     fixed, moving = grids["fixed"], grids["moving"]
     _check_size(model, files, fixed.shape)
+    _check_voxel_order(cfg, model, files, fixed)
     batch = _pair(files, grids, volumes, bool(cfg.get("normalize", True)))
     u, inverse, seconds = _register(model, batch, _device(cfg), files)
     inverse, inverse_check = _checked_inverse(u, inverse)

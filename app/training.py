@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from app.build import build_datamodule, build_model, build_trainer, check_entry
-from app.checkpoints import read_checkpoint
+from app.checkpoints import check_voxel_axes, read_checkpoint
 from app.errors import ConfigError
 from app.evaluation import check_input_sizes, check_output_dir, run_test
 from app.loggers import finish_loggers
@@ -77,12 +77,15 @@ def _build(cfg: DictConfig):
 
     check_entry(cfg, "train")
     ckpt_path = cfg.get("ckpt_path")
+    ckpt = None
     if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-        read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
+        ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
+    if ckpt is not None:  # resumed or tested on data in the order its weights were trained on
+        check_voxel_axes(ckpt["registration"].get("voxel_axes"), datamodule, ckpt_path)
     check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
-    model = build_model(cfg)
+    model = build_model(cfg, datamodule)
     if model.trainable and cfg.test and not cfg.train and not ckpt_path:
         raise ConfigError(f"train=false: {model.method} is a network with untrained (random) weights; "
                           "give ckpt_path=<a checkpoint> to test a trained one (or use eval.py ckpt_path=...)")

@@ -144,10 +144,10 @@ def test_a_checkpoint_is_refused_on_test_data_in_another_voxel_order():
     from app import ConfigError
     from app.checkpoints import check_voxel_axes
 
-    net, data = SimpleNamespace(trained_voxel_axes="LIA"), SimpleNamespace(voxel_axes="RAS")
+    net, data = "LIA", SimpleNamespace(voxel_axes="RAS")
     with pytest.raises(ConfigError, match=r"ckpt_path: run/best.ckpt was trained on data in voxel order LIA, "
                                           r"this data= gives RAS.*data.orientation=LIA"):
         check_voxel_axes(net, data, "run/best.ckpt")
     check_voxel_axes(net, SimpleNamespace(voxel_axes="LIA"), "run/best.ckpt")
-    check_voxel_axes(SimpleNamespace(trained_voxel_axes=None), data, "old.ckpt")  # checkpoints before the record
+    check_voxel_axes(None, data, "old.ckpt")  # checkpoints before the record
     check_voxel_axes(net, SimpleNamespace(voxel_axes=None), "run/best.ckpt")  # e.g. generated data

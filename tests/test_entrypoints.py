@@ -194,6 +194,21 @@ def test_training_raises_dice_over_identity(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "voxel order RAS" in err and "gives LIA" in err and "data.orientation=RAS" in err, err
     assert not (tmp_path / "eval_lia").exists()
+    # so is a network refined by a classical method (model.init_from), through eval.py and train.py,
+    # and a checkpoint tested or resumed by train.py
+    lia_data = ["data=pairs_csv", f"data.train_csv={lia}", f"data.val_csv={lia}", f"data.test_csv={lia}"]
+    for run, key, overrides in (
+            (eval_entry.evaluate, "model.init_from", ["model=greedy", f"model.init_from={ckpt}", "data=pairs_csv",
+                                                      f"data.csv={lia}"]),
+            (train_entry.train, "model.init_from", ["model=greedy", f"model.init_from={ckpt}", *lia_data]),
+            (train_entry.train, "ckpt_path", [f"ckpt_path={ckpt}", "train=false", *lia_data]),
+            (train_entry.train, "ckpt_path", [f"ckpt_path={ckpt}", *lia_data])):
+        with pytest.raises(SystemExit):
+            run(compose("eval" if run is eval_entry.evaluate else "train",
+                        [*overrides, f"paths.output_dir={tmp_path / 'lia_run'}"]))
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"error: {key}: {ckpt}") and "voxel order RAS" in err and "gives LIA" in err, (overrides, err)
+        assert not (tmp_path / "lia_run").exists()
     # hybrid: the network's prediction initialises the classical optimiser (one tiny step here,
     # so the result is the network's, far above what one step from zero gives)
     s3 = _run_eval(["model=greedy", f"model.init_from={ckpt}", "model.scales=[1]", "model.iterations=[1]",

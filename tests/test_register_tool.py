@@ -302,8 +302,9 @@ def test_syn_inverse_inverts_and_apply_maps_fixed_labels_to_the_moving_grid(pair
     assert not (out / "inverse_disp_itk.nii.gz").exists() and not (out / "affine_itk.txt").exists()
 
 
-def test_a_velocity_network_from_a_checkpoint_has_an_inverse(pair, tmp_path):
-    """``ckpt_path=``: the model a checkpoint describes; a velocity field's inverse is exp(-v)."""
+def test_a_velocity_network_from_a_checkpoint_has_an_inverse(pair, tmp_path, capsys):
+    """``ckpt_path=``: the model a checkpoint describes; a velocity field's inverse is exp(-v). A
+    network trained on data in another voxel order than the fixed image's is refused, named."""
     from test_app import _save
 
     from app import build_model
@@ -319,6 +320,15 @@ def test_a_velocity_network_from_a_checkpoint_has_an_inverse(pair, tmp_path):
     inv = read_displacement(tmp_path / "out" / "inverse_disp.nii.gz").u.float()
     assert u.abs().max() > 0.05
     assert compose_fields(u, inv).abs().max() < 0.2 * u.abs().max()
+    content = torch.load(ckpt, weights_only=True)
+    content["registration"]["voxel_axes"] = "LIA"  # trained on LIA-stored data; the fixed image is RAS
+    torch.save(content, tmp_path / "lia.ckpt")
+    for overrides in ([f"ckpt_path={tmp_path / 'lia.ckpt'}"], ["model=greedy", f"model.init_from={tmp_path / 'lia.ckpt'}"]):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            _register(pair, tmp_path / "lia_out", [*overrides, "device=cpu"])
+        _one_error(capsys, overrides[-1].split("=")[0] + ":", "voxel order LIA", f"fixed={pair['fixed']} is stored in RAS")
+        assert not (tmp_path / "lia_out").exists()
 
 
 def test_register_with_inverse_of_the_methods():
