@@ -142,7 +142,7 @@ def run_apply(cfg: DictConfig) -> Path:
     """``apply.py``'s work (module docstring); returns the written file."""
     from app.config_check import check_config
     from data.io import check_itk_header, load_volume, read_grid, save_nifti_atomic
-    from data.transforms import check_affine, transform_volume
+    from data.transforms import check_affine, require_overlap, transform_volume
 
     check_config(cfg)
     image = required_path(cfg, "image", _USAGE)
@@ -161,12 +161,16 @@ def run_apply(cfg: DictConfig) -> Path:
         raise ConfigError("reference is not set and the first transform (an affine) has no grid: give "
                           "reference=FILE.nii.gz, the image whose grid the output takes")
     sources = [image] + [Path(s.source) for s in stages if s.source]
+    if cfg.get("reference"):
+        sources.append(Path(reference_path))
     if any(out.resolve() == p.resolve() for p in sources):
         raise ConfigError(f"out={out} would overwrite an input; write to another file")
     check_itk_header(image)
     volume = load_volume(image, kind="label" if label else "image")
     array = transform_volume(stages, volume.array, volume.affine, reference.shape, reference.affine,
                              "label" if label else "image", interp=interp, path=image)
+    require_overlap(volume.array, array, image, "the output grid through the transform"
+                    + (f" (reference={reference_path})" if cfg.get("reference") else ""))
     how = f"label {interp}" if label else "linear"
     save_nifti_atomic(array, reference.affine, out, description=f"{image.name} through {len(stages)} transform(s), {how}"[:80])
     what = {"nearest": "label, nearest neighbour", "linear": "label, linear (each label's indicator)"}[interp]

@@ -43,17 +43,6 @@ def check_output_dir(out_dir: Any, datamodule=None, key: str = "paths.output_dir
     return folder
 
 
-def _gather(trainer, obj: Any) -> list[Any]:
-    """``obj`` of every process (DDP: ``all_gather_object``; one process: ``[obj]``)."""
-    import torch.distributed as dist
-
-    if trainer.world_size > 1 and dist.is_available() and dist.is_initialized():
-        out: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(out, obj)
-        return out
-    return [obj]
-
-
 def _limits_test_batches(trainer) -> bool:
     """Whether the trainer runs only some test batches (``fast_dev_run``, ``limit_test_batches``)."""
     limit = getattr(trainer, "limit_test_batches", 1.0)
@@ -125,12 +114,16 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     if todo:
         callback = ResultsCallback(writer, save_outputs)
         trainer.callbacks.append(callback)
+        model.log_test_means = False  # the loggers get the summary of every test pair instead (log_results_table)
         try:
             trainer.test(model, dataloaders=_test_loader(datamodule, todo), verbose=False)
         finally:
             trainer.callbacks.remove(callback)
+            model.log_test_means = True
     trainer.strategy.barrier("results")  # DDP: every rank's pairs are written before rank 0 gathers
-    gathered = _gather(trainer, (writer.run_id, sorted(writer.seen)))
+    from models.evaluation import gather_objects
+
+    gathered = gather_objects(trainer, (writer.run_id, sorted(writer.seen)))
     if not trainer.is_global_zero:
         return {}
     seen = {tuple(p) for _, pairs in gathered for p in pairs}

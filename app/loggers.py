@@ -104,11 +104,19 @@ def save_figure(fig, path: str | os.PathLike, dpi: int = 110) -> None:
 
 
 def log_results_table(trainer, writer, summary: dict[str, Any]) -> None:
-    """W&B loggers get the per-pair results as a table (``test/pairs``) and the summary in the run summary."""
+    """The summary of the whole test set (``summary.json``'s values, pairs reused from an earlier run
+    included) as ``test/<key>``: W&B loggers get it in the run summary, with the per-pair results as
+    a table (``test/pairs``); the others as metrics (e.g. ``test/dice_mean`` in the CSV logger's
+    ``metrics.csv``)."""
     from app.results import PAIR_COLUMNS
 
+    numbers = {f"test/{k}": float(v) for k, v in summary.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
     for logger in trainer.loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if type(logger).__name__ != "WandbLogger":
+            logger.log_metrics(numbers, step=trainer.global_step)
+            logger.save()
+        else:
             rows = writer.pairs
             logger.log_table(key="test/pairs", columns=PAIR_COLUMNS,
                              data=[[r.get(c) for c in PAIR_COLUMNS] for r in rows])

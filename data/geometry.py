@@ -32,11 +32,14 @@ ORIGIN_TOLERANCE = 1e-3  # mm: the world positions of voxel (0, 0, 0) lie within
 
 class Grid(NamedTuple):
     """A file's grid from its header: ``shape`` (3 ints), ``spacing`` (mm, header zooms) and
-    ``affine`` (``(4, 4)`` voxel-to-world)."""
+    ``affine`` (``(4, 4)`` voxel-to-world). ``unplaced``: why the header does not place the image
+    in world space (an Analyze header; a NIfTI one with sform and qform codes 0), its ``affine``
+    then being a reader's guess, or None when it does (:func:`data.headers.unplaced_reason`)."""
 
     shape: tuple[int, int, int]
     spacing: tuple[float, float, float]
     affine: np.ndarray
+    unplaced: str | None = None
 
 
 def axcodes(affine: np.ndarray) -> str:

@@ -23,7 +23,7 @@ from data.errors import DataError
 from data.geometry import SPACING_TOLERANCE, Grid, grid_mismatch
 
 __all__ = ["read_grid", "read_header", "open_checked", "check_itk_header", "check_label_grid", "open_image",
-           "one_line", "READ_ERRORS"]
+           "unplaced_reason", "one_line", "READ_ERRORS"]
 
 # Everything nibabel, gzip and zlib raise on unreadable or corrupt files.
 READ_ERRORS = (
@@ -172,7 +172,21 @@ def open_checked(path: str | os.PathLike, complete: bool = True) -> tuple[nib.sp
     spacing = _spacing(path, img)
     if complete:
         _check_complete(path, img)
-    return img, Grid(shape, spacing, np.asarray(img.affine, dtype=np.float64))
+    return img, Grid(shape, spacing, np.asarray(img.affine, dtype=np.float64), unplaced_reason(img.header))
+
+
+def unplaced_reason(header) -> str | None:
+    """Why a header does not place its image in world space, or None when it does. An Analyze
+    header holds no orientation and a NIfTI one with sform and qform codes 0 none either: nibabel
+    then guesses an affine (x flipped, the grid centred on 0) and ITK another (identity, origin 0),
+    so neither a resampling in world space nor a transform exported for ITK/ANTs means anything."""
+    if isinstance(header, nib.Nifti1Header):  # NIfTI-1 and -2, single files and .img/.hdr pairs
+        if int(header["sform_code"]) == 0 and int(header["qform_code"]) == 0:
+            return "its NIfTI header has sform_code = qform_code = 0 (no position in world space)"
+        return None
+    if isinstance(header, nib.analyze.AnalyzeHeader):
+        return "it has an Analyze header, which holds no orientation (no position in world space)"
+    return None
 
 
 def read_grid(path: str | os.PathLike) -> Grid:
@@ -195,13 +209,20 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[fl
 def check_itk_header(path: str | os.PathLike) -> None:
     """DataError naming ``path`` when its NIfTI header holds an sform and a qform (both codes > 0)
     that describe different grids: nibabel (and this project) place the image by the sform, ITK and
-    ANTs by the qform in that case, so a transform exported for them would act on another image."""
+    ANTs by the qform in that case, so a transform exported for them would act on another image.
+    Also when the header places the image nowhere (:func:`unplaced_reason`): nibabel and ITK then
+    guess different world positions."""
     try:
         header = nib.load(str(path)).header
     except Exception:  # noqa: BLE001 - read_grid names an unreadable file
         return
+    reason = unplaced_reason(header)
+    if reason is not None:
+        raise DataError(f"{path}: {reason}; a registration in world space and the ITK/ANTs exports need it: give "
+                        "the image a qform/sform (e.g. nibabel: img.set_sform(affine, code=1); "
+                        "img.set_qform(affine, code=1)), or convert it to NIfTI with its orientation")
     if not isinstance(header, nib.Nifti1Header):
-        return  # Analyze and others: one orientation only
+        return  # others (e.g. MGH): one orientation only
     s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
     if s_code > 0 and q_code > 0:
         diff = grid_mismatch(header.get_sform(), header.get_qform())

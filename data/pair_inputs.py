@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data.io import DataError, Grid, grid_mismatch, normalize_intensity, require_contrast
-from data.transforms import resample_to_grid
+from data.transforms import require_overlap, resample_to_grid
 
 __all__ = ["prepared_image", "moving_on_fixed_grid"]
 
@@ -44,14 +44,17 @@ def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str
     trilinear for ``kind="image"``, nearest neighbour for ``"label"``, 0 outside the moving image).
 
     Raises:
-        DataError: naming ``path`` when its affine cannot be resampled, or when an image lies
-            entirely outside the fixed grid (all zeros once resampled).
+        DataError: naming ``path`` when its affine cannot be resampled, when a header that must be
+            resampled across places its image nowhere (:attr:`Grid.unplaced`), or when an image
+            lies entirely outside the fixed grid (all zeros once resampled).
     """
     if moving.shape == fixed.shape and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None:
         return array
+    for grid, where in ((moving, path), (fixed, fixed_path or "the fixed image")):
+        if grid.unplaced is not None:  # its affine is a reader's guess: world space means nothing
+            raise DataError(f"{where}: {grid.unplaced}, so it cannot be resampled onto the other image of its "
+                            "pair in world space; give it a qform/sform (or store both on one grid)")
     out = resample_to_grid(array, moving.affine, fixed.shape, fixed.affine, kind=kind, path=path)
-    if kind == "image" and not np.any(out != 0):
-        raise DataError(f"{path}: no voxel of it lies on the grid of the fixed image {fixed_path or ''} in world "
-                        "space (all zeros once resampled onto it); do both images share one world space "
-                        "(scanner or template coordinates)?")
+    if kind == "image":
+        require_overlap(array, out, path, f"the grid of the fixed image {fixed_path or ''}".rstrip())
     return out

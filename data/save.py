@@ -10,6 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from data.files import atomic_write_with
+from data.geometry import SHEAR_TOLERANCE, shear
 
 __all__ = ["save_nifti_atomic", "nifti_bytes"]
 
@@ -44,7 +45,12 @@ def _nifti_image(array, affine, description: str | None, fn: str, intent: tuple[
     img = nib.Nifti1Image(array.astype(dtype, copy=False), affine)
     img.header.set_data_dtype(dtype)
     img.set_sform(affine, code=2)
-    img.set_qform(affine, code=2)
+    # a qform is a rotation, spacing and origin: it cannot hold a shear, and nibabel would store the
+    # nearest rotation, which ITK/ANTs (reading the qform) would place elsewhere without a word
+    if shear(affine) <= SHEAR_TOLERANCE:
+        img.set_qform(affine, code=2)
+    else:
+        img.set_qform(None, code=0)
     if description is not None:
         img.header["descrip"] = description.encode("ascii", "replace")[:80]
     if intent is not None:  # e.g. ("vector", name): a displacement field (data.transforms)

@@ -50,7 +50,7 @@ from spatial.world import affine_points, as_affine, displace_points, grid_points
 
 __all__ = [
     "VOXEL_INTENT", "ITK_INTENT", "VOXEL_DESCRIPTION", "ITK_DESCRIPTION", "FieldStage", "AffineStage", "Stage",
-    "check_affine", "map_points", "transform_volume", "resample_to_grid", "displacement_bytes",
+    "check_affine", "map_points", "transform_volume", "resample_to_grid", "require_overlap", "displacement_bytes",
     "read_displacement", "itk_affine_text", "read_affine", "read_stage", "voxel_matrix_to_world",
 ]
 
@@ -183,6 +183,17 @@ def resample_to_grid(array: np.ndarray, affine, shape: Sequence[int], target_aff
     space: trilinear for images, nearest neighbour for labels; 0 outside it (:func:`transform_volume`
     with no stage)."""
     return transform_volume((), array, affine, shape, target_affine, kind=kind, path=path)
+
+
+def require_overlap(source: np.ndarray, resampled: np.ndarray, path: str | os.PathLike, onto: str) -> np.ndarray:
+    """``resampled`` (``source`` read onto another grid); DataError naming ``path`` when ``source``
+    has a nonzero voxel and ``resampled`` none: no voxel of it lies on that grid (``onto`` names it)
+    in world space, which a result must not pass off as an empty image or segmentation."""
+    if np.any(source != 0) and not np.any(resampled != 0):
+        raise DataError(f"{path}: no voxel of it lies on {onto} in world space (all zeros once resampled onto it); "
+                        "do the image and the grid (and any transform) share one world space (scanner or template "
+                        "coordinates)?")
+    return resampled
 
 
 def voxel_matrix_to_world(matrix, grid_affine) -> np.ndarray:

@@ -14,7 +14,8 @@ from metrics import MetricError, evaluate_pair
 from metrics import dice as dice_metric
 from spatial import warp
 
-__all__ = ["LABEL_INTERPS", "PARADIGMS", "warp_label", "evaluate_batch", "mae_identity", "spacing_of", "nanmean"]
+__all__ = ["LABEL_INTERPS", "PARADIGMS", "warp_label", "evaluate_batch", "mae_identity", "spacing_of", "nanmean",
+           "gather_objects", "each_pair_once"]
 
 LABEL_INTERPS = ("nearest", "linear")
 # how a method got its field (``summary.json``'s ``paradigm``, what compare.py groups by): no
@@ -105,4 +106,29 @@ def nanmean(values: Sequence[float]) -> float:
     """Mean of the finite values (a validation epoch's logged means), NaN when there is none."""
     finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
     return math.fsum(finite) / len(finite) if finite else math.nan
+
+
+def gather_objects(trainer: Any, obj: Any) -> list[Any]:
+    """``obj`` of every process (DDP: ``all_gather_object``; one process: ``[obj]``)."""
+    import torch.distributed as dist
+
+    if getattr(trainer, "world_size", 1) > 1 and dist.is_available() and dist.is_initialized():
+        out: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(out, obj)
+        return out
+    return [obj]
+
+
+def each_pair_once(trainer: Any, rows: Sequence[Mapping[str, Any]], key: str = "pairs") -> list[Mapping[str, Any]]:
+    """The rows of every process (:func:`gather_objects`), each ``row[key]`` (the pair ids it scores)
+    once. Under DDP, Lightning's sampler pads the validation and test pairs with repeats so that
+    every process gets as many: a mean over all rows would count the repeated pairs twice."""
+    seen: set = set()
+    out = []
+    for rank_rows in gather_objects(trainer, list(rows)):
+        for row in rank_rows:
+            if row[key] not in seen:
+                seen.add(row[key])
+                out.append(row)
+    return out
 

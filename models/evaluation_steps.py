@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import torch
 
 from metrics import PAIR_METRICS
-from models.evaluation import evaluate_batch, nanmean, warp_label
+from models.evaluation import each_pair_once, evaluate_batch, nanmean, warp_label
 from spatial import as_float32, float32_region, warp
 
 __all__ = ["EvaluationSteps"]
@@ -21,7 +21,15 @@ __all__ = ["EvaluationSteps"]
 class EvaluationSteps:
     """Mixin of :class:`models.module.RegistrationModule`: its validation and test steps. It reads the
     module's ``net``, ``register``, ``to_displacement``, ``_loss_parts``, ``loss_cfg``,
-    ``label_interp``, ``hd95_at_val``, ``vis_every_n_epochs`` and keeps ``_val_rows`` and ``_val_best``."""
+    ``label_interp``, ``hd95_at_val``, ``vis_every_n_epochs`` and keeps ``_val_rows``, ``_val_best``
+    and ``_test_rows``.
+
+    Means are taken at the epoch's end over the rows of every process, each pair once
+    (:func:`models.evaluation.each_pair_once`: under DDP the sampler pads the pairs with repeats).
+    ``log_test_means``: whether the test phase logs ``test/<metric>`` means of the pairs it ran
+    (``app.evaluation.run_test`` turns it off and logs the summary of the whole test set instead)."""
+
+    log_test_means: bool = True
 
     def warp_label(self, label: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """Warp an int label map ``(B,1,*S)`` by ``u`` as configured (``label_interp``;
@@ -42,11 +50,12 @@ class EvaluationSteps:
         else:  # one forward pass serves both the loss and the metrics
             out = self(batch["moving"], batch["fixed"])
             u = self.to_displacement(out, batch["fixed"].shape[2:])
-            if self._can_compute_loss(batch):
-                for k, v in self._loss_parts(batch, out, u).items():
-                    self.log(f"val/{k}", v, batch_size=u.shape[0], sync_dist=True)
-        for res in self._evaluate_batch(batch, u, self.hd95_at_val):
-            self._val_rows.append({k: res[k] for k in (*PAIR_METRICS, "dice_identity")})
+            if self._can_compute_loss(batch):  # one row per batch, weighted by its pairs
+                parts = {f"loss/{k}": float(v.detach()) for k, v in self._loss_parts(batch, out, u).items()}
+                self._val_rows.append({"pairs": _pair_ids(batch), "n": u.shape[0], **parts})
+        for i, res in enumerate(self._evaluate_batch(batch, u, self.hd95_at_val)):
+            self._val_rows.append({"pairs": _pair_ids(batch, i), "n": 1,
+                                   **{f"pair/{k}": res[k] for k in (*PAIR_METRICS, "dice_identity")}})
         if batch_idx == 0:
             self._log_example(batch, u)
 
@@ -70,13 +79,11 @@ class EvaluationSteps:
         return self.loss_cfg["dice_weight"] == 0 or ("fixed_label" in batch and "moving_label" in batch)
 
     def on_validation_epoch_end(self) -> None:
-        rows, self._val_rows = self._val_rows, []
-        if not rows:
-            return
-        means = {k: nanmean([r[k] for r in rows]) for k in rows[0]}
-        for k, v in means.items():
+        rows, self._val_rows = each_pair_once(self.trainer, self._val_rows), []
+        means = _means(rows)
+        for k, v in means.items():  # the same value on every process
             self.log(f"val/{k}", v, sync_dist=True)
-        if not self.trainer.sanity_checking and math.isfinite(means["dice"]):
+        if "dice" in means and not self.trainer.sanity_checking and math.isfinite(means["dice"]):
             self._val_best = max(self._val_best, means["dice"])
         if math.isfinite(self._val_best):
             self.log("val/dice_best", self._val_best, sync_dist=True)
@@ -98,10 +105,44 @@ class EvaluationSteps:
             row = {"fixed_id": str(batch["fixed_id"][i]), "moving_id": str(batch["moving_id"][i]),
                    **{k: res[k] for k in PAIR_METRICS}, "n_erased": res["n_erased"], "seconds": seconds,
                    "dice_identity": res["dice_identity"], "mae_identity": res["mae_identity"]}
-            if self._trainer is not None:  # called by a Trainer (not directly)
-                for k in (*PAIR_METRICS, "dice_identity"):
-                    self.log(f"test/{k}", float(row[k]), batch_size=1, sync_dist=True)
+            if self._trainer is not None and self.log_test_means:  # called by a Trainer (not directly)
+                self._test_rows.append({"pairs": _pair_ids(batch, i), "n": 1,
+                                        **{f"pair/{k}": row[k] for k in (*PAIR_METRICS, "dice_identity")}})
             results.append({"pair": row, "labels": res["label_metrics"], "erased": res["erased_labels"],
                             "signature": None if signatures is None else signatures[i],
                             "displacement": u[i : i + 1], "moved_label": res["moved_label"]})
         return results
+
+    def on_test_epoch_start(self) -> None:
+        self._test_rows = []
+
+    def on_test_epoch_end(self) -> None:
+        if not self.log_test_means:
+            return
+        rows, self._test_rows = each_pair_once(self.trainer, self._test_rows), []
+        for k, v in _means(rows).items():  # the same value on every process
+            self.log(f"test/{k}", v, sync_dist=True)
+
+
+def _pair_ids(batch: Mapping[str, Any], i: int | None = None) -> tuple:
+    """``(fixed_id, moving_id)`` of pair ``i`` of the batch, or of every pair (a tuple of them)."""
+    if i is None:
+        return tuple(_pair_ids(batch, j) for j in range(len(batch["fixed_id"])))
+    return str(batch["fixed_id"][i]), str(batch["moving_id"][i])
+
+
+def _means(rows: list[Mapping[str, Any]]) -> dict[str, float]:
+    """The epoch's means: each per-pair metric (``pair/<name>`` -> ``<name>``) over the pairs
+    (:func:`models.evaluation.nanmean`), each loss part (``loss/<name>`` -> ``<name>``) over the
+    batches, weighted by their pairs (as Lightning weights a logged batch mean)."""
+    out: dict[str, float] = {}
+    for kind in ("loss/", "pair/"):
+        kept = [r for r in rows if any(k.startswith(kind) for k in r)]
+        for name in (k for k in (kept[0] if kept else {}) if k.startswith(kind)):
+            values = [(r[name], r["n"]) for r in kept if name in r]
+            if kind == "pair/":
+                out[name[len(kind):]] = nanmean([v for v, _ in values])
+            else:
+                out[name[len(kind):]] = float(sum(v * n for v, n in values) / sum(n for _, n in values))
+    return out
+

@@ -132,7 +132,8 @@ class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.Lightnin
             raise ValueError(f"model.bidirectional must be a bool (true/false), got {bidirectional!r}")
         self.bidirectional = bidirectional
         self._val_best = -math.inf
-        self._val_rows: list[dict[str, float]] = []
+        self._val_rows: list[dict[str, Any]] = []
+        self._test_rows: list[dict[str, Any]] = []
 
     def _save_init_args(self) -> None:
         """Hyper-parameters = the arguments of the outermost constructor (a subclass's), so that

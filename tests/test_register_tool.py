@@ -257,6 +257,15 @@ def test_a_sheared_fixed_grid_gets_no_itk_fields_and_a_sheared_itk_field_is_refu
     assert "ITK/ANTs displacement files not written" in capsys.readouterr().out
     _apply([f"transform={out}", f"image={pair['moving']}", f"out={tmp_path / 'm.nii.gz'}"])
     assert np.allclose(_load(tmp_path / "m.nii.gz")[0], _load(out / "moved.nii.gz")[0], rtol=1e-5, atol=1e-3)
+    # a qform cannot hold a shear: the outputs keep the sform alone (a fitted qform, which ITK would
+    # read, would place them rotated), and the tool reads its own outputs back
+    for name in ("moved.nii.gz", "disp.nii.gz", "jacobian_det.nii.gz"):
+        header = nib.load(str(out / name)).header
+        assert (int(header["sform_code"]), int(header["qform_code"])) == (2, 0), name
+        assert np.allclose(header.get_sform(), sheared), name
+    _apply([f"transform={out}", f"image={pair['moving']}", f"reference={out / 'moved.nii.gz'}",
+            f"out={tmp_path / 'm2.nii.gz'}"])
+    assert np.array_equal(_load(tmp_path / "m2.nii.gz")[0], _load(tmp_path / "m.nii.gz")[0])
     with pytest.raises(ValueError, match="sheared"):
         displacement_bytes(torch.zeros(1, 3, 4, 4, 4), sheared, "d.nii.gz", "itk")
     itk = tmp_path / "itk.nii.gz"
@@ -746,6 +755,68 @@ def test_an_input_whose_sform_and_qform_disagree_is_refused(pair, tmp_path, caps
     from data.io import check_itk_header
 
     check_itk_header(path)
+
+
+def test_an_image_placed_nowhere_in_world_space_is_refused(pair, tmp_path, capsys):
+    """A NIfTI with sform and qform codes 0 (or an Analyze file) has no world position: nibabel
+    guesses one, ITK another, so registering it in world space or exporting for ITK would be
+    silently wrong. register.py, apply.py and a pairs CSV that resamples refuse it, named."""
+    array, img = _load(pair["fixed"])
+    nowhere = nib.Nifti1Image(array, img.affine)
+    nowhere.set_sform(None, code=0)
+    nowhere.set_qform(None, code=0)
+    path = tmp_path / "nowhere.nii.gz"
+    nib.save(nowhere, str(path))
+    analyze = tmp_path / "analyze.img"
+    nib.save(nib.AnalyzeImage(array, img.affine), str(analyze))
+    from data.transforms import itk_affine_text
+
+    (tmp_path / "id.txt").write_text(itk_affine_text(np.eye(4)))
+    for bad in (path, analyze):
+        with pytest.raises(SystemExit):
+            _register({**pair, "fixed": bad}, tmp_path / "out", GREEDY_SHORT)
+        _one_error(capsys, str(bad), "no position in world space", "qform/sform")
+        assert not (tmp_path / "out").exists()
+        with pytest.raises(SystemExit):
+            _apply([f"transform={tmp_path / 'id.txt'}", f"image={pair['moving']}", f"reference={bad}",
+                    f"out={tmp_path / 'x.nii.gz'}"])
+        _one_error(capsys, str(bad), "no position in world space")
+        assert not (tmp_path / "x.nii.gz").exists()
+    # a pairs CSV: on one grid, voxel space is all it needs (accepted); resampled across, refused
+    from data.pairs_csv import PairsCSVDataset
+
+    csv = tmp_path / "pairs.csv"
+    csv.write_text(f"fixed,moving\n{path},{path}\n")
+    PairsCSVDataset(csv, resample="fixed").validate()
+    csv.write_text(f"fixed,moving\n{pair['fixed']},{analyze}\n")
+    from data.io import DataError
+
+    with pytest.raises(DataError, match=f"{analyze}: it has an Analyze header.*cannot be resampled"):
+        ds = PairsCSVDataset(csv, resample="fixed")
+        ds.validate()
+
+
+def test_apply_refuses_an_empty_result_and_overwriting_its_reference(pair, greedy_run, tmp_path, capsys):
+    """An image in another world space than the transform's (here: its origin moved 500 mm) would
+    come out all background, an 'empty segmentation' passed off as a result: refused, named. The
+    output may not overwrite the reference image either."""
+    out, _ = greedy_run
+    for key, kind in (("moving_seg", ["label=true"]), ("moving", [])):
+        array, img = _load(pair[key])
+        far = img.affine.copy()
+        far[:3, 3] += 500.0
+        moved = tmp_path / f"far_{key}.nii.gz"
+        nib.save(nib.Nifti1Image(array, far), str(moved))
+        with pytest.raises(SystemExit):
+            _apply([f"transform={out}", f"image={moved}", *kind, f"out={tmp_path / 'y.nii.gz'}"])
+        _one_error(capsys, str(moved), "no voxel of it lies on the output grid")
+        assert not (tmp_path / "y.nii.gz").exists()
+    ref = tmp_path / "ref.nii.gz"
+    ref.write_bytes(Path(pair["fixed"]).read_bytes())
+    with pytest.raises(SystemExit):
+        _apply([f"transform={out}", f"image={pair['moving']}", f"reference={ref}", f"out={ref}"])
+    _one_error(capsys, "would overwrite an input")
+    assert ref.read_bytes() == Path(pair["fixed"]).read_bytes()
 
 
 def test_an_inverse_that_does_not_undo_the_field_is_not_written(pair, tmp_path, monkeypatch, capsys):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -37,6 +38,47 @@ def test_ddp_cpu_evaluation_has_every_pair_exactly_once(n_test, tmp_path):
     expected = [(f"mni_{k:04d}", f"mni_{k + 1:04d}") for k in range(2, 2 + n_test - 1)]
     assert sorted(pairs) == expected  # each exactly once
     assert len(list((out / ".parts").rglob("*.json"))) == n_test - 1
+
+
+def test_ddp_cpu_training_means_count_each_pair_once(tmp_path):
+    """trainer=ddp_cpu with 3 validation and 3 test pairs: the sampler pads each split with a repeat
+    (rank 0 gets pairs 0 and 2, rank 1 pairs 1 and 0). val/dice (what picks the best checkpoint) is
+    the mean over the 3 pairs, not 0.5 d0 + 0.25 d1 + 0.25 d2; val/dice_best is a value val/dice
+    took; the logged test means are summary.json's."""
+    from app.checkpoints import load_model_from_checkpoint
+    from app.build import build_datamodule
+    from models.evaluation import evaluate_batch
+
+    out = tmp_path / "ddp"
+    data = ["data=mni", "data.shape=[32,32,32]", "data.n_train=2", "data.n_val=4", "data.n_test=4",
+            "data.pairs_per_epoch=2", "data.deformation_scale=3"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "trainer=ddp_cpu", "model=voxelmorph", *data, "trainer.max_epochs=1",
+         "logger=csv", "trainer.num_sanity_val_steps=0", "trainer.enable_progress_bar=false",
+         f"paths.output_dir={out}"],
+        cwd=ROOT, env={**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}, capture_output=True,
+        text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr.count("Initializing distributed: GLOBAL_RANK") == 2  # really two processes
+    rows = list(csv.DictReader(open(next(out.rglob("metrics.csv")))))
+    logged = {k: float(v) for r in rows for k, v in r.items() if v not in ("", None) and k.startswith(("val/", "test/"))}
+    # the true validation mean: the checkpoint (the weights validated) on each validation pair, one process
+    model = load_model_from_checkpoint(out / "checkpoints" / "last.ckpt").eval()
+    dm = build_datamodule(compose("train", data))
+    dm.setup("fit")
+    dice = []
+    with torch.no_grad():
+        for batch in dm.val_dataloader():
+            dice += [r["dice"] for r in evaluate_batch(batch, model.register(batch), False, model.label_interp)]
+    assert len(dice) == 3
+    padded = 0.5 * dice[0] + 0.25 * dice[1] + 0.25 * dice[2]
+    assert abs(padded - sum(dice) / 3) > 1e-3, dice  # the test can tell the two apart
+    assert logged["val/dice"] == pytest.approx(sum(dice) / 3, abs=2e-4), (logged["val/dice"], dice)
+    assert logged["val/dice_best"] == logged["val/dice"]
+    summary = json.loads((out / "test" / "summary.json").read_text())
+    assert summary["n_pairs"] == 3
+    for key in ("dice_mean", "dice_identity_mean", "folding_pct_mean"):
+        assert logged[f"test/{key}"] == pytest.approx(summary[key], rel=1e-6), key
 
 
 def _train(tmp_path, name, extra):
