@@ -130,7 +130,8 @@ class SyNConfig(GreedyConfig):
 
     The result is ``phi_fixed->moving = psi_m o psi_f^-1`` (both fields composed through the
     numerical inverse of the fixed-side field); the inverse ``psi_f o psi_m^-1`` comes with it.
-    Same settings as :class:`GreedyConfig`; ``inverse_iterations`` fixed-point steps invert a field.
+    Same settings as :class:`GreedyConfig`; ``inverse_iterations`` damped fixed-point steps invert a
+    field (:func:`spatial.invert`).
     """
 
     scales: Sequence[float] = (4, 2, 1)
@@ -139,7 +140,7 @@ class SyNConfig(GreedyConfig):
     grad_sigma: float = 1.5
     warp_sigma: float = 1.0
     sim_kwargs: Mapping[str, Any] = field(default_factory=lambda: {"window": 5})
-    inverse_iterations: int = 20
+    inverse_iterations: int = 30
 
     name = "syn"
 

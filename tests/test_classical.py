@@ -145,6 +145,23 @@ def test_affine_recovers_known_matrix(device):
     assert (est[:, 3] - matrix[0, :, 3]).abs().max() < 0.3  # voxels
 
 
+@pytest.mark.parametrize("cfg", [GreedyConfig(iterations=[40, 20, 10]), SyNConfig(iterations=[40, 20, 10])],
+                         ids=["greedy", "syn"])
+def test_a_start_at_the_exact_transform_is_kept(cfg):
+    """``init`` (an affine stage's displacement, a network's prediction) is not worn away by the
+    zero-padded smoothing of the optimised field: started at the exact affine map, the result stays
+    within a fraction of a voxel of it, inside the object and in the background. (Merged into the
+    optimised field, it ended 1.3 voxels off inside and 2.7 in the background, 6 at worst.)"""
+    fixed_img, moving_img, matrix = _affine_pair()
+    u_true = affine_displacement(matrix, tuple(fixed_img.shape[2:]))
+    # registering moving_img -> fixed_img: moved(x) = fixed_img(x + u(x)) = moving_img(x) for u = u_true
+    res = register(moving_img, fixed_img, cfg, init=u_true)
+    err = (res.displacement - u_true).norm(dim=1)[0]
+    inside = moving_img[0, 0] > 0.05
+    assert float(err[inside].mean()) < 0.4 and float(err[~inside].mean()) < 0.4, (err[inside].mean(), err[~inside].mean())
+    assert float(err.max()) < 1.0
+
+
 # ------------------------------------------------------------------------------ the loop on the device
 # Early stops happen (tolerance > 0), in the affine stage too, so masking after a late read matters
 STOPPING = [
