@@ -142,6 +142,9 @@ def displacement(u: Any, fn: str) -> torch.Tensor:
     False). Half precision is promoted to float32 (finite differences in fp16 are too coarse).
     """
     u = _to_tensor(u, fn, "u")
+    if u.dim() == 4 and tuple(u.shape[:2]) == (3, 2):
+        raise ValueError(f"{fn}() 'u' of shape {tuple(u.shape)} is ambiguous: three 2-D fields (B, 2, H, W) or one "
+                         "3-D field two voxels deep (3, *S); pass one pair as (1, D, *S)")
     if u.dim() in (3, 4) and u.shape[0] == u.dim() - 1:
         u = u.unsqueeze(0)
     elif u.dim() in (4, 5) and u.shape[1] == u.dim() - 2 and u.shape[0] != 1:

@@ -259,6 +259,9 @@ def hd95(
     """
     ndim = spatial_ndim_from_spacing(spacing)
     f, mv, m = label_maps(fixed_label, moving_label, moved_label, "hd95", ndim)
+    if ndim is None and 1 in f.shape:  # every voxel of a one-voxel-thick 3-D map is on its surface
+        raise ValueError(f"hd95() label maps of shape {tuple(f.shape)} read as 3-D with a one-voxel axis: for a 2-D map "
+                         "pass it as (H, W) or give a spacing per axis (2 values); for a 3-D slab, 3 values")
     sp = spacing_tuple(spacing, f.dim(), "hd95")
     subset = label_subset(labels, "hd95")
     return _hd95_arrays(f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, method, workers)

@@ -327,3 +327,24 @@ def test_public_api():
     for name in ("MetricError", "erased_penalty", "dice", "hd95", "evaluate_pair"):
         assert name in metrics.__all__ and hasattr(metrics, name)
     assert issubclass(MetricError, ValueError)
+
+
+def test_ambiguous_shapes_are_refused_not_guessed():
+    """A batch of three 2-D fields (3, 2, H, W) reads like one 3-D field two voxels deep, and a 2-D
+    map given as (1, H, W) with a scalar spacing like a one-voxel-thick 3-D slab whose every voxel
+    is surface (HD95 1.0 mm instead of 2.0): both are refused with what to pass instead."""
+    from metrics import folding_pct, hd95, sdlogj
+
+    u = torch.randn(3, 2, 16, 16, generator=torch.Generator().manual_seed(0))
+    for fn in (folding_pct, sdlogj):
+        with pytest.raises(ValueError, match=r"ambiguous.*\(1, D, \*S\)"):
+            fn(u)
+    assert folding_pct(torch.zeros(1, 2, 16, 16)) == 0.0  # one 2-D pair, unambiguous
+    a = torch.zeros(40, 40, dtype=torch.long)
+    a[5:35, 5:35] = 1
+    b = torch.zeros_like(a)
+    b[5:35, 7:35] = 1
+    assert hd95(a, a, b, spacing=1.0).mean == pytest.approx(2.0)
+    assert hd95(a[None], a[None], b[None], spacing=(1.0, 1.0)).mean == pytest.approx(2.0)
+    with pytest.raises(ValueError, match="one-voxel axis"):
+        hd95(a[None], a[None], b[None], spacing=1.0)
