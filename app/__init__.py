@@ -16,6 +16,7 @@ experiment scripts (``experiments/``) sit on it.
 | :mod:`app.stopping` | SIGTERM / Ctrl-C / SLURM requeue: keep what is finished, say how to resume |
 | :mod:`app.loggers` | W&B and CSV loggers, analysis results to the dashboard, figures to PNG |
 | :mod:`app.register` | ``register.py``: one pair of own images in world space into a transform folder |
+| :mod:`app.register_inputs` | ``register.py``'s inputs: files, headers, device, model, the pair batch |
 | :mod:`app.apply` | ``apply.py``: a saved transform (folder, ITK/ANTs files) applied to any image |
 | :mod:`app.progress` | the log's lines: one per validation epoch, one per registered pair (Dice, seconds, ETA), where the outputs went |
 

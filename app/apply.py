@@ -35,7 +35,8 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from app.errors import ConfigError
-from app.register import OUTPUTS, RECORD, TOOL, required_path
+from app.register import OUTPUTS, RECORD, TOOL
+from app.register_inputs import required_path
 
 __all__ = ["read_transform_folder", "read_transforms", "run_apply"]
 
