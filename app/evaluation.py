@@ -112,6 +112,8 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     dataset = datamodule.test_dataloader().dataset
     todo = [i for i, (f, m) in enumerate(expected) if not writer.reusable(f, m, dataset.pair_signature(i))]
     if todo:
+        if trainer.is_global_zero:  # no earlier complete-looking results over the parts being replaced
+            writer.retract()
         callback = ResultsCallback(writer, save_outputs)
         trainer.callbacks.append(callback)
         model.log_test_means = False  # the loggers get the summary of every test pair instead (log_results_table)

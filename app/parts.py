@@ -174,8 +174,9 @@ class ResultsWriter:
         """With ``save_outputs``: the part's run wrote its moved volumes and they are all there."""
         if not self.save_outputs:
             return True
-        names = part.get("moved")
-        return bool(names) and all((self.out_dir / "moved" / str(n)).is_file() for n in names)
+        moved = part.get("moved")  # {file name: digest of the bytes written}
+        return (isinstance(moved, dict) and bool(moved)
+                and all(_file_digest(self.out_dir / "moved" / str(n)) == d for n, d in moved.items()))
 
     def add(self, result: Mapping[str, Any], moved: Sequence[Path] = ()) -> None:
         """Store one pair, a result of ``RegistrationModule.test_step``: ``pair`` (a row of
@@ -207,12 +208,22 @@ class ResultsWriter:
             "run": self.run_id,
             # a part of other inputs / method / metric settings was replaced (counted in the report)
             "replaced_stale": old is not None and not self._matches(old, fixed_id, moving_id, signature),
-            "moved": sorted(Path(m).name for m in moved),
+            # each moved volume's digest: moved/ is shared by the methods of a folder, and a reused
+            # part must come with the volumes its own run wrote, not another method's
+            "moved": {Path(m).name: _file_digest(Path(m)) for m in sorted(moved, key=lambda m: Path(m).name)},
         }
         if not moved:
             for what in MOVED_KINDS:
                 self.moved_path(fixed_id, moving_id, what).unlink(missing_ok=True)
         atomic_write_text(path, json.dumps(part))
+
+    def retract(self) -> None:
+        """Remove ``summary.json``, ``pairs.csv`` and ``labels.csv`` (the summary first) before a run
+        that computes pairs: until :meth:`finalize` writes them again, the folder must not hold an
+        earlier run's complete-looking results over parts that are being replaced (a run stopped
+        or failed part-way would leave them to be read as this run's)."""
+        for name in ("summary.json", "pairs.csv", "labels.csv"):
+            (self.out_dir / name).unlink(missing_ok=True)
 
     def moved_path(self, fixed_id: str, moving_id: str, what: str) -> Path:
         """``DIR/moved/<pair name>_<what>.nii.gz`` (what: one of :data:`MOVED_KINDS`; :func:`pair_name`)."""
@@ -341,3 +352,15 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+def _file_digest(path: Path) -> str | None:
+    """SHA-256 of a file's bytes, or None when it cannot be read."""
+    import hashlib
+
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+    except OSError:
+        return None
+

@@ -199,6 +199,47 @@ def test_save_outputs_reuses_a_pair_only_with_its_own_moved_volumes(tmp_path, ca
     assert json.loads((out / ".parts" / "identity" / "a_f__a_m.json").read_text())["moved"]
 
 
+def test_moved_volumes_of_another_method_in_the_folder_are_not_reused(tmp_path, capsys):
+    """moved/ is shared by the methods written into one folder: identity, then affine, then identity
+    again with save_outputs. The last run must not reuse its parts with affine's displacements (a
+    part records a digest of each moved volume it wrote)."""
+    import nibabel as nib
+    import numpy as np
+
+    csv_path = _two_pair_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    _csv_eval(out, csv_path, "save_outputs=true")
+    _eval(out, "model=affine", "model.scales=[1]", "model.iterations=[5]", "data=pairs_csv", f"data.csv={csv_path}",
+          "save_outputs=true")
+    capsys.readouterr()
+    _csv_eval(out, csv_path, "save_outputs=true")
+    assert "reused" not in capsys.readouterr().out
+    for name in ("a_f__a_m_disp.nii.gz", "b_f__b_m_disp.nii.gz"):
+        assert not np.asarray(nib.load(str(out / "moved" / name)).dataobj).any(), name  # identity's zero field
+
+
+def test_a_rerun_stopped_part_way_leaves_no_earlier_summary(tmp_path, monkeypatch):
+    """A rerun that computes pairs first removes the folder's summary.json, pairs.csv and labels.csv:
+    stopped or failed part-way, it must not leave an earlier run's complete-looking results over
+    parts it has begun to replace."""
+    import app.callbacks
+
+    csv_path = _two_pair_csv(tmp_path / "data")
+    out = tmp_path / "out"
+    _csv_eval(out, csv_path)
+    assert (out / "summary.json").exists()
+    _, _, _, ml = make_blob_pair(shape=(24, 24, 24), shift=7, seed=0)
+    write_nifti(tmp_path / "data" / "a_ms.nii.gz", ml)  # pair a must be recomputed
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("stopped part-way")
+
+    monkeypatch.setattr(app.callbacks.ResultsCallback, "on_test_batch_end", fail)
+    with pytest.raises(BaseException):
+        _csv_eval(out, csv_path)
+    assert not any((out / name).exists() for name in ("summary.json", "pairs.csv", "labels.csv"))
+
+
 def test_changed_metric_settings_recompute_every_pair(tmp_path, capsys):
     csv_path = _two_pair_csv(tmp_path / "data")
     out = tmp_path / "out"
