@@ -10,7 +10,7 @@ from typing import Any
 from app.errors import ConfigError, one_line, root_cause
 
 __all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "check_voxel_axes",
-           "refuse_voxel_order", "safe_checkpoint_io"]
+           "refuse_voxel_order", "check_same_settings", "safe_checkpoint_io"]
 
 # Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
 # (tensors, numbers, strings, None, dtypes, lists, tuples, dicts, OrderedDicts): none. Inspected:
@@ -142,6 +142,51 @@ def refuse_voxel_order(trained: str | None, given: str | None, path: str | os.Pa
     if trained and given and str(trained) != str(given):
         raise ConfigError(f"{key}: {path} was trained on data in voxel order {trained}, {what}: a network sees "
                           f"voxels, not world space; {remedy}")
+
+
+# settings that may differ between a checkpoint and the run that resumes or tests it: how results are
+# scored and logged (model), and where data lives or how it is loaded, and the test set (data)
+RESUMABLE_MODEL_KEYS = ("label_interp", "hd95", "vis_every_n_epochs", "verbose")
+RESUMABLE_DATA_KEYS = ("num_workers", "cache_dir", "root", "n_test", "test_pairs", "test_csv")
+
+
+def _flat(value: Any, prefix: str) -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flat(v, f"{prefix}.{k}"))
+        return out
+    return {prefix: value}
+
+
+def check_same_settings(ckpt: dict[str, Any], model: Any, datamodule: Any, path: str | os.PathLike,
+                        key: str = "ckpt_path") -> None:
+    """Refuse to resume (or test) the checkpoint ``ckpt`` (read from ``path``) with another model or
+    data config than it was trained with: Lightning would restore its weights, optimiser state and
+    counters into the model and data built from the new config, the checkpoints written afterwards
+    would record only the new one, and a network trained as one method would be reported as
+    another. Compares the model's hyper-parameters (except :data:`RESUMABLE_MODEL_KEYS`) and, with
+    a ``datamodule`` (resuming a training), the data's (except :data:`RESUMABLE_DATA_KEYS`).
+    ConfigError naming ``key``, the file and the differing settings."""
+    from models.health import plain_data
+
+    pairs = [("model", ckpt.get("registration", {}).get("hyper_parameters"), model.hparams, RESUMABLE_MODEL_KEYS)]
+    if datamodule is not None and isinstance(ckpt.get("datamodule_hyper_parameters"), dict):
+        pairs.append(("data", ckpt["datamodule_hyper_parameters"], datamodule.hparams, RESUMABLE_DATA_KEYS))
+    diffs = []
+    for name, was, now, free in pairs:
+        if not isinstance(was, dict):
+            continue
+        was_flat = _flat({k: v for k, v in was.items() if k not in free}, name)
+        now_flat = _flat(plain_data({k: v for k, v in dict(now).items() if k not in free}, name), name)
+        for k in sorted(set(was_flat) | set(now_flat)):
+            if was_flat.get(k, "<unset>") != now_flat.get(k, "<unset>"):
+                diffs.append(f"{k}: {was_flat.get(k, '<unset>')!r} -> {now_flat.get(k, '<unset>')!r}")
+    if diffs:
+        raise ConfigError(f"{key}: {path} was trained with other settings ({'; '.join(diffs[:5])}"
+                          f"{'; ...' if len(diffs) > 5 else ''}): resuming or testing it under these would mix two "
+                          "configurations; give the settings it was trained with (its experiment= and overrides), "
+                          "or train afresh into another paths.output_dir")
 
 
 def safe_checkpoint_io(key: str = "ckpt_path"):

@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from app.build import build_datamodule, build_model, build_trainer, check_entry
-from app.checkpoints import check_voxel_axes, read_checkpoint
+from app.checkpoints import check_same_settings, check_voxel_axes, read_checkpoint
 from app.errors import ConfigError
 from app.evaluation import check_input_sizes, check_output_dir, run_test
 from app.loggers import finish_loggers
@@ -43,6 +43,7 @@ def run_train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, extra_callbacks=[stop])
     stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
     test_ckpt = _checkpoint_to_test(cfg, model, stop.path)
+    _check_checkpoint_settings(cfg, model, datamodule, stop.path)
     summary: dict = {}
     phase = "training"
     where: list = []
@@ -77,13 +78,10 @@ def _build(cfg: DictConfig):
 
     check_entry(cfg, "train")
     ckpt_path = cfg.get("ckpt_path")
-    ckpt = None
     if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-        ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
+        read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
-    if ckpt is not None:  # resumed or tested on data in the order its weights were trained on
-        check_voxel_axes(ckpt["registration"].get("voxel_axes"), datamodule, ckpt_path)
     check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
     model = build_model(cfg, datamodule)
     if model.trainable and cfg.test and not cfg.train and not ckpt_path:
@@ -92,6 +90,22 @@ def _build(cfg: DictConfig):
     if cfg.train and not model.trainable:
         print(f"[{model.method}] nothing to train (no trainable parameters): testing only")
     return datamodule, model
+
+
+def _check_checkpoint_settings(cfg: DictConfig, model, datamodule, last_path: str) -> None:
+    """The checkpoint a network resumes from (``train=true``) or is tested from (``train=false``)
+    was trained with this model config, and, when resuming, this data config
+    (:func:`app.checkpoints.check_same_settings`); ``ckpt_path=last`` is the run's ``last.ckpt``
+    (none yet: a fresh start, nothing to compare)."""
+    ckpt_path = cfg.get("ckpt_path")
+    if not ckpt_path or not model.trainable or str(ckpt_path) in ("hpc", "best"):
+        return
+    path = last_path if str(ckpt_path) == "last" else str(ckpt_path)
+    if not os.path.isfile(path):
+        return  # "last" before any checkpoint; a missing explicit file was refused by _build
+    ckpt = read_checkpoint(path, "ckpt_path")
+    check_voxel_axes(ckpt["registration"].get("voxel_axes"), datamodule, path)
+    check_same_settings(ckpt, model, datamodule if cfg.train else None, path)
 
 
 def _checkpoint_to_test(cfg: DictConfig, model, last_path: str) -> str | None:

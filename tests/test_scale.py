@@ -111,6 +111,26 @@ def test_resume_from_last_checkpoint_equals_an_uninterrupted_run(tmp_path):
     assert diff == 0.0, diff
 
 
+def test_a_checkpoint_is_not_resumed_or_tested_under_other_settings(tmp_path, capsys):
+    """Lightning would restore the weights and optimiser state into whatever the new config builds:
+    resuming with another loss weight or other training data, or testing (train=false) as another
+    field type, is refused with one line naming the setting; more epochs resume."""
+    _train(tmp_path, "a", ["trainer.max_epochs=1", "test=false"])
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    for extra, setting in ((["model.loss.reg_weight=5"], "model.loss.reg_weight"),
+                           (["data.deformation_scale=4"], "data.deformation_scale"),
+                           (["train=false", "model.field=velocity"], "model.field")):
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            _train(tmp_path, "b", ["trainer.max_epochs=2", f"ckpt_path={last}", *extra])
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"ckpt_path: {last} was trained with other settings" in err and setting in err, err
+    with pytest.raises(SystemExit):  # ckpt_path=last reads the run's own last.ckpt
+        _train(tmp_path, "a", ["trainer.max_epochs=2", "ckpt_path=last", "test=false", "model.optimizer.lr=0.1"])
+    assert "model.optimizer.lr" in capsys.readouterr().err
+    _train(tmp_path, "a", ["trainer.max_epochs=2", "ckpt_path=last", "test=false", "data.num_workers=0"])
+
+
 class CrashAtStep(L.Callback):
     """Raises at the start of the batch after ``step`` optimisation steps: a job killed mid-epoch
     (the checkpoint of step ``step`` is on disk, nothing after it)."""
