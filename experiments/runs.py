@@ -1,11 +1,15 @@
 """Running a method as its own process: ``eval.py`` / ``train.py`` with Hydra overrides, into a folder.
 
 Shared by :mod:`experiments.compare` and :mod:`experiments.domain_shift`: a method given as
-``{eval: [overrides]}`` or ``{train: [overrides]}`` runs once into ``<out>/runs/<name>``; a
-folder that already has its ``summary.json`` is not run again (resume) unless the code changed.
+``{eval: [overrides]}`` or ``{train: [overrides]}`` runs into ``<out>/runs/<name>``. A rerun
+(resume) launches the script again, which keeps what is still valid: ``eval.py`` reuses each pair
+whose inputs, method (hyper-parameters and weights), metric settings and code are unchanged, and
+``train.py`` resumes from its ``last.ckpt`` (a finished training is not trained again; a checkpoint
+trained under other settings is refused) and tests the same way. (A folder is never skipped on
+the strength of its ``summary.json``: a changed checkpoint file, config or data set behind the same
+overrides would be missed, and a rerun stopped part-way would leave the old summary behind.)
 ``<out>/runs/<name>.command.json`` records the script and overrides that made the folder: a rerun
-with other overrides under the same name stops with one error instead of reusing results of
-another command.
+with other overrides under the same name stops with one error instead of mixing two commands.
 """
 
 from __future__ import annotations
@@ -56,26 +60,24 @@ def method_overrides(kind: str, spec: Any, key: str, cfg: Any) -> list[str]:
 def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.PathLike) -> Path:
     """Run ``eval.py`` / ``train.py`` for one method into ``out_dir/runs/<name>``; its results folder.
 
-    Skipped when the results folder already has a ``summary.json`` (resume; a training resumes from
-    its ``last.ckpt``: ``ckpt_path=last`` unless the overrides set one). If this script is stopped
-    (SIGTERM), the run gets SIGTERM too and up to 2 minutes to save its state. Output is echoed and
-    kept in ``out_dir/runs/<name>.log``; a non-zero exit raises :class:`ConfigError` naming the method.
+    Always launched (module docstring): on a rerun the script itself reuses what is unchanged (a
+    training resumes from its ``last.ckpt``: ``ckpt_path=last`` unless the overrides set one). If
+    this script is stopped (SIGTERM), the run gets SIGTERM too and up to 2 minutes to save its
+    state. Output is echoed and kept in ``out_dir/runs/<name>.log``; a non-zero exit raises
+    :class:`ConfigError` naming the method.
     """
     from data.files import atomic_write_text
-    from data.signature import code_signature
 
     run_dir = (Path(out_dir) / "runs" / name).resolve()
     results_dir = run_dir / "test" if kind == "train" else run_dir
     script = "train.py" if kind == "train" else "eval.py"
-    record = {"script": script, "overrides": [str(o) for o in overrides], "code": code_signature()}
+    record = {"script": script, "overrides": [str(o) for o in overrides]}
     marker = run_dir.parent / f"{name}.command.json"
-    earlier = _earlier_command(name, marker, run_dir, record)
+    _earlier_command(name, marker, run_dir, record)
     if (results_dir / "summary.json").is_file():
-        if earlier.get("code") == record["code"]:
-            print(f"[{name}] results found in {results_dir}; not run again")
-            return results_dir
-        print(f"[{name}] the code changed since {results_dir} was made: running again (its pairs are recomputed"
-              + ("; the training resumes from its last.ckpt)" if kind == "train" else ")"), flush=True)
+        print(f"[{name}] earlier results in {results_dir}: {script} keeps what is unchanged ("
+              + ("a finished training is not trained again; " if kind == "train" else "")
+              + "pairs of the same inputs, method, settings and code are reused)", flush=True)
     marker.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(marker, json.dumps(record, indent=2) + "\n")
     cmd = [sys.executable, str(ROOT / script), *overrides, f"paths.output_dir={run_dir}"]

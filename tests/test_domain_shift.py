@@ -76,7 +76,8 @@ def test_domain_shift_end_to_end(tmp_path):
     ident = {r["test_set"]: float(r["mean"]) for r in rows if r["method"] == "identity"}
     assert ident["in_domain"] == pytest.approx(ident["inverted"])
     again = _run(*args, "logger=wandb")  # resume: nothing is trained or evaluated again
-    assert again.returncode == 0 and again.stdout.count("not run again") == 5, again.stderr[-3000:]
+    assert again.returncode == 0 and again.stdout.count("earlier results in") == 5, again.stderr[-3000:]
+    assert again.stdout.count("reused 2 of 2 pairs") == 5 and "epoch 0:" not in again.stdout, again.stdout[-3000:]
     # logger=wandb (offline here): the tables, the boxplots and every mean, in one run
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1
