@@ -95,9 +95,10 @@ def image_information(
     return out
 
 
-# the metrics_version from which Dice scores the labels of the fixed AND the un-warped moving map
-# (a label the warp erases scores 0); folders of older eval.py runs are refused
-DICE_RULE_VERSION = 2
+# the metrics_version from which pairs.csv holds both data checks (dice_identity and mae_identity,
+# which tell results of other data under the same pair ids: other images with the same labels give
+# the same dice_identity) and Dice follows the scorer's label rule; folders of older runs are refused
+DICE_RULE_VERSION = 4
 
 
 def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -106,13 +107,12 @@ def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     and ``method`` (the row's, else ``summary.json``'s, else empty)."""
     from app.results import read_results
 
-    results = read_results(results_dir, required=("fixed_id", "moving_id", "dice"))
-    if results.summary:  # written by eval.py/train.py: its Dice must follow the scorer's label rule
-        version = results.summary.get("metrics_version")
-        if not isinstance(version, int) or version < DICE_RULE_VERSION:
-            raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} predates the Learn2Reg "
-                            f"label rule of Dice (metrics_version {DICE_RULE_VERSION}): its Dice may count erased "
-                            f"labels as matched; recompute it with eval.py paths.output_dir={results.folder}")
+    results = read_results(results_dir, required=("fixed_id", "moving_id", "dice", "dice_identity", "mae_identity"))
+    version = results.summary.get("metrics_version") if results.summary else None
+    if not isinstance(version, int) or version < DICE_RULE_VERSION:  # written by eval.py/train.py, recently
+        raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} (none: no summary.json) "
+                        f"predates the data checks of pairs.csv and the scorer's label rule of Dice (metrics_version "
+                        f"{DICE_RULE_VERSION}): recompute it with eval.py paths.output_dir={results.folder}")
     default = str(results.summary.get("method", ""))
     return [{"fixed_id": f, "moving_id": m, "method": results.method_of.get((f, m), default), **values}
             for (f, m), values in results.rows.items()]
@@ -161,7 +161,10 @@ def join_pairs(
         fi, mi, identity, mae = info[(fixed_id, moving_id)]
         for column, own in (("dice_identity", identity), ("mae_identity", mae)):
             given = float(p.get(column, float("nan")))
-            if np.isfinite(given) and np.isfinite(own) and abs(given - own) > SAME_DATA_TOLERANCE:
+            if not np.isfinite(given):  # no check would be made: refused, not skipped
+                raise DataError(f"pair {fixed_id} <- {moving_id}: the results give no {DATA_COLUMNS[column]} ({column}): "
+                                "whether they were computed on this data cannot be checked")
+            if np.isfinite(own) and abs(given - own) > SAME_DATA_TOLERANCE:
                 raise DataError(f"pair {fixed_id} <- {moving_id}: the results give {DATA_COLUMNS[column]} "
                                 f"({column}) {given:.6g}, this data {own:.6g}: they were computed on other data "
                                 "(data=... differs from the eval run: images, labels, label protocol or contrast)")
@@ -295,6 +298,22 @@ def mi_options(cfg) -> dict[str, Any]:
     return opts
 
 
+def data_description(cfg) -> str:
+    """The data a fit comes from, for its title and ``mi_fit.json``: the ``data=`` choice (e.g.
+    ``lpba40``, not the class all four Klein sets share) with its label protocol and contrast when
+    set (``mni, labels=parcels``)."""
+    name = None
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        name = HydraConfig.get().runtime.choices.get("data")
+    except Exception:  # noqa: BLE001 - not under Hydra's main (a test composing the config)
+        pass
+    name = name or cfg.data.get("name") or str(cfg.data.get("_target_", "data")).split(".")[-1]
+    extras = [f"{k}={cfg.data.get(k)}" for k in ("labels", "contrast") if cfg.data.get(k) not in (None, "")]
+    return ", ".join([str(name), *extras])
+
+
 def analyse(cfg) -> dict[str, Any]:
     """The script's work (see the module docstring); returns the fit."""
     from app import build_datamodule, check_entry, check_output_dir, log_analysis, run_eval
@@ -313,8 +332,10 @@ def analyse(cfg) -> dict[str, Any]:
                              pairs=[(p["fixed_id"], p["moving_id"]) for p in pairs])
     rows = join_pairs(pairs, info, opts["pair"])
     fit = fit_dice_vs_mi([r["dice"] for r in rows], [r["mi"] for r in rows])
-    paths = write_outputs(out_dir, rows, fit, {**opts, "results_dir": str(results_dir)},
-                          title=f"{rows[0]['method']} on {cfg.data.get('_target_', 'data').split('.')[-1]}")
+    data = data_description(cfg)
+    paths = write_outputs(out_dir, rows, fit, {**opts, "results_dir": str(results_dir), "data": data,
+                                               "method": rows[0]["method"]},
+                          title=f"{rows[0]['method']} on {data}")
     print_fit(fit)
     print(f"results: {out_dir.resolve()} (mi_pairs.csv, mi_fit.json, mi_scatter.png)")
     log_analysis(cfg, {"mi/r_linear": fit["linear"]["r"], "mi/r_log": fit["log"]["r"], "mi/n_pairs": fit["n"]},

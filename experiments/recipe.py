@@ -346,6 +346,9 @@ def _curve_prediction(fit: dict[str, Any] | None, evidence: Evidence) -> tuple[f
     if opts.get("bins", MI_BINS) != MI_BINS or opts.get("mask", "foreground") != "foreground":
         warnings.append(f"the curve's MI options {opts} differ from this tool's (bins {MI_BINS}, "
                         "mask foreground): the prediction is approximate")
+    if opts.get("pair", "mean") != "mean":
+        warnings.append(f"the curve was fitted on the pairs' {opts['pair']} MI, this tool gives the test set's mean: "
+                        "the prediction is approximate")
     return dice, warnings
 
 

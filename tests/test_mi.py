@@ -168,6 +168,30 @@ def test_join_names_a_missing_image():
         join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6, "mae_identity": 0.25}], info)
     assert join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6,
                         "mae_identity": 0.125}], info)[0]["mi"] == 1.0
+    # a check that cannot be made is refused, not skipped (noise or another contrast keeps dice_identity)
+    with pytest.raises(DataError, match=r"pair a <- c: the results give no mean \|fixed - moving\|"):
+        join_pairs([{"fixed_id": "a", "moving_id": "c", "dice": 0.8, "dice_identity": 0.6}], info)
+
+
+def test_mi_analysis_reads_only_folders_with_both_data_checks(tmp_path):
+    """An older eval.py folder (metrics_version 3: no mae_identity) or a pairs.csv without
+    summary.json cannot show it was computed on this data: refused, named."""
+    import json
+
+    from data.io import DataError
+
+    from experiments.mi_analysis import read_pairs_csv
+
+    folder = tmp_path / "old"
+    folder.mkdir()
+    (folder / "pairs.csv").write_text("fixed_id,moving_id,dice,dice_identity,mae_identity\na,b,0.8,0.6,0.1\n")
+    with pytest.raises(DataError, match="metrics_version None"):
+        read_pairs_csv(folder)
+    (folder / "summary.json").write_text(json.dumps({"metrics_version": 3, "method": "greedy"}))
+    with pytest.raises(DataError, match="metrics_version 3 .* recompute it with eval.py"):
+        read_pairs_csv(folder)
+    (folder / "summary.json").write_text(json.dumps({"metrics_version": 4, "method": "greedy"}))
+    assert read_pairs_csv(folder)[0]["method"] == "greedy"
 
 
 def test_each_pair_gets_the_mi_of_its_own_moving_image(tmp_path):
@@ -224,6 +248,8 @@ def test_mi_analysis_on_an_eval_folder(tmp_path):
     proc = _run("mi_analysis.py", *data, "model=identity", f"paths.output_dir={out}")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "eval" / "pairs.csv").is_file() and (out / "mi_scatter.png").is_file()
+    options = json.loads((out / "mi_fit.json").read_text())["options"]
+    assert options["data"] == "synthetic" and options["method"] == "identity"  # what the fit comes from
     again = _run("mi_analysis.py", *data, f"results_dir={out / 'eval'}", f"paths.output_dir={tmp_path / 'again'}")
     assert again.returncode == 0, again.stderr[-2000:]
     assert (tmp_path / "again" / "mi_pairs.csv").read_text() == (out / "mi_pairs.csv").read_text()
