@@ -106,8 +106,9 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
         load_weights(model, ckpt_path)
     model.check_finite_weights("before testing:")
     expected = [(str(f), str(m)) for f, m in datamodule.test_pair_ids()]
+    precision = str(getattr(trainer, "precision", "32-true"))
     writer = ResultsWriter(out_dir, method=model.method, label_interp=model.label_interp,
-                           method_hash=method_signature(model), save_outputs=save_outputs)
+                           method_hash=method_signature(model, precision), save_outputs=save_outputs)
     datamodule.setup("test")
     dataset = datamodule.test_dataloader().dataset
     todo = [i for i, (f, m) in enumerate(expected) if not writer.reusable(f, m, dataset.pair_signature(i))]
@@ -136,7 +137,8 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
               f"{len(tested)} of {len(expected)} test pairs evaluated")
     datamodule.save_label_map(out_dir)  # remapped label ids: the results name which original label each is
     source = ckpt_path or checkpoint
-    extra = {"paradigm": model.paradigm, "checkpoint": str(Path(source).resolve()) if source else None}
+    extra = {"paradigm": model.paradigm, "checkpoint": str(Path(source).resolve()) if source else None,
+             "precision": precision}
     summary = writer.finalize(tested, extra=extra, seen=seen,
                               run_ids={run_id for run_id, _ in gathered}, n_test_pairs=len(expected))
     _print_reuse(writer)

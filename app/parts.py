@@ -60,16 +60,19 @@ def metric_config(label_interp: str, hd95_method: str | None = None) -> dict[str
             "metrics_version": METRICS_VERSION}
 
 
-def method_signature(model: Any) -> str:
+def method_signature(model: Any, precision: str | None = None) -> str:
     """A hash of what makes a method's displacements: its class, ``method`` name, hyper-parameters
-    (what rebuilds it) and every tensor of its ``state_dict()`` (names, dtypes, shapes and bytes),
-    so a network trained further, or another checkpoint, never reuses an older result."""
+    (what rebuilds it), every tensor of its ``state_dict()`` (names, dtypes, shapes and bytes) and
+    the trainer's ``precision`` when given (``bf16-mixed`` computes other fields than ``32-true``),
+    so a network trained further, another checkpoint or another precision never reuses an older result."""
     import torch
 
     h = hashlib.sha256()
     cls = type(model)
     head = {"class": f"{cls.__module__}.{cls.__qualname__}", "method": str(getattr(model, "method", "")),
             "config": dict(getattr(model, "hparams", {}) or {})}
+    if precision is not None:
+        head["precision"] = str(precision)
     h.update(json.dumps(_jsonable(head), sort_keys=True, default=repr).encode("utf-8"))
     state = model.state_dict() if hasattr(model, "state_dict") else {}
     for key in sorted(state):

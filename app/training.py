@@ -43,7 +43,8 @@ def run_train(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, extra_callbacks=[stop])
     stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
     test_ckpt = _checkpoint_to_test(cfg, model, stop.path)
-    _check_checkpoint_settings(cfg, model, datamodule, stop.path)
+    if str(cfg.get("ckpt_path")) == "last" and os.path.isfile(stop.path):  # (a given file: checked in _build)
+        _check_checkpoint_settings(cfg, model, datamodule, stop.path)
     summary: dict = {}
     phase = "training"
     where: list = []
@@ -78,12 +79,15 @@ def _build(cfg: DictConfig):
 
     check_entry(cfg, "train")
     ckpt_path = cfg.get("ckpt_path")
+    ckpt = None
     if ckpt_path and str(ckpt_path) not in _SPECIAL_CKPT:
-        read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
+        ckpt = read_checkpoint(ckpt_path, "ckpt_path")  # a bad file: one error now, before any work
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     check_output_dir(cfg.paths.output_dir, datamodule)  # before any checkpoint or result is written
     model = build_model(cfg, datamodule)
+    if ckpt is not None:  # before the trainer creates any folder
+        _check_checkpoint_settings(cfg, model, datamodule, str(ckpt_path), ckpt)
     if model.trainable and cfg.test and not cfg.train and not ckpt_path:
         raise ConfigError(f"train=false: {model.method} is a network with untrained (random) weights; "
                           "give ckpt_path=<a checkpoint> to test a trained one (or use eval.py ckpt_path=...)")
@@ -92,18 +96,13 @@ def _build(cfg: DictConfig):
     return datamodule, model
 
 
-def _check_checkpoint_settings(cfg: DictConfig, model, datamodule, last_path: str) -> None:
-    """The checkpoint a network resumes from (``train=true``) or is tested from (``train=false``)
-    was trained with this model config, and, when resuming, this data config
-    (:func:`app.checkpoints.check_same_settings`); ``ckpt_path=last`` is the run's ``last.ckpt``
-    (none yet: a fresh start, nothing to compare)."""
-    ckpt_path = cfg.get("ckpt_path")
-    if not ckpt_path or not model.trainable or str(ckpt_path) in ("hpc", "best"):
+def _check_checkpoint_settings(cfg: DictConfig, model, datamodule, path: str, ckpt: dict | None = None) -> None:
+    """The checkpoint at ``path`` that a network resumes from (``train=true``) or is tested from
+    (``train=false``) was trained on data in this voxel order, with this model config and, when
+    resuming, this data config (:func:`app.checkpoints.check_same_settings`)."""
+    if not model.trainable:
         return
-    path = last_path if str(ckpt_path) == "last" else str(ckpt_path)
-    if not os.path.isfile(path):
-        return  # "last" before any checkpoint; a missing explicit file was refused by _build
-    ckpt = read_checkpoint(path, "ckpt_path")
+    ckpt = read_checkpoint(path, "ckpt_path") if ckpt is None else ckpt
     check_voxel_axes(ckpt["registration"].get("voxel_axes"), datamodule, path)
     check_same_settings(ckpt, model, datamodule if cfg.train else None, path)
 

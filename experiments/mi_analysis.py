@@ -107,12 +107,14 @@ def read_pairs_csv(results_dir: str | os.PathLike) -> list[dict[str, Any]]:
     and ``method`` (the row's, else ``summary.json``'s, else empty)."""
     from app.results import read_results
 
+    # both data checks are required: a hand-made pairs.csv (no summary.json) must carry them too
     results = read_results(results_dir, required=("fixed_id", "moving_id", "dice", "dice_identity", "mae_identity"))
-    version = results.summary.get("metrics_version") if results.summary else None
-    if not isinstance(version, int) or version < DICE_RULE_VERSION:  # written by eval.py/train.py, recently
-        raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} (none: no summary.json) "
-                        f"predates the data checks of pairs.csv and the scorer's label rule of Dice (metrics_version "
-                        f"{DICE_RULE_VERSION}): recompute it with eval.py paths.output_dir={results.folder}")
+    if results.summary:  # written by eval.py/train.py: recent enough for the checks and the label rule
+        version = results.summary.get("metrics_version")
+        if not isinstance(version, int) or version < DICE_RULE_VERSION:
+            raise DataError(f"{results.folder / 'summary.json'}: metrics_version {version} predates the data checks "
+                            f"of pairs.csv and the Learn2Reg label rule of Dice (metrics_version {DICE_RULE_VERSION}): "
+                            f"recompute it with eval.py paths.output_dir={results.folder}")
     default = str(results.summary.get("method", ""))
     return [{"fixed_id": f, "moving_id": m, "method": results.method_of.get((f, m), default), **values}
             for (f, m), values in results.rows.items()]

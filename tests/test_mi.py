@@ -174,8 +174,8 @@ def test_join_names_a_missing_image():
 
 
 def test_mi_analysis_reads_only_folders_with_both_data_checks(tmp_path):
-    """An older eval.py folder (metrics_version 3: no mae_identity) or a pairs.csv without
-    summary.json cannot show it was computed on this data: refused, named."""
+    """A pairs.csv without both data checks (dice_identity, mae_identity), or an older eval.py folder
+    (metrics_version 3), cannot show it was computed on this data: refused, named."""
     import json
 
     from data.io import DataError
@@ -184,9 +184,11 @@ def test_mi_analysis_reads_only_folders_with_both_data_checks(tmp_path):
 
     folder = tmp_path / "old"
     folder.mkdir()
-    (folder / "pairs.csv").write_text("fixed_id,moving_id,dice,dice_identity,mae_identity\na,b,0.8,0.6,0.1\n")
-    with pytest.raises(DataError, match="metrics_version None"):
+    (folder / "pairs.csv").write_text("fixed_id,moving_id,dice,dice_identity\na,b,0.8,0.6\n")
+    with pytest.raises(DataError, match="missing column.*mae_identity"):
         read_pairs_csv(folder)
+    (folder / "pairs.csv").write_text("fixed_id,moving_id,dice,dice_identity,mae_identity\na,b,0.8,0.6,0.1\n")
+    assert read_pairs_csv(folder)[0]["dice"] == 0.8  # hand-made, with both checks: read (and checked)
     (folder / "summary.json").write_text(json.dumps({"metrics_version": 3, "method": "greedy"}))
     with pytest.raises(DataError, match="metrics_version 3 .* recompute it with eval.py"):
         read_pairs_csv(folder)

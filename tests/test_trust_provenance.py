@@ -567,20 +567,29 @@ def test_result_files_get_the_mode_of_ordinary_files(tmp_path):
 def test_mi_analysis_joins_exactly_the_dataset_pairs(tmp_path, capsys):
     from experiments.mi_analysis import analyse
 
+    from app import build_datamodule
+    from experiments.mi_analysis import image_information
+
     results = tmp_path / "results"
     results.mkdir()
-    head = "fixed_id,moving_id,method,dice\n"  # hand-made: no Dice before registration to check
     data = ["data=synthetic", "data.shape=[16,16,16]", "data.n_labels=4", "data.n_train=2", "data.n_val=0",
             "data.n_test=3"]
+    info = image_information(build_datamodule(compose("mi_analysis", data)).test_dataloader().dataset)
+    head = "fixed_id,moving_id,method,dice,dice_identity,mae_identity\n"  # hand-made, with both data checks
+
+    def row(f, m, dice):
+        i = info.get((f, m))
+        return f"{f},{m},m,{dice},{i.dice_identity if i else 0.5},{i.mae_identity if i else 0.1}\n"
+
     # the dataset's test pairs: (syn_0002, syn_0003), (syn_0003, syn_0004); plus a reversed pair of its images
-    (results / "pairs.csv").write_text(head + "syn_0002,syn_0003,m,0.5\nsyn_0003,syn_0002,m,0.9\n"
-                                       "syn_0003,syn_0004,m,0.6\n")
+    (results / "pairs.csv").write_text(head + row("syn_0002", "syn_0003", 0.5) + row("syn_0003", "syn_0002", 0.9)
+                                       + row("syn_0003", "syn_0004", 0.6))
     fit = analyse(compose("mi_analysis", data + [f"results_dir={results}", f"paths.output_dir={tmp_path / 'a'}"]))
     rows = _rows(tmp_path / "a" / "mi_pairs.csv")
     assert fit["n"] == 2 and [(r["fixed_id"], r["moving_id"]) for r in rows] == [("syn_0002", "syn_0003"),
                                                                                   ("syn_0003", "syn_0004")]
     assert "ignored 1 rows" in capsys.readouterr().out
-    (results / "pairs.csv").write_text(head + "syn_0002,syn_0003,m,0.5\n")
+    (results / "pairs.csv").write_text(head + row("syn_0002", "syn_0003", 0.5))
     with pytest.raises(DataError, match=r"no result for 1 of the dataset's 2 test pairs: \(syn_0003, syn_0004\)"):
         analyse(compose("mi_analysis", data + [f"results_dir={results}", f"paths.output_dir={tmp_path / 'b'}"]))
 
@@ -588,7 +597,7 @@ def test_mi_analysis_joins_exactly_the_dataset_pairs(tmp_path, capsys):
 def test_mi_analysis_refuses_an_eval_folder_older_than_the_dice_label_rule(tmp_path):
     """A results folder whose summary.json records no metrics_version, or one before the scorer's
     label rule, may count erased labels as matched: the analysis stops naming it (a hand-made
-    pairs.csv without summary.json is the user's and is read)."""
+    pairs.csv without summary.json is the user's and is read when it carries both data checks)."""
     import json
 
     from data.io import DataError
@@ -596,12 +605,12 @@ def test_mi_analysis_refuses_an_eval_folder_older_than_the_dice_label_rule(tmp_p
 
     results = tmp_path / "results"
     results.mkdir()
-    (results / "pairs.csv").write_text("fixed_id,moving_id,method,dice\na,b,m,0.5\n")
+    (results / "pairs.csv").write_text("fixed_id,moving_id,method,dice,dice_identity,mae_identity\na,b,m,0.5,0.4,0.1\n")
     assert read_pairs_csv(results)[0]["dice"] == 0.5
     assert read_pairs_csv(results)[0]["method"] == "m"  # the row's method reaches mi_pairs.csv and the title
     for summary in ({"n_pairs": 1}, {"n_pairs": 1, "metrics_version": DICE_RULE_VERSION - 1}):
         (results / "summary.json").write_text(json.dumps(summary))
-        with pytest.raises(DataError, match="summary.json: metrics_version .* predates the Learn2Reg label rule"):
+        with pytest.raises(DataError, match="summary.json: metrics_version .* predates the data checks"):
             read_pairs_csv(results)
     (results / "summary.json").write_text(json.dumps({"n_pairs": 1, "metrics_version": DICE_RULE_VERSION}))
     assert read_pairs_csv(results)[0]["dice"] == 0.5
