@@ -189,6 +189,36 @@ def check_same_settings(ckpt: dict[str, Any], model: Any, datamodule: Any, path:
                           "or train afresh into another paths.output_dir")
 
 
+def rebase_checkpoint_dirs(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint read from ``path`` inside a run folder that was moved or copied since it was
+    saved (to project storage, another mount): its checkpoint callbacks' records (``dirpath``, the
+    best and top-k files) name the old folder, and Lightning drops a record whose ``dirpath`` is not
+    the callback's, so the resumed run would pick its "best" checkpoint among the epochs after the
+    resume only. Rewritten to the folder the file now lies in, when the files they name are there."""
+    here = Path(path).resolve().parent
+    for state in (ckpt.get("callbacks") or {}).values():
+        old = state.get("dirpath") if isinstance(state, dict) else None
+        if not old or Path(old) == here:
+            continue
+        named = [state.get("best_model_path")] + list((state.get("best_k_models") or {}).keys())
+        if not all((here / Path(p).name).is_file() for p in named if p):
+            continue  # not this run's folder moved: leave it (Lightning then starts the record afresh)
+
+        def moved(value: Any) -> Any:
+            if isinstance(value, str) and value and Path(value).parent == Path(old):
+                return str(here / Path(value).name)
+            return value
+
+        for k, v in list(state.items()):
+            if k == "dirpath":
+                state[k] = str(here)
+            elif k == "best_k_models" and isinstance(v, dict):
+                state[k] = {moved(p): score for p, score in v.items()}
+            else:
+                state[k] = moved(v)
+    return ckpt
+
+
 def safe_checkpoint_io(key: str = "ckpt_path"):
     """A Lightning ``CheckpointIO`` whose every load is :func:`read_checkpoint` (weights only, the
     allow-list, the checks; ``weights_only=False`` is never honoured): resuming ``train.py
@@ -197,6 +227,6 @@ def safe_checkpoint_io(key: str = "ckpt_path"):
 
     class SafeCheckpointIO(TorchCheckpointIO):
         def load_checkpoint(self, path, map_location=None, weights_only=None):  # noqa: ARG002
-            return read_checkpoint(path, key)
+            return rebase_checkpoint_dirs(read_checkpoint(path, key), path)
 
     return SafeCheckpointIO()

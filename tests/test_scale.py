@@ -131,6 +131,28 @@ def test_a_checkpoint_is_not_resumed_or_tested_under_other_settings(tmp_path, ca
     _train(tmp_path, "a", ["trainer.max_epochs=2", "ckpt_path=last", "test=false", "data.num_workers=0"])
 
 
+def test_a_moved_run_folder_resumes_with_its_best_checkpoint_record(tmp_path):
+    """A run folder copied elsewhere (scratch to project storage) and resumed: its checkpoints'
+    records name the old folder, which Lightning drops, so the "best" checkpoint would be picked
+    among the epochs after the resume only. They are rewritten to the folder the files now lie in."""
+    import shutil
+    import warnings
+
+    _train(tmp_path, "a", ["trainer.max_epochs=1", "test=false"])
+    shutil.copytree(tmp_path / "a", tmp_path / "moved")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        _train(tmp_path, "moved", ["trainer.max_epochs=2", "ckpt_path=last", "test=false"])
+    assert not [w for w in seen if "dirpath has changed" in str(w.message)]
+    state = next(v for k, v in torch.load(tmp_path / "moved" / "checkpoints" / "last.ckpt", weights_only=False)
+                 ["callbacks"].items() if "val/dice" in k)
+    first = next(v for k, v in torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+                 ["callbacks"].items() if "val/dice" in k)
+    assert state["dirpath"] == str((tmp_path / "moved" / "checkpoints").resolve())
+    assert float(state["best_model_score"]) >= float(first["best_model_score"])  # epoch 0 still competes
+    assert all(str(tmp_path / "moved") in p for p in state["best_k_models"])
+
+
 class CrashAtStep(L.Callback):
     """Raises at the start of the batch after ``step`` optimisation steps: a job killed mid-epoch
     (the checkpoint of step ``step`` is on disk, nothing after it)."""
