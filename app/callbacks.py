@@ -137,7 +137,9 @@ class StopCheckpoint(pl.Callback):
 
     Also remembers the exception that ended fit (``exception``: Lightning turns Ctrl-C into
     ``sys.exit(1)``), the step saved (``saved_step``) or why nothing was saved (``not_saved``: the
-    weights are not finite; such weights are never written).
+    weights are not finite; such weights are never written; ``kept``: a stop during validation
+    keeps the last checkpoint of a validated epoch instead, so that the resumed run validates the
+    interrupted epoch).
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
@@ -145,12 +147,19 @@ class StopCheckpoint(pl.Callback):
         self.exception: BaseException | None = None
         self.saved_step: int | None = None
         self.not_saved: str | None = None
+        self.kept: str | None = None  # why nothing was saved on purpose (a stop during validation)
 
     def on_exception(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", exception: BaseException) -> None:
         self.exception = exception
         from lightning.pytorch.trainer.states import TrainerFn
 
         if as_stop(exception) is None or self.path is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        if trainer.validating or trainer.sanity_checking:
+            # a state saved part-way through validation resumes past it: that epoch would never be
+            # validated, so never chosen as the best checkpoint (and the run would test another one)
+            self.kept = (f"stopped during validation, so {self.path} is kept as it was (the end of the last "
+                         "validated epoch, if any): the interrupted epoch is trained and validated again on resume")
             return
         try:
             trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume

@@ -169,6 +169,8 @@ def _stopped(exc: BaseException, stop, trainer, cfg: DictConfig, phase: str, res
     if phase == "training":
         if stop.saved_step is not None:
             saved = f"saved {stop.path} (step {stop.saved_step})"
+        elif stop.kept:
+            saved = stop.kept
         else:
             saved = f"training state NOT saved ({stop.not_saved or 'no checkpoint callback ran'})"
         return Stopped(got.signum, f"stopped by {name} {where}; {saved}; not tested; resume with: {command}")

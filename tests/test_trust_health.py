@@ -309,6 +309,36 @@ def test_sigterm_saves_the_state_of_that_step_and_the_resumed_run_equals_an_unin
         assert full[key] == resumed[key], key
 
 
+class SigtermInValidation(L.Callback):
+    """Sends this process SIGTERM after the first validation batch of epoch ``epoch``."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking and trainer.current_epoch == self.epoch and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_during_validation_resumes_to_the_checkpoint_an_uninterrupted_run_tests(tmp_path, capsys):
+    """SIGTERM during the last epoch's validation: a state saved there would resume past that
+    validation, so its epoch could never be the best and another checkpoint would be tested. The
+    last checkpoint of a validated epoch is kept instead; the resumed run trains and validates the
+    interrupted epoch again and tests what an uninterrupted run tests, with its metrics."""
+    base = ["data=mni", "data.shape=[32,32,32]", "data.n_train=4", "data.n_val=4", "data.n_test=2",
+            "data.pairs_per_epoch=4", "trainer.max_epochs=2", "seed=3"]
+    full = _train(tmp_path / "full", base)
+    part = tmp_path / "part"
+    term = ["+callbacks.term._target_=test_trust_health.SigtermInValidation", "+callbacks.term.epoch=1"]
+    assert _exit_code(_train, part, base + term) == 128 + signal.SIGTERM
+    _one_error(capsys.readouterr().err, "stopped by SIGTERM", "stopped during validation", "ckpt_path=last")
+    assert torch.load(part / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 4  # epoch 0's end
+    resumed = _train(part, base + ["ckpt_path=last"])
+    assert Path(resumed["checkpoint"]).name == Path(full["checkpoint"]).name
+    for key in ("dice_mean", "hd95_mean", "folding_pct_mean"):
+        assert full[key] == resumed[key], key
+
+
 def test_pairs_csv_training_resumed_mid_epoch_equals_an_uninterrupted_run(tmp_path, capsys):
     """Your own pairs (data=pairs_csv, 4 training pairs): SIGTERM after step 5 of 8 and a resume
     end with the weights of an uninterrupted run: the pair order is drawn from (seed, epoch) and
