@@ -147,6 +147,8 @@ def refuse_voxel_order(trained: str | None, given: str | None, path: str | os.Pa
 # settings that may differ between a checkpoint and the run that resumes or tests it: how results are
 # scored and logged (model), and where data lives or how it is loaded, and the test set (data)
 RESUMABLE_MODEL_KEYS = ("label_interp", "hd95", "vis_every_n_epochs", "verbose")
+# and, when only testing, how it was optimised (the loss stays: it decides the paradigm reported)
+TESTABLE_MODEL_KEYS = (*RESUMABLE_MODEL_KEYS, "optimizer", "scheduler")
 RESUMABLE_DATA_KEYS = ("num_workers", "cache_dir", "root", "n_test", "test_pairs", "test_csv")
 
 
@@ -165,12 +167,14 @@ def check_same_settings(ckpt: dict[str, Any], model: Any, datamodule: Any, path:
     data config than it was trained with: Lightning would restore its weights, optimiser state and
     counters into the model and data built from the new config, the checkpoints written afterwards
     would record only the new one, and a network trained as one method would be reported as
-    another. Compares the model's hyper-parameters (except :data:`RESUMABLE_MODEL_KEYS`) and, with
-    a ``datamodule`` (resuming a training), the data's (except :data:`RESUMABLE_DATA_KEYS`).
+    another. Compares the model's hyper-parameters (except :data:`RESUMABLE_MODEL_KEYS`; without a
+    ``datamodule``, testing only: :data:`TESTABLE_MODEL_KEYS`) and, with a ``datamodule`` (resuming
+    a training), the data's (except :data:`RESUMABLE_DATA_KEYS`).
     ConfigError naming ``key``, the file and the differing settings."""
     from models.health import plain_data
 
-    pairs = [("model", ckpt.get("registration", {}).get("hyper_parameters"), model.hparams, RESUMABLE_MODEL_KEYS)]
+    free = RESUMABLE_MODEL_KEYS if datamodule is not None else TESTABLE_MODEL_KEYS
+    pairs = [("model", ckpt.get("registration", {}).get("hyper_parameters"), model.hparams, free)]
     if datamodule is not None and isinstance(ckpt.get("datamodule_hyper_parameters"), dict):
         pairs.append(("data", ckpt["datamodule_hyper_parameters"], datamodule.hparams, RESUMABLE_DATA_KEYS))
     diffs = []
