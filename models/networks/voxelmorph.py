@@ -19,9 +19,15 @@ from models.networks.blocks import ConvAct, apply_conv, check_divisible, check_n
 
 __all__ = ["VoxelMorphUNet", "VXM_WIDTHS"]
 
-# Encoder / decoder widths of the paper's two variants.
+# Encoder / decoder widths (the first len(enc) decoder widths upsample, the rest run at full
+# resolution). vxm1_paper and vxm2 are the paper's VoxelMorph-1 and -2 (TMI 2019, and its reference
+# code). vxm1, the default of configs/model/voxelmorph.yaml and of SymNet's backbone, is a narrower
+# VoxelMorph-1: 8 channels at half resolution where the paper has 32, one full-resolution conv
+# fewer (221,627 parameters against 259,675); every vxm1 number in docs/ was measured with it.
+# (At the README's CPU budget the two reached the same Dice: 0.690 / 0.683, one seed.)
 VXM_WIDTHS = {
     "vxm1": ([16, 32, 32, 32], [32, 32, 32, 8, 8]),
+    "vxm1_paper": ([16, 32, 32, 32], [32, 32, 32, 32, 8, 8]),
     "vxm2": ([16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16]),
 }
 
@@ -45,7 +51,8 @@ class VoxelMorphUNet(nn.Module):
 
     Args:
         ndim: 2 or 3.
-        variant: ``"vxm1"`` or ``"vxm2"`` (the paper's widths) unless ``enc``/``dec`` given.
+        variant: a key of :data:`VXM_WIDTHS` (``"vxm1_paper"``, ``"vxm2"``: the paper's widths;
+            ``"vxm1"``: a narrower VoxelMorph-1) unless ``enc``/``dec`` given.
         enc, dec: explicit widths; ``len(dec) >= len(enc)``.
         in_channels: channels of each image (1 for grey-level MRI).
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
