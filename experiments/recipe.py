@@ -354,10 +354,13 @@ def _curve_prediction(fit: dict[str, Any] | None, evidence: Evidence) -> tuple[f
 
 def _side_warnings(train: Side | None, test: Side) -> list[str]:
     warnings = []
-    if train is not None and set(train.ids) & set(test.ids):
-        shared = sorted(set(train.ids) & set(test.ids))
-        warnings.append(f"sampled test images also in the training set: {', '.join(shared[:5])}"
-                        + (" ..." if len(shared) > 5 else "") + " (the same subjects on both sides)")
+    if train is not None:  # over the whole sets when their file lists name every image, else the samples
+        whole = bool(train.all_ids and test.all_ids)
+        shared = sorted(set(train.all_ids if whole else train.ids) & set(test.all_ids if whole else test.ids))
+        if shared:
+            warnings.append(f"{len(shared)} {'' if whole else 'sampled '}test images also in the training set: "
+                            f"{', '.join(shared[:5])}" + (" ..." if len(shared) > 5 else "")
+                            + " (the same subjects on both sides)")
     return warnings + [f"{s.source}: {s.note}" for s in (train, test) if s is not None and s.note]
 
 

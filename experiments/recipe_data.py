@@ -64,6 +64,7 @@ class Side:
     images: list = field(default_factory=list, repr=False)
     labels: list = field(default_factory=list, repr=False)
     ids: list = field(default_factory=list)
+    all_ids: list = field(default_factory=list)  # every distinct image of the set (known from its file lists)
     mi: dict = field(default_factory=dict)
     note: str | None = None
 
@@ -152,6 +153,7 @@ def _sample(dataset, max_images: int, side: Side) -> None:
     if keys is not None:
         distinct = list(dict.fromkeys(k for pair in keys for k in pair))
         side.n_images = len(distinct)
+        side.all_ids = [str(k) for k in distinct]
         side.n_labelled = _count_labelled(dataset, distinct)
         taken: set = set()
         for both in (True, False):  # first pairs that bring two new images, then one

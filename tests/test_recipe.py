@@ -160,6 +160,17 @@ def test_cli_pairs_csv_sides_and_no_training_set(pairs_csv, tmp_path, capsys):
     assert "recommendation: classical" in capsys.readouterr().out
 
 
+def test_the_overlap_warning_covers_the_whole_sets_not_only_the_samples():
+    """--set train.n_train=8 while the test side keeps n_train=4 (as docs/paper.md's mni example): the test subjects
+    (4, 5) are training subjects too, though the 2 sampled training images (0, 1) are not."""
+    report = main(["--train", "synthetic", "--test", "synthetic", "--max-images", "2",
+                   "--set", "train.shape=[32,32,32]", "--set", "test.shape=[32,32,32]", "--set", "train.n_train=8",
+                   "--set", "train.n_val=0", "--set", "test.n_train=4", "--set", "test.n_val=0",
+                   "--set", "test.n_test=2"])
+    assert any(w.startswith("2 test images also in the training set: 4, 5") for w in report["warnings"]), \
+        report["warnings"]
+
+
 @pytest.mark.slow
 def test_mni_calibration_same_is_no_shift_bias_gamma_are_shift():
     """The calibration of the default thresholds (module docstring) on the MNI subjects."""
