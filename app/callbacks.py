@@ -158,8 +158,8 @@ class StopCheckpoint(pl.Callback):
         if trainer.validating or trainer.sanity_checking:
             # a state saved part-way through validation resumes past it: that epoch would never be
             # validated, so never chosen as the best checkpoint (and the run would test another one)
-            self.kept = (f"stopped during validation, so {self.path} is kept as it was (the end of the last "
-                         "validated epoch, if any): the interrupted epoch is trained and validated again on resume")
+            self.kept = (f"stopped during validation, so {self.path} is kept as last saved (a state saved part-way "
+                         "through validation would resume past it, and its epoch could never be picked as the best)")
             return
         try:
             trainer.save_checkpoint(self.path, weights_only=False)  # the full state, to resume
