@@ -90,7 +90,9 @@ def run_method(name: str, kind: str, overrides: list[str], out_dir: str | os.Pat
     print(f"[{name}] running: {shlex.join(cmd[1:])}", flush=True)
     last, last_error = "", ""
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # in this script's working directory: the run reads relative paths (data.csv=..., ckpt_path=...,
+        # paths.root_dir's default ".") as this script, which checked them, does
+        proc = subprocess.Popen(cmd, cwd=os.getcwd(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1)
         try:
             assert proc.stdout is not None

@@ -267,11 +267,12 @@ def test_run_method_reruns_the_script_and_refuses_another_command(tmp_path, monk
     import experiments.runs as runs
     from app import ConfigError
 
-    started = []
+    started, cwds = [], []
 
     class FakeRun:  # stands in for the eval.py / train.py subprocess
         def __init__(self, cmd, **kwargs):
             started.append(cmd)
+            cwds.append(kwargs.get("cwd"))
             self.stdout = iter(["done\n"])
 
         def wait(self):
@@ -286,6 +287,7 @@ def test_run_method_reruns_the_script_and_refuses_another_command(tmp_path, monk
     runs.run_method("greedy", "eval", over, out)  # first run: records its command
     record = json.loads((out / "runs" / "greedy.command.json").read_text())
     assert record == {"script": "eval.py", "overrides": over} and len(started) == 1
+    assert cwds == [os.getcwd()]  # relative paths mean to the run what they meant to this script
     (out / "runs" / "greedy").mkdir()
     (out / "runs" / "greedy" / "summary.json").write_text("{}")
     assert runs.run_method("greedy", "eval", over, out) == out / "runs" / "greedy"
