@@ -16,7 +16,10 @@ defaults (documented in the README, "Reproducing the paper"):
 
 Histogram estimates are biased upwards by about ``(bins - 1)(L - 1) / (2 N ln 2)`` bits for
 ``L`` labels and ``N`` voxels (Miller–Madow): ~1e-3 bits for 35 labels over a 1 mm brain's
-~1.5 M labelled voxels (64 bins), ~1e-4 for 3 tissue classes; ignored here.
+~1.5 M labelled voxels (64 bins), ~1e-4 for 3 tissue classes; ignored here. It is not negligible
+on small volumes: on ``mi_sweep``'s 64³ synthetic subjects (16 labels, ~70 k labelled voxels) it is
+~0.01 bits (a permutation null gives 0.009-0.010), half the MI of the sweep's two lowest levels;
+refitting with the null subtracted moved the sweep's log r from 0.950 to 0.954 only.
 """
 
 from __future__ import annotations
