@@ -32,12 +32,15 @@ class TrainingLoss:
         ``u`` when already computed); with ``loss_grid="coarse"`` the coarse displacement and
         images downsampled to the network's grid are compared instead. ``grid_factor``: compare
         on ``S // grid_factor``, where ``out`` lives (a coarse training stage, e.g. LapIRN's)."""
+        out_rev = None
+        if self.bidirectional and self.field != "velocity":  # the reverse pass, at the forward pass's precision
+            out_rev = as_float32(self(batch["fixed"], batch["moving"]))
         out = as_float32(out)  # the loss of a mixed-precision step: float32, autocast off (spatial.precision)
         with float32_region(out):
-            return self._loss_parts_float32(batch, out, u, grid_factor)
+            return self._loss_parts_float32(batch, out, u, grid_factor, out_rev)
 
     def _loss_parts_float32(self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor | None,
-                            grid_factor: int | None) -> dict[str, torch.Tensor]:
+                            grid_factor: int | None, out_rev: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         factor = grid_factor if grid_factor is not None else (self.downsize if self.loss_grid == "coarse" else 1)
         coarse = factor > 1
         if coarse:
@@ -50,7 +53,7 @@ class TrainingLoss:
         parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
         if self.bidirectional:
-            u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse)
+            u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse, out_rev)
             parts.update(reverse)
             loss = loss + parts["sim_reverse"] + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"]
             if "reg_reverse" in parts:
@@ -83,16 +86,18 @@ class TrainingLoss:
 
     def _reverse_parts(
         self, batch: Mapping[str, Any], out: torch.Tensor, u: torch.Tensor, fixed: torch.Tensor,
-        moving: torch.Tensor, coarse: bool,
+        moving: torch.Tensor, coarse: bool, out_rev: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``bidirectional``: the reverse displacement ``u_mf`` (moving -> fixed, on ``u``'s grid)
         and the parts ``sim_reverse``, ``inverse_consistency`` (+ ``reg_reverse`` for a
-        displacement net, whose reverse field is a second pass ``net(fixed, moving)``)."""
+        displacement net, whose reverse field is a second pass ``net(fixed, moving)``: ``out_rev``,
+        run by :meth:`_loss_parts` before autocast is turned off, at the forward pass's precision)."""
         parts = {}
         if self.field == "velocity":
             out_rev = -out  # exp(-v) is the inverse of exp(v)
         else:
-            out_rev = self(batch["fixed"], batch["moving"])
+            if out_rev is None:
+                out_rev = self(batch["fixed"], batch["moving"])
             parts["reg_reverse"] = self.regulariser(out_rev)
         u_rev = self.to_displacement(out_rev, None if coarse else batch["moving"].shape[2:])
         parts["sim_reverse"] = self.similarity(moving, warp(fixed, u_rev))

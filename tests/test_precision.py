@@ -60,6 +60,28 @@ def test_under_bf16_autocast_the_field_and_the_losses_are_float32(name):
     assert metrics[0]["dice"] > 0
 
 
+def test_bidirectional_reverse_pass_runs_at_the_forward_pass_precision():
+    """model.bidirectional with a displacement net: its reverse pass net(fixed, moving) runs under
+    autocast like the forward one (it ran inside the loss's float32 region: one direction trained
+    in bfloat16, the other in float32)."""
+    from models import RegistrationModule
+    from models.networks import VoxelMorphUNet
+
+    torch.manual_seed(0)
+    module = RegistrationModule(net=VoxelMorphUNet(ndim=3, variant="vxm1"), bidirectional=True)
+    autocast, forward = [], module.net.forward
+
+    def recorded(*args, **kwargs):  # whether each network pass runs under autocast
+        autocast.append(torch.is_autocast_enabled("cpu"))
+        return forward(*args, **kwargs)
+
+    module.net.forward = recorded
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        parts = module.compute_loss(_batch())
+    assert autocast == [True, True] and "sim_reverse" in parts
+    assert all(v.dtype == torch.float32 for v in parts.values())
+
+
 def _train(overrides, tmp_path, monkeypatch):
     """train.py on tiny MNI data (64^3, 2 training pairs, 2 epochs); returns the test summary and
     the dtypes of the displacements the metric code path received."""
