@@ -79,6 +79,12 @@ def bending_energy(u: torch.Tensor) -> torch.Tensor:
     (``d_jk = d_kj``), channels are summed. Any affine field gives 0 up to rounding;
     ``u_0 = a * x_1**2`` gives ``4 a**2``; ``u_0 = a * x_1 * x_2`` gives ``2 a**2``.
 
+    Unlike :func:`diffusion`, its value depends on the grid: the same physical field on a grid
+    ``f`` times coarser, in that grid's voxel units, has ``f**2`` times the energy. The networks
+    regularise their output on their own grid (``model.downsize``, LapIRN's stages), so with
+    ``reg=bending`` a ``downsize=2`` network is regularised 4x more than at full resolution for
+    one ``reg_weight`` (LapIRN's first stage 16x more than its last).
+
     Args:
         u: ``(B, D, *S)`` displacement, ``D = len(S)`` in (2, 3), at least 3 voxels per axis.
 
