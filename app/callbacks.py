@@ -138,8 +138,8 @@ class StopCheckpoint(pl.Callback):
     Also remembers the exception that ended fit (``exception``: Lightning turns Ctrl-C into
     ``sys.exit(1)``), the step saved (``saved_step``) or why nothing was saved (``not_saved``: the
     weights are not finite; such weights are never written; ``kept``: a stop during validation
-    keeps the last checkpoint of a validated epoch instead, so that the resumed run validates the
-    interrupted epoch).
+    keeps ``last.ckpt`` as last saved, since a state saved part-way through validation would
+    resume past it and its epoch could never be picked as the best).
     """
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:

@@ -135,14 +135,10 @@ def _means(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     """The epoch's means: each per-pair metric (``pair/<name>`` -> ``<name>``) over the pairs
     (:func:`models.evaluation.nanmean`), each loss part (``loss/<name>`` -> ``<name>``) over the
     batches, weighted by their pairs (as Lightning weights a logged batch mean)."""
-    out: dict[str, float] = {}
-    for kind in ("loss/", "pair/"):
-        kept = [r for r in rows if any(k.startswith(kind) for k in r)]
-        for name in (k for k in (kept[0] if kept else {}) if k.startswith(kind)):
-            values = [(r[name], r["n"]) for r in kept if name in r]
-            if kind == "pair/":
-                out[name[len(kind):]] = nanmean([v for v, _ in values])
-            else:
-                out[name[len(kind):]] = float(sum(v * n for v, n in values) / sum(n for _, n in values))
-    return out
-
+    values: dict[str, list[tuple[float, int]]] = {}
+    for row in rows:
+        for key, value in row.items():
+            if key.startswith(("pair/", "loss/")):
+                values.setdefault(key, []).append((value, row["n"]))
+    return {key.split("/", 1)[1]: nanmean([v for v, _ in vs]) if key.startswith("pair/")
+            else float(sum(v * n for v, n in vs) / sum(n for _, n in vs)) for key, vs in values.items()}
