@@ -72,7 +72,8 @@ def test_ddp_cpu_training_means_count_each_pair_once(tmp_path):
             dice += [r["dice"] for r in evaluate_batch(batch, model.register(batch), False, model.label_interp)]
     assert len(dice) == 3
     padded = 0.5 * dice[0] + 0.25 * dice[1] + 0.25 * dice[2]
-    assert abs(padded - sum(dice) / 3) > 1e-3, dice  # the test can tell the two apart
+    # the test can tell the two apart: 0.0063 here (0.633, 0.684, 0.657), set by the data, not the training
+    assert abs(padded - sum(dice) / 3) > 1e-3, dice
     assert logged["val/dice"] == pytest.approx(sum(dice) / 3, abs=2e-4), (logged["val/dice"], dice)
     assert logged["val/dice_best"] == logged["val/dice"]
     summary = json.loads((out / "test" / "summary.json").read_text())
