@@ -21,10 +21,9 @@ __all__ = ["VoxelMorphUNet", "VXM_WIDTHS"]
 
 # Encoder / decoder widths (the first len(enc) decoder widths upsample, the rest run at full
 # resolution). vxm1_paper and vxm2 are the paper's VoxelMorph-1 and -2 (TMI 2019, and its reference
-# code). vxm1, the default of configs/model/voxelmorph.yaml and of SymNet's backbone, is a narrower
-# VoxelMorph-1: 8 channels at half resolution where the paper has 32, one full-resolution conv
-# fewer (221,627 parameters against 259,675); every vxm1 number in docs/ was measured with it.
-# (At the README's CPU budget the two reached the same Dice: 0.690 / 0.683, one seed.)
+# code); vxm1_paper is the default of configs/model/voxelmorph.yaml. vxm1, SymNet's default
+# backbone (configs/model/symnet.yaml), is a narrower VoxelMorph-1: 8 channels at half resolution
+# where the paper has 32, one full-resolution conv fewer (221,627 parameters against 259,675).
 VXM_WIDTHS = {
     "vxm1": ([16, 32, 32, 32], [32, 32, 32, 8, 8]),
     "vxm1_paper": ([16, 32, 32, 32], [32, 32, 32, 32, 8, 8]),
