@@ -3,6 +3,7 @@ and rebuilding the model it describes; Lightning's own loads go through the same
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -145,7 +146,8 @@ def refuse_voxel_order(trained: str | None, given: str | None, path: str | os.Pa
 
 
 # settings that may differ between a checkpoint and the run that resumes or tests it: how results are
-# scored and logged (model), and where data lives or how it is loaded, and the test set (data)
+# scored and logged (model), and where data lives or how it is loaded, and the test set (data); the
+# training and validation files themselves are compared by name and size (_check_same_training_inputs)
 RESUMABLE_MODEL_KEYS = ("label_interp", "hd95", "vis_every_n_epochs", "verbose")
 # and, when only testing, how it was optimised (the loss stays: it decides the paradigm reported)
 TESTABLE_MODEL_KEYS = (*RESUMABLE_MODEL_KEYS, "optimizer", "scheduler")
@@ -175,8 +177,11 @@ def check_same_settings(ckpt: dict[str, Any], model: Any, datamodule: Any, path:
 
     free = RESUMABLE_MODEL_KEYS if datamodule is not None else TESTABLE_MODEL_KEYS
     pairs = [("model", ckpt.get("registration", {}).get("hyper_parameters"), model.hparams, free)]
+    inputs = ckpt.get("registration", {}).get("training_inputs")
     if datamodule is not None and isinstance(ckpt.get("datamodule_hyper_parameters"), dict):
-        pairs.append(("data", ckpt["datamodule_hyper_parameters"], datamodule.hparams, RESUMABLE_DATA_KEYS))
+        # with its training files recorded (compared below), a moved pairs CSV may be named anew too
+        free_data = RESUMABLE_DATA_KEYS + (("train_csv", "val_csv") if inputs is not None else ())
+        pairs.append(("data", ckpt["datamodule_hyper_parameters"], datamodule.hparams, free_data))
     diffs = []
     for name, was, now, free in pairs:
         if not isinstance(was, dict):
@@ -186,11 +191,34 @@ def check_same_settings(ckpt: dict[str, Any], model: Any, datamodule: Any, path:
         for k in sorted(set(was_flat) | set(now_flat)):
             if was_flat.get(k, "<unset>") != now_flat.get(k, "<unset>"):
                 diffs.append(f"{k}: {was_flat.get(k, '<unset>')!r} -> {now_flat.get(k, '<unset>')!r}")
+    if datamodule is not None:
+        _check_same_training_inputs(inputs, datamodule, path, key)
     if diffs:
         raise ConfigError(f"{key}: {path} was trained with other settings ({'; '.join(diffs[:5])}"
                           f"{'; ...' if len(diffs) > 5 else ''}): resuming or testing it under these would mix two "
                           "configurations; give the settings it was trained with (its experiment= and overrides), "
                           "or train afresh into another paths.output_dir")
+
+
+def _check_same_training_inputs(was: Any, datamodule: Any, path: str | os.PathLike, key: str) -> None:
+    """The training and validation data a resume reads are those the checkpoint was trained on
+    (``training_inputs()``: file names and sizes, so a moved dataset passes and another dataset, or
+    files rewritten since, under the same settings does not). Nothing to compare when the checkpoint
+    has no record (generated data, an older checkpoint)."""
+    if was is None:
+        return
+    now = datamodule.training_inputs()
+    norm = lambda rows: [json.dumps(r, default=str) for r in (rows or [])]  # noqa: E731
+    was_rows, now_rows = norm(was), norm(now)
+    if was_rows == now_rows:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(was_rows, now_rows)) if a != b), min(len(was_rows), len(now_rows)))
+    what = (f"entry {first + 1}: {was_rows[first] if first < len(was_rows) else '<none>'} -> "
+            f"{now_rows[first] if first < len(now_rows) else '<none>'}")
+    raise ConfigError(f"{key}: {path} was trained on other data ({len(was_rows)} training/validation entries, now "
+                      f"{len(now_rows)}; first difference at {what}): resuming would continue the training on "
+                      "different images; give the data it was trained on, or train afresh into another "
+                      "paths.output_dir")
 
 
 def rebase_checkpoint_dirs(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:

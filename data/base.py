@@ -13,6 +13,10 @@ member                         what it is                                       
 ``test_pair_ids()``            ``(fixed_id, moving_id)`` of the test pairs, in     (required)
                                order: what a results folder must hold
 ``input_files()``              every file the data reads (no output may hold one)  ``[]``
+``training_inputs()``          what training reads, as plain data a moved dataset  ``None``
+                               keeps (file names and sizes, not folders); a
+                               checkpoint records it and a resume compares it.
+                               None: the data config says it all (generated data)
 ``volume_shapes(stage)``       ``(name, spatial shape)`` of every volume a stage   ``[]``
                                reads, for the model's minimum-size check
 ``spacing``, ``shape``         voxel size (mm) and spatial shape of the batches,   ``None``
@@ -74,6 +78,14 @@ class RegistrationDataModule(L.LightningDataModule):
     def input_files(self) -> list[Path]:
         """Every file the data reads (an output folder must not hold one); default: none."""
         return []
+
+    def training_inputs(self) -> list[list] | None:
+        """What training reads (the train and validation sets), as plain data that survives moving
+        the dataset to another folder: one ``[id, file name, size, ...]`` entry per volume or pair.
+        A checkpoint records it; resuming the training under data whose entries differ is refused
+        (:func:`app.checkpoints.check_same_settings`). Default None: the data config (compared as
+        hyper-parameters) determines the data, as for generated subjects."""
+        return None
 
     def volume_shapes(self, stage: str | None = None) -> list[tuple[str, tuple[int, ...]]]:
         """``(name, spatial shape)`` of every volume ``stage`` reads, for the model's input-size

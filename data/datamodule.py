@@ -21,6 +21,7 @@ from data.io import DataError
 from data.mni import MNIKnobs, MNISubjects
 from data.pairs import RandomPairSampler
 from data.pairs_csv import RESAMPLE, PairsCSVDataset
+from data.signature import file_identity
 from data.synthmorph import EpochPairSampler, SynthMorphPairs
 
 __all__ = ["MNIDataModule", "PairsCSVDataModule", "SynthMorphDataModule"]
@@ -165,6 +166,18 @@ class PairsCSVDataModule(RegistrationDataModule):
         """The configured CSVs and every file they list (an output folder must not hold one)."""
         files = [f for split in ("test", "train", "val") if self.has(split) for f in self.dataset(split).input_files()]
         return list(dict.fromkeys(files))
+
+    def training_inputs(self) -> list[list]:
+        """Each train and val CSV row's ``[split, fixed_id, moving_id, column, file name, size, ...]``
+        (:meth:`data.base.RegistrationDataModule.training_inputs`): the rows, not the CSV's path."""
+        out = []
+        for split in ("train", "val"):
+            if self.has(split):
+                ds = self.dataset(split)
+                for (fixed_id, moving_id), row in zip(ds.pair_ids(), ds.rows):
+                    files = [x for k in sorted(row) if not k.startswith("_") for x in (k, *file_identity(row[k]))]
+                    out.append([split, fixed_id, moving_id, *files])
+        return out
 
     def _first(self) -> PairsCSVDataset:
         for split in ("test", "train", "val"):

@@ -32,6 +32,7 @@ from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs
 from data.cache import VolumeStore
 from data.preprocess import LabelMapping, PreprocessConfig, preprocessed_shape
+from data.signature import file_identity
 from data.volume_pairs import PairDataset, VolumeCheck
 
 __all__ = ["PairDataset", "DatasetDataModule"]  # PairDataset re-exported (its home is data.volume_pairs)
@@ -149,6 +150,16 @@ class DatasetDataModule(RegistrationDataModule):
             if ref.label is not None:
                 files.append(ref.label)
         return list(dict.fromkeys(files))
+
+    def training_inputs(self) -> list[list]:
+        """Each training volume's ``["train", id, image name, size, label name, size]`` and each
+        validation pair's ``["val", <the fixed volume's five>, <the moving volume's five>]``
+        (:meth:`data.base.RegistrationDataModule.training_inputs`)."""
+        def volume(v: VolumeRef) -> list:
+            return [v.id, *file_identity(v.image), *file_identity(v.label)]
+
+        return ([["train", *volume(v)] for v in self.train_volumes]
+                + [["val", *volume(f), *volume(m)] for f, m in self.val_pairs])
 
     def _dataset(self, pairs: Sequence[Pair], augment: bool = False) -> PairDataset:
         return PairDataset(pairs, self.store, mapping=self.label_mapping_or_none(),

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["file_signature", "signature", "code_signature", "source_signature", "CODE_PACKAGES"]
+__all__ = ["file_signature", "file_identity", "signature", "code_signature", "source_signature", "CODE_PACKAGES"]
 
 # the packages whose code computes a pair's numbers (its inputs, the warp, the method, the metrics) and
 # writes them (app: evaluation, results files, moved volumes)
@@ -54,6 +54,23 @@ def file_signature(path: str | os.PathLike | None) -> list:
     path = Path(path)
     sibling = _pair_sibling(path)
     return _one_file(path) + ([] if sibling is None else _one_file(sibling))
+
+
+def file_identity(path: str | os.PathLike | None) -> list:
+    """``[file name, size]`` of a file (size None when it cannot be read; ``[None]`` for no file),
+    and its Analyze / NIfTI-pair half's two: what stays the same when a dataset is moved or copied
+    to another folder, unlike :func:`file_signature`'s path and modification time."""
+    if path is None:
+        return [None]
+    out = []
+    for p in (Path(path), _pair_sibling(Path(path))):
+        if p is not None:
+            try:
+                size = p.stat().st_size
+            except OSError:
+                size = None
+            out += [p.name, size]
+    return out
 
 
 def signature(description: Any) -> str:

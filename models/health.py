@@ -153,6 +153,8 @@ class HealthChecks:
         for key in list(checkpoint):
             if key != "state_dict":
                 checkpoint[key] = plain_data(checkpoint[key], key)
+        datamodule = getattr(getattr(self, "_trainer", None), "datamodule", None)
+        training_inputs = getattr(datamodule, "training_inputs", None)
         checkpoint["registration"] = {
             "format": CHECKPOINT_FORMAT,
             "target": f"{type(self).__module__}.{type(self).__qualname__}",
@@ -162,5 +164,9 @@ class HealthChecks:
             "displacement_convention": DISPLACEMENT_CONVENTION,
             # the voxel order of the data it was trained on (a network sees voxels, not world
             # space): eval.py refuses test data in another order; None when unknown
-            "voxel_axes": getattr(getattr(getattr(self, "_trainer", None), "datamodule", None), "voxel_axes", None),
+            "voxel_axes": getattr(datamodule, "voxel_axes", None),
+            # what it was trained on (file names and sizes of the training and validation sets; None
+            # for generated data): resuming under other data is refused (app.checkpoints)
+            "training_inputs": plain_data(training_inputs() if callable(training_inputs) else None,
+                                          "registration/training_inputs"),
         }

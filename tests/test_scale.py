@@ -132,6 +132,39 @@ def test_a_checkpoint_is_not_resumed_or_tested_under_other_settings(tmp_path, ca
     _train(tmp_path, "a", ["trainer.max_epochs=2", "ckpt_path=last", "test=false", "data.num_workers=0"])
 
 
+def test_a_training_resumes_on_its_moved_data_but_not_on_other_files(tmp_path, pairs_csv, capsys):
+    """The checkpoint records the training and validation files by name and size: the same files
+    moved to another folder (another CSV path) resume; a training file rewritten since (same name,
+    other content) is refused with one line naming it, where the settings alone would have passed."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    def run(name, csv_path, extra):
+        cfg = compose("train", ["data=pairs_csv", f"data.train_csv={csv_path}", f"data.val_csv={csv_path}",
+                                f"data.test_csv={csv_path}", "logger=csv", "trainer.accelerator=cpu",
+                                "trainer.enable_progress_bar=false", "test=false",
+                                f"paths.output_dir={tmp_path / name}", *extra])
+        return train_entry.train(cfg)
+
+    run("a", pairs_csv, ["trainer.max_epochs=1"])
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    recorded = torch.load(last, weights_only=False)["registration"]["training_inputs"]
+    assert len(recorded) == 4 and recorded[0][:3] == ["train", "f0", "m0"], recorded  # 2 train + 2 val rows
+    moved = shutil.copytree(pairs_csv.parent, tmp_path / "moved") / pairs_csv.name
+    run("a", moved, ["trainer.max_epochs=2", "ckpt_path=last"])  # the same files elsewhere: resumes
+    assert torch.load(last, weights_only=False)["epoch"] == 1
+    m1 = moved.parent / "m1.nii.gz"
+    img = nib.load(m1)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj, dtype=np.float64), img.affine), m1)  # same grid, rewritten
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        run("a", moved, ["trainer.max_epochs=3", "ckpt_path=last"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"ckpt_path: {last} was trained on other data" in err[0] and "m1.nii.gz" in err[0], err
+
+
 def test_a_moved_run_folder_resumes_with_its_best_checkpoint_record(tmp_path):
     """A run folder copied elsewhere (scratch to project storage) and resumed: its checkpoints'
     records name the old folder, which Lightning drops, so the "best" checkpoint would be picked
