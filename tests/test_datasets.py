@@ -153,6 +153,22 @@ def test_oasis_subjects_sorted_splits_and_pairs(trees):
     assert dm.shape == SHAPE and dm.spacing == (1.0, 1.0, 1.0)
 
 
+def test_oasis_training_inputs_name_each_file_but_not_its_folder(trees, tmp_path):
+    """What a checkpoint records of the training data (app.checkpoints compares it on resume): each
+    training volume and validation pair by id, file name and size; the same of a copied tree."""
+    import shutil
+
+    dm = OASISDataModule(str(trees / "OASIS"), n_train=4, n_val=3, **SMALL)
+    rows = dm.training_inputs()
+    assert [r[0] for r in rows] == ["train"] * 4 + ["val"] * 2
+    first = dm.train_volumes[0]
+    assert rows[0] == ["train", first.id, "aligned_norm.nii.gz", first.image.stat().st_size,
+                       "aligned_seg35.nii.gz", first.label.stat().st_size]
+    copy = shutil.copytree(trees / "OASIS", tmp_path / "elsewhere")
+    assert OASISDataModule(str(copy), n_train=4, n_val=3, **SMALL).training_inputs() == rows
+    assert OASISDataModule(str(copy), n_train=3, n_val=3, **SMALL).training_inputs() != rows
+
+
 def test_oasis_paper_split_is_the_default_and_needs_414_subjects(trees):
     msg = _one_line_error(OASISDataModule, str(trees / "OASIS"), must=[trees / "OASIS", "364", "50", "found 7"])
     assert "n_train" in msg
