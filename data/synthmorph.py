@@ -3,7 +3,7 @@
 Written from the paper (Hoffmann, Billot, Greve, Iglesias, Fischl, Dalca: "SynthMorph: learning
 contrast-invariant registration without acquired images", IEEE TMI 2022). A network trained on
 these pairs with a Dice loss on the labels only (``model.loss.sim=none``, ``dice_weight=1``) is
-then applied to real images of any contrast; :class:`data.datamodule.SynthMorphDataModule` trains on synthetic
+then applied to real images of any contrast; :class:`data.synthmorph_datamodule.SynthMorphDataModule` trains on synthetic
 pairs and validates/tests on a wrapped real-image DataModule (default: the offline MNI one).
 
 Pair ``idx`` of epoch ``e`` is drawn from ``numpy.random.default_rng([seed, e, idx])`` alone, so a

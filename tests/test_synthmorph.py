@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, compose
 from data import MNIDataModule
 from data.loaders import ResumableLoader
-from data.datamodule import SynthMorphDataModule
+from data.synthmorph_datamodule import SynthMorphDataModule
 from data.synthmorph import EpochPairSampler, SynthMorphPairs
 from losses import NoSimilarity, build_similarity
 

@@ -29,7 +29,7 @@ import models.training_loss as training_loss_mod  # noqa: E402
 from classical import InstanceOptimisationModule, register  # noqa: E402
 from classical.config import GreedyConfig  # noqa: E402
 from data.check import main as check_main  # noqa: E402
-from data.datamodule import PairsCSVDataModule  # noqa: E402
+from data.pairs_csv_datamodule import PairsCSVDataModule  # noqa: E402
 from data.io import (  # noqa: E402
     MAX_LABEL_VALUES,
     DataError,
