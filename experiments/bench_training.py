@@ -1,6 +1,6 @@
 """Benchmark of one training step per network on CPU, side by side with MONAI's VoxelMorph.
 
-    python -m experiments.bench_training [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm2 lkunet transmorph lapirn monai]
+    python -m experiments.bench_training [--shapes 96x96x96 80x96x112] [--nets vxm1 vxm1_paper vxm2 lkunet transmorph lapirn monai]
                                          [--repeats 3] [--threads N] [--field displacement|velocity]
                                          [--transmorph-size base] [--checkpoint] [--no-timing | --no-memory]
                                          [--json out.json]
@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NETS = ("vxm1", "vxm2", "lkunet", "transmorph", "lapirn", "monai")
+NETS = ("vxm1", "vxm1_paper", "vxm2", "lkunet", "transmorph", "lapirn", "monai")
 LOSS = {"sim": "lncc", "reg": "diffusion", "reg_weight": 0.1}
 
 
@@ -110,7 +110,7 @@ def build(name: str, shape: tuple[int, ...], field: str, tm_size: str,
     if name == "monai":
         return MonaiStep(field), "MONAI default backbone"
     ck = {"checkpoint": checkpoint}
-    if name in ("vxm1", "vxm2"):
+    if name in ("vxm1", "vxm1_paper", "vxm2"):
         net, note = VoxelMorphUNet(ndim=3, variant=name, **ck), ""
     elif name == "lkunet":
         net, note = LKUNet(ndim=3, start_channels=8, kernel_size=5, **ck), "C=8, k=5"
