@@ -7,7 +7,9 @@ registries by name for configs:
   train on labels only, SynthMorph-style); the module's ``forward(fixed, moving)`` returns a
   scalar loss (lower is better).
 * ``build_regulariser(name, **kwargs)``: ``"diffusion"`` | ``"bending"`` | ``"none"``; the module's
-  ``forward(u)`` takes a displacement ``(B, D, *S)`` in voxel units and returns a scalar.
+  ``forward(u)`` takes a displacement ``(B, D, *S)`` in voxel units and returns a scalar; its
+  ``grid_power`` says how that scalar grows for one physical field on a coarser grid (the training
+  loss divides it out: :meth:`models.training_loss.TrainingLoss.regularise`).
 """
 
 from __future__ import annotations

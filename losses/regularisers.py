@@ -81,9 +81,8 @@ def bending_energy(u: torch.Tensor) -> torch.Tensor:
 
     Unlike :func:`diffusion`, its value depends on the grid: the same physical field on a grid
     ``f`` times coarser, in that grid's voxel units, has ``f**2`` times the energy. The networks
-    regularise their output on their own grid (``model.downsize``, LapIRN's stages), so with
-    ``reg=bending`` a ``downsize=2`` network is regularised 4x more than at full resolution for
-    one ``reg_weight`` (LapIRN's first stage 16x more than its last).
+    regularise their output on their own grid (``model.downsize``, LapIRN's stages) and divide by
+    ``f**2`` (:attr:`BendingEnergy.grid_power`), so one ``reg_weight`` means the same at any grid.
 
     Args:
         u: ``(B, D, *S)`` displacement, ``D = len(S)`` in (2, 3), at least 3 voxels per axis.
@@ -109,14 +108,24 @@ def bending_energy(u: torch.Tensor) -> torch.Tensor:
 
 
 class Diffusion(nn.Module):
-    """``forward(u) = diffusion(u)``: ``(B, D, *S) -> scalar``."""
+    """``forward(u) = diffusion(u)``: ``(B, D, *S) -> scalar``.
+
+    ``grid_power`` (every regulariser module has one): the value of one physical field on a grid
+    ``f`` times coarser, in that grid's voxel units, is ``f ** grid_power`` times its value at full
+    resolution; :class:`models.training_loss.TrainingLoss` divides by it, so one ``reg_weight``
+    regularises alike at any ``model.downsize`` or coarse stage. Diffusion: 0 (grid-free)."""
+
+    grid_power = 0
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return diffusion(u)
 
 
 class BendingEnergy(nn.Module):
-    """``forward(u) = bending_energy(u)``: ``(B, D, *S) -> scalar``."""
+    """``forward(u) = bending_energy(u)``: ``(B, D, *S) -> scalar``; ``grid_power`` 2 (see
+    :class:`Diffusion`)."""
+
+    grid_power = 2
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         return bending_energy(u)
@@ -124,6 +133,8 @@ class BendingEnergy(nn.Module):
 
 class NoRegulariser(nn.Module):
     """``forward(u) = 0``: a scalar zero on ``u``'s device and dtype (the registry's ``"none"``)."""
+
+    grid_power = 0
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:
         check_field(u, "u", "NoRegulariser")

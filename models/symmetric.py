@@ -214,7 +214,7 @@ class SymmetricRegistrationModule(RegistrationModule):
             F.relu(-jacobian_determinant(maps[k])).mean() for k in ("half_fixed", "half_moving")
         )
         parts["magnitude"] = (v_f + v_m).pow(2).sum(dim=1).mean()
-        parts["reg"] = self.regulariser(v_f) + self.regulariser(v_m)
+        parts["reg"] = self.regularise(v_f, self.downsize) + self.regularise(v_m, self.downsize)
         loss = (loss + cfg["orientation_weight"] * parts["orientation"]
                 + cfg["magnitude_weight"] * parts["magnitude"] + cfg["reg_weight"] * parts["reg"])
         if cfg["dice_weight"] > 0:

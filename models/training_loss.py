@@ -50,7 +50,8 @@ class TrainingLoss:
         fixed = self._coarse(batch["fixed"], factor)
         moving = self._coarse(batch["moving"], factor)
         moved = warp(moving, u)
-        parts = {"sim": self.similarity(fixed, moved), "reg": self.regulariser(out)}
+        out_factor = grid_factor if grid_factor is not None else self.downsize  # the grid `out` lives on
+        parts = {"sim": self.similarity(fixed, moved), "reg": self.regularise(out, out_factor)}
         loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
         if self.bidirectional:
             u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse, out_rev)
@@ -67,6 +68,13 @@ class TrainingLoss:
                 loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss_reverse"]
         parts["loss"] = loss
         return parts
+
+    def regularise(self, out: torch.Tensor, factor: int) -> torch.Tensor:
+        """The regulariser of a network output on the grid ``S // factor``, in full-resolution
+        units: divided by ``factor ** grid_power`` (:class:`losses.regularisers.Diffusion`), so
+        the bending energy of one physical field, and with it ``reg_weight``, does not grow with
+        ``model.downsize`` or a coarse stage (diffusion is grid-free)."""
+        return self.regulariser(out) / float(factor) ** self.regulariser.grid_power
 
     def _label_maps(self, batch: Mapping[str, Any], factor: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """One-hot ``(moving, fixed)`` label maps for a Dice loss (soft maps on ``S // factor``
@@ -98,7 +106,7 @@ class TrainingLoss:
         else:
             if out_rev is None:
                 out_rev = self(batch["fixed"], batch["moving"])
-            parts["reg_reverse"] = self.regulariser(out_rev)
+            parts["reg_reverse"] = self.regularise(out_rev, self.downsize)
         u_rev = self.to_displacement(out_rev, None if coarse else batch["moving"].shape[2:])
         parts["sim_reverse"] = self.similarity(moving, warp(fixed, u_rev))
         ic = [compose(u, u_rev), compose(u_rev, u)]  # moving -> fixed -> moving, and the other way

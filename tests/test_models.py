@@ -116,3 +116,32 @@ def test_identity_registration_is_zero_and_has_no_parameters():
     u = module.register(b)
     assert u.shape == (1, 3, 8, 8, 8) and u.abs().max() == 0
     assert module.configure_optimizers() is None
+
+
+@pytest.mark.parametrize("reg", ["bending", "diffusion"])
+def test_one_reg_weight_regularises_one_physical_field_alike_on_any_grid(reg):
+    """The field ``u_0 = a x_0**2`` (bending) or ``a x_0`` (diffusion) in full-resolution voxels, given
+    on the grid 2x coarser in that grid's voxels (``u_c(y) = u(2y) / 2``), as the loss sees a
+    ``downsize=2`` network's output or a coarse stage's: the loss's ``reg`` part equals the
+    full-resolution one. (Bending energy alone grows 4x on the coarser grid; without the
+    rescaling this fails by that factor.)"""
+    from losses import bending_energy, diffusion
+
+    a = 0.01
+    power = 2 if reg == "bending" else 1
+
+    def field(n: int, scale: float) -> torch.Tensor:
+        x = torch.arange(n, dtype=torch.float64).view(n, 1, 1).expand(n, n, n)
+        u = torch.zeros(1, 3, n, n, n, dtype=torch.float64)
+        u[:, 0] = (scale * x) ** power * a / scale
+        return u
+
+    full, coarse = field(32, 1.0), field(16, 2.0)
+    raw = bending_energy if reg == "bending" else diffusion
+    assert float(raw(coarse) / raw(full)) == pytest.approx(4.0 if reg == "bending" else 1.0, rel=1e-9)
+    model = RegistrationModule(net=VoxelMorphUNet(3, "vxm1"), loss={"reg": reg, "sim": "mse"}, downsize=2)
+    img = torch.rand(1, 1, 32, 32, 32)
+    batch = {"fixed": img, "moving": img}
+    parts = model._loss_parts(batch, coarse.float(), grid_factor=2)
+    assert float(parts["reg"]) == pytest.approx(float(raw(full)), rel=1e-5)
+    assert float(model.regularise(full, 1)) == pytest.approx(float(raw(full)), rel=1e-12)
