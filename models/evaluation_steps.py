@@ -50,9 +50,13 @@ class EvaluationSteps:
         else:  # one forward pass serves both the loss and the metrics
             out = self(batch["moving"], batch["fixed"])
             u = self.to_displacement(out, batch["fixed"].shape[2:])
-            if self._can_compute_loss(batch):  # one row per batch, weighted by its pairs
-                parts = {f"loss/{k}": float(v.detach()) for k, v in self._loss_parts(batch, out, u).items()}
-                self._val_rows.append({"pairs": _pair_ids(batch), "n": u.shape[0], **parts})
+            if self._can_compute_loss(batch):  # one row per pair (deduplicated under DDP like the metrics)
+                for i in range(u.shape[0]):
+                    one = _batch_item(batch, i) if u.shape[0] > 1 else batch
+                    sl = slice(i, i + 1)
+                    parts = self._loss_parts(one, out[sl], u[sl])
+                    self._val_rows.append({"pairs": ("loss", *_pair_ids(batch, i)), "n": 1,
+                                           **{f"loss/{k}": float(v.detach()) for k, v in parts.items()}})
         for i, res in enumerate(self._evaluate_batch(batch, u, self.hd95_at_val)):
             self._val_rows.append({"pairs": _pair_ids(batch, i), "n": 1,
                                    **{f"pair/{k}": res[k] for k in (*PAIR_METRICS, "dice_identity")}})
@@ -124,6 +128,12 @@ class EvaluationSteps:
             self.log(f"test/{k}", v, sync_dist=True)
 
 
+def _batch_item(batch: Mapping[str, Any], i: int) -> dict[str, Any]:
+    """Pair ``i`` of a batch as a batch of one: every tensor and list sliced ``[i:i+1]`` along the
+    batch axis (a validation loss per pair: the repeats DDP pads with are dropped pair by pair)."""
+    return {k: v[i:i + 1] if isinstance(v, (torch.Tensor, list, tuple)) else v for k, v in batch.items()}
+
+
 def _pair_ids(batch: Mapping[str, Any], i: int | None = None) -> tuple:
     """``(fixed_id, moving_id)`` of pair ``i`` of the batch, or of every pair (a tuple of them)."""
     if i is None:
@@ -134,7 +144,7 @@ def _pair_ids(batch: Mapping[str, Any], i: int | None = None) -> tuple:
 def _means(rows: list[Mapping[str, Any]]) -> dict[str, float]:
     """The epoch's means: each per-pair metric (``pair/<name>`` -> ``<name>``) over the pairs
     (:func:`models.evaluation.nanmean`), each loss part (``loss/<name>`` -> ``<name>``) over the
-    batches, weighted by their pairs (as Lightning weights a logged batch mean)."""
+    pairs (a row's ``n``)."""
     values: dict[str, list[tuple[float, int]]] = {}
     for row in rows:
         for key, value in row.items():

@@ -145,3 +145,39 @@ def test_one_reg_weight_regularises_one_physical_field_alike_on_any_grid(reg):
     parts = model._loss_parts(batch, coarse.float(), grid_factor=2)
     assert float(parts["reg"]) == pytest.approx(float(raw(full)), rel=1e-5)
     assert float(model.regularise(full, 1)) == pytest.approx(float(raw(full)), rel=1e-12)
+
+
+def test_validation_loss_is_kept_per_pair_so_padded_repeats_drop_out():
+    """A validation batch of two pairs gives one loss row per pair, each the pair's own loss; a
+    repeat of one pair in another batch (DDP pads so) is dropped with its metrics, and the epoch's
+    loss is the mean over the distinct pairs. (Batch rows could not drop a repeat inside a batch.)"""
+    from models.evaluation import each_pair_once
+    from models.evaluation_steps import _means
+
+    torch.manual_seed(0)
+    model = RegistrationModule(net=VoxelMorphUNet(3, "vxm1"), loss={"sim": "mse"}).eval()
+    with torch.no_grad():  # a net that moves something, so each pair has its own loss
+        model.net.flow.weight.normal_(0.0, 0.05)
+    imgs = torch.rand(3, 1, 16, 16, 16)
+
+    def batch(idx):
+        return {"fixed": imgs[[0] * len(idx)], "moving": imgs[idx], "fixed_id": ["f"] * len(idx),
+                "moving_id": [f"m{i}" for i in idx], "spacing": torch.ones(len(idx), 3),
+                "fixed_affine": torch.eye(4, dtype=torch.float64).expand(len(idx), 4, 4)}
+
+    def loss_of(idx):
+        with torch.no_grad():
+            b = batch(idx)
+            return float(model.compute_loss(b)["loss"])
+
+    model._val_rows = []
+    with torch.no_grad():
+        model.validation_step(batch([1, 2]), 1)
+        model.validation_step(batch([2]), 2)  # the padded repeat of pair (f, m2)
+    loss_rows = [r for r in model._val_rows if "loss/loss" in r]
+    assert [r["n"] for r in loss_rows] == [1, 1, 1]
+    assert loss_rows[0]["loss/loss"] == pytest.approx(loss_of([1]), rel=1e-5)
+    assert loss_rows[1]["loss/loss"] == pytest.approx(loss_of([2]), rel=1e-5)
+    assert loss_of([1]) != pytest.approx(loss_of([2]), rel=1e-3)
+    means = _means(each_pair_once(None, model._val_rows))
+    assert means["loss"] == pytest.approx((loss_of([1]) + loss_of([2])) / 2, rel=1e-5)
