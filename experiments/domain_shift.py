@@ -109,6 +109,48 @@ def _test_sets(cfg: DictConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
+def _voxel_axes(config_name: str, overrides: list[str]) -> str | None:
+    """The voxel order of the data ``configs/<config_name>.yaml`` + ``overrides`` builds (headers
+    only; None when unknown or mixed)."""
+    from hydra import compose, initialize_config_dir
+
+    from app.build import build
+    from app.entry import CONFIGS
+
+    overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]  # launcher etc.: not the data
+    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    return getattr(build(cfg.data, "data"), "voxel_axes", None)
+
+
+def check_voxel_orders(specs: list[tuple[str, str, Any]], sets: list[tuple[str, list[str]]],
+                       eval_common: list[str]) -> None:
+    """Before anything is trained: every network (``train:`` its training data, ``ckpt:`` the order its
+    checkpoint records) and every test set give their volumes in one voxel order, or a ConfigError
+    names the method, the test set and both orders. A network sees voxels, not world space, and
+    eval.py refuses a checkpoint on data in another order (:func:`app.checkpoints.check_voxel_axes`):
+    found there, after the trainings, it would cost them all (e.g. OASIS in its native order
+    against the Klein sets in RAS)."""
+    from app.checkpoints import read_checkpoint
+
+    trained = {}
+    for name, kind, value in specs:
+        if kind == "train":
+            trained[name] = _voxel_axes("train", value)
+        elif kind == "ckpt":
+            trained[name] = read_checkpoint(value, f"methods.{name}.ckpt")["registration"].get("voxel_axes")
+    if not any(trained.values()):
+        return
+    for set_name, overrides in sets:
+        given = _voxel_axes("eval", overrides + eval_common)
+        for name, order in trained.items():
+            if order and given and str(order) != str(given):
+                raise ConfigError(
+                    f"methods.{name}: trained on data in voxel order {order}, but test_sets.{set_name} gives {given}: "
+                    "a network sees voxels, not world space, and eval.py would refuse it after the trainings; give "
+                    "every data set one order (data.orientation=RAS on the training data and on each test set)")
+
+
 def _boxplots(comparisons: dict[str, Any], path: Path, metric: str) -> None:
     import matplotlib
 
@@ -145,6 +187,7 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     sets = _test_sets(cfg)
     eval_common = parse_overrides(cfg.get("eval_common") or [], "eval_common")
     out_dir = Path(cfg.paths.output_dir)
+    check_voxel_orders(specs, sets, eval_common)
     # 1. train every network once
     checkpoints: dict[str, Path] = {}
     for name, kind, value in specs:

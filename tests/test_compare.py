@@ -320,3 +320,30 @@ def test_results_of_different_data_under_the_same_pair_ids_are_refused(three, tm
                                         r"\(mae_identity\) is 0.125 in greedy .* but 0.25 in other"):
         cmp.align([cmp.load_results(three["greedy"]), cmp.load_results(other)])
     assert len(cmp.align([cmp.load_results(three[n]) for n in ("greedy", "vxm")])[0]) == 12  # same data: fine
+
+
+@pytest.mark.parametrize("name", ["paper_fig2_unsup", "paper_fig4_sup"])
+def test_paper_comparisons_train_with_the_oasis_recipes_and_the_papers_classical_smoothing(name):
+    """compare/paper_fig2_unsup and paper_fig4_sup train each network with its oasis_* recipe (Adam 1e-4,
+    300 epochs, full resolution; not the model's CPU defaults) and run greedy / SyN with the paper's
+    smoothing (grad / warp sigma 1 / 0.25 and 0.5 / 0.25)."""
+    from conftest import compose
+
+    from experiments.runs import method_overrides
+
+    cfg = compose("compare", [f"experiment=compare/{name}"])
+    sigma = {"greedy": (1.0, 0.25), "syn": (0.5, 0.25)}
+    trained = 0
+    for method, spec in cfg.methods.items():
+        kind = next(iter(spec))
+        overrides = method_overrides(kind, spec[kind], f"methods.{method}.{kind}", cfg) + list(cfg.common)
+        run_cfg = compose("train" if kind == "train" else "eval", overrides)
+        assert run_cfg.data._target_ == "data.OASISDataModule", method
+        if kind == "train":
+            trained += 1
+            assert run_cfg.model.optimizer.lr == 1e-4 and run_cfg.trainer.max_epochs == 300, method
+            assert run_cfg.model.downsize == 1 and run_cfg.model.loss_grid == "full", method
+            assert (run_cfg.model.loss.dice_weight > 0) == name.endswith("_sup"), method
+        elif method in sigma:
+            assert (run_cfg.model.grad_sigma, run_cfg.model.warp_sigma) == sigma[method], method
+    assert trained == (5 if name.endswith("unsup") else 4)

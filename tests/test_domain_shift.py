@@ -107,3 +107,38 @@ def test_the_drop_from_the_reference_is_positive_when_worse_for_every_metric():
     assert _drop(0.80, 0.70, "dice") == pytest.approx(0.10)
     assert _drop(2.0, 3.5, "hd95") == pytest.approx(1.5)
     assert _drop(0.10, 0.05, "sdlogj") == pytest.approx(-0.05)  # smoother than in domain: negative
+
+
+def test_a_test_set_in_another_voxel_order_is_refused_before_any_training(tmp_path, pairs_csv):
+    """A network trained on MNI (RAS) and a test set stored in LIA: eval.py would refuse the checkpoint,
+    but only after the trainings; the check before them names the method, the set and both orders."""
+    from test_entrypoints import _reordered_csv
+
+    from experiments.domain_shift import check_voxel_orders
+
+    lia = _reordered_csv(pairs_csv, tmp_path / "lia")
+    specs = [("greedy", "eval", ["model=greedy_fast"]), ("vxm", "train", ["experiment=mni_unsup_voxelmorph"])]
+    check_voxel_orders(specs, [("in", ["data=mni"]), ("csv", ["data=pairs_csv", f"data.csv={pairs_csv}"])], [])
+    with pytest.raises(ConfigError) as exc:
+        check_voxel_orders(specs, [("in", ["data=mni"]), ("lia", ["data=pairs_csv", f"data.csv={lia}"])], [])
+    msg = str(exc.value)
+    assert "methods.vxm: trained on data in voxel order RAS" in msg and "test_sets.lia gives LIA" in msg, msg
+
+
+def test_paper_fig5_trains_and_tests_every_set_in_one_voxel_order():
+    """The paper's Fig. 5 config (OASIS -> the Klein sets, which are read in RAS): its networks train,
+    and every test set is read, with data.orientation=RAS; its networks use the oasis_* recipes."""
+    from conftest import compose
+
+    from experiments.domain_shift import _specs, _test_sets
+
+    cfg = compose("domain_shift", ["experiment=domain_shift/paper_fig5_domain_shift"])
+    specs = _specs(cfg)
+    trained = [(name, value) for name, kind, value in specs if kind == "train"]
+    assert len(trained) == 4
+    for name, overrides in trained:
+        train_cfg = compose("train", overrides)
+        assert train_cfg.data.orientation == "RAS" and train_cfg.model.optimizer.lr == 1e-4, name
+        assert train_cfg.trainer.max_epochs == 300 and train_cfg.data._target_ == "data.OASISDataModule", name
+    for name, overrides in _test_sets(cfg):
+        assert compose("eval", overrides).data.orientation == "RAS", name
