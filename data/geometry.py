@@ -72,6 +72,9 @@ def grid_mismatch(
     """
     a = np.asarray(affine_a, dtype=np.float64)
     b = np.asarray(affine_b, dtype=np.float64)
+    for name, m in (("first", a), ("second", b)):
+        if m.shape != (4, 4) or not np.all(np.isfinite(m)):  # NaN compares as "no difference" below
+            return f"the {name} grid's voxel-to-world matrix is not a finite 4x4"
     norms_a, norms_b = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
     words = []
     codes_a, codes_b = axcodes(a), axcodes(b)

@@ -100,11 +100,13 @@ def _spacing(path: Path | str, img) -> tuple[float, float, float]:
     if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
         raise DataError(f"{path}: expected three positive voxel sizes in the header, got {zooms}")
     affine = np.asarray(img.affine, dtype=np.float64)
-    if affine.shape == (4, 4) and np.all(np.isfinite(affine)):
-        norms = np.linalg.norm(affine[:3, :3], axis=0)
-        if np.any(np.abs(norms - np.asarray(zooms)) > SPACING_TOLERANCE):
-            raise DataError(f"{path}: the header's voxel sizes (pixdim {_fmt3(zooms)} mm) disagree with its affine "
-                            f"(sform/qform: {_fmt3(norms)} mm); fix the header so that both describe the same grid")
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        # NaN would pass every later comparison (grid_mismatch, the label-on-image check) as "no difference"
+        raise DataError(f"{path}: the header's voxel-to-world affine (sform/qform) is not finite; fix the header")
+    norms = np.linalg.norm(affine[:3, :3], axis=0)
+    if np.any(np.abs(norms - np.asarray(zooms)) > SPACING_TOLERANCE):
+        raise DataError(f"{path}: the header's voxel sizes (pixdim {_fmt3(zooms)} mm) disagree with its affine "
+                        f"(sform/qform: {_fmt3(norms)} mm); fix the header so that both describe the same grid")
     return zooms  # type: ignore[return-value]
 
 

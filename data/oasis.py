@@ -186,6 +186,10 @@ class OASISL2RLayout(Layout):
                 f, m = (int(row[c].strip()) for c in cols)
             except (IndexError, ValueError):
                 raise DataError(f"{path}: line {line}: expected two integer subject ids (fixed,moving), got {row}") from None
+            if f == m:
+                raise DataError(f"{path}: line {line}: pair {f},{m} registers a subject to itself")
+            if (f, m) in out:
+                raise DataError(f"{path}: line {line}: pair {f},{m} is listed twice")
             out.append((f, m))
         if not out:
             raise DataError(f"{path}: pairs CSV has a header but no rows")

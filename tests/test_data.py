@@ -103,6 +103,22 @@ def test_missing_file(tmp_path):
     _raises_naming(path, read_header, path, match="not found")
 
 
+def test_a_non_finite_affine_is_refused_and_never_matches(tmp_path):
+    """A NaN in the header's affine: read_header names the file (NaN would compare as "no difference"
+    in every later grid check and reach the outputs' headers); grid_mismatch never calls it a match."""
+    import nibabel as nib
+
+    from data.geometry import grid_mismatch
+
+    affine = np.eye(4)
+    affine[0, 3] = np.nan
+    path = tmp_path / "nan.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((4, 4, 4), np.float32), affine), str(path))
+    _raises_naming(path, read_header, path, match="not finite")
+    assert grid_mismatch(np.eye(4), affine) is not None and grid_mismatch(affine, affine) is not None
+    assert grid_mismatch(np.eye(4), np.eye(4)) is None
+
+
 def test_garbage_bytes(tmp_path):
     path = tmp_path / "garbage.nii.gz"
     path.write_bytes(os.urandom(400))
