@@ -130,6 +130,12 @@ def check_voxel_axes(trained: str | None, datamodule: Any, path: str | os.PathLi
     (``datamodule.voxel_axes``, e.g. ``RAS``) differs would be registered with its axes swapped or
     flipped, and its low Dice read as a domain shift. ConfigError naming both orders and the setting
     that reorients the data; nothing to compare when either order is unknown."""
+    unplaced = getattr(datamodule, "unplaced_volume", lambda: None)()
+    if trained and unplaced is not None:
+        raise ConfigError(f"{key}: {path} is a network trained on data in voxel order {trained}, but {unplaced[0]}: "
+                          f"{unplaced[1]}, so its voxel order here is a reader's guess and the network could see it "
+                          "flipped; store the data as NIfTI with its true orientation (classical methods run on it "
+                          "as it is)")
     given = getattr(datamodule, "voxel_axes", None)
     refuse_voxel_order(trained, given, path, key, f"this data= gives {given}",
                        f"give the data in voxel order {trained} (data.orientation={trained} reorients OASIS and the "

@@ -88,6 +88,7 @@ class VolumeStore:
             with np.load(path, allow_pickle=False) as z:
                 label = z["label"].astype(np.int64) if "label" in z.files else None
                 src = z["source_labels"] if "source_labels" in z.files else None
+                kept = z["labels"] if "labels" in z.files else (None if label is None else np.unique(label))
                 return Prepared(
                     image=z["image"],
                     label=label,
@@ -96,6 +97,7 @@ class VolumeStore:
                     source_labels=None if src is None else tuple(int(v) for v in src),
                     source_shape=tuple(int(s) for s in z["source_shape"]),
                     source_spacing=tuple(float(s) for s in z["source_spacing"]),
+                    labels=None if kept is None else tuple(int(v) for v in kept),
                 )
         except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
             return None
@@ -116,6 +118,7 @@ class VolumeStore:
         if p.label is not None:
             arrays["label"] = p.label.astype(_label_dtype(p.label))
             arrays["source_labels"] = np.asarray(p.source_labels, dtype=np.int64)
+            arrays["labels"] = np.asarray(p.labels if p.labels is not None else np.unique(p.label), dtype=np.int64)
         atomic_write_with(path, lambda tmp: _savez(tmp, arrays))
 
 

@@ -31,9 +31,9 @@ from data.layout import Layout, Pair, VolumeRef
 from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs
 from data.cache import VolumeStore
-from data.preprocess import LabelMapping, PreprocessConfig, preprocessed_shape
+from data.preprocess import LabelMapping, PreprocessConfig, Prepared, preprocessed_shape
 from data.signature import file_identity
-from data.volume_pairs import PairDataset, VolumeCheck
+from data.volume_pairs import PairDataset, VolumeCheck, check_labels_kept
 
 __all__ = ["PairDataset", "DatasetDataModule"]  # PairDataset re-exported (its home is data.volume_pairs)
 
@@ -111,6 +111,8 @@ class DatasetDataModule(RegistrationDataModule):
         self._mapping_ready = False
         self._label_values: list[int] | None = None
         self._grids: set[tuple] | None = None
+        self._kept: dict[str, tuple] = {}
+        self._unplaced: tuple | None = None
         self._axes: str | None = None  # "": the volumes differ
         self._validated = False
         self.train_volumes: list[VolumeRef] = []
@@ -292,12 +294,27 @@ class DatasetDataModule(RegistrationDataModule):
     def voxel_axes(self) -> str | None:
         """``data.orientation`` when set (every volume is reoriented to it), else the axis codes the
         headers of the used volumes share (None if they differ): read once, no voxel data."""
+        if self.unplaced_volume() is not None:
+            return None  # a reader's guess, whatever it was reoriented to: unknown
         if self.preprocess_config.orientation is not None:
             return self.preprocess_config.orientation
         if self._axes is None:
             codes = {axcodes(read_grid(ref.image).affine) for ref in self.used_volumes()}
             self._axes = next(iter(codes)) if len(codes) == 1 else ""
         return self._axes or None
+
+    def unplaced_volume(self) -> tuple[Path, str] | None:
+        """``(image file, why)`` of the first used volume whose header places it nowhere in world
+        space (:attr:`data.geometry.Grid.unplaced`: an Analyze ``.img/.hdr``, as the Klein sets are
+        distributed, or NIfTI with sform and qform codes 0), or None. Its voxel order, and any
+        reorientation by ``data.orientation``, is then a reader's guess (nibabel's LAS, ITK's LPS):
+        consistent within a set of such files, so classical registration and metrics are sound, but
+        a network trained on other data may see it flipped (:meth:`validate`, eval.py refuse)."""
+        if self._unplaced is None:
+            found = next(((ref.image, g.unplaced) for ref in self.used_volumes()
+                          if (g := read_grid(ref.image)).unplaced is not None), None)
+            self._unplaced = found or ()
+        return self._unplaced or None
 
     def _grid_values(self) -> set[tuple]:
         if self._grids is None:
@@ -321,11 +338,14 @@ class DatasetDataModule(RegistrationDataModule):
             results = [work[i] for i in range(len(work))]
         labels: set[int] = set()
         grids = set()
-        for res in results:
+        self._kept = {}  # the preprocessed volumes (with a cache): their label ids before and after
+        for ref, res in zip(volumes, results):
             if "error" in res:
                 raise DataError(res["error"])
             if res["labels"] is not None:
                 labels.update(res["labels"])
+                if res.get("kept") is not None:
+                    self._kept[ref.key] = (ref, res["labels"], res["kept"])
             if res["shape"] is not None:
                 grids.add((tuple(res["shape"]), tuple(round(s, 6) for s in res["spacing"])))
         self._label_values = sorted(labels)
@@ -343,6 +363,13 @@ class DatasetDataModule(RegistrationDataModule):
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """
         self._scan()
+        unplaced = self.unplaced_volume()
+        if unplaced is not None:  # a tree mixing placed and unplaced files: one set, two voxel orders
+            placed = next((ref.image for ref in self.used_volumes() if read_grid(ref.image).unplaced is None), None)
+            if placed is not None:
+                raise DataError(f"{unplaced[0]}: {unplaced[1]}, while {placed} is placed in world space: the two "
+                                "would be read in different voxel orders (one a reader's guess); store every "
+                                "volume of the set in one format")
         if self.with_labels and self.labels_subset is not None:
             absent = [v for v in self.labels_subset if v not in set(self._label_values or [])]
             if absent:
@@ -352,6 +379,10 @@ class DatasetDataModule(RegistrationDataModule):
                 )
         self._mapping_ready = False
         mapping = self.label_mapping
+        for ref, source, kept in self._kept.values():  # a label the crop removed: refused before any result
+            check_labels_kept(ref, Prepared(image=None, label=None, affine=None, spacing=None, source_labels=tuple(source),
+                                            labels=tuple(kept)), mapping if self.with_labels else None,
+                              self.preprocess_config)
         if self.label_map_file and mapping is not None:
             mapping.save(os.path.expanduser(str(self.label_map_file)))
         self._validated = True

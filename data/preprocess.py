@@ -179,6 +179,8 @@ class Prepared:
         spacing: voxel size (mm) of the preprocessed grid, along the array axes.
         source_labels: sorted label ids present in the source label file (None without labels).
         source_shape, source_spacing: the grid of the source image file.
+        labels: sorted label ids present in ``label`` (after the crop/pad and resampling; None
+            without labels): :func:`data.volume_pairs.check_labels_kept` compares the two sets.
     """
 
     image: np.ndarray
@@ -188,6 +190,7 @@ class Prepared:
     source_labels: tuple[int, ...] | None = None
     source_shape: tuple[int, int, int] | None = None
     source_spacing: tuple[float, float, float] | None = None
+    labels: tuple[int, ...] | None = None
 
 
 def load_source(
@@ -267,6 +270,7 @@ def preprocess(image: Volume, label: Volume | None, config: PreprocessConfig) ->
         source_labels=None if label is None else tuple(int(v) for v in np.unique(label.array)),
         source_shape=tuple(int(s) for s in image.array.shape),
         source_spacing=tuple(float(s) for s in image.spacing),
+        labels=None if out_label is None else tuple(int(v) for v in np.unique(out_label)),
     )
 
 

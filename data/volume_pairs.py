@@ -24,7 +24,7 @@ from data.cache import VolumeStore
 from data.preprocess import LabelMapping, Prepared, load_source
 from data.signature import file_signature, signature
 
-__all__ = ["PairDataset", "VolumeCheck"]
+__all__ = ["PairDataset", "VolumeCheck", "check_labels_kept"]
 
 
 class PairDataset(Dataset):
@@ -67,6 +67,9 @@ class PairDataset(Dataset):
         fref, mref = self.pairs[index]
         fixed, moving = self.volume(fref), self.volume(mref)
         _check_grids(fref, fixed, mref, moving)
+        if self.with_labels:
+            for ref, prep in ((fref, fixed), (mref, moving)):
+                check_labels_kept(ref, prep, self.mapping, self.store.config)
         volumes = {}
         for key, prep in (("fixed", fixed), ("moving", moving)):
             img = torch.from_numpy(np.ascontiguousarray(prep.image)).unsqueeze(0)
@@ -97,6 +100,30 @@ class PairDataset(Dataset):
             "label_mapping": None if mapping is None else mapping.to_dict(),
             "augment": None if self.augment is None else repr(self.augment),
         })
+
+
+def check_labels_kept(ref: VolumeRef, prep: Prepared, mapping: LabelMapping | None, config: Any) -> None:
+    """DataError naming the label file when a label id that counts (kept by ``mapping``, not
+    background) is in the file (``prep.source_labels``) but no longer in the preprocessed map
+    (``prep.labels``): the crop/pad to ``data.shape`` or the resampling removed it, and Dice, which
+    scores the labels present, would skip it without a word (a partly cut label is still scored,
+    on what is left)."""
+    if prep.source_labels is None or prep.labels is None or ref.label is None:
+        return
+
+    def counted(ids: Sequence[int]) -> set[int]:
+        arr = np.asarray(ids, dtype=np.int64)
+        return {int(v) for v in (mapping.apply(arr) if mapping is not None else arr)} - {0}
+
+    lost = sorted(counted(prep.source_labels) - counted(prep.labels))
+    if lost:
+        shape = getattr(config, "shape", None)
+        raise DataError(
+            f"{ref.label}: label id(s) {lost} of the file are gone after preprocessing (crop/pad to "
+            f"data.shape={list(shape) if shape is not None else None}, resampling to data.spacing): Dice would "
+            "skip them silently; give a data.shape that holds the whole brain (data.crop_center=foreground "
+            "centres the crop on it) or leave those ids out with data.labels_subset"
+        )
 
 
 def _check_grids(fref: VolumeRef, fixed: Prepared, mref: VolumeRef, moving: Prepared) -> None:
@@ -151,6 +178,7 @@ class VolumeCheck(Dataset):
             p = self.store.get(ref.key, ref.image, label)  # checks, preprocesses and fills the cache
             return {
                 "id": ref.id,
+                "kept": None if p.labels is None else list(p.labels),
                 "labels": None if p.source_labels is None else list(p.source_labels),
                 "shape": list(p.image.shape),
                 "spacing": list(p.spacing),

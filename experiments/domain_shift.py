@@ -109,9 +109,10 @@ def _test_sets(cfg: DictConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _voxel_axes(config_name: str, overrides: list[str]) -> str | None:
+def _voxel_axes(config_name: str, overrides: list[str]) -> tuple[str | None, tuple | None]:
     """The voxel order of the data ``configs/<config_name>.yaml`` + ``overrides`` builds (headers
-    only; None when unknown or mixed)."""
+    only; None when unknown or mixed), and its first volume placed nowhere in world space (its
+    order a reader's guess; ``unplaced_volume()`` of the on-disk datasets) or None."""
     from hydra import compose, initialize_config_dir
 
     from app.build import build
@@ -120,7 +121,8 @@ def _voxel_axes(config_name: str, overrides: list[str]) -> str | None:
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]  # launcher etc.: not the data
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
         cfg = compose(config_name=config_name, overrides=overrides)
-    return getattr(build(cfg.data, "data"), "voxel_axes", None)
+    dm = build(cfg.data, "data")
+    return getattr(dm, "voxel_axes", None), getattr(dm, "unplaced_volume", lambda: None)()
 
 
 def check_voxel_orders(specs: list[tuple[str, str, Any]], sets: list[tuple[str, list[str]]],
@@ -136,13 +138,18 @@ def check_voxel_orders(specs: list[tuple[str, str, Any]], sets: list[tuple[str, 
     trained = {}
     for name, kind, value in specs:
         if kind == "train":
-            trained[name] = _voxel_axes("train", value)
+            trained[name] = _voxel_axes("train", value)[0]
         elif kind == "ckpt":
             trained[name] = read_checkpoint(value, f"methods.{name}.ckpt")["registration"].get("voxel_axes")
     if not any(trained.values()):
         return
     for set_name, overrides in sets:
-        given = _voxel_axes("eval", overrides + eval_common)
+        given, unplaced = _voxel_axes("eval", overrides + eval_common)
+        if unplaced is not None:
+            name = next(n for n, order in trained.items() if order)
+            raise ConfigError(f"test_sets.{set_name}: {unplaced[0]}: {unplaced[1]}, so its voxel order is a reader's "
+                              f"guess and the network methods.{name} could see it flipped; store the set as NIfTI "
+                              "with its true orientation")
         for name, order in trained.items():
             if order and given and str(order) != str(given):
                 raise ConfigError(

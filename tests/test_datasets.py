@@ -213,6 +213,76 @@ def test_l2r_csv_without_header_and_unknown_subject(tmp_path):
     _one_line_error(OASISL2RDataModule, str(root), must=[root / "imagesTr" / "OASIS_0099_0000.nii.gz", "pairs_val.csv"])
     (root / "pairs_val.csv").write_text("fixed,moving\n5,x\n")
     _one_line_error(OASISL2RDataModule, str(root), must=[root / "pairs_val.csv", "line 2"])
+    # a subject registered to itself would score Dice 1; a repeated pair would be refused only after the run
+    (root / "pairs_val.csv").write_text("fixed,moving\n3,1\n2,2\n")
+    _one_line_error(OASISL2RDataModule, str(root), must=[root / "pairs_val.csv", "line 3", "itself"])
+    (root / "pairs_val.csv").write_text("fixed,moving\n3,1\n2,3\n3,1\n")
+    _one_line_error(OASISL2RDataModule, str(root), must=[root / "pairs_val.csv", "line 4", "twice"])
+
+
+def test_a_label_the_crop_removes_is_refused_not_skipped(tmp_path):
+    """A brain larger than data.shape: labels 3 and 4 lie outside the crop, so Dice (which scores the
+    labels present) would drop them from every mean without a word. Loading the pair names the label
+    file and the lost ids; with a cache, validate() does before any result; leaving them out with
+    labels_subset is fine."""
+    shape = (30, 30, 30)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    for n in (1, 2):
+        img = (100.0 + grid[0] + n).astype(np.float32)
+        img[0] = 0
+        lab = np.full(shape, 1, np.int16)
+        lab[:, :, 15:] = 2
+        lab[1:5, 1:5, 1:5] = 3
+        lab[25:29, 25:29, 25:29] = 4
+        _save(tmp_path / "MGH10" / "Brains" / f"g{n}.nii.gz", img)
+        _save(tmp_path / "MGH10" / "Atlases" / f"g{n}.nii.gz", lab)
+    root = str(tmp_path / "MGH10")
+    dm = KleinDataModule("mgh10", root, strict_count=False, shape=(16, 16, 16))
+    dm.validate()  # no cache: the volumes are not preprocessed here
+    with pytest.raises(DataError) as exc:
+        dm.dataset("test")[0]
+    assert "Atlases" in str(exc.value) and "[3, 4]" in str(exc.value) and "data.shape=[16, 16, 16]" in str(exc.value)
+    cached = KleinDataModule("mgh10", root, strict_count=False, shape=(16, 16, 16), cache_dir=str(tmp_path / "c"))
+    _one_line_error(cached.validate, must=["Atlases", "[3, 4]"])
+    subset = KleinDataModule("mgh10", root, strict_count=False, shape=(16, 16, 16), labels_subset=[1, 2])
+    subset.validate()
+    assert sorted(subset.dataset("test")[0]["fixed_label"].unique().tolist()) == [1, 2]
+    whole = KleinDataModule("mgh10", root, strict_count=False, shape=(32, 32, 32))
+    assert sorted(whole.dataset("test")[0]["fixed_label"].unique().tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_analyze_volumes_have_no_known_voxel_order_and_do_not_mix_with_placed_ones(tmp_path):
+    """Analyze files (the Klein sets as distributed) hold no orientation: a set of them is read
+    consistently (validate passes) but its voxel order is unknown, whatever data.orientation says, and
+    a network trained in RAS is refused on it; a tree mixing Analyze and NIfTI files is refused (the
+    same voxels came out mirrored)."""
+    from app import ConfigError
+    from app.checkpoints import check_voxel_axes
+
+    def analyze(path, array):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        nib.save(nib.AnalyzeImage(np.asarray(array), np.eye(4)), str(path))
+
+    root = tmp_path / "MGH10"
+    for n in (1, 2):
+        analyze(root / "Brains" / f"g{n}.img", _image(n))
+        analyze(root / "Atlases" / f"g{n}.img", _labels(n))
+    dm = KleinDataModule("mgh10", str(root), strict_count=False, **SMALL)
+    dm.validate()
+    assert dm.voxel_axes is None and "Analyze" in dm.unplaced_volume()[1]
+    with pytest.raises(ConfigError) as exc:
+        check_voxel_axes("RAS", dm, "net.ckpt")
+    assert "g1.img" in str(exc.value) and "reader's guess" in str(exc.value)
+    for n in (1, 2):  # the same set stored as NIfTI: a known order
+        _save(tmp_path / "nifti" / "Brains" / f"g{n}.nii.gz", _image(n))
+        _save(tmp_path / "nifti" / "Atlases" / f"g{n}.nii.gz", _labels(n))
+    assert KleinDataModule("mgh10", str(tmp_path / "nifti"), strict_count=False, **SMALL).voxel_axes == "RAS"
+    for folder, array in (("Brains", _image(2)), ("Atlases", _labels(2))):  # subject 2 as NIfTI
+        for suffix in (".img", ".hdr"):
+            (root / folder / f"g2{suffix}").unlink()
+        _save(root / folder / "g2.nii.gz", array)
+    mixed = KleinDataModule("mgh10", str(root), strict_count=False, **SMALL)
+    _one_line_error(mixed.validate, must=["g1.img", "g2.nii.gz", "one format"])
 
 
 # ----------------------------------------------------------------------------- Klein sets
