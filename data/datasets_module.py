@@ -165,7 +165,8 @@ class DatasetDataModule(RegistrationDataModule):
 
     def _dataset(self, pairs: Sequence[Pair], augment: bool = False) -> PairDataset:
         return PairDataset(pairs, self.store, mapping=self.label_mapping_or_none(),
-                           augment=self.augment if augment else None, with_labels=self.with_labels)
+                           augment=self.augment if augment else None, with_labels=self.with_labels,
+                           same_window=self.layout.pairs_share_grid)
 
     def dataset(self, split: str) -> PairDataset:
         """The :class:`PairDataset` of ``"train"`` (all ordered training pairs), ``"val"`` or ``"test"``."""

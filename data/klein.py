@@ -130,6 +130,7 @@ class LPBA40Layout(KleinLayout):
     paper_subjects = 40
     paper_pairs = {"test": 1560}
     grid = dict(KleinLayout.grid, crop_center="volume")  # fixed and moving keep one window
+    pairs_share_grid = True  # l{j}_to_l{i} lies on l{i}'s grid
     _PATTERN = r"l(\d+)_to_l(\d+)"
 
     @classmethod

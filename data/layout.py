@@ -121,7 +121,9 @@ class Layout:
     Attributes (class): ``name`` (``data=`` config and ``data.check`` name), ``title``,
     ``expected`` (one line describing the tree, used in errors), ``paper_subjects`` and
     ``paper_pairs`` (the counts in ``PAPER.md``, for checks), ``grid`` (the dataset's default
-    preprocessing: :class:`~data.preprocess.PreprocessConfig` fields).
+    preprocessing: :class:`~data.preprocess.PreprocessConfig` fields), ``pairs_share_grid`` (True when
+    a pair's two files lie on one grid by construction, as LPBA40's pre-registered pairs: their
+    preprocessed grids must then agree in world space too, :func:`data.volume_pairs.check_same_window`).
     """
 
     name: ClassVar[str] = ""
@@ -132,6 +134,7 @@ class Layout:
     # default preprocessing of this dataset (DataModule defaults; data.check's crop estimate)
     grid: ClassVar[dict[str, Any]] = dict(orientation="RAS", spacing=1.0, shape=None, crop_center="volume",
                                           normalize="percentile")
+    pairs_share_grid: ClassVar[bool] = False
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(os.path.expanduser(str(root)))

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from data.augment import VolumeAugmentation
 from data.batch import PairItem, pair_item
-from data.geometry import SPACING_TOLERANCE, axcodes
+from data.geometry import SPACING_TOLERANCE, axcodes, grid_mismatch
 from data.io import DataError
 from data.layout import Pair, VolumeRef
 from data.cache import VolumeStore
@@ -38,6 +38,8 @@ class PairDataset(Dataset):
         augment: a :class:`~data.preprocess.VolumeAugmentation`, applied to the fixed and to
             the moving volume in two separate calls (independent random draws), or None.
         with_labels: put label maps in items.
+        same_window: the pairs' files lie on one grid by construction (``Layout.pairs_share_grid``):
+            their preprocessed grids must agree in world space too (:func:`check_same_window`).
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class PairDataset(Dataset):
         mapping: LabelMapping | None = None,
         augment: VolumeAugmentation | None = None,
         with_labels: bool = True,
+        same_window: bool = False,
     ):
         if not pairs:
             raise DataError("PairDataset: 'pairs' is empty, expected at least one (fixed, moving) pair")
@@ -55,6 +58,7 @@ class PairDataset(Dataset):
         self.mapping = mapping
         self.augment = augment
         self.with_labels = bool(with_labels)
+        self.same_window = bool(same_window)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -67,6 +71,8 @@ class PairDataset(Dataset):
         fref, mref = self.pairs[index]
         fixed, moving = self.volume(fref), self.volume(mref)
         _check_grids(fref, fixed, mref, moving)
+        if self.same_window:
+            check_same_window(fref, fixed, mref, moving, self.store.config)
         if self.with_labels:
             for ref, prep in ((fref, fixed), (mref, moving)):
                 check_labels_kept(ref, prep, self.mapping, self.store.config)
@@ -123,6 +129,20 @@ def check_labels_kept(ref: VolumeRef, prep: Prepared, mapping: LabelMapping | No
             f"data.shape={list(shape) if shape is not None else None}, resampling to data.spacing): Dice would "
             "skip them silently; give a data.shape that holds the whole brain (data.crop_center=foreground "
             "centres the crop on it) or leave those ids out with data.labels_subset"
+        )
+
+
+def check_same_window(fref: VolumeRef, fixed: Prepared, mref: VolumeRef, moving: Prepared, config: Any) -> None:
+    """DataError naming both files when a pair whose files share one grid by construction (LPBA40's
+    pre-registered pairs) no longer does after preprocessing: a crop centred on each volume's own
+    foreground (``data.crop_center=foreground``) moves them apart, and the pair would be scored
+    shifted by the difference."""
+    words = grid_mismatch(fixed.affine, moving.affine)
+    if words:
+        raise DataError(
+            f"{mref.image}: after preprocessing its grid differs from its fixed image {fref.image} ({words}), "
+            f"though the two share one grid on disk (data.crop_center={getattr(config, 'crop_center', None)}); "
+            "use data.crop_center=volume so both keep one window"
         )
 
 

@@ -285,6 +285,31 @@ def test_analyze_volumes_have_no_known_voxel_order_and_do_not_mix_with_placed_on
     _one_line_error(mixed.validate, must=["g1.img", "g2.nii.gz", "one format"])
 
 
+def test_lpba40_pairs_keep_one_window_or_are_refused(tmp_path):
+    """LPBA40's pairs lie on one grid by construction; a crop centred on each volume's own foreground
+    (data.crop_center=foreground) shifted the pair apart (identity Dice 1.0 -> about 0.1, no error).
+    Now refused naming both files; the default crop keeps them on one window."""
+    shape = (40, 40, 40)
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
+    ball = ((grid - 20) ** 2).sum(0) < 8 ** 2
+    lab = np.where(ball, np.where(grid[0] < 20, 21, 22), 0).astype(np.int16)
+    root = tmp_path / "LPBA40"
+    for i in (1, 2):
+        for j in (1, 2):
+            img = np.where(ball, 100.0 + grid[1], 0.0).astype(np.float32)
+            if j == 2:
+                img[2:5, 2:5, 2:5] = 50.0  # a small non-brain blob: only the foreground box moves
+            _save(root / "registered_pairs" / f"l{j}_to_l{i}.nii.gz", img)
+            _save(root / "registered_label_pairs" / f"l{j}_to_l{i}.nii.gz", lab)
+    same = KleinDataModule("lpba40", str(root), strict_count=False, shape=(24, 24, 24))
+    item = same.dataset("test")[0]
+    assert torch.equal(item["fixed_label"], item["moving_label"])  # the pair as registered on disk
+    apart = KleinDataModule("lpba40", str(root), strict_count=False, shape=(24, 24, 24), crop_center="foreground")
+    with pytest.raises(DataError) as exc:
+        apart.dataset("test")[0]
+    assert "l2_to_l1" in str(exc.value) and "l1_to_l1" in str(exc.value) and "crop_center=volume" in str(exc.value)
+
+
 # ----------------------------------------------------------------------------- Klein sets
 def test_klein_subject_and_pair_counts_and_order(trees):
     ibsr = KleinDataModule("ibsr18", str(trees / "IBSR18"), strict_count=False, **SMALL)
