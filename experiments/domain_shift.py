@@ -114,13 +114,17 @@ def _voxel_axes(config_name: str, overrides: list[str]) -> tuple[str | None, tup
     only; None when unknown or mixed), and its first volume placed nowhere in world space (its
     order a reader's guess; ``unplaced_volume()`` of the on-disk datasets) or None."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from app.build import build
     from app.entry import CONFIGS
 
     overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]  # launcher etc.: not the data
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
+    if GlobalHydra.instance().is_initialized():  # inside this script's Hydra app: its search path is configs/
         cfg = compose(config_name=config_name, overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
+            cfg = compose(config_name=config_name, overrides=overrides)
     dm = build(cfg.data, "data")
     return getattr(dm, "voxel_axes", None), getattr(dm, "unplaced_volume", lambda: None)()
 
