@@ -124,6 +124,15 @@ class OASISLayout(Layout):
                 f"({n_train} + {n_val}); the paper's split needs {self.paper_subjects} (set data.n_train/data.n_val "
                 f"for a partial copy)"
             )
+        if (n_train, n_val) == (PAPER_N_TRAIN, PAPER_N_VAL) and len(vols) != self.paper_subjects \
+                and not self.subjects_file.is_file():
+            # without the neurite subject list, another subject folder among the sorted ones moves the
+            # split boundary: every validation (test) pair would differ from the paper's 49
+            raise DataError(
+                f"{self.root}: found {len(vols)} OASIS subject folders and no subjects.txt; the paper's "
+                f"{n_train} + {n_val} split is defined on the {self.paper_subjects} subjects of the neurite release "
+                f"(its subjects.txt lists them); add that file, or set data.n_train/data.n_val for another split"
+            )
         return vols[:n_train], vols[n_train : n_train + n_val], vols[n_train + n_val :]
 
     def pairs(self) -> list:

@@ -71,7 +71,9 @@ class OASISDataModule(DatasetDataModule):
         labels: ``"seg35"`` (35 labels, default) or ``"seg4"``.
         n_train, n_val: split sizes (paper: 364 and 50; they must not exceed the subjects found).
         test_split: ``"val"`` (default: the paper evaluates the 49 consecutive validation pairs)
-            or ``"rest"`` (consecutive pairs of the subjects after train and val).
+            or ``"rest"`` (consecutive pairs of the subjects after train and val) or ``"train"``
+            (consecutive pairs of the first ``n_val`` training subjects, as many as the validation
+            pairs: a trained network's Dice there against ``val`` is finding 3's train > val gap).
         **kwargs: see :class:`data.datasets_module.DatasetDataModule`; defaults here keep the
             native grid: ``orientation=None, spacing=1.0, shape=(160, 192, 224), normalize="minmax"``.
     """
@@ -82,8 +84,8 @@ class OASISDataModule(DatasetDataModule):
                  test_split: str = "val", **kwargs: Any):
         if int(n_train) < 0 or int(n_val) < 0 or int(n_val) == 1:
             raise ValueError(f"OASISDataModule() needs n_train >= 0 and n_val 0 or >= 2, got {n_train!r}, {n_val!r}")
-        if test_split not in ("val", "rest"):
-            raise ValueError(f"OASISDataModule() 'test_split' must be 'val' or 'rest', got {test_split!r}")
+        if test_split not in ("val", "rest", "train"):
+            raise ValueError(f"OASISDataModule() 'test_split' must be 'val', 'rest' or 'train', got {test_split!r}")
         self.labels, self.n_train, self.n_val, self.test_split = labels, int(n_train), int(n_val), test_split
         super().__init__(root, **{**self.layout_cls.grid, **kwargs})
         self.save_hyperparameters()
@@ -95,6 +97,8 @@ class OASISDataModule(DatasetDataModule):
         self.val_pairs = consecutive_pairs(val)
         if self.test_split == "val":
             self.test_pairs = list(self.val_pairs)
+        elif self.test_split == "train":  # as many consecutive pairs of training subjects (finding 3's gap)
+            self.test_pairs = consecutive_pairs(train[: max(len(val), 2)])
         else:
             if len(rest) < 2:
                 raise DataError(

@@ -177,6 +177,30 @@ def test_oasis_paper_split_is_the_default_and_needs_414_subjects(trees):
     assert [(f.id[11:15], m.id[11:15]) for f, m in dm.test_pairs] == [("0007", "0010"), ("0010", "0011")]
 
 
+def test_oasis_paper_split_without_subjects_txt_needs_exactly_414_subjects(tmp_path):
+    """A stray 415th folder (another release, a merged copy) sorted among the others would move the
+    364 / 50 boundary and change every one of the 49 test pairs: refused without subjects.txt, which
+    defines the list; a split given by hand is the user's."""
+    root = tmp_path / "OASIS"
+    for n in range(415):
+        folder = root / f"OASIS_OAS1_{n:04d}_MR1"
+        folder.mkdir(parents=True)
+        for name in ("aligned_norm.nii.gz", "aligned_seg35.nii.gz", "aligned_seg4.nii.gz"):
+            (folder / name).write_bytes(b"")  # the split is decided before any file is read
+    _one_line_error(OASISDataModule, str(root), must=[root, "415", "subjects.txt"])
+    (root / "subjects.txt").write_text("".join(f"OASIS_OAS1_{n:04d}_MR1\n" for n in range(1, 415)))
+    dm = OASISDataModule(str(root), **SMALL)  # the listed 414: the paper's split
+    assert dm.test_pairs[0][0].id == "OASIS_OAS1_0365_MR1"
+
+
+def test_oasis_train_split_gives_as_many_training_pairs_as_validation_pairs(trees):
+    """test_split=train: consecutive pairs of the first n_val training subjects (finding 3's train >
+    val gap is measured on as many pairs as the validation set)."""
+    dm = OASISDataModule(str(trees / "OASIS"), n_train=4, n_val=3, test_split="train", **SMALL)
+    assert [(f.id, m.id) for f, m in dm.test_pairs] == [(a.id, b.id) for a, b in zip(dm.train_volumes[:2], dm.train_volumes[1:3])]
+    assert len(dm.test_pairs) == len(dm.val_pairs) == 2
+
+
 def test_oasis_seg4_labels_and_subjects_txt(tmp_path):
     root = make_oasis(tmp_path / "OASIS", numbers=(3, 1, 2, 9), subjects_txt=True)
     (root / "subjects.txt").write_text("OASIS_OAS1_0003_MR1\n1\n\nOASIS_OAS1_0002_MR1\n")  # 9 not listed
