@@ -2,7 +2,7 @@
 contract, :mod:`app.results`), and the summary files built from them.
 
 Every finished pair is one small JSON part written atomically, with its provenance: the signature
-of the pair's inputs (the batch's ``pair_signature``: files, their size and mtime, preprocessing;
+of the pair's inputs (the batch's ``pair_signature``: files, their size, mtime and ctime, preprocessing;
 or the generator's settings and subject indices), a hash of the method (its class, hyper-parameters
 and weights: :func:`method_signature`), the metric settings (:func:`metric_config`) and the code that
 computes results (:func:`data.signature.code_signature`: any edit of ``data/``, ``spatial/``,

@@ -40,15 +40,18 @@ def _one_file(path: Path) -> list:
     try:
         st = path.stat()
     except OSError:
-        return [str(path.absolute()), None, None]
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+        return [str(path.absolute()), None, None, None]
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def file_signature(path: str | os.PathLike | None) -> list:
-    """``[resolved path, size, mtime_ns]`` of a file (``[absolute path, None, None]`` when it
-    cannot be read; ``[None]`` for no file): changes when the file is replaced or rewritten. For
-    one half of an Analyze / NIfTI pair (``.img`` + ``.hdr``) the other half's three follow, so a
-    header edited in place (orientation, voxel size) changes it too."""
+    """``[resolved path, size, mtime_ns, ctime_ns]`` of a file (``[absolute path, None, None, None]``
+    when it cannot be read; ``[None]`` for no file): changes when the file is replaced or rewritten,
+    also by a copy that keeps the old modification time (``cp -p``, ``rsync -t``, ``touch -r``: the
+    status-change time ``ctime`` cannot be set back, so an uncompressed file of the same size
+    rewritten that way is not taken for the old one). For one half of an Analyze / NIfTI pair
+    (``.img`` + ``.hdr``) the other half's four follow, so a header edited in place (orientation,
+    voxel size) changes it too."""
     if path is None:
         return [None]
     path = Path(path)

@@ -91,7 +91,7 @@ class PairDataset(Dataset):
 
     def pair_signature(self, index: int) -> str:
         """Signature of pair ``index``'s inputs (:mod:`data.signature`): each volume's id and
-        files (path, size, mtime), the preprocessing config (with its code version), the label
+        files (path, size, mtime, ctime), the preprocessing config (with its code version), the label
         mapping and the augmentation."""
         fref, mref = self.pairs[index]
         mapping = self.mapping if self.with_labels else None

@@ -678,6 +678,17 @@ def test_an_analyze_pair_header_edited_in_place_is_not_read_stale(tmp_path):
     assert file_signature(tmp_path / "d" / "img.img") != before
     again = store.get("s1", tmp_path / "d" / "img.img", tmp_path / "d" / "lab.img")
     assert again.image.shape == (12, 12, 20)  # resampled from the new header, not the cached volume
+    # the label file rewritten (same size) with its old modification time put back (cp -p, rsync -t):
+    # the cached labels must not be served
+    label_file = tmp_path / "d" / "lab.img"
+    st = os.stat(label_file)
+    data = bytearray(label_file.read_bytes())
+    data[: len(data) // 2] = bytes(len(data) // 2)  # voxels of the first half set to background
+    label_file.write_bytes(bytes(data))
+    os.utime(label_file, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(label_file).st_size == st.st_size and os.stat(label_file).st_mtime_ns == st.st_mtime_ns
+    rewritten = store.get("s1", tmp_path / "d" / "img.img", label_file)
+    assert not np.array_equal(rewritten.label, again.label)
 
 
 def test_datamodules_say_their_voxel_order(tmp_path):
