@@ -31,9 +31,9 @@ from data.layout import Layout, Pair, VolumeRef
 from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs
 from data.cache import VolumeStore
-from data.preprocess import LabelMapping, PreprocessConfig, Prepared, preprocessed_shape
+from data.preprocess import LabelMapping, PreprocessConfig, Prepared, preprocessed_grid, preprocessed_shape
 from data.signature import file_identity
-from data.volume_pairs import PairDataset, VolumeCheck, check_labels_kept
+from data.volume_pairs import PairDataset, VolumeCheck, check_labels_kept, check_pair_grids
 
 __all__ = ["PairDataset", "DatasetDataModule"]  # PairDataset re-exported (its home is data.volume_pairs)
 
@@ -364,6 +364,7 @@ class DatasetDataModule(RegistrationDataModule):
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """
         self._scan()
+        self._check_pair_grids()
         unplaced = self.unplaced_volume()
         if unplaced is not None:  # a tree mixing placed and unplaced files: one set, two voxel orders
             placed = next((ref.image for ref in self.used_volumes() if read_grid(ref.image).unplaced is None), None)
@@ -387,6 +388,20 @@ class DatasetDataModule(RegistrationDataModule):
         if self.label_map_file and mapping is not None:
             mapping.save(os.path.expanduser(str(self.label_map_file)))
         self._validated = True
+
+    def _check_pair_grids(self) -> None:
+        """Every pair the run can load (validation and test pairs; any two training volumes) on one
+        preprocessed grid, predicted from the headers (:func:`data.preprocess.preprocessed_grid`): a
+        volume in another voxel order or of another size fails here, before any result, and not at its
+        pair in the middle of a run (:func:`data.volume_pairs.check_pair_grids`)."""
+        grids = {}
+        for ref in self.used_volumes():
+            g = read_grid(ref.image)
+            grids[ref.key] = preprocessed_grid(g.shape, g.affine, self.preprocess_config)
+        train = list(self.train_volumes)
+        pairs = [*self.val_pairs, *self.test_pairs, *((train[0], v) for v in train[1:])]
+        for f, m in pairs:
+            check_pair_grids(f, grids[f.key], m, grids[m.key])
 
     @property
     def validated(self) -> bool:

@@ -73,6 +73,7 @@ __all__ = [
     "load_source",
     "preprocess",
     "preprocessed_shape",
+    "preprocessed_grid",
     "LabelMapping",
     "VolumeAugmentation",
 ]
@@ -295,28 +296,42 @@ def _normalized(image: Volume, normalize: str, array: np.ndarray | None = None, 
 def preprocessed_shape(
     shape: Sequence[int], affine: np.ndarray, config: PreprocessConfig
 ) -> tuple[int, int, int]:
-    """The grid :func:`preprocess` makes from a file of ``shape`` and ``affine`` (its header),
-    without reading voxels: reorientation permutes the axes, resampling gives
-    ``floor(n * spacing / target)`` per axis (torchio's rule; singleton axes stay 1), crop/pad
-    gives ``config.shape``."""
+    """The grid shape :func:`preprocess` makes from a file of ``shape`` and ``affine`` (its header),
+    without reading voxels (:func:`preprocessed_grid`)."""
+    return preprocessed_grid(shape, affine, config)[1]
+
+
+def preprocessed_grid(
+    shape: Sequence[int], affine: np.ndarray, config: PreprocessConfig
+) -> tuple[str, tuple[int, int, int], tuple[float, float, float]]:
+    """``(axis codes, shape, spacing)`` of the grid :func:`preprocess` makes from a file of ``shape``
+    and ``affine`` (its header), without reading voxels: reorientation permutes the axes, resampling
+    gives ``floor(n * spacing / target)`` per axis (torchio's rule; singleton axes stay 1) and the
+    target spacing, crop/pad gives ``config.shape``."""
     import nibabel as nib
 
-    if config.shape is not None:
-        return tuple(config.shape)  # type: ignore[return-value]
-    shape = np.array([int(s) for s in shape[:3]])
+    from data.geometry import axcodes
+
+    shape_a = np.array([int(s) for s in shape[:3]])
     spacing = np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
+    codes = axcodes(affine)
     if config.orientation is not None:
         ornt = nib.orientations.ornt_transform(
             nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(tuple(config.orientation))
         )
         order = ornt[:, 0].astype(int)  # source axis i becomes axis order[i]
-        new_shape, new_spacing = np.empty_like(shape), np.empty_like(spacing)
-        new_shape[order], new_spacing[order] = shape, spacing
-        shape, spacing = new_shape, new_spacing
+        new_shape, new_spacing = np.empty_like(shape_a), np.empty_like(spacing)
+        new_shape[order], new_spacing[order] = shape_a, spacing
+        shape_a, spacing, codes = new_shape, new_spacing, str(config.orientation)
     if config.spacing is not None and not np.allclose(spacing, config.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
-        resampled = np.floor(shape * spacing / np.asarray(config.spacing, dtype=np.float64)).astype(int)
-        shape = np.where(shape == 1, 1, resampled)
-    return tuple(int(s) for s in shape)  # type: ignore[return-value]
+        target = np.broadcast_to(np.asarray(config.spacing, dtype=np.float64), (3,))
+        resampled = np.floor(shape_a * spacing / target).astype(int)
+        shape_a = np.where(shape_a == 1, 1, resampled)
+        spacing = target
+    if config.shape is not None:
+        shape_a = np.asarray(config.shape)
+    return (codes, tuple(int(s) for s in shape_a),  # type: ignore[return-value]
+            tuple(float(s) for s in spacing))
 
 
 def _name(volume: Volume) -> str:

@@ -24,7 +24,7 @@ from data.cache import VolumeStore
 from data.preprocess import LabelMapping, Prepared, load_source
 from data.signature import file_signature, signature
 
-__all__ = ["PairDataset", "VolumeCheck", "check_labels_kept"]
+__all__ = ["PairDataset", "VolumeCheck", "check_labels_kept", "check_pair_grids"]
 
 
 class PairDataset(Dataset):
@@ -147,28 +147,36 @@ def check_same_window(fref: VolumeRef, fixed: Prepared, mref: VolumeRef, moving:
 
 
 def _check_grids(fref: VolumeRef, fixed: Prepared, mref: VolumeRef, moving: Prepared) -> None:
-    """DataError naming both image files when the preprocessed fixed and moving grids differ in
-    shape, spacing or orientation (axis codes, :func:`data.geometry.axcodes`): the pair is
-    registered in voxel space, so these must agree. Their origins are NOT compared: each subject
-    lies in its own scanner space, and the paper's protocol registers inter-subject pairs on the
-    common grid made by reorientation, resampling and crop/pad (the residual offset and rotation
-    between subjects are part of what registration recovers). A pairs CSV, whose files claim one
-    grid, compares full affines instead."""
-    f_codes, m_codes = axcodes(fixed.affine), axcodes(moving.affine)
+    """:func:`check_pair_grids` of two preprocessed volumes."""
+    check_pair_grids(fref, (axcodes(fixed.affine), tuple(fixed.image.shape), tuple(fixed.spacing)),
+                     mref, (axcodes(moving.affine), tuple(moving.image.shape), tuple(moving.spacing)))
+
+
+def check_pair_grids(fref: VolumeRef, fixed: tuple, mref: VolumeRef, moving: tuple) -> None:
+    """DataError naming both image files when the preprocessed fixed and moving grids
+    ``(axis codes, shape, spacing)`` differ in orientation (:func:`data.geometry.axcodes`), shape or
+    spacing: the pair is registered in voxel space, so these must agree. Their origins are NOT
+    compared: each subject lies in its own scanner space, and the paper's protocol registers
+    inter-subject pairs on the common grid made by reorientation, resampling and crop/pad (the
+    residual offset and rotation between subjects are part of what registration recovers). A pairs
+    CSV, whose files claim one grid, compares full affines instead. ``validate()`` runs it on the
+    grids predicted from the headers (:func:`data.preprocess.preprocessed_grid`), before any result;
+    loading a pair, on the volumes themselves."""
+    (f_codes, f_shape, f_spacing), (m_codes, m_shape, m_spacing) = fixed, moving
     if f_codes != m_codes:
         raise DataError(
             f"{mref.image}: preprocessed orientation {m_codes} differs from its fixed image {fref.image} "
             f"({f_codes}); set data.orientation (e.g. RAS) to reorient both to one voxel order"
         )
-    if fixed.image.shape != moving.image.shape:
+    if tuple(f_shape) != tuple(m_shape):
         raise DataError(
-            f"{mref.image}: preprocessed shape {moving.image.shape} differs from its fixed image {fref.image} "
-            f"{fixed.image.shape}; set data.shape to crop/pad both to one grid"
+            f"{mref.image}: preprocessed shape {tuple(m_shape)} differs from its fixed image {fref.image} "
+            f"{tuple(f_shape)}; set data.shape to crop/pad both to one grid"
         )
-    if not np.allclose(fixed.spacing, moving.spacing, rtol=0.0, atol=SPACING_TOLERANCE):
+    if not np.allclose(f_spacing, m_spacing, rtol=0.0, atol=SPACING_TOLERANCE):
         raise DataError(
-            f"{mref.image}: preprocessed spacing {moving.spacing} mm differs from its fixed image {fref.image} "
-            f"{fixed.spacing} mm; set data.spacing to resample both to one grid"
+            f"{mref.image}: preprocessed spacing {tuple(m_spacing)} mm differs from its fixed image {fref.image} "
+            f"{tuple(f_spacing)} mm; set data.spacing to resample both to one grid"
         )
 
 

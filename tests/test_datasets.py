@@ -201,6 +201,21 @@ def test_oasis_train_split_gives_as_many_training_pairs_as_validation_pairs(tree
     assert len(dm.test_pairs) == len(dm.val_pairs) == 2
 
 
+def test_validate_refuses_a_pair_on_two_grids_before_any_result(tmp_path):
+    """One validation subject stored in another voxel order (OASIS keeps the native order): its pair
+    would fail only when loaded, after earlier pairs' results were written; validate() now predicts
+    every pair's preprocessed grid from the headers and names the file before any result."""
+    root = make_oasis(tmp_path / "OASIS")
+    odd = root / "OASIS_OAS1_0010_MR1"
+    for name in ("aligned_norm.nii.gz", "aligned_seg35.nii.gz", "aligned_seg4.nii.gz"):
+        img = nib.load(odd / name)
+        las = nib.orientations.ornt_transform(nib.io_orientation(img.affine), nib.orientations.axcodes2ornt("LAS"))
+        nib.save(img.as_reoriented(las), odd / name)
+    dm = OASISDataModule(str(root), n_train=4, n_val=3, **{**SMALL, "shape": None})
+    _one_line_error(dm.validate, must=[odd / "aligned_norm.nii.gz", "orientation LAS", "data.orientation"])
+    OASISDataModule(str(root), n_train=4, n_val=3, orientation="RAS", **{**SMALL, "shape": None}).validate()
+
+
 def test_oasis_seg4_labels_and_subjects_txt(tmp_path):
     root = make_oasis(tmp_path / "OASIS", numbers=(3, 1, 2, 9), subjects_txt=True)
     (root / "subjects.txt").write_text("OASIS_OAS1_0003_MR1\n1\n\nOASIS_OAS1_0002_MR1\n")  # 9 not listed

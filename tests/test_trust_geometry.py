@@ -40,7 +40,8 @@ from data.io import (  # noqa: E402
 )
 from data.public import KleinDataModule  # noqa: E402
 from data.pairs_csv import PairsCSVDataset  # noqa: E402
-from data.preprocess import PreprocessConfig, load_source, preprocess, preprocessed_shape  # noqa: E402
+from data.geometry import axcodes  # noqa: E402
+from data.preprocess import PreprocessConfig, load_source, preprocess, preprocessed_grid, preprocessed_shape  # noqa: E402
 from losses import compact_labels, dice_loss, one_hot  # noqa: E402
 from app.evaluation import run_test  # noqa: E402
 from app.parts import ResultsWriter  # noqa: E402
@@ -332,6 +333,10 @@ def test_dataset_volume_shapes_predict_preprocessing(tmp_path):
     for cfg in (PreprocessConfig(orientation="RAS", spacing=1.0), PreprocessConfig(orientation="LPI", spacing=2.0),
                 PreprocessConfig(orientation=None, spacing=None), PreprocessConfig(orientation="RAS", spacing=None)):
         assert preprocessed_shape(img.shape, aff, cfg) == preprocess(volume, None, cfg).image.shape, cfg
+        prep = preprocess(volume, None, cfg)  # the whole grid validate() predicts for the pair check
+        codes, shape, spacing = preprocessed_grid(img.shape, aff, cfg)
+        assert (codes, shape) == (axcodes(prep.affine), prep.image.shape), cfg
+        np.testing.assert_allclose(spacing, prep.spacing, atol=1e-6)
     root = _ibsr(tmp_path / "IBSR18")
     dm = KleinDataModule("ibsr18", str(root), strict_count=False, shape=[16, 16, 1])
     shapes = dm.volume_shapes("test")
