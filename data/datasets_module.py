@@ -31,7 +31,7 @@ from data.layout import Layout, Pair, VolumeRef
 from data.loaders import check_loader_args
 from data.pairs import RandomPairSampler, all_pairs
 from data.cache import VolumeStore
-from data.preprocess import LabelMapping, PreprocessConfig, Prepared, preprocessed_grid, preprocessed_shape
+from data.preprocess import LabelMapping, PreprocessConfig, preprocessed_grid, preprocessed_shape
 from data.signature import file_identity
 from data.volume_pairs import PairDataset, VolumeCheck, check_labels_kept, check_pair_grids
 
@@ -113,6 +113,7 @@ class DatasetDataModule(RegistrationDataModule):
         self._grids: set[tuple] | None = None
         self._kept: dict[str, tuple] = {}
         self._unplaced: tuple | None = None
+        self._header_grids: dict[str, Any] | None = None
         self._axes: str | None = None  # "": the volumes differ
         self._validated = False
         self.train_volumes: list[VolumeRef] = []
@@ -274,11 +275,9 @@ class DatasetDataModule(RegistrationDataModule):
         refs = self._stage_volumes(stage)
         if self.preprocess_config.shape is not None:
             return [(str(ref.image), tuple(self.preprocess_config.shape)) for ref in refs]
-        out = []
-        for ref in refs:
-            grid = read_grid(ref.image)
-            out.append((str(ref.image), preprocessed_shape(grid.shape, grid.affine, self.preprocess_config)))
-        return out
+        headers = self._headers()
+        return [(str(ref.image), preprocessed_shape(headers[ref.key].shape, headers[ref.key].affine,
+                                                    self.preprocess_config)) for ref in refs]
 
     def _stage_volumes(self, stage: str | None) -> list[VolumeRef]:
         wanted = stage_splits(stage)
@@ -300,9 +299,15 @@ class DatasetDataModule(RegistrationDataModule):
         if self.preprocess_config.orientation is not None:
             return self.preprocess_config.orientation
         if self._axes is None:
-            codes = {axcodes(read_grid(ref.image).affine) for ref in self.used_volumes()}
+            codes = {axcodes(g.affine) for g in self._headers().values()}
             self._axes = next(iter(codes)) if len(codes) == 1 else ""
         return self._axes or None
+
+    def _headers(self) -> dict[str, Any]:
+        """Each used volume's header :class:`~data.geometry.Grid` (``read_grid``), read once."""
+        if self._header_grids is None:
+            self._header_grids = {ref.key: read_grid(ref.image) for ref in self.used_volumes()}
+        return self._header_grids
 
     def unplaced_volume(self) -> tuple[Path, str] | None:
         """``(image file, why)`` of the first used volume whose header places it nowhere in world
@@ -312,8 +317,9 @@ class DatasetDataModule(RegistrationDataModule):
         consistent within a set of such files, so classical registration and metrics are sound, but
         a network trained on other data may see it flipped (:meth:`validate`, eval.py refuse)."""
         if self._unplaced is None:
-            found = next(((ref.image, g.unplaced) for ref in self.used_volumes()
-                          if (g := read_grid(ref.image)).unplaced is not None), None)
+            headers = self._headers()
+            found = next(((ref.image, headers[ref.key].unplaced) for ref in self.used_volumes()
+                          if headers[ref.key].unplaced is not None), None)
             self._unplaced = found or ()
         return self._unplaced or None
 
@@ -367,7 +373,8 @@ class DatasetDataModule(RegistrationDataModule):
         self._check_pair_grids()
         unplaced = self.unplaced_volume()
         if unplaced is not None:  # a tree mixing placed and unplaced files: one set, two voxel orders
-            placed = next((ref.image for ref in self.used_volumes() if read_grid(ref.image).unplaced is None), None)
+            headers = self._headers()
+            placed = next((ref.image for ref in self.used_volumes() if headers[ref.key].unplaced is None), None)
             if placed is not None:
                 raise DataError(f"{unplaced[0]}: {unplaced[1]}, while {placed} is placed in world space: the two "
                                 "would be read in different voxel orders (one a reader's guess); store every "
@@ -382,9 +389,7 @@ class DatasetDataModule(RegistrationDataModule):
         self._mapping_ready = False
         mapping = self.label_mapping
         for ref, source, kept in self._kept.values():  # a label the crop removed: refused before any result
-            check_labels_kept(ref, Prepared(image=None, label=None, affine=None, spacing=None, source_labels=tuple(source),
-                                            labels=tuple(kept)), mapping if self.with_labels else None,
-                              self.preprocess_config)
+            check_labels_kept(ref, source, kept, mapping if self.with_labels else None, self.preprocess_config)
         if self.label_map_file and mapping is not None:
             mapping.save(os.path.expanduser(str(self.label_map_file)))
         self._validated = True
@@ -394,10 +399,7 @@ class DatasetDataModule(RegistrationDataModule):
         preprocessed grid, predicted from the headers (:func:`data.preprocess.preprocessed_grid`): a
         volume in another voxel order or of another size fails here, before any result, and not at its
         pair in the middle of a run (:func:`data.volume_pairs.check_pair_grids`)."""
-        grids = {}
-        for ref in self.used_volumes():
-            g = read_grid(ref.image)
-            grids[ref.key] = preprocessed_grid(g.shape, g.affine, self.preprocess_config)
+        grids = {key: preprocessed_grid(g.shape, g.affine, self.preprocess_config) for key, g in self._headers().items()}
         train = list(self.train_volumes)
         pairs = [*self.val_pairs, *self.test_pairs, *((train[0], v) for v in train[1:])]
         for f, m in pairs:

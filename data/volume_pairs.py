@@ -75,7 +75,7 @@ class PairDataset(Dataset):
             check_same_window(fref, fixed, mref, moving, self.store.config)
         if self.with_labels:
             for ref, prep in ((fref, fixed), (mref, moving)):
-                check_labels_kept(ref, prep, self.mapping, self.store.config)
+                check_labels_kept(ref, prep.source_labels, prep.labels, self.mapping, self.store.config)
         volumes = {}
         for key, prep in (("fixed", fixed), ("moving", moving)):
             img = torch.from_numpy(np.ascontiguousarray(prep.image)).unsqueeze(0)
@@ -108,20 +108,21 @@ class PairDataset(Dataset):
         })
 
 
-def check_labels_kept(ref: VolumeRef, prep: Prepared, mapping: LabelMapping | None, config: Any) -> None:
+def check_labels_kept(ref: VolumeRef, source_labels: Sequence[int] | None, labels: Sequence[int] | None,
+                      mapping: LabelMapping | None, config: Any) -> None:
     """DataError naming the label file when a label id that counts (kept by ``mapping``, not
-    background) is in the file (``prep.source_labels``) but no longer in the preprocessed map
-    (``prep.labels``): the crop/pad to ``data.shape`` or the resampling removed it, and Dice, which
-    scores the labels present, would skip it without a word (a partly cut label is still scored,
-    on what is left)."""
-    if prep.source_labels is None or prep.labels is None or ref.label is None:
+    background) is in the file (``source_labels``, :attr:`Prepared.source_labels`) but no longer in
+    the preprocessed map (``labels``, :attr:`Prepared.labels`): the crop/pad to ``data.shape`` or the
+    resampling removed it, and Dice, which scores the labels present, would skip it without a word
+    (a partly cut label is still scored, on what is left)."""
+    if source_labels is None or labels is None or ref.label is None:
         return
 
     def counted(ids: Sequence[int]) -> set[int]:
         arr = np.asarray(ids, dtype=np.int64)
         return {int(v) for v in (mapping.apply(arr) if mapping is not None else arr)} - {0}
 
-    lost = sorted(counted(prep.source_labels) - counted(prep.labels))
+    lost = sorted(counted(source_labels) - counted(labels))
     if lost:
         shape = getattr(config, "shape", None)
         raise DataError(
