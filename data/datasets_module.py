@@ -345,7 +345,7 @@ class DatasetDataModule(RegistrationDataModule):
             results = [work[i] for i in range(len(work))]
         labels: set[int] = set()
         grids = set()
-        self._kept = {}  # the preprocessed volumes (with a cache): their label ids before and after
+        self._kept = {}  # every volume's label ids before and after preprocessing
         for ref, res in zip(volumes, results):
             if "error" in res:
                 raise DataError(res["error"])
@@ -365,8 +365,10 @@ class DatasetDataModule(RegistrationDataModule):
         Every volume of the train/val/test sets is loaded once and checked (readable, 3-D,
         finite, non-constant image not all zero after ``data.normalize``, whole non-negative
         labels, not all zero, on the image's grid in world space: shape and voxel-to-world
-        affine). With ``cache_dir`` it is also preprocessed into the cache (a later run
-        trusts cache entries whose source files are unchanged). Then: ``labels_subset`` ids
+        affine) and preprocessed, so an image all zero after the crop or a label the crop
+        removes fails here; with ``cache_dir`` into the cache (a later run trusts cache
+        entries whose source files are unchanged), without one it is preprocessed again
+        when its pair is loaded. Then: ``labels_subset`` ids
         must occur in the data, and with ``label_map_file`` the mapping is written there.
         """
         self._scan()

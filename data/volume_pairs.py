@@ -21,7 +21,7 @@ from data.geometry import SPACING_TOLERANCE, axcodes, grid_mismatch
 from data.io import DataError
 from data.layout import Pair, VolumeRef
 from data.cache import VolumeStore
-from data.preprocess import LabelMapping, Prepared, load_source
+from data.preprocess import LabelMapping, Prepared
 from data.signature import file_signature, signature
 
 __all__ = ["PairDataset", "VolumeCheck", "check_labels_kept", "check_pair_grids"]
@@ -196,15 +196,9 @@ class VolumeCheck(Dataset):
         ref = self.volumes[i]
         label = ref.label if self.with_labels else None
         try:
-            if self.store.cache_dir is None:
-                img, lab = load_source(ref.image, label, self.store.config.normalize)
-                return {
-                    "id": ref.id,
-                    "labels": None if lab is None else [int(v) for v in np.unique(lab.array)],
-                    "shape": None,
-                    "spacing": None,
-                }
-            p = self.store.get(ref.key, ref.image, label)  # checks, preprocesses and fills the cache
+            # checks and preprocesses (filling the cache when there is one): a volume all zero after
+            # the crop, or a label the crop removes, fails here and not at its pair mid-run
+            p = self.store.get(ref.key, ref.image, label)
             return {
                 "id": ref.id,
                 "kept": None if p.labels is None else list(p.labels),

@@ -261,9 +261,9 @@ def test_l2r_csv_without_header_and_unknown_subject(tmp_path):
 
 def test_a_label_the_crop_removes_is_refused_not_skipped(tmp_path):
     """A brain larger than data.shape: labels 3 and 4 lie outside the crop, so Dice (which scores the
-    labels present) would drop them from every mean without a word. Loading the pair names the label
-    file and the lost ids; with a cache, validate() does before any result; leaving them out with
-    labels_subset is fine."""
+    labels present) would drop them from every mean without a word. validate() names the label file
+    and the lost ids before any result, with a cache or without (and so does loading the pair);
+    leaving them out with labels_subset is fine."""
     shape = (30, 30, 30)
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"))
     for n in (1, 2):
@@ -277,7 +277,7 @@ def test_a_label_the_crop_removes_is_refused_not_skipped(tmp_path):
         _save(tmp_path / "MGH10" / "Atlases" / f"g{n}.nii.gz", lab)
     root = str(tmp_path / "MGH10")
     dm = KleinDataModule("mgh10", root, strict_count=False, shape=(16, 16, 16))
-    dm.validate()  # no cache: the volumes are not preprocessed here
+    _one_line_error(dm.validate, must=["Atlases", "[3, 4]", "data.shape=[16, 16, 16]"])
     with pytest.raises(DataError) as exc:
         dm.dataset("test")[0]
     assert "Atlases" in str(exc.value) and "[3, 4]" in str(exc.value) and "data.shape=[16, 16, 16]" in str(exc.value)
@@ -288,6 +288,23 @@ def test_a_label_the_crop_removes_is_refused_not_skipped(tmp_path):
     assert sorted(subset.dataset("test")[0]["fixed_label"].unique().tolist()) == [1, 2]
     whole = KleinDataModule("mgh10", root, strict_count=False, shape=(32, 32, 32))
     assert sorted(whole.dataset("test")[0]["fixed_label"].unique().tolist()) == [0, 1, 2, 3, 4]
+
+
+def test_an_image_the_crop_empties_fails_in_validate_without_a_cache(tmp_path):
+    """A brain in one corner of its volume and a volume-centred crop that misses it: the cropped image
+    is all zeros. validate() names the file before any result (no cache needed); before, it surfaced
+    only when the pair was loaded, in the middle of a run."""
+    shape = (30, 30, 30)
+    for n in (1, 2):
+        img = np.zeros(shape, np.float32)
+        img[:6, :6, :6] = 50.0 + np.arange(6 * 6 * 6).reshape(6, 6, 6) * n
+        lab = np.zeros(shape, np.int16)
+        lab[:6, :6, :6] = 1
+        _save(tmp_path / "MGH10" / "Brains" / f"g{n}.nii.gz", img)
+        _save(tmp_path / "MGH10" / "Atlases" / f"g{n}.nii.gz", lab)
+    dm = KleinDataModule("mgh10", str(tmp_path / "MGH10"), strict_count=False, shape=(12, 12, 12),
+                         crop_center="volume")
+    _one_line_error(dm.validate, must=["g1.nii.gz", "all zeros", "data.shape=[12, 12, 12]"])
 
 
 def test_analyze_volumes_have_no_known_voxel_order_and_do_not_mix_with_placed_ones(tmp_path):
