@@ -167,6 +167,28 @@ def test_divisibility_multiple_follows_the_levels():
         _small_net(2, levels=4)(x, x)
 
 
+def test_the_oasis_recipe_builds_the_widths_of_the_authors_code():
+    """LapIRN's code (start_channel 7): 28 channels in each level's encoder, decoder and 5 residual
+    blocks, 3x3x3 convolutions, no biases, 2 input channels at level 1 and 5 above: 923,748 weights.
+    Ours adds biases and feeds every level 5 channels; the oasis_* recipe must land within 1 %."""
+    from hydra.utils import instantiate
+
+    from conftest import compose
+
+    cfg = compose("train", ["experiment=oasis_sup_lapirn"])
+    net = instantiate(cfg.model.net)
+    assert (net.level_nets[0].res[0].conv1.out_channels, len(net.level_nets[0].res)) == (28, 5)
+    c, k = 28, 27
+    level = k * c * c * (1 + 1 + 10) + 8 * c * c + k * 2 * c * c + k * c * 3
+    authors = k * 2 * c + level + 2 * (k * 5 * c + level)
+    assert authors == 923_748
+    ours = sum(p.numel() for p in net.parameters())
+    assert abs(ours - authors) / authors < 0.01, ours
+    assert _small_net(3, res_channels=3).level_nets[0].res[0].conv1.out_channels == 3  # default 2C = 8
+    with pytest.raises(ValueError, match="LapIRN 'res_channels'"):
+        LapIRN(3, res_channels=0)
+
+
 @pytest.mark.parametrize("bad,match", [
     ({"stage_epochs": [4]}, "model.stage_epochs"),
     ({"stage_epochs": [5, 2]}, "model.stage_epochs"),

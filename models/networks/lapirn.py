@@ -84,18 +84,18 @@ class LevelNet(nn.Module):
     """One pyramid level: ``forward(x, coarse_feat) -> (residual field, feature)``.
 
     ``x`` ``(B, cin, *n)`` (``n`` even); returns the residual ``(B, D, *n)`` and the
-    residual-block output ``(B, 2C, *n/2)`` that the next finer level may receive as
-    ``coarse_feat`` (``(B, 2C, *n/4)``, upsampled ×2 here and added).
+    residual-block output ``(B, R, *n/2)`` (``R = res_channels``) that the next finer level may
+    receive as ``coarse_feat`` (``(B, R, *n/4)``, upsampled ×2 here and added).
     """
 
-    def __init__(self, ndim: int, cin: int, channels: int, n_res_blocks: int) -> None:
+    def __init__(self, ndim: int, cin: int, channels: int, n_res_blocks: int, res_channels: int) -> None:
         super().__init__()
-        c = channels
+        c, r = channels, res_channels
         self.ndim = ndim
         self.enc = nn.Sequential(ConvAct(ndim, cin, c), ConvAct(ndim, c, c))
-        self.down = ConvAct(ndim, c, 2 * c, stride=2)
-        self.res = nn.Sequential(*[ResBlock(ndim, 2 * c) for _ in range(n_res_blocks)])
-        self.up = nn.Sequential(up_conv(ndim, 2 * c, c, slope=0.2), nn.LeakyReLU(0.2))
+        self.down = ConvAct(ndim, c, r, stride=2)
+        self.res = nn.Sequential(*[ResBlock(ndim, r) for _ in range(n_res_blocks)])
+        self.up = nn.Sequential(up_conv(ndim, r, c, slope=0.2), nn.LeakyReLU(0.2))
         self.dec = ConvAct(ndim, 2 * c, c)
         self.flow = flow_conv(ndim, c)
 
@@ -118,9 +118,11 @@ class LapIRN(nn.Module):
     Args:
         ndim: 2 or 3.
         levels: pyramid levels ``L`` (the paper: 3); level ``k`` runs on ``S / 2**(L-1-k)``.
-        channels: ``C``, width of every level's encoder/decoder (``2C`` in the residual blocks);
-            16 by default so that CPU training is feasible (the paper uses more).
+        channels: ``C``, width of every level's encoder/decoder; 16 by default so that CPU
+            training is feasible. The paper's code: 28 (``4 × start_channel``, start_channel 7).
         n_res_blocks: residual blocks per level (the paper: 5).
+        res_channels: width ``R`` of the residual blocks at half the level's grid; ``None``
+            (default) = ``2C``. The paper keeps the encoder's width there (``R = C = 28``).
         field: ``"velocity"`` (diffeomorphic: velocities add, the caller integrates the returned
             total velocity) or ``"displacement"`` (residual displacements compose).
         integration_steps: scaling-and-squaring steps used to warp the moving image of a finer
@@ -143,6 +145,7 @@ class LapIRN(nn.Module):
         levels: int = 3,
         channels: int = 16,
         n_res_blocks: int = 3,
+        res_channels: int | None = None,
         field: str = "velocity",
         integration_steps: int = 7,
         feature_passing: bool = True,
@@ -151,8 +154,10 @@ class LapIRN(nn.Module):
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
+        res_channels = 2 * channels if res_channels is None else res_channels
         check_net_args("LapIRN", ndim, levels=(levels, 1), channels=(channels, 1), n_res_blocks=(n_res_blocks, 0),
-                       integration_steps=(integration_steps, 0), in_channels=(in_channels, 1))
+                       res_channels=(res_channels, 1), integration_steps=(integration_steps, 0),
+                       in_channels=(in_channels, 1))
         if field not in LAPIRN_FIELDS:
             raise ValueError(f"LapIRN 'field' must be one of {list(LAPIRN_FIELDS)}, got {field!r}")
         self.ndim = ndim
@@ -164,7 +169,7 @@ class LapIRN(nn.Module):
         self.channels_last = channels_last
         self.checkpoint = bool(checkpoint)
         cin = 2 * in_channels + ndim  # warped moving, fixed, upsampled coarser field
-        self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks) for _ in range(levels))
+        self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks, res_channels) for _ in range(levels))
 
     @property
     def multiple(self) -> int:
