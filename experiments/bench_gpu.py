@@ -296,8 +296,8 @@ def _module(node: dict, device: torch.device, quick: bool):
     """A network's RegistrationModule from its recipe (``--quick``: the tiny members, so a CPU runs it)."""
     if quick:
         net = node["model"]["net"]
-        small = {"TransMorph": {"size": "tiny", "window_size": [2, 2, 2]}, "LapIRN": {"channels": 4},
-                 "LKUNet": {"start_channels": 4}, "VoxelMorphUNet": {"variant": "vxm1"}}
+        small = {"TransMorph": {"size": "tiny", "window_size": [2, 2, 2]},
+                 "LapIRN": {"channels": 4, "res_channels": 8, "n_res_blocks": 1}, "LKUNet": {"start_channels": 4}, "VoxelMorphUNet": {"variant": "vxm1"}}
         for target, change in small.items():
             if str(net.get("_target_", "")).endswith(target) or str(net.get("backbone", {}).get("_target_", "")).endswith(target):
                 node = merged(node, {"model": {"net": change}})
