@@ -138,7 +138,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     datamodule.save_label_map(out_dir)  # remapped label ids: the results name which original label each is
     source = ckpt_path or checkpoint
     extra = {"paradigm": model.paradigm, "checkpoint": str(Path(source).resolve()) if source else None,
-             "precision": precision}
+             "precision": precision, **(model.test_settings() if hasattr(model, "test_settings") else {})}
     summary = writer.finalize(tested, extra=extra, seen=seen,
                               run_ids={run_id for run_id, _ in gathered}, n_test_pairs=len(expected))
     _print_reuse(writer)
@@ -178,6 +178,13 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
         check_voxel_axes(model.trained_voxel_axes, datamodule, cfg.ckpt_path)
     else:
         model = build_model(cfg, datamodule)
+    if cfg.get("reg_code") is not None:
+        if not hasattr(model, "set_reg_code"):
+            raise ConfigError(f"reg_code={cfg.reg_code}: {model.method} is not a conditional network (model=clapirn)")
+        try:
+            model.set_reg_code(cfg.reg_code)
+        except ValueError as exc:
+            raise ConfigError(f"reg_code={cfg.reg_code}: {exc}") from exc
     trainer = build_trainer(cfg, with_callbacks=False)
     save_outputs = bool(cfg.get("save_outputs", False))
     try:

@@ -17,6 +17,13 @@
 
 Validation, test and :meth:`register` always use the whole pyramid's final displacement
 through the shared code, whatever the stage. ``train/stage`` is logged every epoch.
+
+**cLapIRN** (Mok & Chung, MICCAI 2021; ``model.net.conditional=true``, ``model=clapirn``): every
+training step draws one regularisation code ``λ ~ U(0, 1)`` for its batch; the network is
+conditioned on it and the step's smoothness weight is ``λ · model.loss.reg_weight`` (the largest
+weight). Validation, test and :meth:`register` use ``model.reg_code`` (``eval.py reg_code=...``
+changes it for a checkpoint; ``summary.json`` records it), so one trained network gives the whole
+range of smoothness.
 """
 
 from __future__ import annotations
@@ -47,6 +54,8 @@ class LapIRNModule(RegistrationModule):
         field: must equal ``net.field`` (``None``: taken from the net), as the network sums
             velocities itself and this module integrates the total.
         integration_steps: ``None``: taken from the net.
+        reg_code: the code ``λ`` in [0, 1] of validation, test and :meth:`register` for a
+            conditional net (cLapIRN; required there, refused otherwise).
         method: name in results (default ``"lapirn"``); other keyword arguments go to
             :class:`~models.module.RegistrationModule` (loss, optimizer, downsize, ...).
     """
@@ -59,6 +68,7 @@ class LapIRNModule(RegistrationModule):
         method: str = "lapirn",
         field: str | None = None,
         integration_steps: int | None = None,
+        reg_code: float | None = None,
         **kwargs: Any,
     ) -> None:
         net_obj = built(net)  # a spec (from the config or a checkpoint's hyper-parameters) or the net
@@ -87,6 +97,38 @@ class LapIRNModule(RegistrationModule):
         if isinstance(freeze_epochs, bool) or not isinstance(freeze_epochs, int) or freeze_epochs < 0:
             raise ValueError(f"model.freeze_epochs must be an int >= 0, got {freeze_epochs!r}")
         self.freeze_epochs = freeze_epochs
+        self.conditional = bool(getattr(net_obj, "conditional", False))
+        self._step_code: float | None = None  # the code drawn for the current training step
+        self.reg_code: float | None = None
+        self.set_reg_code(reg_code)
+
+    # ------------------------------------------------------------------ cLapIRN's code
+    def set_reg_code(self, value: float | None) -> None:
+        """The code of validation, test and :meth:`register` (recorded in the hyper-parameters, so a
+        result of another code is never reused as this one's); ValueError naming ``model.reg_code``."""
+        if not self.conditional:
+            if value is not None:
+                raise ValueError(f"model.reg_code={value!r} is for a conditional LapIRN (model.net.conditional=true, "
+                                 "model=clapirn); this net is not conditional")
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"model.reg_code must be a number in [0, 1] for a conditional LapIRN (cLapIRN: the "
+                             f"smoothness weight is reg_code x model.loss.reg_weight), got {value!r}")
+        self.reg_code = float(value)
+        self.hparams["reg_code"] = self.reg_code
+
+    def _code(self) -> float | None:
+        return self._step_code if self._step_code is not None else self.reg_code
+
+    def net_kwargs(self) -> dict[str, Any]:
+        return {"reg_code": self._code()} if self.conditional else {}
+
+    def step_reg_weight(self) -> float:
+        weight = super().step_reg_weight()
+        return weight * self._code() if self.conditional else weight
+
+    def test_settings(self) -> dict[str, Any]:
+        return {"reg_code": self.reg_code} if self.conditional else {}
 
     # ------------------------------------------------------------------ schedule
     def stage_at(self, epoch: int) -> int:
@@ -142,8 +184,9 @@ class LapIRNModule(RegistrationModule):
             # field to the cropped network grid, then to the stage grid
             moving, crop = pad_to_multiple(moving, self.net.multiple)
             fixed, _ = pad_to_multiple(fixed, self.net.multiple)
-            return resize_field(as_float32(self.net(moving, fixed, active_levels=stage)[crop]), grid)
-        out = as_float32(self.net(moving, fixed, active_levels=stage, upsample=False))
+            return resize_field(as_float32(self.net(moving, fixed, active_levels=stage, **self.net_kwargs())[crop]),
+                                grid)
+        out = as_float32(self.net(moving, fixed, active_levels=stage, upsample=False, **self.net_kwargs()))
         if tuple(out.shape[2:]) != grid:  # cannot happen for sizes divisible by the multiple
             raise RuntimeError(f"LapIRNModule stage {stage} grid {tuple(out.shape[2:])} != expected {grid}")
         return out
@@ -153,7 +196,16 @@ class LapIRNModule(RegistrationModule):
         stage = self.stage if stage is None else int(stage)
         if not 1 <= stage <= self.levels:
             raise ValueError(f"LapIRNModule.compute_loss() 'stage' must be in [1, {self.levels}], got {stage}")
-        if stage == self.levels:
-            return super().compute_loss(batch)
-        out = self.stage_output(batch["moving"], batch["fixed"], stage)
-        return self._loss_parts(batch, out, grid_factor=self.stage_factor(stage))
+        if self.conditional and self.training:  # cLapIRN: one code per step, drawn from the seeded torch RNG
+            self._step_code = float(torch.rand(()))
+        try:
+            if stage == self.levels:
+                parts = super().compute_loss(batch)
+            else:
+                out = self.stage_output(batch["moving"], batch["fixed"], stage)
+                parts = self._loss_parts(batch, out, grid_factor=self.stage_factor(stage))
+            if self.conditional:
+                parts["reg_code"] = torch.tensor(self._code(), dtype=torch.float64)
+            return parts
+        finally:
+            self._step_code = None

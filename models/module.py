@@ -167,11 +167,26 @@ class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.Lightnin
         if self.downsize > 1:
             moving, fixed = self._coarse(moving), self._coarse(fixed)
         multiple = int(getattr(self.net, "multiple", 1))
+        extra = self.net_kwargs()
         if multiple > 1 and any(s % multiple for s in moving.shape[2:]):
             moving, crop = pad_to_multiple(moving, multiple)
             fixed, _ = pad_to_multiple(fixed, multiple)
-            return as_float32(self.net(moving, fixed)[crop])
-        return as_float32(self.net(moving, fixed))
+            return as_float32(self.net(moving, fixed, **extra)[crop])
+        return as_float32(self.net(moving, fixed, **extra))
+
+    def net_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of every call of the network besides the two images: none here; a
+        conditional network's code (:class:`models.lapirn.LapIRNModule`)."""
+        return {}
+
+    def step_reg_weight(self) -> float:
+        """The smoothness weight of this step's loss: ``model.loss.reg_weight`` (a conditional
+        network scales it by the step's code)."""
+        return float(self.loss_cfg["reg_weight"])
+
+    def test_settings(self) -> dict[str, Any]:
+        """Settings chosen at test time that ``summary.json`` records (none here)."""
+        return {}
 
     def _coarse(self, img: torch.Tensor, factor: int | None = None) -> torch.Tensor:
         """``(B, C, *S)`` -> the grid ``S // factor`` (default ``downsize``: the network's grid;

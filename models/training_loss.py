@@ -1,7 +1,8 @@
 """The training loss of :class:`models.module.RegistrationModule`, composed from its loss config
-(``model.loss``): similarity + ``reg_weight`` x regulariser, the reverse direction and inverse
-consistency for a bidirectional model, a Dice loss on the labels when ``dice_weight > 0``; in
-float32 with autocast off (:mod:`spatial.precision`), on the full or the network's coarse grid."""
+(``model.loss``): similarity + ``reg_weight`` x regulariser (the step's weight: ``step_reg_weight``),
+the reverse direction and inverse consistency for a bidirectional model, a Dice loss on the
+labels when ``dice_weight > 0``; in float32 with autocast off (:mod:`spatial.precision`), on the
+full or the network's coarse grid."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ __all__ = ["TrainingLoss"]
 
 class TrainingLoss:
     """Mixin of :class:`models.module.RegistrationModule`: the loss parts of one batch. It reads the
-    module's ``similarity``, ``regulariser``, ``loss_cfg``, ``field``, ``bidirectional``,
-    ``downsize``, ``loss_grid``, ``to_displacement`` and ``_coarse``."""
+    module's ``similarity``, ``regulariser``, ``loss_cfg``, ``step_reg_weight``, ``field``,
+    ``bidirectional``, ``downsize``, ``loss_grid``, ``to_displacement`` and ``_coarse``."""
 
     def compute_loss(self, batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
         """Named loss parts: ``loss, sim, reg`` and ``dice_loss`` when labels supervise."""
@@ -52,13 +53,14 @@ class TrainingLoss:
         moved = warp(moving, u)
         out_factor = grid_factor if grid_factor is not None else self.downsize  # the grid `out` lives on
         parts = {"sim": self.similarity(fixed, moved), "reg": self.regularise(out, out_factor)}
-        loss = parts["sim"] + self.loss_cfg["reg_weight"] * parts["reg"]
+        reg_weight = self.step_reg_weight()
+        loss = parts["sim"] + reg_weight * parts["reg"]
         if self.bidirectional:
             u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse, out_rev)
             parts.update(reverse)
             loss = loss + parts["sim_reverse"] + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"]
             if "reg_reverse" in parts:
-                loss = loss + self.loss_cfg["reg_weight"] * parts["reg_reverse"]
+                loss = loss + reg_weight * parts["reg_reverse"]
         if self.loss_cfg["dice_weight"] > 0:
             moving_oh, fixed_oh = self._label_maps(batch, factor)
             parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)

@@ -80,6 +80,42 @@ class ResBlock(nn.Module):
         return x + h
 
 
+class ConditionalResBlock(nn.Module):
+    """:class:`ResBlock` with conditional instance normalisation (cLapIRN: Mok & Chung, "Conditional
+    Deformable Image Registration with Convolutional Neural Networks", MICCAI 2021):
+    ``x + conv2(act(CIN2(conv1(act(CIN1(x))))))`` where ``CIN(h) = (1 + γ(λ)) · IN(h) + β(λ)``,
+    ``IN`` an instance normalisation without its own affine, and ``γ``, ``β`` (one value per channel)
+    a linear map of a latent code computed from the scalar regularisation code ``λ`` by this block's
+    mapping network (four linear layers of width ``latent``, each followed by a leaky ReLU). The
+    linear maps' biases start at zero, so ``γ`` and ``β`` start small.
+
+    ``forward(x, code)``: ``code`` ``(B, 1)``, one ``λ`` per batch item.
+    """
+
+    def __init__(self, ndim: int, channels: int, latent: int = 64) -> None:
+        super().__init__()
+        self.res = ResBlock(ndim, channels)
+        layers: list[nn.Module] = []
+        for k in range(4):
+            layers += [nn.Linear(1 if k == 0 else latent, latent), nn.LeakyReLU(0.2)]
+        self.mapping = nn.Sequential(*layers)
+        self.style1 = nn.Linear(latent, 2 * channels)
+        self.style2 = nn.Linear(latent, 2 * channels)
+        for style in (self.style1, self.style2):
+            nn.init.zeros_(style.bias)
+
+    @staticmethod
+    def _cin(h: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+        gamma, beta = style.reshape(*style.shape, *([1] * (h.dim() - 2))).chunk(2, dim=1)
+        return (1.0 + gamma) * F.instance_norm(h) + beta
+
+    def forward(self, x: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        latent = self.mapping(code.to(x.dtype))
+        h = apply_conv(self.res.conv1, self.res.act(self._cin(x, self.style1(latent))))
+        h = apply_conv(self.res.conv2, self.res.act(self._cin(h, self.style2(latent))))
+        return x + h
+
+
 class LevelNet(nn.Module):
     """One pyramid level: ``forward(x, coarse_feat) -> (residual field, feature)``.
 
@@ -88,24 +124,34 @@ class LevelNet(nn.Module):
     receive as ``coarse_feat`` (``(B, R, *n/4)``, upsampled ×2 here and added).
     """
 
-    def __init__(self, ndim: int, cin: int, channels: int, n_res_blocks: int, res_channels: int) -> None:
+    def __init__(self, ndim: int, cin: int, channels: int, n_res_blocks: int, res_channels: int,
+                 conditional: bool = False) -> None:
         super().__init__()
         c, r = channels, res_channels
         self.ndim = ndim
+        self.conditional = conditional
         self.enc = nn.Sequential(ConvAct(ndim, cin, c), ConvAct(ndim, c, c))
         self.down = ConvAct(ndim, c, r, stride=2)
-        self.res = nn.Sequential(*[ResBlock(ndim, r) for _ in range(n_res_blocks)])
+        block = ConditionalResBlock if conditional else ResBlock
+        blocks = [block(ndim, r) for _ in range(n_res_blocks)]
+        self.res = nn.ModuleList(blocks) if conditional else nn.Sequential(*blocks)
         self.up = nn.Sequential(up_conv(ndim, r, c, slope=0.2), nn.LeakyReLU(0.2))
         self.dec = ConvAct(ndim, 2 * c, c)
         self.flow = flow_conv(ndim, c)
 
-    def forward(self, x: torch.Tensor, coarse_feat: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, coarse_feat: torch.Tensor | None = None,
+                code: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         skip = self.enc(x)
         h = self.down(skip)
         if coarse_feat is not None:
             mode = "trilinear" if h.dim() == 5 else "bilinear"
             h = h + F.interpolate(coarse_feat, size=h.shape[2:], mode=mode, align_corners=True)
-        feat = self.res(h)
+        if self.conditional:
+            feat = h
+            for block in self.res:
+                feat = block(feat, code)
+        else:
+            feat = self.res(h)
         y = self.up(feat)
         y = self.dec(concat_skip(y, skip))
         return apply_conv(self.flow, y).contiguous(), feat
@@ -123,6 +169,11 @@ class LapIRN(nn.Module):
         n_res_blocks: residual blocks per level (the paper: 5).
         res_channels: width ``R`` of the residual blocks at half the level's grid; ``None``
             (default) = ``2C``. The paper keeps the encoder's width there (``R = C = 28``).
+        conditional: cLapIRN (Mok & Chung, MICCAI 2021): the residual blocks are
+            :class:`ConditionalResBlock` s conditioned on a regularisation code ``λ`` in [0, 1]
+            that :meth:`forward` takes (``reg_code``); :class:`~models.lapirn.LapIRNModule` draws
+            ``λ ~ U(0, 1)`` per training step and weighs the smoothness term by it, so one network
+            serves every regularisation weight, chosen at test time.
         field: ``"velocity"`` (diffeomorphic: velocities add, the caller integrates the returned
             total velocity) or ``"displacement"`` (residual displacements compose).
         integration_steps: scaling-and-squaring steps used to warp the moving image of a finer
@@ -146,6 +197,7 @@ class LapIRN(nn.Module):
         channels: int = 16,
         n_res_blocks: int = 3,
         res_channels: int | None = None,
+        conditional: bool = False,
         field: str = "velocity",
         integration_steps: int = 7,
         feature_passing: bool = True,
@@ -158,6 +210,8 @@ class LapIRN(nn.Module):
         check_net_args("LapIRN", ndim, levels=(levels, 1), channels=(channels, 1), n_res_blocks=(n_res_blocks, 0),
                        res_channels=(res_channels, 1), integration_steps=(integration_steps, 0),
                        in_channels=(in_channels, 1))
+        if not isinstance(conditional, bool):
+            raise ValueError(f"LapIRN 'conditional' must be a bool (true/false), got {conditional!r}")
         if field not in LAPIRN_FIELDS:
             raise ValueError(f"LapIRN 'field' must be one of {list(LAPIRN_FIELDS)}, got {field!r}")
         self.ndim = ndim
@@ -169,7 +223,9 @@ class LapIRN(nn.Module):
         self.channels_last = channels_last
         self.checkpoint = bool(checkpoint)
         cin = 2 * in_channels + ndim  # warped moving, fixed, upsampled coarser field
-        self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks, res_channels) for _ in range(levels))
+        self.conditional = conditional
+        self.level_nets = nn.ModuleList(LevelNet(ndim, cin, channels, n_res_blocks, res_channels, conditional)
+                                        for _ in range(levels))
 
     @property
     def multiple(self) -> int:
@@ -200,21 +256,43 @@ class LapIRN(nn.Module):
             raise ValueError(f"LapIRN 'active_levels' must be an int in [1, {self.levels}] or None, got {active_levels!r}")
         return active_levels
 
+    def _code(self, reg_code: torch.Tensor | float | None, like: torch.Tensor) -> torch.Tensor | None:
+        """``reg_code`` as a float32 ``(B, 1)`` tensor on ``like``'s device (None for a plain net)."""
+        if not self.conditional:
+            if reg_code is not None:
+                raise ValueError("LapIRN 'reg_code' is for a conditional net (conditional=true); this one is not")
+            return None
+        if reg_code is None:
+            raise ValueError("a conditional LapIRN (cLapIRN) needs 'reg_code': the regularisation code in [0, 1]")
+        code = torch.as_tensor(reg_code, dtype=torch.float32, device=like.device).reshape(-1, 1)
+        batch = like.shape[0]
+        if code.shape[0] == 1:
+            code = code.expand(batch, 1)
+        if code.shape[0] != batch:
+            raise ValueError(f"LapIRN 'reg_code' must hold one value or one per batch item ({batch}), "
+                             f"got {tuple(code.shape)}")
+        if not isinstance(reg_code, torch.Tensor) and not 0.0 <= float(reg_code) <= 1.0:  # a tensor: no host sync
+            raise ValueError(f"LapIRN 'reg_code' must lie in [0, 1], got {reg_code!r}")
+        return code
+
     def forward(
         self,
         moving: torch.Tensor,
         fixed: torch.Tensor,
         active_levels: int | None = None,
         upsample: bool = True,
+        reg_code: torch.Tensor | float | None = None,
     ) -> torch.Tensor:
         """The total field (velocity or displacement, see ``field``) of the first ``active_levels``
-        levels (``None``: all).
+        levels (``None``: all). A ``conditional`` net needs ``reg_code``: ``λ`` in [0, 1], a number
+        or a tensor of one value per batch item (``(B,)`` or ``(B, 1)``); other nets refuse one.
 
         Returns ``(B, D, *S)`` on the input grid when ``upsample`` (a coarser result is brought
         there by :func:`spatial.resize_field`), else ``(B, D, *level_shape(S, active_levels-1))``
         on the grid of the finest active level.
         """
         n = self._check(moving, fixed, active_levels)
+        code = self._code(reg_code, moving)
         shape = tuple(moving.shape[2:])
         fmt = feature_format(self, moving.device)
         total: torch.Tensor | None = None
@@ -229,7 +307,8 @@ class LapIRN(nn.Module):
                     prev = resize_field(total, grid)
                     m = warp(m, self.to_displacement(prev))
             x = torch.cat([m, f, prev.to(m.dtype)], dim=1).contiguous(memory_format=fmt)
-            r, feat = checkpointed(self, self.level_nets[k], x, feat if self.feature_passing else None)
+            args = (x, feat if self.feature_passing else None) + ((code,) if self.conditional else ())
+            r, feat = checkpointed(self, self.level_nets[k], *args)
             r = as_float32(r)  # a bfloat16 level output (autocast) joins the float32 total
             with float32_region(r):
                 if total is None:
