@@ -21,6 +21,7 @@ NETWORK_EXPERIMENTS = {
     "lkunet": "oasis_unsup_lkunet",
     "transmorph": "oasis_unsup_transmorph",
     "lapirn": "oasis_unsup_lapirn",
+    "clapirn": "oasis_unsup_clapirn",
     "symnet": "oasis_unsup_symnet",
 }
 MNI_EXPERIMENTS = {"supervised": "mni_sup_voxelmorph", "unsupervised": "mni_unsup_voxelmorph"}

@@ -65,7 +65,7 @@ def test_prepare_writes_the_recipes_and_the_subjects_it_states(prepared):
     from experiments.bench_gpu import StoredSubjects
 
     folder, recipes = prepared
-    assert set(recipes["networks"]) == {"voxelmorph", "lkunet", "transmorph", "lapirn", "symnet"}
+    assert set(recipes["networks"]) == {"voxelmorph", "lkunet", "transmorph", "lapirn", "clapirn", "symnet"}
     assert recipes["mni"]["supervised"]["model"]["loss"]["dice_weight"] > 0
     assert recipes["mni"]["unsupervised"]["model"]["loss"].get("dice_weight", 0) == 0
     data = recipes["mni_data"]
@@ -96,7 +96,7 @@ def test_quick_run_without_the_packages_the_device_lacks(prepared, tmp_path):
     folder, _ = prepared
     out = tmp_path / "out"
     proc = _blocked("experiments.bench_gpu", "--data", str(folder), "--out", str(out), "--device", "cpu", "--quick",
-                    "--networks", "lapirn", "--test-files", "tests/test_spatial.py",
+                    "--networks", "lapirn", "clapirn", "--test-files", "tests/test_spatial.py",
                     "--test-select", "test_channel_i_moves_along_axis_i")
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "bench_gpu.json").read_text())
@@ -113,9 +113,10 @@ def test_quick_run_without_the_packages_the_device_lacks(prepared, tmp_path):
         assert 0 < row["dice"] <= 1 and row["seconds"] > 0 and row["folding_pct"] >= 0
         assert row["dice"] > report["pair"]["dice_before"], (method, row)  # registration helped
     assert "skipped" in report["classical"]["fireants"]
-    steps = report["training_steps"]["lapirn"]
-    for precision in ("fp32", "bf16"):
-        assert steps[precision]["finite"] is True and steps[precision]["seconds"] > 0, steps
+    for net in ("lapirn", "clapirn"):
+        steps = report["training_steps"][net]
+        for precision in ("fp32", "bf16"):
+            assert steps[precision]["finite"] is True and steps[precision]["seconds"] > 0, steps
     mni = report["mni_training"]
     for run in ("supervised_32-true", "supervised_bf16-mixed", "unsupervised_32-true", "greedy"):
         assert "error" not in mni[run] and 0 < mni[run]["dice"] <= 1, (run, mni[run])
