@@ -10,7 +10,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from app.errors import ConfigError, one_line, root_cause
 
-__all__ = ["SCRIPTS", "check_entry", "experiment_choice", "script_of_experiment", "build", "build_datamodule", "build_model", "build_trainer"]
+__all__ = ["SCRIPTS", "check_entry", "experiment_choice", "script_of_experiment", "build", "build_datamodule", "build_model",
+           "build_trainer", "apply_reg_code"]
 
 # How each entry point is started. An analysis script's experiment files live in its own folder
 # of configs/experiment/ (experiment=compare/mni_fig4_sup); the others are train.py's and eval.py's.
@@ -120,6 +121,22 @@ def build_model(cfg: DictConfig, datamodule=None):
             check_voxel_axes(kwargs["init_model"].trained_voxel_axes, datamodule, cfg.model.init_from,
                              "model.init_from")
     return build(cfg.model, "model", **kwargs)
+
+
+def apply_reg_code(model: Any, cfg: DictConfig) -> None:
+    """``reg_code=`` of eval.py and register.py: the code a conditional network (cLapIRN) is tested
+    with, whatever its checkpoint or model config says (``None``: theirs). One ConfigError naming
+    the key for a method that is not conditional or a code outside [0, 1]."""
+    value = cfg.get("reg_code")
+    if value is None:
+        return
+    method = getattr(model, "method", type(model).__name__)
+    if not getattr(model, "conditional", False):
+        raise ConfigError(f"reg_code={value}: {method} is not a conditional network (model=clapirn); drop reg_code")
+    try:
+        model.set_reg_code(value)
+    except ValueError as exc:
+        raise ConfigError(f"reg_code={value}: {exc}") from exc
 
 
 def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks: list | tuple = ()):

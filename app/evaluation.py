@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from app.build import build_datamodule, build_model, build_trainer
+from app.build import apply_reg_code, build_datamodule, build_model, build_trainer
 from app.checkpoints import check_voxel_axes, load_model_from_checkpoint
 from app.errors import ConfigError
 from app.loggers import finish_loggers, log_results_table
@@ -178,13 +178,7 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
         check_voxel_axes(model.trained_voxel_axes, datamodule, cfg.ckpt_path)
     else:
         model = build_model(cfg, datamodule)
-    if cfg.get("reg_code") is not None:
-        if not hasattr(model, "set_reg_code"):
-            raise ConfigError(f"reg_code={cfg.reg_code}: {model.method} is not a conditional network (model=clapirn)")
-        try:
-            model.set_reg_code(cfg.reg_code)
-        except ValueError as exc:
-            raise ConfigError(f"reg_code={cfg.reg_code}: {exc}") from exc
+    apply_reg_code(model, cfg)
     trainer = build_trainer(cfg, with_callbacks=False)
     save_outputs = bool(cfg.get("save_outputs", False))
     try:

@@ -84,12 +84,18 @@ def device_of(cfg: DictConfig) -> torch.device:
 
 
 def model_of(cfg: DictConfig):
-    from app.build import build_model
+    """The method and its record for the outputs: a checkpoint's path, or the model config; a
+    conditional network's test code (``reg_code=``) is applied and recorded."""
+    from app.build import apply_reg_code, build_model
     from app.checkpoints import load_model_from_checkpoint
 
     if cfg.get("ckpt_path"):
-        return load_model_from_checkpoint(cfg.ckpt_path), {"ckpt_path": str(Path(str(cfg.ckpt_path)).resolve())}
-    return build_model(cfg), OmegaConf.to_container(cfg.model, resolve=True)
+        model, record = load_model_from_checkpoint(cfg.ckpt_path), {"ckpt_path": str(Path(str(cfg.ckpt_path)).resolve())}
+    else:
+        model, record = build_model(cfg), OmegaConf.to_container(cfg.model, resolve=True)
+    apply_reg_code(model, cfg)
+    settings = model.test_settings() if hasattr(model, "test_settings") else {}
+    return model, {**record, **settings}
 
 
 def pair_batch(files: dict[str, Path], grids: dict[str, Any], volumes: dict[str, Any], normalize: bool):

@@ -838,3 +838,30 @@ def test_an_inverse_that_does_not_undo_the_field_is_not_written(pair, tmp_path, 
     assert record["inverse_residual"]["max_voxels"] > 0.5
     assert record["inverse_residual"]["note"].startswith("inverse not written")
     assert "inverse not written" in capsys.readouterr().out
+
+
+def test_a_clapirn_checkpoint_registers_at_the_code_asked_and_records_it(pair, tmp_path, capsys):
+    """register.py reg_code=... tests a cLapIRN checkpoint at that code (record.json names it; another
+    code gives another field); a method that is not conditional refuses the key, named."""
+    from test_app import _save
+
+    from app import build_model
+
+    model = build_model(compose("register", ["model=clapirn", "model.net.channels=4", "model.net.n_res_blocks=1"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.net.parameters():  # a visible field from an untrained net
+            p.add_(0.03 * torch.randn(p.shape, generator=g))
+    ckpt = _save(model, tmp_path / "clapirn.ckpt")
+    fields = {}
+    for code in (0.0, 1.0):
+        out = tmp_path / f"out{code}"
+        record = _register(pair, out, [f"ckpt_path={ckpt}", "device=cpu", f"reg_code={code}"])
+        assert record["model"]["reg_code"] == code
+        fields[code] = read_displacement(out / "disp.nii.gz").u.float()
+    assert (fields[0.0] - fields[1.0]).abs().max() > 1e-3
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _register(pair, tmp_path / "bad", GREEDY_SHORT + ["device=cpu", "reg_code=0.5"])
+    _one_error(capsys, "reg_code=0.5", "not a conditional network")
+    assert not (tmp_path / "bad").exists()
