@@ -6,9 +6,9 @@ import math
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from spatial.filters import gaussian_blur
+from spatial.functional import resize_image
 
 __all__ = ["level_shape", "level_need", "min_input_size", "downsample", "check_pair", "ConvergenceMonitor",
            "MIN_LEVEL_VOXELS", "SYNC_EVERY", "sync_interval", "Adam", "level_line"]
@@ -56,9 +56,7 @@ def downsample(img: torch.Tensor, scale: float) -> torch.Tensor:
     ``scale == 1`` returns the input."""
     if scale == 1:
         return img
-    shape = level_shape(img.shape[2:], scale)
-    mode = "trilinear" if img.dim() == 5 else "bilinear"
-    return F.interpolate(gaussian_blur(img, 0.5 * scale), size=shape, mode=mode, align_corners=True)
+    return resize_image(gaussian_blur(img, 0.5 * scale), level_shape(img.shape[2:], scale))
 
 
 def check_pair(fixed: torch.Tensor, moving: torch.Tensor, fn: str) -> int:

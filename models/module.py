@@ -15,7 +15,6 @@ from typing import Any, Callable, Mapping, Sequence
 import lightning as L
 import torch
 from torch import nn
-import torch.nn.functional as F
 
 from losses import build_regulariser, build_similarity
 from models.evaluation import LABEL_INTERPS, PARADIGMS
@@ -25,7 +24,7 @@ from models.evaluation_steps import EvaluationSteps
 from models.training_loss import TrainingLoss
 from models.networks import pad_to_multiple
 from models.specs import built, factory
-from spatial import as_float32, float32_region, integrate, resize_field
+from spatial import as_float32, float32_region, integrate, resize_field, resize_image
 
 __all__ = ["RegistrationModule", "IdentityRegistration", "NonFiniteError", "configured_call", "FIELDS",
            "LABEL_INTERPS", "PARADIGMS"]
@@ -192,11 +191,7 @@ class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.Lightnin
         """``(B, C, *S)`` -> the grid ``S // factor`` (default ``downsize``: the network's grid;
         linear, align_corners=True)."""
         factor = self.downsize if factor is None else int(factor)
-        if factor == 1:
-            return img
-        shape = tuple(s // factor for s in img.shape[2:])
-        mode = "trilinear" if img.dim() == 5 else "bilinear"
-        return F.interpolate(img, size=shape, mode=mode, align_corners=True)
+        return resize_image(img, tuple(s // factor for s in img.shape[2:]))
 
     def to_displacement(self, out: torch.Tensor, shape: Sequence[int] | None = None) -> torch.Tensor:
         """Network output -> final displacement on grid ``shape`` (integrates a velocity first);

@@ -14,6 +14,7 @@ from spatial.functional import (
     jacobian_determinant,
     jacobian_matrix,
     resize_field,
+    resize_image,
     warp,
 )
 from spatial.filters import gaussian_blur, gaussian_kernel1d, separable_filter
@@ -31,6 +32,7 @@ __all__ = [
     "jacobian_determinant",
     "jacobian_matrix",
     "resize_field",
+    "resize_image",
     "warp",
     "gaussian_blur",
     "gaussian_kernel1d",

@@ -273,6 +273,20 @@ def inverse_residual(u: torch.Tensor, inverse: torch.Tensor, margin: int = 2) ->
     return float(values.mean()), float(values.max()), int(values.numel())
 
 
+def resize_image(img: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``(B, C, *S) -> (B, C, *shape)`` by linear interpolation on grids that span the same extent
+    (``align_corners=True``: voxel ``0`` and voxel ``S - 1`` stay where they were), the grid
+    convention of :func:`resize_field` and of every coarse grid in the project; the input itself
+    when ``S == shape``. Point sampling: no anti-aliasing (blur first for that)."""
+    shape = tuple(int(s) for s in shape)
+    if len(shape) != img.dim() - 2 or len(shape) not in (2, 3):
+        raise ValueError(f"resize_image() 'shape' must have one entry per spatial axis of the (B, C, *S) input "
+                         f"{tuple(img.shape)} (2 or 3), got {shape}")
+    if tuple(img.shape[2:]) == shape:
+        return img
+    return F.interpolate(img, size=shape, mode="trilinear" if len(shape) == 3 else "bilinear", align_corners=True)
+
+
 def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     """Resample a voxel-unit displacement to grid ``shape`` and rescale its magnitudes.
 
@@ -286,8 +300,7 @@ def resize_field(u: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
         raise ValueError(f"resize_field() 'shape' must have {ndim} entries, got {shape}")
     if shape == tuple(u.shape[2:]):
         return u
-    mode = "trilinear" if ndim == 3 else "bilinear"
-    out = F.interpolate(u, size=shape, mode=mode, align_corners=True)
+    out = resize_image(u, shape)
     # channel by channel with Python scalars: no tensor of factors copied to the device (a copy from
     # the host waits for a GPU's queue); in place on the fresh output, which autograd allows
     for i, (n, o) in enumerate(zip(shape, u.shape[2:])):

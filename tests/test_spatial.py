@@ -11,6 +11,7 @@ from spatial import (
     integrate,
     jacobian_determinant,
     resize_field,
+    resize_image,
     warp,
 )
 
@@ -121,6 +122,19 @@ def test_resize_field_rescales_magnitudes(device):
     resized = resize_field(t, (9, 11, 13))  # channel i scaled by (9 - 1) / (5 - 1), (11 - 1) / (6 - 1), ...
     for i in range(3):
         assert torch.allclose(resized[:, i].cpu(), torch.full((1, 9, 11, 13), 2.0, dtype=torch.float64))
+
+
+def test_resize_image_keeps_the_extent_and_a_linear_ramp(device):
+    """Grids spanning the same extent: voxel i of a 9-grid sits at 0.5 i of a 5-grid, so a ramp
+    f(x) = 3 x + 1 becomes 1.5 i + 1 exactly, end voxels kept; same shape returns the input."""
+    ramp = (3.0 * identity_grid((5, 6), device, torch.float64)[0] + 1.0)[None, None].repeat(2, 3, 1, 1)
+    out = resize_image(ramp, (9, 11))
+    assert out.shape == (2, 3, 9, 11) and out.device == ramp.device and out.dtype == torch.float64
+    want = 1.5 * identity_grid((9, 11), device, torch.float64)[0] + 1.0
+    assert torch.allclose(out, want.expand_as(out), atol=1e-12)
+    assert resize_image(ramp, (5, 6)) is ramp
+    with pytest.raises(ValueError, match="one entry per spatial axis"):
+        resize_image(ramp, (9, 11, 3))
 
 
 def test_warp_nearest_keeps_integer_labels(device):

@@ -38,21 +38,11 @@ import torch.nn.functional as F
 
 from models.networks.blocks import ConvAct, apply_conv, check_divisible, check_net_args, checkpointed, concat_skip, \
     conv_class, feature_format, flow_conv, up_conv
-from spatial import as_float32, compose, float32_region, integrate, resize_field, warp
+from spatial import as_float32, compose, float32_region, integrate, resize_field, resize_image, warp
 
 __all__ = ["LapIRN", "LAPIRN_FIELDS"]
 
 LAPIRN_FIELDS = ("displacement", "velocity")
-
-
-def resample_image(img: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``(B, C, *S) -> (B, C, *shape)``, linear with align_corners=True (the grids span the same
-    extent, like :meth:`models.module.RegistrationModule._coarse`); no-op when ``S == shape``."""
-    shape = tuple(int(s) for s in shape)
-    if tuple(img.shape[2:]) == shape:
-        return img
-    mode = "trilinear" if img.dim() == 5 else "bilinear"
-    return F.interpolate(img, size=shape, mode=mode, align_corners=True)
 
 
 class ResBlock(nn.Module):
@@ -299,7 +289,7 @@ class LapIRN(nn.Module):
         feat: torch.Tensor | None = None
         for k in range(n):
             grid = self.level_shape(shape, k)
-            m, f = resample_image(moving, grid), resample_image(fixed, grid)
+            m, f = resize_image(moving, grid), resize_image(fixed, grid)
             with float32_region(moving):  # fields between levels: float32 under mixed precision too
                 if total is None:
                     prev = m.new_zeros(m.shape[0], self.ndim, *grid)
