@@ -134,6 +134,16 @@ def spatial_ndim_from_spacing(spacing: Any) -> int | None:
     return n if n in (2, 3) else None
 
 
+def refuse_thin_3d(f: torch.Tensor, ndim: int | None, fn: str) -> None:
+    """A label map whose dimensionality was guessed (``ndim`` None) as 3-D with a one-voxel axis is
+    refused: every voxel of a one-voxel-thick 3-D map lies on its surface, so a 2-D map read that way
+    gets a wrong HD95 (and an erased label a penalty with a spurious axis) without a word."""
+    if ndim is None and 1 in tuple(f.shape):
+        raise ValueError(f"{fn}() label maps of shape {tuple(f.shape)} read as 3-D with a one-voxel axis: for a 2-D "
+                         "map pass it as (H, W), give a spacing per axis (2 values) or a 2-D 'disp'; for a 3-D slab, "
+                         "3 spacing values")
+
+
 def displacement(u: Any, fn: str) -> torch.Tensor:
     """Validate a displacement of ONE pair, ``(1, D, *S)`` or ``(D, *S)``; returns ``(1, D, *S)``.
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable
 
-from metrics._inputs import displacement, label_maps, label_subset, spacing_tuple
+from metrics._inputs import displacement, label_maps, label_subset, refuse_thin_3d, spacing_tuple, \
+    spatial_ndim_from_spacing
 from metrics.jacobian import _jacobian_det, _metrics_from_det
 from metrics.overlap import KLEIN_MEASURES, _dice_from_counts, _klein_from_counts, _label_counts, _present
 from metrics.surface import _hd95_arrays
@@ -131,7 +132,7 @@ def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, 
     """Fill ``out``'s label metrics (Dice, Klein's overlaps, HD95, erased labels) of :func:`evaluate_pair`; returns the
     names of the metrics computed."""
     computed = []
-    ndim = u.dim() - 2 if u is not None else None
+    ndim = u.dim() - 2 if u is not None else spatial_ndim_from_spacing(spacing)
     for name, value in (("moving_label", moving_label), ("moved_label", moved_label)):
         if value is None:
             raise ValueError(f"{fn}() '{name}' is None but 'fixed_label' is given")
@@ -160,6 +161,7 @@ def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, 
                             for lab, v in k.per_label.items()}
     computed += TOTAL_METRICS
     if hd95_enabled:
+        refuse_thin_3d(f, ndim, fn)
         sp = spacing_tuple(spacing, f.dim(), fn)
         h = _hd95_arrays(
             f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn

@@ -40,7 +40,7 @@ import torch
 from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
-from metrics._inputs import label_maps, label_subset, spacing_tuple, spatial_ndim_from_spacing
+from metrics._inputs import label_maps, label_subset, refuse_thin_3d, spacing_tuple, spatial_ndim_from_spacing
 from metrics.overlap import _MAX_DIRECT_LABEL, LabelScores, _label_rule, _mean
 
 _METHODS = ("kdtree", "edt")
@@ -259,9 +259,7 @@ def hd95(
     """
     ndim = spatial_ndim_from_spacing(spacing)
     f, mv, m = label_maps(fixed_label, moving_label, moved_label, "hd95", ndim)
-    if ndim is None and 1 in f.shape:  # every voxel of a one-voxel-thick 3-D map is on its surface
-        raise ValueError(f"hd95() label maps of shape {tuple(f.shape)} read as 3-D with a one-voxel axis: for a 2-D map "
-                         "pass it as (H, W) or give a spacing per axis (2 values); for a 3-D slab, 3 values")
+    refuse_thin_3d(f, ndim, "hd95")
     sp = spacing_tuple(spacing, f.dim(), "hd95")
     subset = label_subset(labels, "hd95")
     return _hd95_arrays(f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, method, workers)

@@ -348,3 +348,11 @@ def test_ambiguous_shapes_are_refused_not_guessed():
     assert hd95(a[None], a[None], b[None], spacing=(1.0, 1.0)).mean == pytest.approx(2.0)
     with pytest.raises(ValueError, match="one-voxel axis"):
         hd95(a[None], a[None], b[None], spacing=1.0)
+    # the one metric path, with no displacement: the same refusal, not a silent 3-D reading (was 1.0)
+    from metrics import evaluate_pair
+
+    with pytest.raises(ValueError, match="one-voxel axis"):
+        evaluate_pair(a[None, None], a[None, None], b[None, None], None, 1.0)
+    assert evaluate_pair(a[None, None], a[None, None], b[None, None], None, (1.0, 1.0))["hd95"] == pytest.approx(2.0)
+    assert evaluate_pair(a, a, b, None, 1.0)["hd95"] == pytest.approx(2.0)
+    assert evaluate_pair(a[None, None], a[None, None], b[None, None], None, 1.0, hd95_enabled=False)["dice"] > 0.9
