@@ -94,8 +94,9 @@ def _spatial_shape(path: Path | str, shape: Sequence[int]) -> tuple[int, int, in
 def _spacing(path: Path | str, img) -> tuple[float, float, float]:
     """The voxel sizes of the header (pixdim), which must be those of the voxel -> world affine
     (its column norms) within :data:`SPACING_TOLERANCE`: metrics in mm (HD95) use the sizes, world
-    space (resampling, ITK exports) the affine, and a header where they disagree would make the two
-    describe different images."""
+    space (resampling) the affine, and a header where they disagree would make the two describe
+    different images. (ITK/ANTs space voxels by pixdim: :func:`check_itk_header` bounds the
+    difference over the whole grid before an export.)"""
     zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
     if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
         raise DataError(f"{path}: expected three positive voxel sizes in the header, got {zooms}")
@@ -161,16 +162,34 @@ def _check_complete(path: Path, img) -> None:
         raise DataError(f"{path}: truncated file, header needs {end} bytes of data but it holds {total}")
 
 
+_MM_UNITS = ("mm", "unknown")  # ITK/ANTs read "unknown" as mm too
+
+
+def _check_units(path: Path | str, img) -> None:
+    """Refuse a NIfTI header whose spatial unit (``xyzt_units``) is not mm: nibabel, and with it this
+    project (world space, HD95 in mm), reads every file in mm, while ITK/ANTs scale micron and meter
+    files by 1e-3 / 1e3, so an exported transform would act on another image."""
+    header = img.header
+    if not hasattr(header, "get_xyzt_units"):
+        return  # Analyze, MGH: no unit field (read as mm by every reader)
+    unit = header.get_xyzt_units()[0]
+    if unit not in _MM_UNITS:
+        raise DataError(f"{path}: its header gives voxel sizes in {unit} (xyzt_units); this project reads every file "
+                        "in mm, ITK/ANTs would scale it: convert it to mm (scale the affine, then "
+                        "img.header.set_xyzt_units('mm') in nibabel)")
+
+
 def open_checked(path: str | os.PathLike, complete: bool = True) -> tuple[nib.spatialimages.SpatialImage, Grid]:
     """Open ``path`` and check its header: the image and its :class:`Grid`. Checks that the file
     exists, nibabel can parse its header, it holds one scalar channel (not a vector/RGB image), it
-    is 3-D (a trailing singleton 4th dimension is allowed), its voxel sizes agree with its affine
-    and, with ``complete``, that it is not obviously truncated (file size for ``.nii``, the gzip
+    is 3-D (a trailing singleton 4th dimension is allowed), its spatial unit is mm (or unknown), its
+    voxel sizes agree with its affine and, with ``complete``, that it is not obviously truncated (file size for ``.nii``, the gzip
     size trailer for ``.nii.gz``; a reader of the voxels finds truncation anyway)."""
     path = Path(path)
     img = open_image(path)
     _check_scalar(path, img)
     shape = _spatial_shape(path, img.shape)
+    _check_units(path, img)
     spacing = _spacing(path, img)
     if complete:
         _check_complete(path, img)
@@ -208,11 +227,18 @@ def read_header(path: str | os.PathLike) -> tuple[tuple[int, int, int], tuple[fl
     return grid.shape, grid.spacing
 
 
+# the largest difference, in voxels, between where ITK (pixdim) and nibabel (the affine) put the last
+# voxel of an axis that an ITK/ANTs export accepts
+ITK_SPACING_DRIFT = 0.01
+
+
 def check_itk_header(path: str | os.PathLike) -> None:
     """DataError naming ``path`` when its NIfTI header holds an sform and a qform (both codes > 0)
     that describe different grids: nibabel (and this project) place the image by the sform, ITK and
     ANTs by the qform in that case, so a transform exported for them would act on another image.
-    Also when the header places the image nowhere (:func:`unplaced_reason`): nibabel and ITK then
+    Also when pixdim and the affine's voxel sizes, close per voxel, drift apart over the grid by more
+    than :data:`ITK_SPACING_DRIFT` voxel (ITK spaces voxels by pixdim); and when the header places
+    the image nowhere (:func:`unplaced_reason`): nibabel and ITK then
     guess different world positions."""
     try:
         header = nib.load(str(path)).header
@@ -226,6 +252,18 @@ def check_itk_header(path: str | os.PathLike) -> None:
     if not isinstance(header, nib.Nifti1Header):
         return  # others (e.g. MGH): one orientation only
     s_code, q_code = int(header["sform_code"]), int(header["qform_code"])
+    # ITK takes the voxel sizes from pixdim and only the directions and origin from the sform/qform:
+    # a difference :func:`_spacing` lets pass per voxel adds up over the grid
+    shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    affine = header.get_sform() if s_code > 0 else header.get_qform()
+    drift = np.abs(np.linalg.norm(affine[:3, :3], axis=0) - zooms) * np.maximum(shape - 1, 0)
+    if shape.size == 3 and np.any(drift > ITK_SPACING_DRIFT * zooms):
+        axis = int(np.argmax(drift / zooms))
+        raise DataError(f"{path}: its voxel sizes (pixdim {_fmt3(zooms)} mm) and its affine "
+                        f"({_fmt3(np.linalg.norm(affine[:3, :3], axis=0))} mm) differ by {drift[axis]:.3g} mm across "
+                        f"axis {axis}: ITK/ANTs place the voxels by pixdim, nibabel and this tool by the affine; make "
+                        "them agree (e.g. nibabel: img.header.set_zooms of the affine's column norms)")
     if s_code > 0 and q_code > 0:
         diff = grid_mismatch(header.get_sform(), header.get_qform())
         if diff is not None:

@@ -865,3 +865,42 @@ def test_a_clapirn_checkpoint_registers_at_the_code_asked_and_records_it(pair, t
         _register(pair, tmp_path / "bad", GREEDY_SHORT + ["device=cpu", "reg_code=0.5"])
     _one_error(capsys, "reg_code=0.5", "not a conditional network")
     assert not (tmp_path / "bad").exists()
+
+
+def test_headers_itk_would_read_otherwise_are_refused(pair, tmp_path, capsys):
+    """Two headers nibabel and ITK/ANTs read differently (found by a review: ANTs then gave another
+    moved image than moved.nii.gz, silently): voxel sizes in microns (ITK scales them by 1e-3; this
+    project reads every file in mm), and pixdim 1.0009 against an affine of 1.0, within the per-voxel
+    tolerance but 0.14 mm apart across 160 voxels (ITK spaces voxels by pixdim). Both refused by
+    name; a float32-level difference passes."""
+    from data.io import check_itk_header, read_grid
+
+    array, img = _load(pair["moving"])
+    micron = nib.Nifti1Image(array, img.affine)
+    micron.header.set_xyzt_units("micron")
+    nib.save(micron, str(tmp_path / "micron.nii.gz"))
+    with pytest.raises(SystemExit):
+        _register({**pair, "moving": tmp_path / "micron.nii.gz"}, tmp_path / "out", GREEDY_SHORT)
+    _one_error(capsys, "micron.nii.gz", "micron", "mm")
+    assert not (tmp_path / "out").exists()
+    for unit in ("mm", "unknown"):
+        micron.header.set_xyzt_units(unit)
+        nib.save(micron, str(tmp_path / "ok.nii.gz"))
+        read_grid(tmp_path / "ok.nii.gz")
+
+    stripe = np.zeros((160, 12, 12), np.float32)
+    stripe[::8] = 1.0
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    for zoom, refused in ((1.0009, True), (1.0 + 1e-6, False)):
+        out = nib.Nifti1Image(stripe, affine)
+        out.set_sform(affine, code=1)
+        out.set_qform(affine, code=1)
+        out.header.set_zooms((zoom, 1.0, 1.0))  # pixdim only: the sform keeps 1.0
+        path = tmp_path / f"pixdim_{zoom}.nii.gz"
+        nib.save(out, str(path))
+        assert read_grid(path).spacing[0] == pytest.approx(zoom, abs=1e-6)  # each voxel within SPACING_TOLERANCE
+        if refused:
+            with pytest.raises(DataError, match="across axis 0"):
+                check_itk_header(path)
+        else:
+            check_itk_header(path)
