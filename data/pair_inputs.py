@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from data.io import DataError, Grid, grid_mismatch, normalize_intensity, require_contrast
+from data.geometry import corner_drift
 from data.transforms import require_overlap, resample_to_grid
 
 __all__ = ["prepared_image", "moving_on_fixed_grid"]
@@ -37,10 +38,16 @@ def prepared_image(path: Path, array: np.ndarray, normalize: bool) -> np.ndarray
     return require_contrast(path, np.clip(array, 0.0, 1.0), "normalize=False: values clipped to [0, 1]")
 
 
+# the largest corner drift (in voxels of the fixed grid, :func:`data.geometry.corner_drift`) at which
+# a moving image is read as lying on the fixed grid already, not resampled
+SAME_GRID_DRIFT = 0.01
+
+
 def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str, path: Path,
                          fixed_path: Path | None = None) -> np.ndarray:
     """A moving ``array`` (grid ``moving``) on the ``fixed`` grid in world space: unchanged when both
-    are one grid (:func:`data.io.grid_mismatch`), else resampled (:func:`data.transforms.resample_to_grid`:
+    are one grid (:func:`data.io.grid_mismatch`, and no corner more than :data:`SAME_GRID_DRIFT` voxel
+    apart), else resampled (:func:`data.transforms.resample_to_grid`:
     trilinear for ``kind="image"``, nearest neighbour for ``"label"``, 0 outside the moving image).
 
     Raises:
@@ -48,7 +55,9 @@ def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str
             resampled across places its image nowhere (:attr:`Grid.unplaced`), or when an image
             lies entirely outside the fixed grid (all zeros once resampled).
     """
-    if moving.shape == fixed.shape and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None:
+    if (moving.shape == fixed.shape
+            and grid_mismatch(fixed.affine, moving.affine, fixed.spacing, moving.spacing) is None
+            and corner_drift(fixed.affine, moving.affine, fixed.shape) <= SAME_GRID_DRIFT * min(fixed.spacing)):
         return array
     for grid, where in ((moving, path), (fixed, fixed_path or "the fixed image")):
         if grid.unplaced is not None:  # its affine is a reader's guess: world space means nothing

@@ -160,6 +160,30 @@ def test_grid_mismatch_tolerances():
     assert "spacing (1, 1, 1) vs (1, 1, 1.002) mm" in grid_mismatch(RAS, RAS, (1, 1, 1), (1, 1, 1.002))
 
 
+def test_a_moving_grid_that_drifts_across_the_volume_is_resampled_not_taken_as_the_fixed_one():
+    """Voxel sizes 1.0009 vs 1.0 mm agree per voxel (grid_mismatch) but put the last of 256 voxels
+    0.23 mm apart: the moving image is resampled onto the fixed grid (found by a review; before, it
+    was used as it stood). Header rounding (1e-6) still reads as one grid."""
+    import numpy as np
+
+    from data.geometry import Grid, corner_drift
+    from data.pair_inputs import moving_on_fixed_grid
+
+    shape = (256, 6, 6)
+    fixed = Grid(shape, (1.0, 1.0, 1.0), np.eye(4))
+    drifting = np.diag([1.0009, 1.0, 1.0, 1.0])
+    assert grid_mismatch(fixed.affine, drifting) is None
+    assert corner_drift(fixed.affine, drifting, shape) == pytest.approx(0.2295)
+    array = np.tile(np.arange(256, dtype=np.float32)[:, None, None], (1, 6, 6))
+    out = moving_on_fixed_grid(array, Grid(shape, (1.0009, 1.0, 1.0), drifting), fixed, "image", "m.nii.gz")
+    assert out is not array
+    # fixed voxel 255 is moving voxel 255 / 1.0009 = 254.77: a ramp reads 254.77 there, not 255
+    assert out[255, 3, 3] == pytest.approx(255 / 1.0009, abs=1e-3)
+    rounded = np.eye(4)
+    rounded[:3, :3] += 1e-6
+    assert moving_on_fixed_grid(array, Grid(shape, (1.0, 1.0, 1.0), rounded), fixed, "image", "m.nii.gz") is array
+
+
 # ============================================================== 1. geometry: datasets
 def _ibsr(root, affines=None, label_affines=None, shape=SHAPE):
     """An IBSR18 tree of two subjects; per-subject image/label affines (default RAS)."""
