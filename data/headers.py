@@ -256,9 +256,11 @@ def check_itk_header(path: str | os.PathLike) -> None:
     # a difference :func:`_spacing` lets pass per voxel adds up over the grid
     shape = np.asarray(header.get_data_shape()[:3], dtype=np.float64)
     zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    if shape.size != 3 or zooms.size != 3:
+        return  # not a 3-D volume: read_grid names it
     affine = header.get_sform() if s_code > 0 else header.get_qform()
     drift = np.abs(np.linalg.norm(affine[:3, :3], axis=0) - zooms) * np.maximum(shape - 1, 0)
-    if shape.size == 3 and np.any(drift > ITK_SPACING_DRIFT * zooms):
+    if np.any(drift > ITK_SPACING_DRIFT * zooms):
         axis = int(np.argmax(drift / zooms))
         raise DataError(f"{path}: its voxel sizes (pixdim {_fmt3(zooms)} mm) and its affine "
                         f"({_fmt3(np.linalg.norm(affine[:3, :3], axis=0))} mm) differ by {drift[axis]:.3g} mm across "
