@@ -120,14 +120,18 @@ def _affine_stage(model, fixed_affine: np.ndarray) -> np.ndarray | None:
     return voxel_matrix_to_world(results[0].affine[0].detach().double().cpu().numpy(), fixed_affine)
 
 
-def _metrics(model, batch: dict[str, Any], u: torch.Tensor, moved_label: np.ndarray, seconds: float) -> dict[str, Any]:
+def _metrics(model, batch: dict[str, Any], u: torch.Tensor, moved_label: np.ndarray, moving_label: np.ndarray,
+             seconds: float) -> dict[str, Any]:
     """``eval.py``'s metrics of the pair (:func:`models.evaluation.evaluate_batch`, one code path)
-    with the moved label map this tool wrote."""
+    with the moved label map this tool wrote. The labels scored are those of the fixed map and of
+    ``moving_label`` as stored (on its own grid): a label too small for the fixed grid that vanishes
+    when the map is resampled onto it is still scored (erased if the moved map lacks it)."""
     from metrics import PAIR_METRICS
     from models.evaluation import evaluate_batch
 
     moved = torch.from_numpy(moved_label)[None, None]
-    res = evaluate_batch(batch, u, True, model.label_interp, moved_label=moved)[0]
+    present = {int(v) for v in np.unique(moving_label) if v != 0}
+    res = evaluate_batch(batch, u, True, model.label_interp, moved_label=moved, moving_present=[present])[0]
     row = {k: float(res[k]) for k in PAIR_METRICS}
     return {"fixed_id": batch["fixed_id"][0], "moving_id": batch["moving_id"][0], "method": model.method, **row,
             "dice_identity": float(res["dice_identity"]), "mae_identity": float(res["mae_identity"]), "n_erased": int(res["n_erased"]), "seconds": seconds,
@@ -179,7 +183,7 @@ def run_register(cfg: DictConfig) -> dict[str, Any]:
                                        path=files["moving_label"])
         nifti("moved_label", moved_label, f"{files['moving_label'].name} on the fixed grid ({model.label_interp})")
         if "fixed_label" in files:
-            metrics = _metrics(model, batch, u, moved_label, seconds)
+            metrics = _metrics(model, batch, u, moved_label, volumes["moving_label"].array, seconds)
             written[out / OUTPUTS["metrics"]] = json.dumps(metrics, indent=2) + "\n"
     no_itk = _no_itk_reason(files["fixed"], fixed.affine)
     for key, field in (("disp", u), ("inverse", inverse)):

@@ -12,7 +12,7 @@ from data.io import DataError, Grid, grid_mismatch, normalize_intensity, require
 from data.geometry import corner_drift
 from data.transforms import require_overlap, resample_to_grid
 
-__all__ = ["prepared_image", "moving_on_fixed_grid"]
+__all__ = ["prepared_image", "moving_on_fixed_grid", "require_scored_labels_kept"]
 
 _NORMALISATION = "0.5/99.5 percentiles of its nonzero voxels"
 _RANGE_TOLERANCE = 1e-3  # images given with normalize=False must lie in [0, 1] up to this
@@ -67,3 +67,25 @@ def moving_on_fixed_grid(array: np.ndarray, moving: Grid, fixed: Grid, kind: str
     if kind == "image":
         require_overlap(array, out, path, f"the grid of the fixed image {fixed_path or ''}".rstrip())
     return out
+
+
+def require_scored_labels_kept(stored: np.ndarray, resampled: np.ndarray, fixed_label: np.ndarray, path: Path,
+                               fixed_path: Path) -> None:
+    """Refuse a moving label map that loses, when resampled onto the fixed grid (nearest neighbour),
+    a label the fixed map also holds: the scorer's rule would score that label (present in both maps
+    as stored), and every method would get Dice 0 for it from the resampling, not from its warp.
+
+    Raises:
+        DataError: naming ``path``, the labels lost and ``fixed_path``.
+    """
+    def foreground(a: np.ndarray) -> set[int]:
+        return {int(v) for v in np.unique(a) if v != 0}
+
+    lost = sorted((foreground(stored) - foreground(resampled)) & foreground(fixed_label))
+    if lost:
+        shown = ", ".join(str(v) for v in lost[:12]) + (", ..." if len(lost) > 12 else "")
+        raise DataError(
+            f"{path}: label(s) {shown} vanish when this label map is resampled (nearest neighbour) onto the "
+            f"grid of {fixed_path}, whose label map holds them: every method would score Dice 0 on them "
+            f"from the resampling, not its warp; store the pair's label maps on one grid (the finer one) "
+            f"or register it with register.py, which scores the labels as stored")

@@ -57,7 +57,7 @@ from data.io import (
     volume_id,
 )
 from data.geometry import axcodes
-from data.pair_inputs import moving_on_fixed_grid, prepared_image
+from data.pair_inputs import moving_on_fixed_grid, prepared_image, require_scored_labels_kept
 from data.signature import file_signature, signature
 from data.transforms import check_affine
 
@@ -271,7 +271,8 @@ class PairsCSVDataset(Dataset):
         non-negative, not all zero, at most :data:`data.io.MAX_LABEL_VALUES` distinct values;
         images not constant and not all zeros after normalisation (a binary mask); with
         ``normalize=False`` images within [0, 1]; with ``resample="fixed"`` each pair's moving
-        image overlaps its fixed image's grid in world space (it is resampled once to see).
+        image overlaps its fixed image's grid in world space (it is resampled once to see) and its
+        moving label map keeps, on that grid, every label its fixed label map holds.
         Also records the largest label (:attr:`num_labels`). Run it before writing any result.
         """
         max_label = -1
@@ -292,11 +293,15 @@ class PairsCSVDataset(Dataset):
                         max_label = max(max_label, int(vol.array.max()))
                 except DataError as err:
                     raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
-            if self.resample:  # the moving image must overlap the fixed grid
-                try:
-                    self._moving_image(row)
-                except DataError as err:
-                    raise DataError(f"{self._where(row)}, column 'moving': {err}") from err
+            if self.resample:  # the moving image must overlap the fixed grid, its label map keep the scored labels
+                for col in ("moving", "moving_label") if self.has_labels else ("moving",):
+                    try:
+                        if col == "moving":
+                            self._moving_image(row)
+                        else:
+                            self._moving_label(row, load_volume(row["fixed_label"], kind="label").array)
+                    except DataError as err:
+                        raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
         self._max_label = max_label if self.has_labels else None
         self._validated = True
 
@@ -313,11 +318,15 @@ class PairsCSVDataset(Dataset):
                                          row["moving"], row["fixed"])
         return array
 
-    def _moving_label(self, row: dict) -> np.ndarray:
-        array = load_volume(row["moving_label"], kind="label").array
-        if self.resample:
-            array = moving_on_fixed_grid(array, self._headers[row["moving_label"]], self._headers[row["fixed"]],
-                                         "label", row["moving_label"])
+    def _moving_label(self, row: dict, fixed_label: np.ndarray) -> np.ndarray:
+        """The moving label map of ``row`` as items hold it: on the fixed grid, refused when that
+        resampling loses a label ``fixed_label`` holds (:func:`require_scored_labels_kept`)."""
+        stored = load_volume(row["moving_label"], kind="label").array
+        if not self.resample:
+            return stored
+        array = moving_on_fixed_grid(stored, self._headers[row["moving_label"]], self._headers[row["fixed"]],
+                                     "label", row["moving_label"])
+        require_scored_labels_kept(stored, array, fixed_label, row["moving_label"], row["fixed_label"])
         return array
 
     @property
@@ -377,8 +386,8 @@ class PairsCSVDataset(Dataset):
             moving = self._moving_image(row)[None]
             labels = {}
             if self.has_labels:
-                labels = {"fixed_label": load_volume(row["fixed_label"], kind="label").array[None],
-                          "moving_label": self._moving_label(row)[None]}
+                fixed_label = load_volume(row["fixed_label"], kind="label").array
+                labels = {"fixed_label": fixed_label[None], "moving_label": self._moving_label(row, fixed_label)[None]}
         except DataError as err:
             raise DataError(f"{self._where(row)}: {err}") from err
         fixed_id, moving_id = self.pair_id_of(row)

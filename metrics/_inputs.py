@@ -82,8 +82,9 @@ def label_maps(
     return f, maps[1].to(f.device), maps[2].to(f.device)
 
 
-def label_subset(labels: Iterable[int] | torch.Tensor | None, fn: str) -> list[int] | None:
-    """Validate the ``labels`` option: None, or foreground integer labels (>= 1). Sorted, unique."""
+def label_subset(labels: Iterable[int] | torch.Tensor | None, fn: str, key: str = "labels") -> list[int] | None:
+    """Validate the ``labels`` option (or another option ``key`` holding labels): None, or
+    foreground integer labels (>= 1). Sorted, unique."""
     if labels is None:
         return None
     if isinstance(labels, (torch.Tensor, np.ndarray)):
@@ -93,10 +94,10 @@ def label_subset(labels: Iterable[int] | torch.Tensor | None, fn: str) -> list[i
         if isinstance(lab, float) and lab.is_integer():
             lab = int(lab)
         if isinstance(lab, bool) or not isinstance(lab, (int, np.integer)):
-            raise ValueError(f"{fn}() 'labels' must be integers, got {lab!r}")
+            raise ValueError(f"{fn}() '{key}' must be integers, got {lab!r}")
         if int(lab) < 1:
             raise ValueError(
-                f"{fn}() 'labels' must be foreground labels >= 1 "
+                f"{fn}() '{key}' must be foreground labels >= 1 "
                 f"(0 is background and never scored), got {lab!r}"
             )
         out.add(int(lab))

@@ -52,6 +52,7 @@ def evaluate_pair(
     hd95_enabled: bool = True,
     *,
     hd95_method: str = "kdtree",
+    moving_present: Iterable[int] | None = None,
 ) -> dict[str, Any]:
     """All metrics of one registered pair.
 
@@ -70,6 +71,11 @@ def evaluate_pair(
         labels: optional subset of foreground labels (each >= 1) for Dice and HD95.
         hd95_enabled: False skips HD95 (reported as NaN) to save time, e.g. during validation.
         hd95_method: ``"kdtree"`` (default) or ``"edt"`` (see :func:`metrics.hd95`; same values).
+        moving_present: the foreground labels of the moving label map as stored, when
+            ``moving_label`` is that map resampled onto the fixed grid (another grid in world
+            space): a label too small for the fixed grid can vanish in that resampling yet is
+            present in the moving map, so the rule must score it. Must include every foreground
+            label of ``moving_label`` (a resampling creates none). Default: those of ``moving_label``.
 
     Returns:
         ``{"dice": float, "hd95": float, "sdlogj": float, "sdlogj_l2r": float,
@@ -112,7 +118,7 @@ def evaluate_pair(
 
     if fixed_label is not None:
         computed += _label_metrics(out, fixed_label, moving_label, moved_label, u, spacing, labels, hd95_enabled,
-                                   hd95_method, fn)
+                                   hd95_method, fn, moving_present)
 
     if u is not None:
         jac = _metrics_from_det(_jacobian_det(u, fn), 0, 2, fn)
@@ -128,7 +134,7 @@ def evaluate_pair(
 
 
 def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, u, spacing, labels,
-                   hd95_enabled: bool, hd95_method: str, fn: str) -> list[str]:
+                   hd95_enabled: bool, hd95_method: str, fn: str, moving_present=None) -> list[str]:
     """Fill ``out``'s label metrics (Dice, Klein's overlaps, HD95, erased labels) of :func:`evaluate_pair`; returns the
     names of the metrics computed."""
     computed = []
@@ -144,9 +150,16 @@ def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, 
         )
     subset = label_subset(labels, fn)
     counts = _label_counts(f, mv, m)
-    d = _dice_from_counts(counts, subset)
+    in_mv = _present(counts.values, counts.moving)
+    if moving_present is not None:
+        given = set(label_subset(moving_present, fn, "moving_present"))
+        if not in_mv <= given:
+            raise ValueError(f"{fn}() 'moving_present' {_label_list(given)} lacks labels of moving_label "
+                             f"{_label_list(in_mv - given)}; it must name every label of the moving map as stored")
+        in_mv = given
+    d = _dice_from_counts(counts, subset, in_mv)
     if not d.per_label:
-        in_f, in_mv = _present(counts.values, counts.fixed), _present(counts.values, counts.moving)
+        in_f = _present(counts.values, counts.fixed)
         within = "" if subset is None else f" within labels={_label_list(set(subset))}"
         raise ValueError(
             f"{fn}() no foreground label in common between fixed_label {_label_list(in_f)} and "
@@ -155,7 +168,7 @@ def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, 
     out["dice"], out["dice_per_label"] = d.mean, d.per_label
     out["n_erased"], out["erased_labels"] = len(d.erased), d.erased
     computed.append("dice")
-    k = _klein_from_counts(counts, subset)  # the same counts and labels as Dice
+    k = _klein_from_counts(counts, subset, in_mv)  # the same counts and labels as Dice
     out.update({f"total_{m}": v for m, v in k.total.items()})
     out["label_metrics"] = {lab: {"dice": d.per_label[lab], **{m: v[m] for m in LABEL_METRICS if m != "dice"}}
                             for lab, v in k.per_label.items()}
@@ -164,7 +177,7 @@ def _label_metrics(out: dict[str, Any], fixed_label, moving_label, moved_label, 
         refuse_thin_3d(f, ndim, fn)
         sp = spacing_tuple(spacing, f.dim(), fn)
         h = _hd95_arrays(
-            f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn
+            f.cpu().numpy(), mv.cpu().numpy(), m.cpu().numpy(), sp, subset, hd95_method, fn=fn, moving_present=in_mv
         )
         out["hd95"], out["hd95_per_label"] = h.mean, h.per_label
         computed.append("hd95")

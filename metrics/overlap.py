@@ -113,10 +113,16 @@ def _present(values: list[int], counts: list[int]) -> set[int]:
     return {v for v, c in zip(values, counts) if c and v != 0}
 
 
-def _dice_from_counts(c: _Counts, labels: list[int] | None) -> LabelScores:
+def _moving_present(c: _Counts, moving_present: set[int] | None) -> set[int]:
+    """The labels of the un-warped moving map for the rule: ``moving_present`` when the caller knows
+    them from the map as stored (see :func:`metrics.evaluate_pair`), else those of the counted map."""
+    return _present(c.values, c.moving) if moving_present is None else moving_present
+
+
+def _dice_from_counts(c: _Counts, labels: list[int] | None, moving_present: set[int] | None = None) -> LabelScores:
     index = {v: i for i, v in enumerate(c.values)}
     scored, skipped, erased = _label_rule(
-        _present(c.values, c.fixed), _present(c.values, c.moving), _present(c.values, c.moved), labels
+        _present(c.values, c.fixed), _moving_present(c, moving_present), _present(c.values, c.moved), labels
     )
     per_label: dict[int, float] = {}
     for lab in scored:
@@ -163,11 +169,11 @@ def _klein_measures(inter: int, target: int, source: int) -> dict[str, float]:
     }
 
 
-def _klein_from_counts(c: _Counts, labels: list[int] | None) -> OverlapScores:
+def _klein_from_counts(c: _Counts, labels: list[int] | None, moving_present: set[int] | None = None) -> OverlapScores:
     """:func:`klein_overlaps` from the counts of :func:`_label_counts` (the Dice rule's labels)."""
     index = {v: i for i, v in enumerate(c.values)}
     scored, skipped, erased = _label_rule(
-        _present(c.values, c.fixed), _present(c.values, c.moving), _present(c.values, c.moved), labels
+        _present(c.values, c.fixed), _moving_present(c, moving_present), _present(c.values, c.moved), labels
     )
     per_label: dict[int, dict[str, float]] = {}
     inter = target = source = 0
@@ -211,7 +217,8 @@ def klein_overlaps(fixed_label, moving_label, moved_label, labels: Iterable[int]
     return _klein_from_counts(_label_counts(f, mv, m), subset)
 
 
-def dice(fixed_label, moving_label, moved_label, labels: Iterable[int] | None = None) -> LabelScores:
+def dice(fixed_label, moving_label, moved_label, labels: Iterable[int] | None = None, *,
+         moving_present: Iterable[int] | None = None) -> LabelScores:
     """Dice overlap per foreground label, ``2 |F_l ∩ W_l| / (|F_l| + |W_l|)``, with the label
     rule of the Learn2Reg 2021 scorer (``compute_dice(fixed, moving, moving_warped, labels)``).
 
@@ -224,6 +231,8 @@ def dice(fixed_label, moving_label, moved_label, labels: Iterable[int] | None = 
         moved_label: the moving label map warped to the fixed grid, ``W`` (same shape).
         labels: optional subset of foreground labels to consider (each >= 1); default: every
             foreground label found in any of the three maps.
+        moving_present: the moving map's labels as stored when ``moving_label`` is that map
+            resampled onto the fixed grid (as :func:`metrics.evaluate_pair`); default: its own.
 
     Returns:
         :class:`LabelScores`. Rule (Learn2Reg scorer): background 0 is never scored; a label
@@ -236,4 +245,5 @@ def dice(fixed_label, moving_label, moved_label, labels: Iterable[int] | None = 
     """
     f, mv, m = label_maps(fixed_label, moving_label, moved_label, "dice")
     subset = label_subset(labels, "dice")
-    return _dice_from_counts(_label_counts(f, mv, m), subset)
+    present = None if moving_present is None else set(label_subset(moving_present, "dice", "moving_present"))
+    return _dice_from_counts(_label_counts(f, mv, m), subset, present)

@@ -134,15 +134,18 @@ def _hd95_arrays(
     method: str = "kdtree",
     workers: int | None = None,
     fn: str = "hd95",
+    moving_present: set[int] | None = None,
 ) -> LabelScores:
     """HD95 on validated ``(*S)`` non-negative int numpy arrays (the core of :func:`hd95`):
-    fixed ``f``, un-warped moving ``mv``, warped moving ``m``."""
+    fixed ``f``, un-warped moving ``mv``, warped moving ``m``; ``moving_present``: the un-warped
+    moving map's labels when the caller knows them from the map as stored (see
+    :func:`metrics.evaluate_pair`), else those of ``mv``."""
     if method not in _METHODS:
         raise ValueError(f"{fn}() 'method' must be one of {_METHODS}, got {method!r}")
     penalty = erased_penalty(f.shape, spacing)
     top = int(max(f.max(), mv.max(), m.max())) if f.size else 0
     if top < _MAX_DIRECT_LABEL:
-        return _hd95_direct(f, mv, m, spacing, labels, method, workers, penalty)
+        return _hd95_direct(f, mv, m, spacing, labels, method, workers, penalty, moving_present)
     # sparse, huge label values: relabel to 0..K-1 (0 stays background), score, map back
     values = np.union1d([0], np.unique(np.concatenate([np.unique(f), np.unique(mv), np.unique(m)])))
     index = {int(v): i for i, v in enumerate(values)}
@@ -158,7 +161,8 @@ def _hd95_arrays(
                 index[lab] = len(back)
                 back[len(back)] = lab
             sub.append(index[lab])
-    res = _hd95_direct(fc, mvc, mc, spacing, sub, method, workers, penalty)
+    present = None if moving_present is None else {index[v] for v in moving_present if v in index}
+    res = _hd95_direct(fc, mvc, mc, spacing, sub, method, workers, penalty, present)
     per_label = {back[i]: v for i, v in res.per_label.items()}
     return LabelScores(
         per_label,
@@ -177,6 +181,7 @@ def _hd95_direct(
     method: str,
     workers: int | None,
     penalty: float,
+    moving_present: set[int] | None = None,
 ) -> LabelScores:
     if labels is not None and not labels:
         return LabelScores({}, _mean(()), (), ())
@@ -191,7 +196,8 @@ def _hd95_direct(
     def present(objs: list) -> set[int]:
         return {i + 1 for i, o in enumerate(objs) if o is not None}
 
-    scored, skipped, erased = _label_rule(present(objs_f), present(objs_mv), present(objs_m), labels)
+    in_moving = present(objs_mv) if moving_present is None else moving_present
+    scored, skipped, erased = _label_rule(present(objs_f), in_moving, present(objs_m), labels)
     erased_set = set(erased)
     measured = [lab for lab in scored if lab not in erased_set]  # both masks non-empty
 

@@ -44,14 +44,18 @@ def warp_label(label: torch.Tensor, u: torch.Tensor, interp: str = "nearest") ->
 
 
 def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, interp: str = "nearest",
-                   moved_label: torch.Tensor | None = None) -> list[dict[str, Any]]:
+                   moved_label: torch.Tensor | None = None,
+                   moving_present: Sequence[set[int]] | None = None) -> list[dict[str, Any]]:
     """:func:`metrics.evaluate_pair` on every pair of the batch (labels: the fixed, the
     un-warped moving and the warped moving map). A pair that cannot be scored raises
     :class:`metrics.MetricError` ``"pair <fixed_id> <- <moving_id>: <reason>"``.
 
     ``moved_label`` ``(B, 1, *S)``: the warped moving maps when the caller read them itself (the
     one-pair tool reads the moving label in world space from its own grid,
-    :func:`data.transforms.transform_volume`); default: ``batch["moving_label"]`` warped by ``u``."""
+    :func:`data.transforms.transform_volume`); default: ``batch["moving_label"]`` warped by ``u``.
+    ``moving_present``: per pair, the moving label map's foreground labels as stored when
+    ``batch["moving_label"]`` is that map resampled onto the fixed grid (the one-pair tool; see
+    :func:`metrics.evaluate_pair`), for the registered and the identity scores alike."""
     has_labels = "fixed_label" in batch and "moving_label" in batch
     if has_labels and moved_label is None:
         moved_label = warp_label(batch["moving_label"], u, interp)
@@ -59,6 +63,7 @@ def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, i
     for i in range(u.shape[0]):
         try:
             spacing = spacing_of(batch, i, u.shape[1])
+            present = moving_present[i] if moving_present is not None else None
             res = evaluate_pair(
                 batch["fixed_label"][i] if has_labels else None,
                 batch["moving_label"][i] if has_labels else None,
@@ -66,10 +71,12 @@ def evaluate_batch(batch: Mapping[str, Any], u: torch.Tensor, with_hd95: bool, i
                 u[i : i + 1],
                 spacing,
                 hd95_enabled=with_hd95,
+                moving_present=present,
             )
             if has_labels:  # no registration: the moving map is its own warp
                 moving = batch["moving_label"][i]
-                res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving).mean
+                res["dice_identity"] = dice_metric(batch["fixed_label"][i], moving, moving,
+                                                   moving_present=present).mean
             else:
                 res["dice_identity"] = float("nan")
             res["mae_identity"] = (mae_identity(batch["fixed"][i], batch["moving"][i])

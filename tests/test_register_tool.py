@@ -904,3 +904,50 @@ def test_headers_itk_would_read_otherwise_are_refused(pair, tmp_path, capsys):
                 check_itk_header(path)
         else:
             check_itk_header(path)
+
+
+def _fine_moving_pair(folder: Path) -> dict[str, Path]:
+    """A 2 mm fixed grid and a 1 mm moving grid over the same world; label 9 is one 1 mm voxel of the
+    moving map at odd indices (no 2 mm voxel centre is nearest to it), and one 2 mm voxel of the
+    fixed map: present in both maps as stored, gone once the moving map is resampled onto the fixed grid."""
+    rng = np.random.default_rng(0)
+    small = ndimage.gaussian_filter(rng.random((16, 16, 16)), 2.0)
+    fine = ndimage.zoom(small, 2, order=1)
+    a_f, a_m = np.diag([2.0, 2.0, 2.0, 1.0]), np.eye(4)
+    # fixed voxel i is centred at world 2i, on moving voxel 2i: moving voxel 21 is nobody's nearest
+    f_lab = np.zeros((16, 16, 16), np.int16)
+    f_lab[2:14, 2:14, 2:8] = 1
+    f_lab[10, 10, 10] = 9
+    m_lab = np.zeros((32, 32, 32), np.int16)
+    m_lab[4:28, 4:28, 4:16] = 1
+    m_lab[21, 21, 21] = 9
+    out = {}
+    for name, (array, affine) in {"fixed": (small.astype(np.float32), a_f), "moving": (fine.astype(np.float32), a_m),
+                                  "fixed_seg": (f_lab, a_f), "moving_seg": (m_lab, a_m)}.items():
+        out[name] = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(array, affine), str(out[name]))
+    return out
+
+
+def test_a_label_lost_when_the_moving_map_is_resampled_is_scored_not_skipped(tmp_path, capsys):
+    """register.py scores the labels of both maps as stored (label 9: erased, Dice 0), before and after;
+    a pairs CSV that would carry such a map onto the fixed grid refuses it by name in validate()."""
+    from data.pairs_csv import PairsCSVDataset
+
+    files = _fine_moving_pair(tmp_path)
+    a_f, a_m = nib.load(str(files["fixed"])).affine, nib.load(str(files["moving"])).affine
+    on_fixed = resample_to_grid(_load(files["moving_seg"])[0], a_m, (16, 16, 16), a_f, kind="label")
+    assert 9 not in np.unique(on_fixed) and 1 in np.unique(on_fixed)  # the premise: the resampling loses it
+    _register(files, tmp_path / "out", ["model=identity", f"fixed_label={files['fixed_seg']}",
+                                        f"moving_label={files['moving_seg']}"])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert sorted(metrics["dice_per_label"]) == ["1", "9"] and metrics["dice_per_label"]["9"] == 0.0
+    assert metrics["erased_labels"] == [9] and metrics["n_erased"] == 1
+    assert metrics["dice"] == pytest.approx((metrics["dice_per_label"]["1"] + 0.0) / 2)
+    assert metrics["dice_identity"] == pytest.approx(metrics["dice"])  # identity: the same labels, the same maps
+    csv = tmp_path / "pairs.csv"
+    csv.write_text("fixed,moving,fixed_label,moving_label\n"
+                   f"{files['fixed']},{files['moving']},{files['fixed_seg']},{files['moving_seg']}\n")
+    with pytest.raises(DataError, match=r"row 1.*column 'moving_label'.*moving_seg.nii.gz: label\(s\) 9 vanish "
+                                        r"when this label map is resampled .*fixed_seg.nii.gz"):
+        PairsCSVDataset(csv, resample="fixed").validate()

@@ -356,3 +356,30 @@ def test_ambiguous_shapes_are_refused_not_guessed():
     assert evaluate_pair(a[None, None], a[None, None], b[None, None], None, (1.0, 1.0))["hd95"] == pytest.approx(2.0)
     assert evaluate_pair(a, a, b, None, 1.0)["hd95"] == pytest.approx(2.0)
     assert evaluate_pair(a[None, None], a[None, None], b[None, None], None, 1.0, hd95_enabled=False)["dice"] > 0.9
+
+
+@pytest.mark.parametrize("offset", [0, 70000])  # small label values, and the sparse path of HD95
+def test_moving_present_scores_a_label_the_resampled_map_lost(offset):
+    """``moving_present`` (the moving map's labels as stored) makes a label missing from the resampled
+    un-warped map scored: Dice 0, the HD95 penalty, Klein's erased values; the same as when the
+    un-warped map holds it. A set lacking a label of the map is refused."""
+    f = torch.zeros(12, 12, 12, dtype=torch.long)
+    f[2:8, 2:8, 2:8] = 1 + offset
+    f[10, 10, 10] = 5 + offset
+    mv = f.clone()
+    mv[10, 10, 10] = 0  # label 5 lost on the fixed grid
+    moved = mv.clone()
+    u = torch.zeros(1, 3, 12, 12, 12)
+    skipped = evaluate_pair(f, mv, moved, u, 1.0)
+    assert sorted(skipped["dice_per_label"]) == [1 + offset]
+    res = evaluate_pair(f, mv, moved, u, 1.0, moving_present={1 + offset, 5 + offset})
+    holding = f.clone()  # an un-warped map that kept the label: the same scores
+    ref = evaluate_pair(f, holding, moved, u, 1.0)
+    assert res["dice_per_label"] == ref["dice_per_label"] == {1 + offset: 1.0, 5 + offset: 0.0}
+    assert res["hd95_per_label"] == ref["hd95_per_label"]
+    assert res["hd95_per_label"][5 + offset] == pytest.approx(erased_penalty((12, 12, 12), (1.0, 1.0, 1.0)))
+    assert res["erased_labels"] == (5 + offset,) and res["label_metrics"] == ref["label_metrics"]
+    assert all(res[k] == ref[k] for k in metrics.PAIR_METRICS)
+    assert dice(f, mv, moved, moving_present=[1 + offset, 5 + offset]).per_label == ref["dice_per_label"]
+    with pytest.raises(ValueError, match="'moving_present' .* lacks labels of moving_label"):
+        evaluate_pair(f, mv, moved, u, 1.0, moving_present={5 + offset})
