@@ -56,21 +56,14 @@ is rewritten after every section, so a run stopped by its time limit still leave
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
-import functools
-import gc
 import importlib
 import json
-import math
 import os
 import platform
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,103 +75,15 @@ from experiments.bench_gpu_report import REPORT, goals, markdown, write_report  
 from experiments.bench_gpu_data import (  # noqa: F401 - prepare/StoredSubjects/stored_datamodule: this script's API
     CLASSICAL_MODELS, MNI_EXPERIMENTS, NETWORK_EXPERIMENTS, QUICK, SHAPE, StoredSubjects, prepare, stored_datamodule,
 )
+from experiments.bench_gpu_training import cpu_reference, mni_training, training_steps
+from experiments.bench_gpu_tools import (  # noqa: F401 - instantiate/merged: this script's API
+    Budget, error_record, free, instantiate, median, merged, pair_metrics, peak_memory, sync, timed,
+)
 TEST_FILES = ("tests/test_spatial.py", "tests/test_losses.py", "tests/test_metrics.py", "tests/test_classical.py",
               "tests/test_networks.py", "tests/test_precision.py")
 DATA_DIR = ROOT / ".bench_gpu"  # git-ignored; what `run`'s carry takes along
 DATA_FILES = ("recipes.json", "pair.npz", "subjects.npz")
 SECTIONS = ("tests", "classical", "training_steps", "mni_training", "cpu_reference")
-# keys of a model node that belong to the LightningModule, not to the optimiser's settings
-_MODULE_KEYS = ("_target_", "_recursive_", "method", "init_from", "label_interp", "hd95")
-
-
-def instantiate(node: dict, **overrides: Any) -> Any:
-    """Build a config node by its ``_target_`` with its keys as arguments (Hydra's
-    ``_recursive_: false``: nested specs are passed as plain dicts, the model builds them)."""
-    node = {**node, **overrides}
-    module, _, name = str(node.pop("_target_")).rpartition(".")
-    for key in ("_recursive_", "_partial_"):
-        node.pop(key, None)
-    return getattr(importlib.import_module(module), name)(**node)
-
-
-def merged(node: dict, changes: dict) -> dict:
-    """``node`` with ``changes`` applied recursively (nested dicts merged, other values replaced)."""
-    out = dict(node)
-    for key, value in changes.items():
-        out[key] = merged(out.get(key) or {}, value) if isinstance(value, dict) else value
-    return out
-
-
-# ------------------------------------------------------------------------------------- helpers
-class Budget:
-    """Wall-clock budget of the whole check; sections skip what no longer fits."""
-
-    def __init__(self, seconds: float) -> None:
-        self.end = time.monotonic() + float(seconds)
-
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
-    def allows(self, seconds: float) -> bool:
-        return self.left() >= seconds
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    _sync(device)
-    start = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, time.perf_counter() - start
-
-
-@contextlib.contextmanager
-def _peak_memory(device: torch.device, out: dict):
-    """``out["peak_mb"]``: the largest memory PyTorch held on the GPU inside the block;
-    ``out["peak_above_start_mb"]``: the same above what it held on entry (inputs, weights)."""
-    if device.type != "cuda":
-        yield
-        return
-    _sync(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    start = torch.cuda.memory_allocated(device)
-    yield
-    _sync(device)
-    peak = torch.cuda.max_memory_allocated(device)
-    out["peak_mb"] = round(peak / 2**20, 1)
-    out["peak_above_start_mb"] = round((peak - start) / 2**20, 1)
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
-def _error(exc: BaseException) -> dict:
-    """One line naming the exception (the traceback goes to stderr, i.e. the run's log)."""
-    traceback.print_exc(file=sys.stderr)
-    text = " ".join(str(exc).split())
-    return {"error": f"{type(exc).__name__}: {text[:300]}"}
-
-
-def _median(values: list[float]) -> float:
-    return round(statistics.median(values), 4)
-
-
-def _pair_metrics(fixed_lab, moving_lab, u, spacing) -> dict:
-    """The one metric path (:func:`metrics.evaluate_pair`), labels warped nearest-neighbour."""
-    from metrics import evaluate_pair
-    from models.evaluation import warp_label
-
-    u = u.float()
-    res = evaluate_pair(fixed_lab[0], moving_lab[0], warp_label(moving_lab.to(u.device), u)[0].cpu(),
-                        u.cpu(), spacing)
-    return {k: round(float(res[k]), 4) for k in ("dice", "hd95", "sdlogj", "folding_pct")}
 
 
 # ------------------------------------------------------------------------------------- sections
@@ -251,16 +156,16 @@ def classical(recipes: dict, pair: dict, device: torch.device, args, budget: Bud
             row: dict[str, Any] = {"iterations": list(cfg.iterations)}
             times, res = [], None
             for _ in range(args.repeats):
-                with _peak_memory(device, row):
-                    res, seconds = _timed(lambda: register(fixed, moving, cfg), device)
+                with peak_memory(device, row):
+                    res, seconds = timed(lambda: register(fixed, moving, cfg), device)
                 times.append(seconds)
-            row.update(seconds=_median(times), seconds_all=[round(t, 4) for t in times],
+            row.update(seconds=median(times), seconds_all=[round(t, 4) for t in times],
                        iterations_run=[len(t) for t in res.losses[cfg.name]],
-                       **_pair_metrics(pair["fixed_label"], pair["moving_label"], res.displacement, pair["spacing"]))
+                       **pair_metrics(pair["fixed_label"], pair["moving_label"], res.displacement, pair["spacing"]))
             out[name] = row
         except Exception as exc:  # noqa: BLE001 - one method failing does not stop the check
-            out[name] = _error(exc)
-        _free(device)
+            out[name] = error_record(exc)
+        free(device)
     out["fireants"] = fireants(pair, device, args, budget)
     return out
 
@@ -283,179 +188,13 @@ def fireants(pair: dict, device: torch.device, args, budget: Budget) -> dict:
         batch = {"spacing": torch.tensor([pair["spacing"]])}
         run(fixed, moving, batch)  # warm-up
         row: dict[str, Any] = {}
-        with _peak_memory(device, row):
-            u, seconds = _timed(lambda: run(fixed, moving, batch), device)
+        with peak_memory(device, row):
+            u, seconds = timed(lambda: run(fixed, moving, batch), device)
         row.update(seconds=round(seconds, 4),
-                   **_pair_metrics(pair["fixed_label"], pair["moving_label"], u, pair["spacing"]))
+                   **pair_metrics(pair["fixed_label"], pair["moving_label"], u, pair["spacing"]))
         return row
     except Exception as exc:  # noqa: BLE001
-        return _error(exc)
-
-
-def _module(node: dict, device: torch.device, quick: bool):
-    """A network's RegistrationModule from its recipe (``--quick``: the tiny members, so a CPU runs it)."""
-    if quick:
-        net = node["model"]["net"]
-        small = {"TransMorph": {"size": "tiny", "window_size": [2, 2, 2]},
-                 "LapIRN": {"channels": 4, "res_channels": 8, "n_res_blocks": 1}, "LKUNet": {"start_channels": 4}, "VoxelMorphUNet": {"variant": "vxm1"}}
-        for target, change in small.items():
-            if str(net.get("_target_", "")).endswith(target) or str(net.get("backbone", {}).get("_target_", "")).endswith(target):
-                node = merged(node, {"model": {"net": change}})
-    return instantiate(node["model"], vis_every_n_epochs=0).to(device)
-
-
-def _step_fn(module, batch: dict, precision: str, device: torch.device) -> Callable[[], float]:
-    """One training step as Lightning runs it: the loss under autocast (bf16-mixed) or not
-    (32-true), backward and the optimiser step outside it."""
-    configured = module.configure_optimizers()
-    opt = configured["optimizer"] if isinstance(configured, dict) else configured
-    stage = getattr(module, "levels", None)  # LapIRN: the whole pyramid (its last stage)
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
-
-    def step() -> float:
-        with autocast():
-            parts = module.compute_loss(batch) if stage is None else module.compute_loss(batch, stage=stage)
-        opt.zero_grad(set_to_none=True)
-        parts["loss"].backward()
-        opt.step()
-        return parts["loss"].detach()
-
-    return step
-
-
-def training_steps(recipes: dict, pair: dict, device: torch.device, args, budget: Budget) -> dict:
-    out: dict[str, Any] = {}
-    batch = {"fixed": pair["fixed"].to(device), "moving": pair["moving"].to(device)}
-    for name in args.networks:
-        node = recipes["networks"][name]
-        rows: dict[str, Any] = {"experiment": node["experiment"]}
-        for precision in ("fp32", "bf16"):
-            if not budget.allows(20 if device.type == "cuda" else 2):
-                rows[precision] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
-                continue
-            try:
-                torch.manual_seed(0)
-                module = _module(node, device, args.quick)
-                module.train()
-                step = _step_fn(module, batch, precision, device)
-                loss = step()  # warm-up: kernels, cuDNN algorithms, Adam state
-                row: dict[str, Any] = {"params": sum(p.numel() for p in module.parameters())}
-                times = []
-                with _peak_memory(device, row):
-                    for _ in range(args.steps):
-                        loss, seconds = _timed(step, device)
-                        times.append(seconds)
-                row.update(seconds=_median(times), loss=round(float(loss), 5), finite=bool(math.isfinite(float(loss))))
-                rows[precision] = row
-                del module, step
-            except Exception as exc:  # noqa: BLE001
-                rows[precision] = _error(exc)
-            _free(device)
-        fp32, bf16 = rows.get("fp32", {}), rows.get("bf16", {})
-        if "seconds" in fp32 and "seconds" in bf16:
-            rows["bf16_speedup"] = round(fp32["seconds"] / bf16["seconds"], 2)
-        out[name] = rows
-    return out
-
-
-def cpu_reference(recipes: dict, pair: dict, args, budget: Budget) -> dict:
-    """The VoxelMorph step of ``training_steps`` on this host's CPU with 2 threads: one timed
-    step at full size after a warm-up step on a 32^3 crop (threads, allocator; a full-size
-    warm-up would double a step that takes tens of seconds)."""
-    if not budget.allows(150 if not args.quick else 2):
-        return {"skipped": f"time budget ({budget.left():.0f} s left; a full-size step on 2 CPU threads "
-                           "takes tens of seconds)"}
-    threads = torch.get_num_threads()
-    # 2: the goal's cores; --quick keeps the caller's threads (on a shared CPU a second OpenMP
-    # thread that is descheduled stalls every step, tests/conftest.py's one_thread)
-    used = threads if args.quick else 2
-    torch.set_num_threads(used)
-    try:
-        torch.manual_seed(0)
-        cpu = torch.device("cpu")
-        module = _module(recipes["networks"]["voxelmorph"], cpu, args.quick)
-        crop = (slice(None), slice(None), *(slice(0, 32),) * 3)
-        _step_fn(module, {"fixed": pair["fixed"][crop], "moving": pair["moving"][crop]}, "fp32", cpu)()
-        step = _step_fn(module, {"fixed": pair["fixed"], "moving": pair["moving"]}, "fp32", cpu)
-        loss, seconds = _timed(step, cpu)
-        return {"threads": used, "seconds": round(seconds, 3), "shape": list(pair["fixed"].shape[2:]),
-                "finite": bool(math.isfinite(float(loss))), "cpu": platform.processor() or platform.machine()}
-    except Exception as exc:  # noqa: BLE001
-        return _error(exc)
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _trainer(device: torch.device, precision: str, max_steps: int, root: str):
-    import lightning as L
-
-    return L.Trainer(accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=precision,
-                     max_steps=max_steps, max_epochs=-1, limit_val_batches=0, num_sanity_val_steps=0, logger=False,
-                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                     default_root_dir=root)
-
-
-def _test_metrics(results: list[dict]) -> dict:
-    row = results[0] if results else {}
-    names = {"test/dice": "dice", "test/hd95": "hd95", "test/sdlogj": "sdlogj", "test/folding_pct": "folding_pct",
-             "test/dice_identity": "dice_before"}
-    return {short: round(float(row[key]), 4) for key, short in names.items() if key in row}
-
-
-def mni_training(recipes: dict, device: torch.device, args, budget: Budget) -> dict:
-    import lightning as L
-
-    out: dict[str, Any] = {}
-    sup = recipes["mni"]["supervised"]
-    data_node = dict(recipes["mni_data"])
-    dm = stored_datamodule(StoredSubjects(Path(args.data) / "subjects.npz"), data_node)
-    steps = args.mni_steps or sup["max_epochs"] * int(data_node["pairs_per_epoch"])
-    out["setup"] = {"steps": steps, "recipe_steps": sup["max_epochs"] * int(data_node["pairs_per_epoch"]),
-                    "data": {k: data_node.get(k) for k in ("resolution", "shape", "n_train", "n_test",
-                                                           "pairs_per_epoch", "deformation_scale")}
-                    | {"grid": list(dm.subjects.shape), "images": "8-bit quantised"},
-                    "recipe": {k: sup["model"][k] for k in ("downsize", "loss_grid", "field")} | {
-                        "net": sup["model"]["net"].get("variant"), "lr": sup["model"]["optimizer"]["lr"]}}
-    runs = [("supervised", "32-true"), ("supervised", "bf16-mixed"), ("unsupervised", "32-true")]
-    first_seconds = None
-    with tempfile.TemporaryDirectory() as root:
-        for supervision, precision in runs:
-            key = f"{supervision}_{precision}"
-            need = 1.3 * first_seconds if first_seconds else (60 if device.type == "cuda" else 5)
-            if not budget.allows(need):
-                out[key] = {"skipped": f"time budget ({budget.left():.0f} s left, one run took "
-                                       f"{first_seconds or 0:.0f} s)"}
-                continue
-            try:
-                rec = recipes["mni"][supervision]
-                L.seed_everything(int(rec["seed"]), workers=True, verbose=False)
-                model = instantiate(rec["model"], vis_every_n_epochs=0)
-                trainer = _trainer(device, precision, steps, root)
-                _, fit_seconds = _timed(functools.partial(trainer.fit, model, datamodule=dm), device)
-                test, test_seconds = _timed(functools.partial(trainer.test, model, datamodule=dm, verbose=False),
-                                            device)
-                first_seconds = first_seconds or fit_seconds + test_seconds
-                out[key] = {"experiment": rec["experiment"], "precision": precision, "steps": int(trainer.global_step),
-                            "fit_seconds": round(fit_seconds, 1), "seconds_per_step": round(fit_seconds / max(steps, 1), 4),
-                            **_test_metrics(test)}
-                del model, trainer
-            except Exception as exc:  # noqa: BLE001
-                out[key] = _error(exc)
-            _free(device)
-        if budget.allows(30 if device.type == "cuda" else 2):
-            try:
-                node = recipes["classical"]["greedy"]
-                if args.classical_iterations:
-                    node = {**node, "iterations": args.classical_iterations[: len(node["iterations"])]}
-                greedy = instantiate(node)
-                trainer = _trainer(device, "32-true", 1, root)
-                test, seconds = _timed(lambda: trainer.test(greedy, datamodule=dm, verbose=False), device)
-                out["greedy"] = {"experiment": "mni_greedy", "test_seconds": round(seconds, 1), **_test_metrics(test)}
-            except Exception as exc:  # noqa: BLE001
-                out["greedy"] = _error(exc)
-        else:
-            out["greedy"] = {"skipped": f"time budget ({budget.left():.0f} s left)"}
-    return out
+        return error_record(exc)
 
 
 # ------------------------------------------------------------------------------------- main
@@ -528,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 report[name] = fn()
             except Exception as exc:  # noqa: BLE001 - the other sections still run
-                report[name] = _error(exc)
+                report[name] = error_record(exc)
         report["goals"] = goals(report)
         report["seconds"] = round(time.perf_counter() - start, 1)
         write_report(report, out_dir)
@@ -540,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = mni_pair(data_dir / "pair.npz")
         report["pair"] = pair["info"]
     except Exception as exc:  # noqa: BLE001
-        report["pair"] = _error(exc)
+        report["pair"] = error_record(exc)
     for name, fn in (("classical", lambda: classical(recipes, pair, device, args, budget)),
                      ("training_steps", lambda: training_steps(recipes, pair, device, args, budget)),
                      ("mni_training", lambda: mni_training(recipes, device, args, budget)),
