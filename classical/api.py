@@ -97,8 +97,9 @@ def register(
     waits for the device to finish.
 
     Raises ``ValueError`` naming the problem for shape or spacing mismatch, an axis shorter
-    than :func:`input_size_requirement`, NaN/infinite or constant images (similarity undefined)
-    and invalid settings.
+    than :func:`input_size_requirement`, NaN/infinite or constant images (similarity undefined),
+    images of two dtypes, images outside [0, 1] with ``sim: mi`` (which clamps to [0, 1]) and
+    invalid settings.
     """
     if isinstance(config, Mapping):
         values = dict(config)
@@ -106,6 +107,7 @@ def register(
     if not isinstance(config, (AffineConfig, GreedyConfig)):
         raise TypeError(f"register(): 'config' must be an AffineConfig, GreedyConfig or SyNConfig, got {type(config).__name__}")
     check_pair(fixed, moving, "register()")
+    _check_mi_range(fixed, moving, config)
     minimum, reason = input_size_requirement(config)
     for axis, n in enumerate(fixed.shape[2:]):
         if n < minimum:
@@ -120,6 +122,25 @@ def register(
     with float32_region(fixed.device):  # under a caller's autocast too: no bf16 sampling coordinates
         fixed, moving = as_float32(fixed), as_float32(moving)
         return _run(fixed, moving, config, None if init is None else as_float32(init), report)
+
+
+# how far outside [0, 1] an image may reach for sim "mi" (which clamps to [0, 1]): rounding of a normalisation
+MI_RANGE_TOLERANCE = 1e-3
+
+
+def _check_mi_range(fixed: torch.Tensor, moving: torch.Tensor, config: Config) -> None:
+    """Sim ``"mi"`` (:func:`losses.mutual_information`) reads intensities in [0, 1] and clamps the
+    rest: on raw scanner intensities every voxel clamps to 1, the loss is flat and the result the
+    identity, silently. Refuse such an image by name instead."""
+    stages = [config] + ([config.affine] if getattr(config, "affine", None) is not None else [])
+    if not any(stage.sim == "mi" for stage in stages):
+        return
+    for name, t in (("fixed", fixed), ("moving", moving)):
+        lo, hi = float(t.min()), float(t.max())
+        if lo < -MI_RANGE_TOLERANCE or hi > 1 + MI_RANGE_TOLERANCE:
+            raise ValueError(f"register(): sim 'mi' reads intensities in [0, 1] (clamping the rest), but '{name}' "
+                             f"spans [{lo:g}, {hi:g}]: the loss would be flat and the result the identity; "
+                             "normalise both images to [0, 1] first (data.io.normalize_intensity) or use lncc / mse")
 
 
 def _run(fixed: torch.Tensor, moving: torch.Tensor, config: Config, init: torch.Tensor | None,

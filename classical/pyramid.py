@@ -72,6 +72,8 @@ def check_pair(fixed: torch.Tensor, moving: torch.Tensor, fn: str) -> int:
             f"{fn}: fixed {tuple(fixed.shape)} and moving {tuple(moving.shape)} differ in shape; "
             "resample both to one grid first"
         )
+    if fixed.dtype != moving.dtype:
+        raise ValueError(f"{fn}: fixed is {fixed.dtype} but moving is {moving.dtype}; give both in one dtype")
     for name, t in (("fixed", fixed), ("moving", moving)):
         if not torch.isfinite(t).all():
             raise ValueError(f"{fn}: '{name}' has NaN or infinite voxels")

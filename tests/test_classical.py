@@ -284,6 +284,13 @@ _IMG = torch.rand(1, 1, 16, 16, 16)
         (lambda: GreedyConfig(scales=[2, 1], iterations=[10]), "same length"),
         (lambda: SyNConfig(lr=0), "'lr' must be > 0"),
         (lambda: register(_IMG, _IMG, {"algorithm": "greedy", "iterationz": [1]}), "unknown setting"),
+        (lambda: register(_IMG.double(), _IMG, GreedyConfig(iterations=[2, 2, 2])),
+         "fixed is torch.float64 but moving is torch.float32"),
+        # MI clamps to [0, 1]: raw intensities would give a flat loss and the identity, silently
+        (lambda: register(_IMG, _IMG * 1000, GreedyConfig(iterations=[2, 2, 2], sim="mi")),
+         r"sim 'mi' reads intensities in \[0, 1\].*'moving' spans \[[\d.]+, 99\d"),
+        (lambda: register(_IMG * 1000, _IMG * 1000, GreedyConfig(iterations=[2, 2, 2], affine={"sim": "mi"})),
+         r"sim 'mi'.*'fixed' spans"),
     ],
 )
 def test_bad_input_clear_errors(call, match):
