@@ -111,15 +111,15 @@ def build_model(cfg: DictConfig, datamodule=None):
     them as hyper-parameters). ``model.init_from`` (a classical method refining a learned one): the
     checkpoint is read here (:func:`app.checkpoints.load_model_from_checkpoint`) and its model
     passed as ``init_model``; given the ``datamodule`` it will run on, the network's voxel order is
-    checked against the data's (:func:`app.checkpoints.check_voxel_axes`)."""
+    and intensity normalisation are checked against the data's (:func:`app.checkpoints.check_trained_data`)."""
     kwargs = {}
     if cfg.model is not None and cfg.model.get("init_from"):
-        from app.checkpoints import check_voxel_axes, load_model_from_checkpoint
+        from app.checkpoints import check_trained_data, load_model_from_checkpoint, model_trained_data
 
         kwargs["init_model"] = load_model_from_checkpoint(cfg.model.init_from, "model.init_from")
         if datamodule is not None:
-            check_voxel_axes(kwargs["init_model"].trained_voxel_axes, datamodule, cfg.model.init_from,
-                             "model.init_from")
+            check_trained_data(model_trained_data(kwargs["init_model"]), datamodule, cfg.model.init_from,
+                               "model.init_from")
     return build(cfg.model, "model", **kwargs)
 
 

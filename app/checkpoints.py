@@ -6,11 +6,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from app.errors import ConfigError, one_line, root_cause
 
 __all__ = ["CHECKPOINT_SAFE_GLOBALS", "read_checkpoint", "load_model_from_checkpoint", "check_voxel_axes",
+           "check_trained_data", "model_trained_data", "refuse_normalisation",
            "refuse_voxel_order", "check_same_settings", "safe_checkpoint_io"]
 
 # Types our checkpoints hold beyond what ``torch.load(weights_only=True)`` accepts by default
@@ -120,7 +121,42 @@ def load_model_from_checkpoint(path: str | os.PathLike, key: str = "ckpt_path"):
         detail = detail if len(detail) <= 300 else detail[:300] + " ..."
         raise ConfigError(f"{key}: {path} does not match its stored model config: {detail}") from exc
     model.trained_voxel_axes = ckpt["registration"].get("voxel_axes")  # see check_voxel_axes
+    model.trained_intensity_normalisation = ckpt["registration"].get("intensity_normalisation")  # and check_trained_data
     return model
+
+
+def check_trained_data(trained: Mapping[str, Any], datamodule: Any, path: str | os.PathLike,
+                       key: str = "ckpt_path") -> None:
+    """A network sees the voxels and the intensities of its input: data given in another voxel order
+    (:func:`check_voxel_axes`) or with its intensities brought to [0, 1] another way than the data it
+    was trained on (``datamodule.intensity_normalisation``: ``minmax`` puts an OASIS white matter at
+    0.43 where ``percentile`` puts it at 0.9) is refused with one ConfigError naming both and the
+    setting that fixes it: its low Dice would read as a domain shift. ``trained``: the checkpoint's
+    ``registration`` record (``voxel_axes``, ``intensity_normalisation``); nothing to compare where
+    either side is unknown (a checkpoint from before the record, generated data)."""
+    check_voxel_axes(trained.get("voxel_axes"), datamodule, path, key)
+    trained_norm = trained.get("intensity_normalisation")
+    refuse_normalisation(trained_norm, getattr(datamodule, "intensity_normalisation", None), path, key,
+                         "this data= normalises them",
+                         f"set data.normalize={trained_norm} (a pairs CSV: data.normalize=true is 'percentile', false "
+                         f"'none') or train on data normalised so")
+
+
+def model_trained_data(model: Any) -> dict[str, Any]:
+    """The ``registration`` record of the data a loaded network (:func:`load_model_from_checkpoint`)
+    was trained on, as :func:`check_trained_data` reads it."""
+    return {"voxel_axes": getattr(model, "trained_voxel_axes", None),
+            "intensity_normalisation": getattr(model, "trained_intensity_normalisation", None)}
+
+
+def refuse_normalisation(trained: str | None, given: str | None, path: str | os.PathLike, key: str,
+                         what: str, remedy: str) -> None:
+    """The one intensity-normalisation error (see :func:`check_trained_data`); ``what`` says where
+    ``given`` comes from, ``remedy`` how to make them agree. Nothing when either is unknown."""
+    if trained and given and str(trained) != str(given):
+        raise ConfigError(f"{key}: {path} was trained on images normalised '{trained}', but {what} '{given}': a "
+                          f"network sees intensities, so its results would mix a shift of the pipeline into the "
+                          f"data's; {remedy}")
 
 
 def check_voxel_axes(trained: str | None, datamodule: Any, path: str | os.PathLike, key: str = "ckpt_path") -> None:

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from app.build import apply_reg_code, build_datamodule, build_model, build_trainer
-from app.checkpoints import check_voxel_axes, load_model_from_checkpoint
+from app.checkpoints import check_trained_data, load_model_from_checkpoint, model_trained_data
 from app.errors import ConfigError
 from app.loggers import finish_loggers, log_results_table
 from app.progress import output_locations, print_outputs
@@ -175,7 +175,7 @@ def run_eval(cfg: DictConfig, out_dir: str | os.PathLike | None = None, datamodu
     check_output_dir(out_dir, datamodule)
     if cfg.get("ckpt_path"):
         model = load_model_from_checkpoint(cfg.ckpt_path)
-        check_voxel_axes(model.trained_voxel_axes, datamodule, cfg.ckpt_path)
+        check_trained_data(model_trained_data(model), datamodule, cfg.ckpt_path)
     else:
         model = build_model(cfg, datamodule)
     apply_reg_code(model, cfg)

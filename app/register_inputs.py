@@ -135,11 +135,16 @@ def check_voxel_order(cfg: DictConfig, model, files: dict[str, Path], fixed) -> 
     fixed grid's voxels, not world space (the moving image is resampled onto that grid): a fixed image
     stored in another voxel order than its training data would be registered with its axes swapped or
     flipped. One ConfigError naming both orders (:func:`app.checkpoints.refuse_voxel_order`)."""
-    from app.checkpoints import refuse_voxel_order
+    from app.checkpoints import refuse_normalisation, refuse_voxel_order
     from data.geometry import axcodes
 
     given = axcodes(fixed.affine)
+    normalisation = "percentile" if bool(cfg.get("normalize", True)) else "none"  # data.pair_inputs.prepared_image
     for key, net in (("ckpt_path", model), ("model.init_from", getattr(model, "init_model", None))):
+        refuse_normalisation(getattr(net, "trained_intensity_normalisation", None), normalisation,
+                             OmegaConf.select(cfg, key), key, "register.py normalises them",
+                             "register.py normalises 'percentile' (normalize=true) or not at all (normalize=false, "
+                             "images already in [0, 1]); use eval.py with a data config normalised as the network's")
         trained = getattr(net, "trained_voxel_axes", None)
         if trained:
             refuse_voxel_order(trained, given, OmegaConf.select(cfg, key), key,

@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from app.build import build_datamodule, build_model, build_trainer, check_entry
-from app.checkpoints import check_same_settings, check_voxel_axes, read_checkpoint
+from app.checkpoints import check_same_settings, check_trained_data, read_checkpoint
 from app.errors import ConfigError
 from app.evaluation import check_input_sizes, check_output_dir, run_test
 from app.loggers import finish_loggers
@@ -98,12 +98,12 @@ def _build(cfg: DictConfig):
 
 def _check_checkpoint_settings(cfg: DictConfig, model, datamodule, path: str, ckpt: dict | None = None) -> None:
     """The checkpoint at ``path`` that a network resumes from (``train=true``) or is tested from
-    (``train=false``) was trained on data in this voxel order, with this model config and, when
+    (``train=false``) was trained on data in this voxel order and intensity normalisation, with this model config and, when
     resuming, this data config (:func:`app.checkpoints.check_same_settings`)."""
     if not model.trainable:
         return
     ckpt = read_checkpoint(path, "ckpt_path") if ckpt is None else ckpt
-    check_voxel_axes(ckpt["registration"].get("voxel_axes"), datamodule, path)
+    check_trained_data(ckpt["registration"], datamodule, path)
     check_same_settings(ckpt, model, datamodule if cfg.train else None, path)
 
 

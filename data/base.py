@@ -25,6 +25,9 @@ member                         what it is                                       
                                axis 0 runs to the Right, ...), None when unknown
                                or mixed: a network sees voxels, not world space,
                                so checkpoints record it and eval.py compares
+``intensity_normalisation``    how images were brought to [0, 1] (``percentile``,  ``None``
+                               ``minmax``, ``none``), None when unknown: recorded
+                               in checkpoints and compared as ``voxel_axes`` is
 ``num_labels``                 largest label id in batches + 1 (None: no labels)   ``None``
 ``label_names``                ``{label id: name}`` when known                     ``{}``
 ``save_label_map(out_dir)``    write how batch label ids map to the original ids   ``None``
@@ -106,6 +109,13 @@ class RegistrationDataModule(L.LightningDataModule):
     def voxel_axes(self) -> str | None:
         """Axis codes of the batches' voxel order (e.g. ``"RAS"``, :func:`data.geometry.axcodes`);
         None when unknown or when volumes differ (default: unknown)."""
+        return None
+
+    @property
+    def intensity_normalisation(self) -> str | None:
+        """How each image's intensities were brought to [0, 1] (a :data:`data.preprocess.NORMALIZATIONS`
+        name: ``"percentile"``, ``"minmax"``, ``"none"``); None when unknown (default). A network
+        sees intensities, so checkpoints record it and eval.py compares, as for :attr:`voxel_axes`."""
         return None
 
     @property

@@ -291,6 +291,11 @@ class DatasetDataModule(RegistrationDataModule):
         return list(seen.values())
 
     @property
+    def intensity_normalisation(self) -> str | None:
+        """``data.normalize`` (every image is normalised so)."""
+        return self.preprocess_config.normalize
+
+    @property
     def voxel_axes(self) -> str | None:
         """``data.orientation`` when set (every volume is reoriented to it), else the axis codes the
         headers of the used volumes share (None if they differ): read once, no voxel data."""

@@ -125,6 +125,12 @@ class PairsCSVDataModule(RegistrationDataModule):
         return next(iter(values)) if len(values) == 1 else None
 
     @property
+    def intensity_normalisation(self) -> str | None:
+        """``normalize: true``: the 0.5/99.5 percentiles of the nonzero voxels (``"percentile"``, as the
+        on-disk datasets' default); false: the values as stored, clipped to [0, 1] (``"none"``)."""
+        return "percentile" if self.normalize else "none"
+
+    @property
     def voxel_axes(self) -> str | None:
         """Voxel axis codes shared by the fixed images of every configured set, or None if they differ
         (a moving image is on its fixed image's grid, or resampled onto it)."""

@@ -109,10 +109,11 @@ def _test_sets(cfg: DictConfig) -> list[tuple[str, list[str]]]:
     return out
 
 
-def _voxel_axes(config_name: str, overrides: list[str]) -> tuple[str | None, tuple | None]:
+def _data_facts(config_name: str, overrides: list[str]) -> tuple[str | None, tuple | None, str | None]:
     """The voxel order of the data ``configs/<config_name>.yaml`` + ``overrides`` builds (headers
-    only; None when unknown or mixed), and its first volume placed nowhere in world space (its
-    order a reader's guess; ``unplaced_volume()`` of the on-disk datasets) or None."""
+    only; None when unknown or mixed), its first volume placed nowhere in world space (its
+    order a reader's guess; ``unplaced_volume()`` of the on-disk datasets) or None, and its
+    intensity normalisation (None when unknown)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -126,29 +127,41 @@ def _voxel_axes(config_name: str, overrides: list[str]) -> tuple[str | None, tup
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3", job_name=config_name):
             cfg = compose(config_name=config_name, overrides=overrides)
     dm = build(cfg.data, "data")
-    return getattr(dm, "voxel_axes", None), getattr(dm, "unplaced_volume", lambda: None)()
+    return (getattr(dm, "voxel_axes", None), getattr(dm, "unplaced_volume", lambda: None)(),
+            getattr(dm, "intensity_normalisation", None))
 
 
 def check_voxel_orders(specs: list[tuple[str, str, Any]], sets: list[tuple[str, list[str]]],
                        eval_common: list[str]) -> None:
-    """Before anything is trained: every network (``train:`` its training data, ``ckpt:`` the order its
-    checkpoint records) and every test set give their volumes in one voxel order, or a ConfigError
-    names the method, the test set and both orders. A network sees voxels, not world space, and
-    eval.py refuses a checkpoint on data in another order (:func:`app.checkpoints.check_voxel_axes`):
-    found there, after the trainings, it would cost them all (e.g. OASIS in its native order
-    against the Klein sets in RAS)."""
+    """Before anything is trained: every network (``train:`` its training data, ``ckpt:`` what its
+    checkpoint records) and every test set give their volumes in one voxel order and one intensity
+    normalisation, or a ConfigError names the method, the test set and both values. A network sees
+    voxels and intensities, and eval.py refuses a checkpoint on data given otherwise
+    (:func:`app.checkpoints.check_trained_data`): found there, after the trainings, it would cost
+    them all (e.g. OASIS in its native order, or min-max normalised, against the Klein sets in RAS,
+    percentile normalised)."""
     from app.checkpoints import read_checkpoint
 
-    trained = {}
+    trained, norms = {}, {}
     for name, kind, value in specs:
         if kind == "train":
-            trained[name] = _voxel_axes("train", value)[0]
+            trained[name], _, norms[name] = _data_facts("train", value)
         elif kind == "ckpt":
-            trained[name] = read_checkpoint(value, f"methods.{name}.ckpt")["registration"].get("voxel_axes")
-    if not any(trained.values()):
+            record = read_checkpoint(value, f"methods.{name}.ckpt")["registration"]
+            trained[name], norms[name] = record.get("voxel_axes"), record.get("intensity_normalisation")
+    if not any(trained.values()) and not any(norms.values()):
         return
     for set_name, overrides in sets:
-        given, unplaced = _voxel_axes("eval", overrides + eval_common)
+        given, unplaced, given_norm = _data_facts("eval", overrides + eval_common)
+        for name, norm in norms.items():
+            if norm and given_norm and str(norm) != str(given_norm):
+                raise ConfigError(
+                    f"methods.{name}: trained on images normalised '{norm}', but test_sets.{set_name} normalises "
+                    f"'{given_norm}': a network sees intensities, and eval.py would refuse it after the trainings; "
+                    "give every data set one normalisation (e.g. data.normalize=percentile on the training data and "
+                    "on each test set)")
+        if not any(trained.values()):
+            continue
         if unplaced is not None:
             name = next(n for n, order in trained.items() if order)
             raise ConfigError(f"test_sets.{set_name}: {unplaced[0]}: {unplaced[1]}, so its voxel order is a reader's "
@@ -198,7 +211,7 @@ def run_domain_shift(cfg: DictConfig) -> dict[str, Any]:
     sets = _test_sets(cfg)
     eval_common = parse_overrides(cfg.get("eval_common") or [], "eval_common")
     out_dir = Path(cfg.paths.output_dir)
-    check_voxel_orders(specs, sets, eval_common)
+    check_voxel_orders(specs, sets, eval_common)  # and normalisations
     # 1. train every network once
     checkpoints: dict[str, Path] = {}
     for name, kind, value in specs:

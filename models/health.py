@@ -165,6 +165,9 @@ class HealthChecks:
             # the voxel order of the data it was trained on (a network sees voxels, not world
             # space): eval.py refuses test data in another order; None when unknown
             "voxel_axes": getattr(datamodule, "voxel_axes", None),
+            # how its images' intensities were brought to [0, 1] (data.normalize): eval.py refuses
+            # test data normalised otherwise (app.checkpoints.check_trained_data); None when unknown
+            "intensity_normalisation": getattr(datamodule, "intensity_normalisation", None),
             # what it was trained on (file names and sizes of the training and validation sets; None
             # for generated data): resuming under other data is refused (app.checkpoints)
             "training_inputs": plain_data(training_inputs() if callable(training_inputs) else None,

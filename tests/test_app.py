@@ -151,3 +151,23 @@ def test_a_checkpoint_is_refused_on_test_data_in_another_voxel_order():
     check_voxel_axes(net, SimpleNamespace(voxel_axes="LIA"), "run/best.ckpt")
     check_voxel_axes(None, data, "old.ckpt")  # checkpoints before the record
     check_voxel_axes(net, SimpleNamespace(voxel_axes=None), "run/best.ckpt")  # e.g. generated data
+
+
+def test_a_checkpoint_is_refused_on_test_data_normalised_otherwise():
+    """A network sees intensities: trained on min-max normalised images and tested on percentile
+    normalised ones, its drop would read as domain shift. Unknown normalisations pass."""
+    from types import SimpleNamespace
+
+    from app import ConfigError
+    from app.checkpoints import check_trained_data
+
+    record = {"voxel_axes": "RAS", "intensity_normalisation": "minmax"}
+    data = SimpleNamespace(voxel_axes="RAS", intensity_normalisation="percentile")
+    with pytest.raises(ConfigError, match=r"ckpt_path: run/best.ckpt was trained on images normalised 'minmax', but "
+                                          r"this data= normalises them 'percentile'.*set data.normalize=minmax"):
+        check_trained_data(record, data, "run/best.ckpt")
+    check_trained_data(record, SimpleNamespace(voxel_axes="RAS", intensity_normalisation="minmax"), "run/best.ckpt")
+    check_trained_data({"voxel_axes": "RAS"}, data, "old.ckpt")  # checkpoints before the record
+    check_trained_data(record, SimpleNamespace(voxel_axes=None, intensity_normalisation=None), "x.ckpt")  # MNI
+    with pytest.raises(ConfigError, match="voxel order RAS"):  # and the voxel order, as check_voxel_axes
+        check_trained_data(record, SimpleNamespace(voxel_axes="LIA", intensity_normalisation="minmax"), "x.ckpt")

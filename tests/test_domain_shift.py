@@ -125,9 +125,25 @@ def test_a_test_set_in_another_voxel_order_is_refused_before_any_training(tmp_pa
     assert "methods.vxm: trained on data in voxel order RAS" in msg and "test_sets.lia gives LIA" in msg, msg
 
 
+def test_a_test_set_normalised_otherwise_is_refused_before_any_training(pairs_csv):
+    """A network trained on percentile-normalised images and a test set of raw [0, 1] ones
+    (normalize=false): refused before the trainings, naming the method, the set and both."""
+    from experiments.domain_shift import check_voxel_orders
+
+    train = ["experiment=mni_unsup_voxelmorph", "data=pairs_csv", f"data.train_csv={pairs_csv}",
+             f"data.val_csv={pairs_csv}"]
+    specs = [("greedy", "eval", ["model=greedy_fast"]), ("vxm", "train", train)]
+    csv = ["data=pairs_csv", f"data.csv={pairs_csv}"]
+    check_voxel_orders(specs, [("a", csv), ("b", csv)], [])
+    with pytest.raises(ConfigError, match=r"methods.vxm: trained on images normalised 'percentile', but "
+                                          r"test_sets.raw normalises 'none'"):
+        check_voxel_orders(specs, [("a", csv), ("raw", [*csv, "data.normalize=false"])], [])
+
+
 def test_paper_fig5_trains_and_tests_every_set_in_one_voxel_order():
     """The paper's Fig. 5 config (OASIS -> the Klein sets, which are read in RAS): its networks train,
-    and every test set is read, with data.orientation=RAS; its networks use the oasis_* recipes."""
+    and every test set is read, with data.orientation=RAS and one intensity normalisation (percentile:
+    OASIS's own default is minmax); its networks use the oasis_* recipes."""
     from conftest import compose
 
     from experiments.domain_shift import _specs, _test_sets
@@ -140,5 +156,7 @@ def test_paper_fig5_trains_and_tests_every_set_in_one_voxel_order():
         train_cfg = compose("train", overrides)
         assert train_cfg.data.orientation == "RAS" and train_cfg.model.optimizer.lr == 1e-4, name
         assert train_cfg.trainer.max_epochs == 300 and train_cfg.data._target_ == "data.OASISDataModule", name
+        assert train_cfg.data.normalize == "percentile", name
     for name, overrides in _test_sets(cfg):
-        assert compose("eval", overrides).data.orientation == "RAS", name
+        eval_cfg = compose("eval", overrides)
+        assert eval_cfg.data.orientation == "RAS" and eval_cfg.data.normalize == "percentile", name

@@ -194,6 +194,15 @@ def test_training_raises_dice_over_identity(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "voxel order RAS" in err and "gives LIA" in err and "data.orientation=RAS" in err, err
     assert not (tmp_path / "eval_lia").exists()
+    # and the intensity normalisation: the same images not normalised (normalize=false) are refused
+    assert torch.load(ckpt, weights_only=False)["registration"]["intensity_normalisation"] == "percentile"
+    with pytest.raises(SystemExit):
+        eval_entry.evaluate(compose("eval", [f"ckpt_path={ckpt}", "data=pairs_csv", f"data.csv={test_csv}",
+                                             "data.normalize=false", f"paths.output_dir={tmp_path / 'eval_raw'}"]))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: ckpt_path: {ckpt} was trained on images normalised 'percentile', but this data= "
+                          "normalises them 'none'") and "data.normalize=percentile" in err, err
+    assert not (tmp_path / "eval_raw").exists()
     # so is a network refined by a classical method (model.init_from), through eval.py and train.py,
     # and a checkpoint tested or resumed by train.py
     lia_data = ["data=pairs_csv", f"data.train_csv={lia}", f"data.val_csv={lia}", f"data.test_csv={lia}"]

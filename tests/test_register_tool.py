@@ -340,6 +340,14 @@ def test_a_velocity_network_from_a_checkpoint_has_an_inverse(pair, tmp_path, cap
             _register(pair, tmp_path / "lia_out", [*overrides, "device=cpu"])
         _one_error(capsys, overrides[-1].split("=")[0] + ":", "voxel order LIA", f"fixed={pair['fixed']} is stored in RAS")
         assert not (tmp_path / "lia_out").exists()
+    content["registration"]["voxel_axes"] = "RAS"  # trained on min-max normalised images: not what register.py gives
+    content["registration"]["intensity_normalisation"] = "minmax"
+    torch.save(content, tmp_path / "minmax.ckpt")
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        _register(pair, tmp_path / "mm_out", [f"ckpt_path={tmp_path / 'minmax.ckpt'}", "device=cpu"])
+    _one_error(capsys, "ckpt_path:", "normalised 'minmax'", "register.py normalises them 'percentile'")
+    assert not (tmp_path / "mm_out").exists()
 
 
 def test_register_with_inverse_of_the_methods():
