@@ -24,16 +24,19 @@ __all__ = ["file_signature", "file_identity", "signature", "code_signature", "so
 CODE_PACKAGES = ("data", "spatial", "classical", "models", "metrics", "losses", "app")
 
 
-def _pair_sibling(path: Path) -> Path | None:
-    """The other half of an Analyze / NIfTI-pair image (``x.img`` <-> ``x.hdr``, also gzipped and in
-    upper case), or None for a single-file format: the header half holds the affine, voxel sizes
-    and data type, so a result or a cached volume depends on both."""
+def _sidecars(path: Path) -> list[Path]:
+    """Every other file nibabel reads for the image at ``path``: for one half of an Analyze /
+    NIfTI pair, the other half, then SPM's ``x.mat`` (``x.mat.gz``, ``x.MAT``) beside it, whose matrix
+    replaces the header's voxel-to-world map when it exists (nibabel's SPM Analyze reader: it can flip
+    an axis), so creating, editing or deleting it changes what is read; none for a single-file format."""
     name = path.name
     for a, b in ((".img", ".hdr"), (".hdr", ".img"), (".IMG", ".HDR"), (".HDR", ".IMG")):
         for gz in ("", ".gz", ".GZ"):
             if name.endswith(a + gz):
-                return path.with_name(name[: -len(a + gz)] + b + gz)
-    return None
+                stem = name[: -len(a + gz)]
+                mat = ".MAT" if a.isupper() else ".mat"
+                return [path.with_name(stem + b + gz), path.with_name(stem + mat + gz)]
+    return []
 
 
 def _one_file(path: Path) -> list:
@@ -50,29 +53,28 @@ def file_signature(path: str | os.PathLike | None) -> list:
     also by a copy that keeps the old modification time (``cp -p``, ``rsync -t``, ``touch -r``: the
     status-change time ``ctime`` cannot be set back, so an uncompressed file of the same size
     rewritten that way is not taken for the old one). For one half of an Analyze / NIfTI pair
-    (``.img`` + ``.hdr``) the other half's four follow, so a header edited in place (orientation,
-    voxel size) changes it too."""
+    (``.img`` + ``.hdr``) the other half's four follow, then those of SPM's ``.mat`` beside them
+    (absent: path and None), so a header edited in place (orientation, voxel size) or a ``.mat``
+    created, edited or removed changes it too."""
     if path is None:
         return [None]
     path = Path(path)
-    sibling = _pair_sibling(path)
-    return _one_file(path) + ([] if sibling is None else _one_file(sibling))
+    return [value for p in (path, *_sidecars(path)) for value in _one_file(p)]
 
 
 def file_identity(path: str | os.PathLike | None) -> list:
     """``[file name, size]`` of a file (size None when it cannot be read; ``[None]`` for no file),
-    and its Analyze / NIfTI-pair half's two: what stays the same when a dataset is moved or copied
+    and those of its Analyze / NIfTI-pair half and SPM ``.mat`` (:func:`file_signature`): what stays the same when a dataset is moved or copied
     to another folder, unlike :func:`file_signature`'s path and modification time."""
     if path is None:
         return [None]
     out = []
-    for p in (Path(path), _pair_sibling(Path(path))):
-        if p is not None:
-            try:
-                size = p.stat().st_size
-            except OSError:
-                size = None
-            out += [p.name, size]
+    for p in (Path(path), *_sidecars(Path(path))):
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = None
+        out += [p.name, size]
     return out
 
 

@@ -739,3 +739,37 @@ def test_datamodules_say_their_voxel_order(tmp_path):
     native = KleinDataModule("ibsr18", str(root), strict_count=False, **{**SMALL, "orientation": None})
     image = root / "IBSR_01" / "IBSR_01_ana_strip.nii.gz"
     assert native.voxel_axes == "".join(nib.aff2axcodes(nib.load(image).affine))
+
+
+def test_an_spm_mat_beside_an_analyze_file_is_part_of_what_is_read(tmp_path):
+    """nibabel reads an Analyze ``x.img`` with SPM's ``x.mat`` beside it by that matrix (it can flip an
+    axis): creating it must give a new input signature and cache entry, not the volume read before."""
+    import shutil
+
+    import nibabel as nib
+
+    from data.signature import file_identity, file_signature
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((12, 12, 10)) * 100 + 1).astype(np.float32)
+    lab = (img > 50).astype(np.uint8) + 1
+    d, spm = tmp_path / "d", tmp_path / "spm"
+    d.mkdir()
+    spm.mkdir()
+    flip = np.diag([1.0, -1.0, 1.0, 1.0])  # y flipped: not nibabel's guess for a plain Analyze file (x flipped)
+    flip[1, 3] = 11.0
+    for name, arr in (("img", img), ("lab", lab)):
+        nib.save(nib.AnalyzeImage(arr, np.eye(4)), d / f"{name}.img")
+        nib.save(nib.Spm2AnalyzeImage(arr, flip), spm / f"{name}.img")  # writes spm/<name>.mat
+    store = VolumeStore(PreprocessConfig(orientation="RAS", spacing=1.0), tmp_path / "cache")
+    first = store.get("s1", d / "img.img", d / "lab.img")
+    before, identity = file_signature(d / "img.img"), file_identity(d / "img.img")
+    for name in ("img", "lab"):
+        shutil.copy(spm / f"{name}.mat", d / f"{name}.mat")
+    assert nib.load(str(d / "img.img")).affine[1, 1] == -1.0  # the premise: nibabel reads the .mat
+    assert file_signature(d / "img.img") != before and file_identity(d / "img.img") != identity
+    again = store.get("s1", d / "img.img", d / "lab.img")
+    fresh = VolumeStore(PreprocessConfig(orientation="RAS", spacing=1.0), tmp_path / "cache2").get(
+        "s1", d / "img.img", d / "lab.img")
+    assert not np.array_equal(again.image, first.image)  # read anew, through the .mat's flip
+    assert np.array_equal(again.image, fresh.image) and np.array_equal(again.label, fresh.label)
