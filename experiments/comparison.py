@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -85,6 +85,8 @@ class MethodResults:
     paradigm: str
     rows: dict[tuple[str, str], dict[str, float]]
     source: Path | None = None
+    # how its labels were scored (summary.json's values of :data:`SCORING_KEYS`; absent: unknown)
+    scoring: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -150,7 +152,8 @@ def load_results(path: str | os.PathLike, name: str | None = None, paradigm: str
             paradigm = UNKNOWN
     else:
         paradigm = check_paradigm(paradigm, f"paradigm of {name}")
-    return MethodResults(name=str(name), paradigm=str(paradigm), rows=rows, source=folder)
+    scoring = {key: summary[key] for key in SCORING_KEYS if summary.get(key) is not None}
+    return MethodResults(name=str(name), paradigm=str(paradigm), rows=rows, source=folder, scoring=scoring)
 
 
 # --------------------------------------------------------------------------- statistics
@@ -163,8 +166,9 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
     float64 array ``(n_pairs, n_methods)`` (columns in the order of ``results``). A pair missing
     from any method, or whose ``metric`` is NaN/inf in any method, is left out; a
     :class:`CompareWarning` says how many pairs each method lost. Raises :class:`ConfigError`
-    on an unknown metric, no method or a repeated method name, :class:`DataError` when no pair
-    is left.
+    on an unknown metric, no method, a repeated method name or results scored differently
+    (:func:`check_same_scoring`), :class:`DataError` when no pair is left or two results of a pair
+    come from different data (:func:`check_same_data`).
     """
     check_metric(metric)
     if not results:
@@ -173,6 +177,7 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError(f"methods: repeated method name(s) {', '.join(repeated)}")
+    check_same_scoring(results)
     common = set(results[0].rows)
     for r in results[1:]:
         common &= set(r.rows)
@@ -205,6 +210,27 @@ def align(results: Sequence[MethodResults], metric: str = "dice") -> tuple[list[
 SAME_DATA_TOLERANCE = 1e-6
 # the columns that describe a pair's data, not the method: equal for every result of one pair
 DATA_COLUMNS = {"dice_identity": "Dice before registration", "mae_identity": "mean |fixed - moving| before registration"}
+
+
+# summary.json's keys that say how a result's labels were scored: two methods compared must agree on
+# each (nearest vs linear label warping alone moves Dice by about 0.01, as much as the paper's gaps
+# between classical methods; another metrics version is another scorer)
+SCORING_KEYS = ("label_interp", "label_rule", "metrics_version")
+
+
+def check_same_scoring(results: Sequence[MethodResults]) -> None:
+    """ConfigError naming the setting, both methods and folders when two results were scored
+    differently (:data:`SCORING_KEYS`); a result without a summary says nothing and passes."""
+    for key in SCORING_KEYS:
+        seen = [(r, r.scoring[key]) for r in results if key in r.scoring]
+        for r, value in seen[1:]:
+            first, v0 = seen[0]
+            if value != v0:
+                raise ConfigError(
+                    f"{key} is {v0!r} in {first.name} ({first.source}) but {value!r} in {r.name} ({r.source}): "
+                    "their metrics were computed differently and cannot be compared pair by pair; evaluate every "
+                    f"method with one {key} (eval.py model.label_interp=... for the label warping; the current "
+                    "code for the metrics version)")
 
 
 def check_same_data(results: Sequence[MethodResults], pairs: Sequence[tuple[str, str]]) -> None:

@@ -77,6 +77,8 @@ def pool(folders: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[str, 
     counts: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     seen: dict[Path, str] = {}
+    owner: dict[tuple, str] = {}
+    rows_data: dict[tuple, str] = {}
     for folder in folders:
         resolved = Path(folder).resolve()
         if resolved in seen:
@@ -92,6 +94,13 @@ def pool(folders: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[str, 
         data = str(options["data"])
         if data in counts:
             raise DataError(f"{folder}: its data ({data}) is already pooled from another folder: each dataset once")
+        for r in folder_rows:  # one dataset under two descriptions (another label protocol, contrast): same pairs
+            pair = (r.get("fixed_id"), r.get("moving_id"))
+            if pair in owner:
+                raise DataError(f"{folder}: pair {pair[0]} <- {pair[1]} is already pooled from {owner[pair]} (data "
+                                f"{data} vs {rows_data[pair]}): the same image pairs would count twice in one fit; "
+                                "pool each dataset once")
+            owner[pair], rows_data[pair] = str(folder), data
         counts[data] = len(folder_rows)
         rows.extend({"dataset": data, **r} for r in folder_rows)
     fit = fit_dice_vs_mi([r["dice"] for r in rows], [r["mi"] for r in rows])

@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ["-m", "experiments.compare"]
 
 
-def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd95: dict | None = None) -> Path:
+def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd95: dict | None = None,
+                 **summary_keys) -> Path:
     """A results folder: pairs.csv (contract columns) + summary.json; ``dice``: (fixed, moving) -> value."""
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "pairs.csv", "w", newline="") as fh:
@@ -35,7 +36,7 @@ def fake_results(folder: Path, method: str, paradigm: str | None, dice: dict, hd
                         "hd95": (hd95 or {}).get((f, m), 2.0), "sdlogj": 0.1, "sdlogj_l2r": 0.03,
                         "folding_pct": 0.0, "seconds": 1.5, "dice_identity": 0.6,
                         "mae_identity": 0.125})
-    summary = {"method": method, "n_pairs": len(dice)}
+    summary = {"method": method, "n_pairs": len(dice), **summary_keys}
     if paradigm is not None:
         summary["paradigm"] = paradigm
     (folder / "summary.json").write_text(json.dumps(summary))
@@ -106,6 +107,25 @@ def test_align_drops_non_common_pairs(tmp_path):
         pairs, _ = cmp.align([a, b, c], "hd95")
     assert any("NaN/inf for 1 of 3" in str(w.message) for w in rec)
     assert pairs == [PAIRS[2], PAIRS[4]]
+
+
+def test_results_scored_differently_are_not_compared(tmp_path):
+    """Nearest vs linear label warping moves Dice by about 0.01 (the paper's gap between classical
+    methods), another metrics version is another scorer: pairing them is refused, naming both folders;
+    a folder that does not say (no summary value) passes."""
+    dice = {p: 0.7 for p in PAIRS[:4]}
+    a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", dice, label_interp="nearest",
+                                      metrics_version=5))
+    b = cmp.load_results(fake_results(tmp_path / "b", "b", "supervised", dice, label_interp="linear",
+                                      metrics_version=5))
+    c = cmp.load_results(fake_results(tmp_path / "c", "c", "classical", dice, label_interp="nearest",
+                                      metrics_version=4))
+    old = cmp.load_results(fake_results(tmp_path / "old", "old", "classical", dice))
+    assert cmp.align([a, old])[0] == PAIRS[:4]
+    with pytest.raises(ConfigError, match=r"label_interp is 'nearest' in a \(.*a\) but 'linear' in b \(.*b\)"):
+        cmp.align([a, old, b])
+    with pytest.raises(ConfigError, match=r"metrics_version is 5 in a .* but 4 in c"):
+        cmp.compare([a, c], "dice")
 
 
 def test_zero_differences_give_p_one(tmp_path):

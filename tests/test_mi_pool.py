@@ -16,9 +16,11 @@ from experiments.mi_analysis import fit_dice_vs_mi, write_outputs
 from experiments.mi_pool import pool
 
 
-def _analysis(folder, data, mi, dice, method="ants_syn", bins=64):
-    """An mi_analysis output folder, written by mi_analysis's own writer."""
-    rows = [{"fixed_id": f"{data}_{k}", "moving_id": f"{data}_{k + 1}", "method": method, "dice": d,
+def _analysis(folder, data, mi, dice, method="ants_syn", bins=64, ids=None):
+    """An mi_analysis output folder, written by mi_analysis's own writer (pair ids ``<ids>_<k>``,
+    ``ids`` defaulting to ``data``)."""
+    ids = ids or data
+    rows = [{"fixed_id": f"{ids}_{k}", "moving_id": f"{ids}_{k + 1}", "method": method, "dice": d,
              "dice_identity": 0.5, "mi_fixed": m, "mi_moving": m, "mi": m, "h_labels": 2.0}
             for k, (m, d) in enumerate(zip(mi, dice))]
     fit = fit_dice_vs_mi(dice, mi)
@@ -58,6 +60,9 @@ def test_folders_that_cannot_share_one_fit_are_refused(tmp_path):
         (_analysis(tmp_path / "bins", "lpba40", [0.4, 0.5, 0.3], [0.7, 0.72, 0.68], bins=32), "bins"),
         (_analysis(tmp_path / "method", "lpba40", [0.4, 0.5, 0.3], [0.7, 0.72, 0.68], method="greedy"), "method"),
         (_analysis(tmp_path / "again", "oasis", [0.4, 0.5, 0.3], [0.7, 0.72, 0.68]), "already pooled"),
+        # the same OASIS pairs under another label protocol: another description, the same pairs
+        (_analysis(tmp_path / "seg4", "oasis, labels=seg4", [0.4, 0.5, 0.3], [0.7, 0.72, 0.68], ids="oasis"),
+         "pair oasis_0 <- oasis_1 is already pooled from"),
         (a, "given twice"),
     ]
     for other, words in cases:
