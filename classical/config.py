@@ -81,6 +81,8 @@ class GreedyConfig:
     Args:
         scales, iterations: pyramid schedule (coarse to fine), e.g. ``[4, 2, 1]``, ``[250, 200, 100]``.
         lr: Adam step size in voxels of the current scale (the largest step of a component).
+            FireANTs' ``optimizer_lr`` scales the step to ``lr / (max(shape) - 1)`` in [-1, 1]
+            coordinates, half a voxel per unit along the longest axis: its ``lr`` is twice ours.
         grad_sigma: Gaussian std (voxels) applied to the similarity gradient (0 = none).
         warp_sigma: Gaussian std (voxels) applied to the field after each update (0 = none).
             The defaults (1.5, 1.0) are stronger than the FireANTs paper scripts' (1.0, 0.25),
