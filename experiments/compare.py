@@ -72,7 +72,7 @@ def _csv_text(columns: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 TEST_COLUMNS = ["method_a", "paradigm_a", "method_b", "paradigm_b", "metric", "n", "mean_a", "mean_b",
-                "mean_diff", "p_wilcoxon", "p_ttest", "better", "note"]
+                "mean_diff", "p_wilcoxon", "p_ttest", "n_subjects", "n_fixed", "p_wilcoxon_by_fixed", "better", "note"]
 
 
 def _comparison_rows(comp: Comparison) -> tuple[list[str], list[dict[str, Any]]]:
@@ -110,12 +110,16 @@ def markdown(comp: Comparison) -> str:
     lines.append("")
     a, b = ("classical", "learned") if comp.mode == "classical_vs_learned" else ("method A", "method B")
     if comp.tests:
-        lines += [f"Paired two-sided tests; Δmean = {b} − {a}.", "",
-                  f"| {a} | {b} | Δmean | p Wilcoxon | p t-test | better |",
-                  "| --- | --- | ---: | ---: | ---: | --- |"]
+        lines += [f"Paired two-sided tests over pairs; Δmean = {b} − {a}. Pairs that share subjects are not "
+                  "independent: the pair-level p-values are then optimistic; *p by fixed* tests each fixed "
+                  "subject's mean difference (blank: one pair per fixed subject).", "",
+                  f"| {a} | {b} | Δmean | p Wilcoxon | p t-test | p by fixed | better |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
         for t in comp.tests:
+            by_fixed = t.get("p_wilcoxon_by_fixed", float("nan"))
             lines.append(f"| {t['method_a']} | {t['method_b']} | {t['mean_diff']:+.4g} | {_p(t['p_wilcoxon'])} "
-                         f"| {_p(t['p_ttest'])} | {t['better']} |")
+                         f"| {_p(t['p_ttest'])} | {'' if not math.isfinite(by_fixed) else _p(by_fixed)} "
+                         f"| {t['better']} |")
     else:
         lines.append("No paired tests: " + ("no classical and learned method to pair "
                                             "(set `paradigm` or use `tests=all`)."

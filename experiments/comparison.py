@@ -311,8 +311,36 @@ def _pvalues(a: np.ndarray, b: np.ndarray) -> tuple[float, float, str]:
     return p_w, p_t, "; ".join(notes)
 
 
+def _by_fixed(d: np.ndarray, pair_ids: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The mean of ``d`` (one value per pair of ``pair_ids``) over each fixed subject's pairs."""
+    groups: dict[str, list[float]] = {}
+    for value, (fixed, _) in zip(d, pair_ids):
+        groups.setdefault(str(fixed), []).append(float(value))
+    return np.array([np.mean(v) for v in groups.values()], dtype=np.float64)
+
+
+def _subject_tests(a: np.ndarray, b: np.ndarray, pair_ids: Sequence[tuple[str, str]]) -> tuple[dict[str, Any], str]:
+    """``n_subjects`` (distinct fixed and moving ids), ``n_fixed`` and ``p_wilcoxon_by_fixed`` (the
+    Wilcoxon test of the differences averaged over each fixed subject's pairs first), and a note when
+    pairs share subjects: the pair-level p-values then treat dependent pairs as independent (on all
+    ordered pairs of 10 subjects they reject a true null far more often than their level says)."""
+    if len(pair_ids) != a.size:
+        raise ValueError(f"pair_ids: {len(pair_ids)} pairs for {a.size} values")
+    subjects = {str(x) for pair in pair_ids for x in pair}
+    fixed = _by_fixed(b - a, pair_ids)
+    p_fixed = _pvalues(np.zeros_like(fixed), fixed)[0] if fixed.size < a.size else float("nan")
+    out = {"n_subjects": len(subjects), "n_fixed": int(fixed.size), "p_wilcoxon_by_fixed": p_fixed}
+    note = ""
+    if len(subjects) < 2 * a.size:
+        note = (f"{a.size} pairs share {len(subjects)} subjects: pair-level p-values assume independent pairs "
+                "(optimistic)" + ("; p_wilcoxon_by_fixed averages each fixed subject's pairs first"
+                                  if fixed.size < a.size else ""))
+    return out, note
+
+
 def paired_tests(results: Sequence[MethodResults], metric: str = "dice", pairs: str = "classical_vs_learned",
-                 values: np.ndarray | None = None) -> list[dict[str, Any]]:
+                 values: np.ndarray | None = None,
+                 pair_ids: Sequence[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """Paired two-sided tests on the common pairs between methods ``a`` and ``b``.
 
     ``pairs="classical_vs_learned"``: ``a`` every classical method, ``b`` every learned one
@@ -323,7 +351,10 @@ def paired_tests(results: Sequence[MethodResults], metric: str = "dice", pairs: 
     differences dropped, scipy's default), ``p_ttest`` (``scipy.stats.ttest_rel(b, a)``),
     ``better`` (the method with the better mean for this metric, or ``"tie"``) and ``note``.
     When every difference is zero scipy gives no p-value (NaN or an error): both p are set to
-    1.0 and the note says so. With one pair the t-test p is NaN.
+    1.0 and the note says so. With one pair the t-test p is NaN. With ``pair_ids`` (the
+    ``(fixed_id, moving_id)`` of each row of ``values``): also ``n_subjects``, ``n_fixed`` and
+    ``p_wilcoxon_by_fixed`` (:func:`_subject_tests`; NaN when each fixed subject has one pair),
+    and the note says when pairs share subjects.
     """
     check_metric(metric)
     if pairs not in TEST_MODES:
@@ -343,6 +374,10 @@ def paired_tests(results: Sequence[MethodResults], metric: str = "dice", pairs: 
     for i, j in combos:
         a, b = values[:, i], values[:, j]
         p_w, p_t, note = _pvalues(a, b)
+        subject_rows: dict[str, Any] = {}
+        if pair_ids is not None:
+            subject_rows, subject_note = _subject_tests(a, b, pair_ids)
+            note = "; ".join(n for n in (note, subject_note) if n)
         diff = float((b - a).mean())
         if diff == 0:
             better = "tie"
@@ -360,6 +395,7 @@ def paired_tests(results: Sequence[MethodResults], metric: str = "dice", pairs: 
             "mean_diff": diff,
             "p_wilcoxon": p_w,
             "p_ttest": p_t,
+            **subject_rows,
             "better": better,
             "note": note,
         })
@@ -375,4 +411,4 @@ def compare(results: Sequence[MethodResults], metric: str = "dice", pairs: str =
     common, values = align(results, metric)
     return Comparison(results=results, metric=metric, mode=pairs, pairs=common, values=values,
                       table=summary_table(results, metric, values),
-                      tests=paired_tests(results, metric, pairs, values))
+                      tests=paired_tests(results, metric, pairs, values, pair_ids=common))

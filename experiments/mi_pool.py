@@ -103,7 +103,8 @@ def pool(folders: Sequence[str | Path]) -> tuple[dict[str, Any], list[dict[str, 
             owner[pair], rows_data[pair] = str(folder), data
         counts[data] = len(folder_rows)
         rows.extend({"dataset": data, **r} for r in folder_rows)
-    fit = fit_dice_vs_mi([r["dice"] for r in rows], [r["mi"] for r in rows])
+    fit = fit_dice_vs_mi([r["dice"] for r in rows], [r["mi"] for r in rows],
+                         [(f"{r['dataset']}/{r.get('fixed_id')}", f"{r['dataset']}/{r.get('moving_id')}") for r in rows])
     options = {**{k: first[k] for k in MI_OPTIONS}, "method": first["method"], "pairs_per_dataset": counts,
                "folders": [str(Path(f).resolve()) for f in folders]}
     return fit, rows, options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -367,3 +368,28 @@ def test_paper_comparisons_train_with_the_oasis_recipes_and_the_papers_classical
         elif method in sigma:
             assert (run_cfg.model.grad_sigma, run_cfg.model.warp_sigma) == sigma[method], method
     assert trained == (5 if name.endswith("unsup") else 4)
+
+
+def test_pairs_that_share_subjects_get_a_test_by_fixed_subject(tmp_path):
+    """All ordered pairs of 5 subjects (20 pairs): the pair-level tests treat them as independent, so
+    the row says how many subjects they share and adds the Wilcoxon test of each fixed subject's mean
+    difference (scipy on the 5 means); consecutive pairs (one per fixed subject) leave it blank."""
+    from scipy import stats
+
+    ids = [f"s{k}" for k in range(5)]
+    ordered = [(f, m) for f in ids for m in ids if f != m]
+    rng = np.random.default_rng(0)
+    a_vals = {p: 0.7 + 0.01 * rng.standard_normal() for p in ordered}
+    b_vals = {p: a_vals[p] + 0.02 + 0.01 * rng.standard_normal() for p in ordered}
+    a = cmp.load_results(fake_results(tmp_path / "a", "a", "classical", a_vals))
+    b = cmp.load_results(fake_results(tmp_path / "b", "b", "supervised", b_vals))
+    (t,) = cmp.compare([a, b], "dice").tests
+    means = [np.mean([b_vals[p] - a_vals[p] for p in ordered if p[0] == f]) for f in sorted(ids)]
+    assert t["n"] == 20 and t["n_subjects"] == 5 and t["n_fixed"] == 5
+    assert t["p_wilcoxon_by_fixed"] == pytest.approx(stats.wilcoxon(means).pvalue)
+    assert "20 pairs share 5 subjects" in t["note"] and t["p_wilcoxon_by_fixed"] > t["p_wilcoxon"]
+    chain = {(f"s{k}", f"s{k + 1}"): 0.7 + 0.01 * k for k in range(4)}
+    (t,) = cmp.compare([cmp.load_results(fake_results(tmp_path / "c", "c", "classical", chain)),
+                        cmp.load_results(fake_results(tmp_path / "d", "d", "supervised",
+                                                      {p: v + 0.01 for p, v in chain.items()}))], "dice").tests
+    assert t["n_subjects"] == 5 and t["n_fixed"] == 4 and math.isnan(t["p_wilcoxon_by_fixed"])

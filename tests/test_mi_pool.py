@@ -41,6 +41,8 @@ def test_the_pooled_fit_is_the_fit_over_every_dataset_s_pairs(tmp_path):
     expected = fit_dice_vs_mi(dice, mi)
     assert fit["n"] == 9 and fit["log"]["r"] == pytest.approx(expected["log"]["r"]) and fit["log"]["r"] > 0.95
     assert options["pairs_per_dataset"] == {"oasis": 3, "lpba40": 3, "ibsr18": 3} and options["method"] == "ants_syn"
+    # 9 pairs of 12 subjects (4 per set, chained): not independent, and the fit says so
+    assert fit["n_subjects"] == 12 and "9 pairs share 12 subjects" in fit["note"]
     assert [r["dataset"] for r in rows] == ["oasis"] * 3 + ["lpba40"] * 3 + ["ibsr18"] * 3
     out = tmp_path / "pooled"
     proc = subprocess.run([sys.executable, "-m", "experiments.mi_pool", str(a), str(b), str(c), "--out", str(out)],
