@@ -98,7 +98,7 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     (:meth:`app.parts.ResultsWriter.finalize`).
     """
     from app.callbacks import ResultsCallback
-    from app.parts import ResultsWriter, method_signature
+    from app.parts import ResultsWriter, method_signature, timing_of
 
     check_output_dir(out_dir, datamodule)
     check_input_sizes(model, datamodule, "test")
@@ -108,7 +108,8 @@ def run_test(trainer, model, datamodule, out_dir: str | os.PathLike, save_output
     expected = [(str(f), str(m)) for f, m in datamodule.test_pair_ids()]
     precision = str(getattr(trainer, "precision", "32-true"))
     writer = ResultsWriter(out_dir, method=model.method, label_interp=model.label_interp,
-                           method_hash=method_signature(model, precision), save_outputs=save_outputs)
+                           method_hash=method_signature(model, precision), save_outputs=save_outputs,
+                           timing=timing_of(trainer.strategy.root_device))
     datamodule.setup("test")
     dataset = datamodule.test_dataloader().dataset
     todo = [i for i, (f, m) in enumerate(expected) if not writer.reusable(f, m, dataset.pair_signature(i))]

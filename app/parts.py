@@ -86,6 +86,32 @@ def method_signature(model: Any, precision: str | None = None) -> str:
     return h.hexdigest()
 
 
+def timing_of(device: Any) -> str:
+    """What times a run's pairs on ``device`` (a torch device): ``"cpu (N threads)"`` or
+    ``"cuda (<GPU name>)"``; recorded in every part (:class:`ResultsWriter`)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    if device.type == "cpu":
+        return f"cpu ({torch.get_num_threads()} threads)"
+    return device.type
+
+
+def _timing_summary(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``timing``: what timed the pairs, when one thing did; else ``seconds_mean`` is None (a mean of
+    seconds from two machines describes neither) and ``timing`` lists each with its pair count."""
+    counts: dict[str, int] = {}
+    for part in parts:
+        key = str(part.get("timing") or "unknown")
+        counts[key] = counts.get(key, 0) + 1
+    if len(counts) <= 1:
+        return {"timing": next(iter(counts), None)}
+    return {"seconds_mean": None,
+            "timing": "; ".join(f"{k}: {n} pairs" for k, n in counts.items()) + " (no common mean of seconds)"}
+
+
 def _finite(value: Any) -> float | None:
     if value is None:
         return None
@@ -105,6 +131,7 @@ class ResultsWriter:
         label_interp: how labels were warped for evaluation (recorded in the summary and in
             every part's metric settings).
         method_hash: :func:`method_signature` of the model whose results are stored.
+        timing: what timed the pairs this run computes (:func:`timing_of`), kept in each part.
 
     Use: :meth:`reusable` (a pair with a matching part is not computed again), :meth:`add` (store a
     computed pair), then :meth:`finalize` with the run's test pairs. ``seen`` holds every pair the
@@ -112,13 +139,16 @@ class ResultsWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike, method: str, label_interp: str = "nearest",
-                 method_hash: str | None = None, save_outputs: bool = False) -> None:
+                 method_hash: str | None = None, save_outputs: bool = False, timing: str | None = None) -> None:
         self.out_dir = Path(out_dir)
         self.method = str(method)
         self.label_interp = label_interp
         self.metrics = metric_config(label_interp)
         self.method_hash = method_hash
         self.save_outputs = bool(save_outputs)  # a reused pair must then have its moved volumes
+        # the hardware that times this run's pairs (timing_of): a resumed folder may hold pairs timed on
+        # another, whose seconds are right for each pair but have no common mean (see _summary)
+        self.timing = timing
         self.run_id = uuid.uuid4().hex
         self.seen: set[tuple[str, str]] = set()
         self.inputs: dict[tuple[str, str], str | None] = {}  # each asked pair's current input signature
@@ -208,6 +238,7 @@ class ResultsWriter:
             "labels": {str(int(k)): {m: _jsonable(v[m]) for m in LABEL_METRICS} for k, v in result["labels"].items()},
             "erased": sorted(erased),
             "provenance": self.provenance(signature),
+            "timing": self.timing,
             "run": self.run_id,
             # a part of other inputs / method / metric settings was replaced (counted in the report)
             "replaced_stale": old is not None and not self._matches(old, fixed_id, moving_id, signature),
@@ -261,8 +292,8 @@ class ResultsWriter:
             "ignored": sum(1 for p in self.parts_dir.glob("*.json") if p.name not in names),
         }
         pairs = [d["pair"] for d in parts]
-        summary = {**self._summary(pairs), "n_test_pairs": len(expected) if n_test_pairs is None else int(n_test_pairs),
-                   **(extra or {})}
+        summary = {**self._summary(pairs), **_timing_summary(parts),
+                   "n_test_pairs": len(expected) if n_test_pairs is None else int(n_test_pairs), **(extra or {})}
         atomic_write_files({  # all three or none (a failed write leaves no partial results)
             self.out_dir / "pairs.csv": csv_text(pairs, PAIR_COLUMNS),
             self.out_dir / "labels.csv": csv_text(self._label_rows(parts), LABEL_COLUMNS),

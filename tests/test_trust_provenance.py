@@ -318,6 +318,30 @@ def test_writer_reuses_only_matching_parts(tmp_path):
     assert not ResultsWriter(tmp_path, "m", label_interp="linear", method_hash="h1").reusable("f", "g", "sig-a")
 
 
+def test_seconds_of_pairs_timed_on_two_machines_have_no_common_mean(tmp_path):
+    """A run stopped on a CPU and resumed on a GPU reuses the CPU's pairs (their metrics do not
+    depend on the device): each pair keeps its own seconds, but the summary gives no mean of seconds
+    over both machines and says which timed how many pairs."""
+    from app.parts import ResultsWriter, timing_of
+
+    assert timing_of("cpu").startswith("cpu (")
+    row = {"moving_id": "g", "dice": 0.5, "hd95": 1.0, "sdlogj": 0.1, "sdlogj_l2r": 0.1, "folding_pct": 0.0,
+           "n_erased": 0, "dice_identity": 0.4, "mae_identity": 0.1, **_TOTALS}
+    cpu = ResultsWriter(tmp_path, "m", method_hash="h", timing="cpu (2 threads)")
+    for f, sec in (("f1", 30.0), ("f2", 30.0)):
+        cpu.add({"pair": {**row, "fixed_id": f, "seconds": sec}, "labels": {1: _LABEL}, "signature": f"s-{f}"})
+    assert cpu.finalize([("f1", "g"), ("f2", "g")])["timing"] == "cpu (2 threads)"
+    gpu = ResultsWriter(tmp_path, "m", method_hash="h", timing="cuda (NVIDIA H200)")
+    assert gpu.reusable("f1", "g", "s-f1") and gpu.reusable("f2", "g", "s-f2")
+    for f in ("f3", "f4"):
+        assert not gpu.reusable(f, "g", f"s-{f}")
+        gpu.add({"pair": {**row, "fixed_id": f, "seconds": 0.5}, "labels": {1: _LABEL}, "signature": f"s-{f}"})
+    summary = gpu.finalize([(f, "g") for f in ("f1", "f2", "f3", "f4")])
+    assert summary["seconds_mean"] is None and summary["dice_mean"] == 0.5
+    assert summary["timing"] == "cpu (2 threads): 2 pairs; cuda (NVIDIA H200): 2 pairs (no common mean of seconds)"
+    assert [r["seconds"] for r in gpu.pairs] == [30.0, 30.0, 0.5, 0.5]
+
+
 def test_every_dataset_item_carries_a_pair_signature(tmp_path):
     from data import MNIDataModule
     from data.synthetic import SyntheticDataModule
