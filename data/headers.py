@@ -206,8 +206,21 @@ def unplaced_reason(header) -> str | None:
             return "its NIfTI header has sform_code = qform_code = 0 (no position in world space)"
         return None
     if isinstance(header, nib.analyze.AnalyzeHeader):
-        return "it has an Analyze header, which holds no orientation (no position in world space)"
+        return f"it has an Analyze header ({_analyze_storage(header)}), which holds no orientation (no position in world space)"
     return None
+
+
+def _analyze_storage(header) -> str:
+    """What an Analyze header says of how its voxels are stored and every reader here ignores: the
+    ``orient`` code (0 transverse unflipped, 3 transverse flipped, ...; nibabel and ITK read neither)
+    and the signs of the raw pixdim (nibabel drops them). Two files of one subject that differ here
+    are read alike but were stored differently (:func:`check_label_grid`)."""
+    try:
+        orient = int(header["orient"])
+    except (KeyError, ValueError, TypeError):
+        orient = None
+    signs = ", ".join("-" if float(v) < 0 else "+" for v in np.asarray(header["pixdim"])[1:4])
+    return f"orient code {orient}, pixdim signs ({signs})"
 
 
 def read_grid(path: str | os.PathLike) -> Grid:
@@ -286,6 +299,15 @@ def check_label_grid(label: Grid, image: Grid, label_name: str, image_name: str)
     if tuple(label.shape) != tuple(image.shape):
         raise DataError(f"{label_name} is not on the grid of its image {image_name}: it has shape "
                         f"{tuple(label.shape)}, the image {tuple(image.shape)}; expected equal shapes")
+    if label.unplaced and image.unplaced and label.unplaced != image.unplaced:
+        # both Analyze (or both unplaced NIfTI): every reader guesses the same affine for both, but
+        # their headers say they were stored differently (e.g. orient code 0 vs 3: one flipped)
+        def stored(reason: str) -> str:
+            return reason.split(", which", 1)[0].replace("it has ", "", 1)
+
+        raise DataError(f"{label_name} is not stored as its image {image_name}: {stored(label.unplaced)} vs "
+                        f"{stored(image.unplaced)}; readers ignore these fields, so one of the two would be read "
+                        "flipped against the other: store both as NIfTI with their true orientation")
     diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
     if diff:
         raise DataError(f"{label_name} is not on the grid of its image {image_name} in world space ({diff}); "

@@ -55,11 +55,11 @@ import torch
 from data.io import (
     SPACING_TOLERANCE,  # one tolerance (mm) for "same grid" everywhere
     DataError,
-    Grid,
     Volume,
     check_label_grid,
     load_volume,
     normalize_intensity,
+    read_grid,
     require_contrast,
 )
 from data.label_mapping import LabelMapping  # noqa: F401 - re-exported (its home is data.label_mapping)
@@ -220,8 +220,9 @@ def load_source(
     if label_path is None:
         return image, None
     label = load_volume(label_path, kind="label")
-    check_label_grid(Grid(label.array.shape, label.spacing, label.affine),
-                     Grid(image.array.shape, image.spacing, image.affine), f"{label_path}: label map", str(image_path))
+    check_label_grid(read_grid(label_path)._replace(shape=label.array.shape, spacing=label.spacing, affine=label.affine),
+                     read_grid(image_path)._replace(shape=image.array.shape, spacing=image.spacing, affine=image.affine),
+                     f"{label_path}: label map", str(image_path))
     return image, label
 
 

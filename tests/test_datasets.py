@@ -773,3 +773,25 @@ def test_an_spm_mat_beside_an_analyze_file_is_part_of_what_is_read(tmp_path):
         "s1", d / "img.img", d / "lab.img")
     assert not np.array_equal(again.image, first.image)  # read anew, through the .mat's flip
     assert np.array_equal(again.image, fresh.image) and np.array_equal(again.label, fresh.label)
+
+
+def test_an_analyze_label_stored_otherwise_than_its_image_is_refused(tmp_path):
+    """Analyze's orient code (0 transverse unflipped, 3 flipped) and pixdim signs are read by no reader:
+    a label map stored with another code than its image would be read flipped against it, every Dice
+    of the subject against the wrong voxels. Refused, naming both files; equal codes pass."""
+    import nibabel as nib
+
+    from data.preprocess import load_source
+
+    lab = np.zeros((12, 12, 10), np.int16)
+    lab[2:10, 2:6, 2:8], lab[2:10, 6:10, 2:8] = 1, 2
+    img = np.where(lab > 0, 50.0 * lab, 0.0).astype(np.float32) + 1.0
+    for name, arr, orient in (("img", img, 0), ("same", lab, 0), ("flipped", lab[:, ::-1].copy(), 3)):
+        h = nib.AnalyzeImage(arr, np.eye(4))
+        h.header["orient"] = orient
+        nib.save(h, tmp_path / f"{name}.img")
+    load_source(tmp_path / "img.img", tmp_path / "same.img")
+    with pytest.raises(DataError, match=r"flipped.img: label map is not stored as its image .*img.img: an Analyze "
+                                        r"header \(orient code 3, pixdim signs \(\+, \+, \+\)\) vs an Analyze header "
+                                        r"\(orient code 0"):
+        load_source(tmp_path / "img.img", tmp_path / "flipped.img")
