@@ -267,6 +267,31 @@ def test_gaussian_blur_keeps_constants_and_linear_ramps_and_is_differentiable(de
         gaussian_blur(const, [1.0, 1.0])
 
 
+def test_integrated_gaussian_taps_are_the_mass_of_each_voxel():
+    """``kind="integrated"``: tap t = Phi((t + 1/2) / sigma) - Phi((t - 1/2) / sigma), normalised. At
+    sigma 0.25 it still smooths (neighbour 0.0228, the sampled kernel's 3.4e-4: the identity); at
+    sigma 3 both have the Gaussian's variance, the integrated one plus a bin's 1/12."""
+    import numpy as np
+    from scipy.stats import norm
+
+    from spatial.filters import gaussian_kernel1d
+
+    def variance(k):
+        t = torch.arange(k.numel(), dtype=torch.float64) - k.numel() // 2
+        return float((k * t**2).sum())
+
+    k = gaussian_kernel1d(0.25, dtype=torch.float64, kind="integrated")
+    mass = norm.cdf(np.array([-1.5, -0.5, 0.5, 1.5]) / 0.25)
+    expected = torch.tensor(np.diff(mass) / np.diff(mass).sum(), dtype=torch.float64)
+    torch.testing.assert_close(k, expected)
+    assert float(k[0]) == pytest.approx(0.0228, abs=1e-4)
+    assert float(gaussian_kernel1d(0.25, dtype=torch.float64)[0]) < 4e-4  # sampled: no smoothing left
+    assert variance(gaussian_kernel1d(3.0, dtype=torch.float64)) == pytest.approx(9.0, rel=0.02)
+    assert variance(gaussian_kernel1d(3.0, dtype=torch.float64, kind="integrated")) == pytest.approx(9 + 1 / 12, rel=0.02)
+    with pytest.raises(ValueError, match="'kind' must be one of"):
+        gaussian_kernel1d(1.0, kind="box")
+
+
 def test_cpu_slab_path_never_runs_off_the_cpu(monkeypatch):
     """The slab fast path of ``_grid_sample`` is for PyTorch's CPU sampler (parallel over the batch
     only); on any other device the plain call runs (a fake device: meta tensors)."""
