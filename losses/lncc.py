@@ -126,12 +126,10 @@ def _lncc_from_stats(stats: _FixedStats, moving: torch.Tensor, window: int, eps:
     means = _box_sum(torch.cat([j, j * j, stats.i * j], dim=1), window) / stats.count
     mu_j, m_jj, m_ij = torch.split(means, c, dim=1)
     var_j, live_j = _floored(m_jj - mu_j * mu_j, m_jj)
-    both = stats.live & live_j
-    cov = torch.where(both, m_ij - stats.mu * mu_j, means.new_zeros(()))
-    # a window constant in both images matches (1); constant in one only, it does not (0: nothing of
-    # the other's texture is explained), as VoxelMorph's and MONAI's forms give
-    flat_both = (~stats.live & ~live_j).to(cov.dtype)
-    return torch.where(both, cov * cov / (stats.var * var_j + eps), flat_both)
+    cov = torch.where(stats.live & live_j, m_ij - stats.mu * mu_j, means.new_zeros(()))
+    # eps on each variance: a window flat in both images scores 1, flat in one only ~0 (eps over the
+    # other's variance), textured in both the squared correlation
+    return (cov * cov + eps * eps) / ((stats.var + eps) * (var_j + eps))
 
 
 def _voxel_mean(cc: torch.Tensor) -> torch.Tensor:
@@ -152,9 +150,10 @@ def _lncc_map(fixed: torch.Tensor, moving: torch.Tensor, window: int, eps: float
 def lncc(fixed: torch.Tensor, moving: torch.Tensor, window: int = 9, eps: float = 1e-10) -> torch.Tensor:
     """Local normalised cross-correlation loss (squared form): ``-mean_x cc(x)``.
 
-    ``cc(x) = cov(x)^2 / (var_I(x) * var_J(x) + eps)`` with ``cov``/``var`` the covariance and
-    variances of ``I = fixed`` and ``J = moving`` over the cubic box window of side ``window``
-    centred at ``x``; 1 where the window is constant in both images, 0 where in one only.
+    ``cc(x) = (cov(x)^2 + eps^2) / ((var_I(x) + eps) (var_J(x) + eps))`` with ``cov``/``var`` the
+    covariance and variances of ``I = fixed`` and ``J = moving`` over the cubic box window of side
+    ``window`` centred at ``x``: the squared correlation where both are textured, 1 where the window
+    is constant in both images, ``eps / (var + eps)`` ~ 0 where it is constant in one only.
 
     * **Squared** correlation (VoxelMorph/MONAI/FireANTs style): ``cc`` lies in ``[0, 1]`` and is
       blind to the sign of the correlation, so ``lncc(x, -x) == lncc(x, x) == -1``; it is
@@ -163,23 +162,27 @@ def lncc(fixed: torch.Tensor, moving: torch.Tensor, window: int = 9, eps: float 
       'same' size and divided by the number of in-image voxels of each clipped window (not by
       ``window ** D``), so every statistic is the exact mean over the voxels the window actually
       covers; the mean of ``cc`` runs over all voxels, border ones included.
-    * **eps** is added to the denominator of the window-*mean* statistics (not window sums as in
-      VoxelMorph). The default ``1e-10`` equals ``var_I var_J`` for two local standard deviations
-      of ~3e-3 (one grey level of 8-bit data in [0, 1]): it damps the large gradients of
-      sub-grey-level windows and leaves real texture untouched (<1e-3 change of ``cc`` where both
-      local stds exceed 1e-2). VoxelMorph's ``1e-5`` on window sums is ``1e-5 / window**(2D)`` ~
-      2e-11 on means for a 9^3 window.
+    * **eps** is added to each window-*mean* variance (and ``eps^2`` to the squared covariance), not
+      to window sums as in VoxelMorph. The default ``1e-10`` is the variance of a local standard
+      deviation of 1e-5, far below one grey level of 8-bit data in [0, 1] (3e-3): it damps the
+      large gradients of near-constant windows and leaves real texture untouched. ``cc`` lies in
+      ``[0, 1]`` (Cauchy-Schwarz) and is 1 for ``I = J`` unless the window's variance is within a
+      few ``eps`` of ``eps`` (then down to 1/2).
     * **Constant windows**: each image is first centred by its global mean (no effect on any
       window statistic); a local variance ``var <= 200 * finfo(dtype).eps * E_w[I^2]`` (the
-      rounding noise of ``E_w[I^2] - E_w[I]^2``; ``E_w[I^2]`` of the centred image) is set to 0.
-      A window constant in **both** images scores exactly 1 with zero gradient (they agree there),
-      so ``lncc(x, x) == -1`` even where ``x`` is locally flat, up to windows whose variance is
-      near ``sqrt(eps)`` (-0.9994 on the MNI template; MONAI's form scores flat windows ~0, so on
-      a [0, 1] brain template with background its ``lncc(x, x)`` is about -0.36). A
-      window constant in **one** image only scores 0, the worst value, as in VoxelMorph and
-      MONAI: nothing of the other's texture is matched. (Until 2026-12-04 it scored 1, the best:
-      a brain shifted over empty background then scored better than a small misalignment, and a
-      warp collapsing the moving image onto a flat region scored a perfect -1.)
+      rounding noise of ``E_w[I^2] - E_w[I]^2``; ``E_w[I^2]`` of the centred image) is set to 0,
+      and ``cov`` to 0 where either variance is 0. A window constant in **both** images scores
+      exactly 1 with zero gradient (they agree there), so ``lncc(x, x) == -1`` even where ``x`` is
+      locally flat (MONAI's form scores such windows ~0, so on a [0, 1] brain template with
+      background its ``lncc(x, x)`` is about -0.36). A window constant in **one** image only
+      scores ``eps / (var + eps)`` ~ 0, as in VoxelMorph and MONAI: nothing of the other's texture
+      is matched; and where the fixed window is flat, the moving one scores better the flatter it
+      stays (no reward for pulling texture into an empty region, which VoxelMorph's
+      ``cov^2 / (var_I var_J + eps)`` gives). (Until 2026-12-04 the form was ``(cov^2 + eps) /
+      (var_I var_J + eps)``, which scores a window flat in one image a perfect 1: a brain shifted
+      over empty background then scored better than a small misalignment, -0.93 at 32 voxels on
+      the MNI template against -0.67 at 4, and a warp collapsing the moving image onto a flat
+      region a perfect -1.)
     * Float16/bfloat16 inputs are computed in float32 with autocast disabled.
     * Box sums use separable filtering (:func:`spatial.filters.separable_filter`, one 1-D pass
       per axis) on the stacked maps ``I, I^2`` and ``J, J^2, IJ``; the box sum being
