@@ -227,8 +227,31 @@ def test_bad_network_arguments_are_named():
 
 
 def test_voxelmorph_variants_have_the_papers_widths():
-    """VoxelMorph-1 and -2 of the paper (TMI 2019): 259,675 and 301,411 parameters in 3-D; vxm1,
-    the default, is the narrower VoxelMorph-1 the docs measured (221,627)."""
+    """VoxelMorph-1 and -2 of the paper (TMI 2019 and its reference code's unet_core): 259,675 and
+    300,547 parameters in 3-D, with dec_nf[3] and dec_nf[4] at half resolution (32 -> 8, or 32 -> 32)
+    and the first full-resolution conv reading that plus the input pair (10 or 34 channels); vxm1,
+    the narrower VoxelMorph-1 (221,627), has no half-resolution conv after its levels."""
     count = {v: sum(p.numel() for p in VoxelMorphUNet(3, v).parameters()) for v in ("vxm1", "vxm1_paper", "vxm2")}
-    assert (count["vxm1"], count["vxm1_paper"], count["vxm2"]) == (221_627, 259_675, 301_411), count
+    assert (count["vxm1"], count["vxm1_paper"], count["vxm2"]) == (221_627, 259_675, 300_547), count
+    layout = {}
+    for v in ("vxm1", "vxm1_paper", "vxm2"):
+        net = VoxelMorphUNet(3, v)
+        layout[v] = ([(m.conv.in_channels, m.conv.out_channels) for m in net.half_convs],
+                     [(m.conv.in_channels, m.conv.out_channels) for m in net.extra])
+    assert layout["vxm1_paper"] == ([(32, 8)], [(10, 8)])
+    assert layout["vxm2"] == ([(32, 32)], [(34, 16), (16, 16)])
+    assert layout["vxm1"] == ([], [(10, 8)])
 
+
+
+def test_the_oasis_lkunet_recipe_has_the_authors_oasis_width():
+    """The authors' OASIS runs of LKU-Net use start_channel 32 (kernel 5): 33,347,542 weights in
+    their code; ours adds the flow head's 3 biases. The default LKU-Net(8, 5) stays 2.1 M."""
+    from hydra.utils import instantiate
+
+    from conftest import compose
+
+    for supervision in ("sup", "unsup"):
+        net = instantiate(compose("train", [f"experiment=oasis_{supervision}_lkunet"]).model.net)
+        assert sum(p.numel() for p in net.parameters()) == 33_347_542 + 3
+    assert sum(p.numel() for p in LKUNet(3).parameters()) == 2_086_345

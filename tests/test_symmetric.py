@@ -130,10 +130,11 @@ def test_bidirectional_adds_named_parts_and_leaves_evaluation_alone(field, grid)
         if k != "loss":
             assert torch.equal(p[k], p1[k]), k
     assert p["inverse_consistency"] > 0  # a random field: not inverse consistent
-    expected = (p["sim"] + 0.3 * p["reg"] + p["sim_reverse"] + 2.0 * p["inverse_consistency"]
-                + 0.5 * (p["dice_loss"] + p["dice_loss_reverse"]))
-    if field == "displacement":
-        expected = expected + 0.3 * p["reg_reverse"]
+    # each direction weighs one half (diffeomorphic VoxelMorph's 0.5 / 0.5): one reg_weight means the
+    # same smoothness against the image match as without the reverse direction
+    reg = p["reg"] if field == "velocity" else 0.5 * (p["reg"] + p["reg_reverse"])
+    expected = (0.5 * (p["sim"] + p["sim_reverse"]) + 0.3 * reg + 2.0 * p["inverse_consistency"]
+                + 0.5 * 0.5 * (p["dice_loss"] + p["dice_loss_reverse"]))
     assert torch.isclose(p["loss"], expected)
     # velocity: the reverse map is exp(-v), the numerical inverse: small inverse-consistency error
     if field == "velocity":
@@ -152,7 +153,7 @@ def test_zero_field_parts_are_exact_known_values(field):
     assert p["sim_reverse"] == pytest.approx(mse.item(), abs=1e-6)
     assert p["reg"] == 0 and p["inverse_consistency"] == 0
     assert p["dice_loss"] == pytest.approx(p["dice_loss_reverse"].item(), abs=1e-6)
-    assert p["loss"] == pytest.approx((2 * mse + p["dice_loss"] + p["dice_loss_reverse"]).item(), abs=1e-5)
+    assert p["loss"] == pytest.approx((mse + 0.5 * (p["dice_loss"] + p["dice_loss_reverse"])).item(), abs=1e-5)
 
 
 def test_bidirectional_training_logs_the_new_parts():
@@ -252,13 +253,14 @@ def test_a_few_training_steps_reduce_the_loss(kind):
                                     loss={"sim": "mse", "reg_weight": 0.01})
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     losses = []
-    for _ in range(16):
+    for _ in range(24):
         loss = module.compute_loss(b)["loss"]
         opt.zero_grad()
         loss.backward()
         opt.step()
         losses.append(loss.item())
-    assert min(losses[-3:]) < losses[0] * 0.92, losses
+    # last 3 of 24 steps over the first, seeds 0-3: symmetric 0.62-0.84, bidirectional 0.04-0.08
+    assert min(losses[-3:]) < losses[0] * 0.9, losses
 
 
 def _symnet_cfg(tmp_path, extra=()):

@@ -19,25 +19,32 @@ from models.networks.blocks import ConvAct, apply_conv, check_divisible, check_n
 
 __all__ = ["VoxelMorphUNet", "VXM_WIDTHS"]
 
-# Encoder / decoder widths (the first len(enc) decoder widths upsample, the rest run at full
-# resolution). vxm1_paper and vxm2 are the paper's VoxelMorph-1 and -2 (TMI 2019, and its reference
-# code); vxm1_paper is the default of configs/model/voxelmorph.yaml. vxm1, SymNet's default
-# backbone (configs/model/symnet.yaml), is a narrower VoxelMorph-1: 8 channels at half resolution
-# where the paper has 32, one full-resolution conv fewer (221,627 parameters against 259,675).
+# Encoder / decoder widths and how many decoder convs after the level convs run at half resolution.
+# The first len(enc) decoder widths are one conv per level (reading the upsampled level below and
+# its skip); the next `half_convs` widths run at half resolution; the rest at full resolution, after the
+# last upsampling and the concatenation of the input pair. vxm1_paper and vxm2 are the paper's
+# VoxelMorph-1 and -2 (TMI 2019 and its reference code's unet_core: dec_nf[3] and dec_nf[4] at half
+# resolution, then dec_nf[5] (and dec_nf[6]) at full; 259,675 and 300,547 parameters in 3-D);
+# vxm1_paper is the default of configs/model/voxelmorph.yaml. vxm1, SymNet's default backbone
+# (configs/model/symnet.yaml), is a narrower VoxelMorph-1: its last level conv has 8 channels where
+# the paper has 32 then 8, and its one full-resolution conv reads those 8 (221,627 parameters).
+# (Until 2026-12-04 vxm1_paper and vxm2 ran dec_nf[4] at full resolution: the same parameter count
+# for vxm1_paper, 2.6x the full-resolution work; a helper's review against the reference code.)
 VXM_WIDTHS = {
-    "vxm1": ([16, 32, 32, 32], [32, 32, 32, 8, 8]),
-    "vxm1_paper": ([16, 32, 32, 32], [32, 32, 32, 32, 8, 8]),
-    "vxm2": ([16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16]),
+    "vxm1": ([16, 32, 32, 32], [32, 32, 32, 8, 8], 0),
+    "vxm1_paper": ([16, 32, 32, 32], [32, 32, 32, 32, 8, 8], 1),
+    "vxm2": ([16, 32, 32, 32], [32, 32, 32, 32, 32, 16, 16], 1),
 }
 
 
 class VoxelMorphUNet(nn.Module):
     """U-Net of VoxelMorph: ``forward(moving, fixed) -> field``, ``(B,1,*S)×2 -> (B,D,*S)``.
 
-    Encoder: one stride-2 conv per level (widths ``enc``); decoder: conv then ×2
-    nearest upsampling and skip concatenation per level, then the remaining ``dec``
-    widths at full resolution; a final 3×3 conv with tiny-normal init (σ = 1e-5) gives
-    the field. Spatial sizes must be divisible by :attr:`multiple` ``= 2 ** len(enc)``
+    Encoder: one stride-2 conv per level (widths ``enc``); decoder: one conv per level, each
+    but the first reading the ×2 nearest-upsampled level below concatenated with its skip; then
+    ``half_convs`` more convs at half resolution; then ×2 upsampling, the input pair concatenated, the
+    remaining ``dec`` widths at full resolution; a final 3×3 conv with tiny-normal init
+    (σ = 1e-5) gives the field. Spatial sizes must be divisible by :attr:`multiple` ``= 2 ** len(enc)``
     (a ``ValueError`` names the shape otherwise).
 
     Speed (same parameters and outputs as the plain layer-by-layer network, which
@@ -53,6 +60,8 @@ class VoxelMorphUNet(nn.Module):
         variant: a key of :data:`VXM_WIDTHS` (``"vxm1_paper"``, ``"vxm2"``: the paper's widths;
             ``"vxm1"``: a narrower VoxelMorph-1) unless ``enc``/``dec`` given.
         enc, dec: explicit widths; ``len(dec) >= len(enc)``.
+        half_convs: decoder convs after the level convs that run at half resolution (default: the
+            variant's; 0 with explicit ``enc``/``dec``).
         in_channels: channels of each image (1 for grey-level MRI).
         channels_last: run features in channels-last layout; ``None`` (default) = on CPU only.
         checkpoint: activation checkpointing in training
@@ -68,21 +77,27 @@ class VoxelMorphUNet(nn.Module):
         variant: str = "vxm2",
         enc: Sequence[int] | None = None,
         dec: Sequence[int] | None = None,
+        half_convs: int | None = None,
         in_channels: int = 1,
         channels_last: bool | None = None,
         checkpoint: bool = False,
     ) -> None:
         super().__init__()
         check_net_args("VoxelMorphUNet", ndim)
-        if enc is None or dec is None:
+        if enc is None or dec is None or half_convs is None:
             if variant not in VXM_WIDTHS:
                 raise ValueError(f"VoxelMorphUNet 'variant' must be one of {sorted(VXM_WIDTHS)}, got {variant!r}")
-            enc_d, dec_d = VXM_WIDTHS[variant]
+            enc_d, dec_d, half_d = VXM_WIDTHS[variant]
+            explicit = enc is not None or dec is not None
             enc = enc if enc is not None else enc_d
             dec = dec if dec is not None else dec_d
-        enc, dec = list(enc), list(dec)
+            half_convs = half_convs if half_convs is not None else (0 if explicit else half_d)
+        enc, dec, half = list(enc), list(dec), int(half_convs)
         if len(dec) < len(enc):
             raise ValueError(f"VoxelMorphUNet needs len(dec) >= len(enc), got enc={enc} dec={dec}")
+        if not 0 <= half <= len(dec) - len(enc) or (half and not enc):
+            raise ValueError(f"VoxelMorphUNet 'half_convs' must lie in [0, len(dec) - len(enc)] = "
+                             f"[0, {len(dec) - len(enc)}] (and need an encoder), got {half}")
         self.ndim = ndim
         self.stride = 2 ** len(enc)
         self.channels_last = channels_last
@@ -95,12 +110,19 @@ class VoxelMorphUNet(nn.Module):
             cin = w
             skips.append(w)
         skips.pop()  # the bottleneck is not a skip
+        n = len(enc)
         self.up = nn.ModuleList()
-        for w in dec[: len(enc)]:
+        for i, w in enumerate(dec[:n]):
             self.up.append(ConvAct(ndim, cin, w))
-            cin = w + skips.pop()
+            cin = w + (skips.pop() if i < n - 1 else 0)  # the next level conv reads cat([up2(x), skip])
+        self.half_convs = nn.ModuleList()  # at half resolution, after the last level conv
+        for w in dec[n: n + half]:
+            self.half_convs.append(ConvAct(ndim, cin, w))
+            cin = w
+        if n:
+            cin += skips.pop()  # the input pair, concatenated at full resolution
         self.extra = nn.ModuleList()
-        for w in dec[len(enc):]:
+        for w in dec[n + half:]:
             self.extra.append(ConvAct(ndim, cin, w))
             cin = w
         self.flow = flow_conv(ndim, cin)
@@ -123,6 +145,8 @@ class VoxelMorphUNet(nn.Module):
         x = checkpointed(self, self.up[0], x)
         for layer in self.up[1:]:
             x = checkpointed(self, layer.forward_up_cat, x, feats.pop())
+        for layer in self.half_convs:
+            x = checkpointed(self, layer, x)
         return checkpointed(self, self._full_resolution, x, feats.pop())
 
     def _full_resolution(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
@@ -147,10 +171,14 @@ class VoxelMorphUNet(nn.Module):
             x = layer(x)
             feats.append(x)
         feats.pop()
-        for layer in self.up:
+        for i, layer in enumerate(self.up):
+            if i:
+                x = torch.cat([F.interpolate(x, scale_factor=2, mode="nearest"), feats.pop()], dim=1)
             x = layer(x)
-            x = F.interpolate(x, scale_factor=2, mode="nearest")
-            x = torch.cat([x, feats.pop()], dim=1)
+        for layer in self.half_convs:
+            x = layer(x)
+        if self.up:
+            x = torch.cat([F.interpolate(x, scale_factor=2, mode="nearest"), feats.pop()], dim=1)
         for layer in self.extra:
             x = layer(x)
         return self.flow(x)
