@@ -72,7 +72,10 @@ class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.Lightnin
             like the first (``reg_reverse``). Adds ``sim_reverse = sim(moving, fixed o phi^-1)``,
             ``dice_loss_reverse`` (weight ``dice_weight``) when labels supervise, and
             ``inverse_consistency`` (weight ``loss.inverse_consistency_weight``): the mean over
-            voxels of ``|compose(u_fm, u_mf)|^2`` and ``|compose(u_mf, u_fm)|^2``, averaged.
+            voxels of ``|compose(u_fm, u_mf)|^2`` and ``|compose(u_mf, u_fm)|^2``, averaged. The
+            two directions' similarity (and Dice, and a displacement's regulariser) terms weigh
+            one half each, as diffeomorphic VoxelMorph's 0.5 / 0.5 (both 1 until 2026-12-04), so
+            ``reg_weight`` means the same with or without the reverse direction.
             Evaluation is unchanged: metrics see the forward displacement only.
 
     Inputs whose (coarse) size is not a multiple of the network's ``multiple`` (its total

@@ -54,20 +54,23 @@ class TrainingLoss:
         out_factor = grid_factor if grid_factor is not None else self.downsize  # the grid `out` lives on
         parts = {"sim": self.similarity(fixed, moved), "reg": self.regularise(out, out_factor)}
         reg_weight = self.step_reg_weight()
-        loss = parts["sim"] + reg_weight * parts["reg"]
-        if self.bidirectional:
+        if not self.bidirectional:
+            loss = parts["sim"] + reg_weight * parts["reg"]
+        else:  # each direction's term weighs one half (diffeomorphic VoxelMorph's 0.5 / 0.5), so one
+            # reg_weight means the same smoothness against the image match with or without the reverse
             u_rev, reverse = self._reverse_parts(batch, out, u, fixed, moving, coarse, out_rev)
             parts.update(reverse)
-            loss = loss + parts["sim_reverse"] + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"]
-            if "reg_reverse" in parts:
-                loss = loss + reg_weight * parts["reg_reverse"]
+            reg = parts["reg"] if "reg_reverse" not in parts else 0.5 * (parts["reg"] + parts["reg_reverse"])
+            loss = (0.5 * (parts["sim"] + parts["sim_reverse"]) + reg_weight * reg
+                    + self.loss_cfg["inverse_consistency_weight"] * parts["inverse_consistency"])
         if self.loss_cfg["dice_weight"] > 0:
             moving_oh, fixed_oh = self._label_maps(batch, factor)
             parts["dice_loss"] = dice_loss(warp(moving_oh, u), fixed_oh)
-            loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss"]
+            dice = parts["dice_loss"]
             if self.bidirectional:
                 parts["dice_loss_reverse"] = dice_loss(warp(fixed_oh, u_rev), moving_oh)
-                loss = loss + self.loss_cfg["dice_weight"] * parts["dice_loss_reverse"]
+                dice = 0.5 * (dice + parts["dice_loss_reverse"])
+            loss = loss + self.loss_cfg["dice_weight"] * dice
         parts["loss"] = loss
         return parts
 

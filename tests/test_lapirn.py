@@ -494,3 +494,27 @@ def test_eval_py_tests_a_clapirn_checkpoint_at_any_code(pairs_csv, tmp_path, cap
         with pytest.raises(SystemExit):
             eval_entry.evaluate(compose("eval", args))
         assert "reg_code" in capsys.readouterr().err
+
+
+def test_clapirn_weight_is_the_authors_range_in_our_units():
+    """The authors' cLapIRN weighs ``smoothloss(F * (n - 1))`` by ``10 * lambda``, with ``F`` the flow
+    in grid_sample's [-1, 1] units (a voxel displacement ``d`` is ``F (n - 1) / 2``) and smoothloss the
+    mean over 3 axes of the mean over channels and voxels of squared forward differences. Our
+    ``reg_weight * diffusion(d)`` must equal it: 4.44 (1.11, a quarter, until 2026-12-04)."""
+    from conftest import compose
+
+    from losses import diffusion
+
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(1, 3, 12, 10, 14, generator=g, dtype=torch.float64)  # voxel units, axis i = channel i
+    n = torch.tensor(d.shape[2:], dtype=torch.float64).view(1, 3, 1, 1, 1)
+    flow_unit = d * 2 / (n - 1)
+
+    def smoothloss(y):
+        return sum((torch.diff(y, dim=a) ** 2).mean() for a in (2, 3, 4)) / 3.0
+
+    theirs = 10.0 * smoothloss(flow_unit * (n - 1))
+    for cfg in (compose("train", ["model=clapirn"]), compose("train", ["experiment=mni_unsup_clapirn"]),
+                compose("train", ["experiment=oasis_unsup_clapirn"])):
+        ours = float(cfg.model.loss.reg_weight) * diffusion(d)
+        assert float(ours) == pytest.approx(float(theirs), rel=2e-3), cfg.model.loss.reg_weight

@@ -40,13 +40,14 @@ TRANSMORPH_SIZES = {
 
 
 class ConvNormAct(nn.Module):
-    """3×3(×3) convolution (no bias), instance norm, LeakyReLU(0.2)."""
+    """3×3(×3) convolution (no bias), instance norm, LeakyReLU(0.01): TransMorph's ``Conv3dReLU``
+    (``nn.LeakyReLU(inplace=True)``, torch's default slope; 0.2 here until 2026-12-04)."""
 
     def __init__(self, ndim: int, cin: int, cout: int) -> None:
         super().__init__()
         self.conv = conv_class(ndim)(cin, cout, kernel_size=3, padding=1, bias=False)
         self.norm = getattr(nn, f"InstanceNorm{ndim}d")(cout)
-        self.act = nn.LeakyReLU(0.2, inplace=True)
+        self.act = nn.LeakyReLU(0.01, inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.norm(apply_conv(self.conv, x)))
