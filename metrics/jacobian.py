@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 
 from metrics._inputs import displacement
-from spatial.functional import jacobian_determinant
+from spatial.jacobian import jacobian_determinant
 
 _CLIP_MIN = 1e-9
 _CLIP_MAX = 1e9

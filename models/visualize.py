@@ -55,7 +55,7 @@ def pair_figure(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spatial.functional import jacobian_determinant
+    from spatial.jacobian import jacobian_determinant
 
     u = displacement.detach().float().cpu()
     if u.dim() == u.shape[1] + 2 and u.shape[0] == 1:  # (1, D, *S) -> (D, *S)

@@ -11,12 +11,11 @@ from spatial.functional import (
     integrate,
     invert,
     inverse_residual,
-    jacobian_determinant,
-    jacobian_matrix,
     resize_field,
     resize_image,
     warp,
 )
+from spatial.jacobian import jacobian_determinant, jacobian_matrix
 from spatial.filters import gaussian_blur, gaussian_kernel1d, separable_filter
 from spatial.layers import IntegrateVelocity, SpatialTransformer
 from spatial.precision import as_float32, float32_region

@@ -388,7 +388,7 @@ def test_mni_dice_between_subjects(mni):
 
 
 def test_mni_deformation_is_diffeomorphic(mni):
-    from spatial.functional import jacobian_determinant
+    from spatial.jacobian import jacobian_determinant
 
     u = mni.displacement(np.random.default_rng(0))
     assert u.shape == (1, 3, 96, 112, 96)
