@@ -36,7 +36,6 @@ Validation happens in two steps so that a run never stops half-way with partial 
 
 from __future__ import annotations
 
-import csv
 import inspect
 import os
 from pathlib import Path
@@ -54,17 +53,15 @@ from data.io import (
     load_volume,
     normalize_intensity,
     read_grid,
-    volume_id,
 )
 from data.geometry import axcodes
 from data.pair_inputs import moving_on_fixed_grid, prepared_image, require_scored_labels_kept
+from data.pairs_csv_rows import LABEL_COLUMNS, REQUIRED_COLUMNS, assign_ids, read_pairs_csv
 from data.signature import file_signature, signature
 from data.transforms import check_affine
 
 __all__ = ["PairsCSVDataset", "SPACING_TOLERANCE", "RESAMPLE", "prepared_image", "moving_on_fixed_grid"]
 
-REQUIRED_COLUMNS = ("fixed", "moving")
-LABEL_COLUMNS = ("fixed_label", "moving_label")
 # what normalize=True does (recorded in every pair's signature: other settings, other results)
 _NORMALIZE_DEFAULTS = {k: v.default for k, v in inspect.signature(normalize_intensity).parameters.items()
                        if v.default is not inspect.Parameter.empty}
@@ -109,90 +106,11 @@ class PairsCSVDataset(Dataset):
         self._headers: dict[Path, Grid] = {}
         self._validated = False
         self._max_label: int | None = None
-        self._ids: dict[Path, str] = {}
-        self._read_csv()
-        self._assign_ids()
+        self.rows, self.has_labels = read_pairs_csv(self.csv_path)
+        self._ids = assign_ids(self.rows, self.csv_path)
         self._check_headers()
         if check == "full":
             self.validate()
-
-    # ------------------------------------------------------------------ reading
-    def _read_csv(self) -> None:
-        path = self.csv_path
-        if not path.is_file():
-            raise DataError(f"{path}: pairs CSV not found")
-        try:
-            with open(path, newline="", encoding="utf-8-sig") as fh:
-                reader = csv.reader(fh)
-                lines = [(reader.line_num, row) for row in reader]
-        except (OSError, UnicodeDecodeError, csv.Error) as err:
-            raise DataError(f"{path}: unreadable pairs CSV ({type(err).__name__}: {err})") from err
-        lines = [(n, row) for n, row in lines if any(cell.strip() for cell in row)]
-        if not lines:
-            raise DataError(f"{path}: empty pairs CSV, expected a header row with columns fixed,moving")
-        header_line, header = lines[0]
-        columns = [c.strip() for c in header]
-        for col in REQUIRED_COLUMNS:
-            if col not in columns:
-                raise DataError(
-                    f"{path}: missing required column '{col}' (header has {columns}; expected "
-                    f"fixed,moving[,fixed_label,moving_label])"
-                )
-        present = [c for c in LABEL_COLUMNS if c in columns]
-        if len(present) == 1:
-            missing = LABEL_COLUMNS[1 - LABEL_COLUMNS.index(present[0])]
-            raise DataError(f"{path}: has column '{present[0]}' but not '{missing}'; give both label columns or neither")
-        self.has_labels = len(present) == 2
-        wanted = REQUIRED_COLUMNS + (LABEL_COLUMNS if self.has_labels else ())
-        index = {col: columns.index(col) for col in wanted}
-        if len(lines) == 1:
-            raise DataError(f"{path}: pairs CSV has a header but no rows, expected at least one pair")
-        folder = path.parent
-        for number, (line, row) in enumerate(lines[1:], start=1):
-            entry: dict[str, Path] = {}
-            for col, j in index.items():
-                value = row[j].strip() if j < len(row) else ""
-                if not value:
-                    raise DataError(f"{path}: row {number} (line {line}): empty value in column '{col}'")
-                file = Path(os.path.expanduser(value))
-                entry[col] = file if file.is_absolute() else folder / file
-            entry["_row"] = number  # type: ignore[assignment]
-            entry["_line"] = line  # type: ignore[assignment]
-            self.rows.append(entry)
-
-    def _assign_ids(self) -> None:
-        """Item ids of the image files (fixed and moving columns): the file stem when no other file
-        of the CSV has it, else the path relative to the CSV's folder without the extension (with
-        it, if that still collides). One file (same resolved path) has one id. A (fixed, moving)
-        pair of files listed twice is a DataError naming both rows."""
-        folder = Path(os.path.abspath(self.csv_path.parent))
-        listed: dict[Path, Path] = {}  # resolved file -> its first listed path (names come from it)
-        for row in self.rows:
-            for col in REQUIRED_COLUMNS:
-                listed.setdefault(row[col].resolve(), Path(os.path.abspath(row[col])))
-        by_stem: dict[str, list[Path]] = {}
-        for key, path in listed.items():
-            by_stem.setdefault(volume_id(path), []).append(key)
-        relative: dict[Path, str] = {}
-        for key, path in listed.items():
-            if len(by_stem[volume_id(path)]) == 1:
-                self._ids[key] = volume_id(path)
-            else:
-                rel = Path(os.path.relpath(path, folder)).as_posix()
-                relative[key] = rel[: len(rel) - len(path.name)] + volume_id(path)
-        names = list(relative.values()) + list(self._ids.values())
-        for key, rel in relative.items():  # e.g. t1.nii and t1.nii.gz side by side: keep the extension
-            self._ids[key] = rel if names.count(rel) == 1 else Path(os.path.relpath(listed[key], folder)).as_posix()
-        first: dict[tuple[str, str], dict] = {}
-        for row in self.rows:
-            pair = self.pair_id_of(row)
-            if pair in first:
-                raise DataError(
-                    f"{self._where(row)} lists the same fixed and moving files as row {first[pair]['_row']} "
-                    f"(line {first[pair]['_line']}): fixed {row['fixed']}, moving {row['moving']}; "
-                    "each pair must appear once"
-                )
-            first[pair] = row
 
     def pair_id_of(self, row: dict) -> tuple[str, str]:
         """``(fixed_id, moving_id)`` of a CSV row."""
