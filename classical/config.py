@@ -86,7 +86,7 @@ class GreedyConfig:
         grad_sigma: Gaussian std (voxels) applied to the similarity gradient (0 = none).
         warp_sigma: Gaussian std (voxels) applied to the field after each update (0 = none).
             Both smooth with each voxel's Gaussian mass (FireANTs' kernel). The defaults (1.5, 1.0)
-            are stronger than the FireANTs paper scripts' (1.0, 0.25), which give 0.006 lower Dice
+            are stronger than the FireANTs paper scripts' (1.0, 0.25), which give 0.005 lower Dice
             and rougher fields on MNI (``configs/model/greedy.yaml``, docs/classical.md).
         sim, sim_kwargs: similarity from :mod:`losses` (``lncc`` with ``{window: 7}`` by default).
         betas: Adam's moment decay rates.
