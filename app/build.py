@@ -164,7 +164,11 @@ def build_trainer(cfg: DictConfig, with_callbacks: bool = True, extra_callbacks:
     node = cfg.trainer
     from app.checkpoints import safe_checkpoint_io
 
-    plugins = [safe_checkpoint_io()]
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    # the run's one checkpoint folder: a resume from another folder brings its best record along
+    folders = {str(cb.dirpath) for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath}
+    plugins = [safe_checkpoint_io(target=next(iter(folders)) if len(folders) == 1 else None)]
     if node is not None and node.get("plugins"):
         configured = build(node.plugins, "trainer.plugins")
         plugins = [*(configured if isinstance(configured, (list, tuple)) else [configured]), *plugins]

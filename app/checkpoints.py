@@ -263,29 +263,54 @@ def _check_same_training_inputs(was: Any, datamodule: Any, path: str | os.PathLi
                       "paths.output_dir")
 
 
-def rebase_checkpoint_dirs(ckpt: dict[str, Any], path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint read from ``path`` inside a run folder that was moved or copied since it was
-    saved (to project storage, another mount): its checkpoint callbacks' records (``dirpath``, the
-    best and top-k files) name the old folder, and Lightning drops a record whose ``dirpath`` is not
-    the callback's, so the resumed run would pick its "best" checkpoint among the epochs after the
-    resume only. Rewritten to the folder the file now lies in, when the files they name are there."""
+def rebase_checkpoint_dirs(ckpt: dict[str, Any], path: str | os.PathLike,
+                           target: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The checkpoint callbacks' records (``dirpath``, the best and top-k files) of a checkpoint read
+    from ``path``, pointed at the folder the resumed run keeps its checkpoints in: ``target`` (the
+    run's checkpoint folder, when known) or the folder the file lies in. Lightning drops a record
+    whose ``dirpath`` is not the callback's, and the resumed run would then pick its "best"
+    checkpoint among the epochs after the resume only, naming it in summary.json as the run's best.
+    So: a run folder moved or copied since the save (the named files lie beside ``path``) is
+    rewritten to where it is now; a run resumed into another output folder gets the named files
+    copied into ``target`` (the old run's files stay untouched; Lightning replaces the copies as
+    better epochs come). A record whose files are in neither place, or whose copy would overwrite
+    another file of that name in ``target``, is left as it is (Lightning starts it afresh)."""
+    import shutil
+
     here = Path(path).resolve().parent
+    dest = Path(target).resolve() if target is not None else here
     for state in (ckpt.get("callbacks") or {}).values():
         old = state.get("dirpath") if isinstance(state, dict) else None
-        if not old or Path(old) == here:
+        if not old or Path(old).resolve() == dest:
             continue
-        named = [state.get("best_model_path")] + list((state.get("best_k_models") or {}).keys())
-        if not all((here / Path(p).name).is_file() for p in named if p):
-            continue  # not this run's folder moved: leave it (Lightning then starts the record afresh)
+        named = [p for p in [state.get("best_model_path")] + list((state.get("best_k_models") or {}).keys()) if p]
+
+        def source(p: str) -> Path | None:
+            for candidate in (here / Path(p).name, Path(p)):
+                if candidate.is_file():
+                    return candidate
+            return None
+
+        sources = {p: source(p) for p in named}
+        if any(v is None for v in sources.values()):
+            continue  # not this run's files: leave the record (Lightning then starts it afresh)
+        clash = [p for p, src in sources.items() if (dest / src.name).exists()
+                 and (dest / src.name).resolve() != src.resolve()]
+        if clash:
+            continue
+        for src in sources.values():
+            if (dest / src.name).resolve() != src.resolve():
+                dest.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dest / src.name)
 
         def moved(value: Any) -> Any:
             if isinstance(value, str) and value and Path(value).parent == Path(old):
-                return str(here / Path(value).name)
+                return str(dest / Path(value).name)
             return value
 
         for k, v in list(state.items()):
             if k == "dirpath":
-                state[k] = str(here)
+                state[k] = str(dest)
             elif k == "best_k_models" and isinstance(v, dict):
                 state[k] = {moved(p): score for p, score in v.items()}
             else:
@@ -293,14 +318,15 @@ def rebase_checkpoint_dirs(ckpt: dict[str, Any], path: str | os.PathLike) -> dic
     return ckpt
 
 
-def safe_checkpoint_io(key: str = "ckpt_path"):
+def safe_checkpoint_io(key: str = "ckpt_path", target: str | os.PathLike | None = None):
     """A Lightning ``CheckpointIO`` whose every load is :func:`read_checkpoint` (weights only, the
     allow-list, the checks; ``weights_only=False`` is never honoured): resuming ``train.py
-    ckpt_path=...`` and testing the best checkpoint read checkpoints as data, with one error."""
+    ckpt_path=...`` and testing the best checkpoint read checkpoints as data, with one error.
+    ``target``: the run's checkpoint folder (:func:`rebase_checkpoint_dirs`)."""
     from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
     class SafeCheckpointIO(TorchCheckpointIO):
         def load_checkpoint(self, path, map_location=None, weights_only=None):  # noqa: ARG002
-            return rebase_checkpoint_dirs(read_checkpoint(path, key), path)
+            return rebase_checkpoint_dirs(read_checkpoint(path, key), path, target)
 
     return SafeCheckpointIO()

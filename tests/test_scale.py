@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
@@ -185,6 +186,34 @@ def test_a_moved_run_folder_resumes_with_its_best_checkpoint_record(tmp_path):
     assert state["dirpath"] == str((tmp_path / "moved" / "checkpoints").resolve())
     assert float(state["best_model_score"]) >= float(first["best_model_score"])  # epoch 0 still competes
     assert all(str(tmp_path / "moved") in p for p in state["best_k_models"])
+
+
+def test_a_run_resumed_into_another_folder_keeps_its_best_checkpoint_record(tmp_path):
+    """``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` writes a new output folder: Lightning
+    would drop the record naming the old folder and pick "best" among the epochs after the resume.
+    The best file is copied into the new folder (the old run's files stay) and keeps competing."""
+    import shutil
+
+    _train(tmp_path, "a", ["trainer.max_epochs=1", "test=false"])
+    before = sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir())
+    first = next(v for k, v in torch.load(tmp_path / "a" / "checkpoints" / "last.ckpt", weights_only=False)
+                 ["callbacks"].items() if "val/dice" in k)
+    _train(tmp_path, "b", ["trainer.max_epochs=2", "test=false",
+                           f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"])
+    assert sorted(p.name for p in (tmp_path / "a" / "checkpoints").iterdir()) == before  # the old run untouched
+    state = next(v for k, v in torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+                 ["callbacks"].items() if "val/dice" in k)
+    assert state["dirpath"] == str((tmp_path / "b" / "checkpoints").resolve())
+    assert float(state["best_model_score"]) >= float(first["best_model_score"])  # epoch 0 still competes
+    assert all(str(tmp_path / "b") in p and os.path.isfile(p) for p in state["best_k_models"])
+    # a record whose file is gone is left to Lightning (it starts afresh), not pointed at nothing
+    shutil.rmtree(tmp_path / "b")
+    (tmp_path / "a" / "checkpoints" / Path(first["best_model_path"]).name).unlink()
+    _train(tmp_path, "b", ["trainer.max_epochs=2", "test=false",
+                           f"ckpt_path={tmp_path / 'a' / 'checkpoints' / 'last.ckpt'}"])
+    state = next(v for k, v in torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=False)
+                 ["callbacks"].items() if "val/dice" in k)
+    assert all(os.path.isfile(p) for p in state["best_k_models"])
 
 
 class CrashAtStep(L.Callback):
