@@ -39,6 +39,7 @@ def run_train(cfg: DictConfig) -> dict:
     from app.callbacks import StopCheckpoint
 
     datamodule, model = _build(cfg)
+    _select_by_loss_without_labels(cfg, datamodule, model)
     stop = StopCheckpoint()
     trainer = build_trainer(cfg, extra_callbacks=[stop])
     stop.path, resume_ckpt = _last_checkpoint(trainer, cfg.paths.output_dir)
@@ -71,6 +72,21 @@ def run_train(cfg: DictConfig) -> dict:
         finish_loggers(trainer)
     print_outputs(where)
     return summary
+
+
+def _select_by_loss_without_labels(cfg: DictConfig, datamodule, model) -> None:
+    """Data without labels has no ``val/dice`` (NaN every epoch): a checkpoint callback monitoring it
+    keeps its first epoch as "best" for ever, and that epoch would be tested. Such a run picks its
+    best checkpoint by ``val/loss`` (lower is better) instead, and says so."""
+    from omegaconf import open_dict
+
+    node = (cfg.get("callbacks") or {}).get("model_checkpoint")
+    if (node is None or node.get("monitor") != "val/dice" or not (cfg.train and model.trainable)
+            or getattr(datamodule, "num_labels", None) is not None):
+        return
+    with open_dict(cfg):
+        node.monitor, node.mode = "val/loss", "min"
+    print(f"[{model.method}] the data have no labels (no val/dice): the best checkpoint is picked by val/loss")
 
 
 def _build(cfg: DictConfig):

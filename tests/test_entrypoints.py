@@ -338,3 +338,30 @@ def test_cli_unknown_key_and_bad_file_exit_nonzero(script, tmp_path):
     lines = r.stderr.strip().splitlines()
     assert lines[-1].startswith("error:") and "missing.csv" in lines[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_a_training_without_labels_picks_its_best_checkpoint_by_val_loss(tmp_path, capsys):
+    """No labels, no val/dice (NaN every epoch): monitored as it is, the checkpoint callback kept
+    epoch 0 as "best" for ever and train.py tested it. Such a run picks by val/loss, and says so."""
+    import csv
+
+    from conftest import make_blob_pair, write_nifti
+
+    d = tmp_path / "nolabels"
+    d.mkdir()
+    rows = ["fixed,moving"]
+    for k in range(3):
+        fixed, _, moving, _ = make_blob_pair(shape=(24, 24, 24), seed=k, shift=2 + k)
+        write_nifti(d / f"f{k}.nii.gz", fixed)
+        write_nifti(d / f"m{k}.nii.gz", moving)
+        rows.append(f"f{k}.nii.gz,m{k}.nii.gz")
+    (d / "pairs.csv").write_text("\n".join(rows) + "\n")
+    csv_path = d / "pairs.csv"
+    summary = train_entry.train(compose("train", [
+        f"paths.output_dir={tmp_path / 'run'}", "logger=csv", "trainer.accelerator=cpu", "trainer.enable_progress_bar=false",
+        "data=pairs_csv", f"data.train_csv={csv_path}", f"data.val_csv={csv_path}", f"data.test_csv={csv_path}",
+        "model.optimizer.lr=1e-3", "trainer.max_epochs=4"]))
+    assert "the best checkpoint is picked by val/loss" in capsys.readouterr().out
+    logged = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/loss")]
+    best = min(logged, key=lambda r: float(r["val/loss"]))
+    assert summary["checkpoint"].endswith(f"epoch_{int(best['epoch']):03d}.ckpt"), (summary["checkpoint"], logged)
