@@ -5,6 +5,8 @@ config names its key when it refuses a value, and a checkpoint holds only plain 
 
 from __future__ import annotations
 
+import math
+
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -172,4 +174,14 @@ class HealthChecks:
             # for generated data): resuming under other data is refused (app.checkpoints)
             "training_inputs": plain_data(training_inputs() if callable(training_inputs) else None,
                                           "registration/training_inputs"),
+            # the best validation Dice so far (val/dice_best), restored on resume: else the resumed
+            # run logs the best of the epochs after the resume only
+            "val_dice_best": (float(self._val_best) if math.isfinite(getattr(self, "_val_best", math.nan))
+                              else None),
         }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """A resumed run's ``val/dice_best`` continues from the checkpoint's (see :meth:`on_save_checkpoint`)."""
+        best = (checkpoint.get("registration") or {}).get("val_dice_best")
+        if best is not None and math.isfinite(float(best)):
+            self._val_best = max(getattr(self, "_val_best", -math.inf), float(best))

@@ -235,8 +235,10 @@ class RegistrationModule(TrainingLoss, EvaluationSteps, HealthChecks, L.Lightnin
         parts = self.compute_loss(batch)
         self._check_finite_loss(parts, batch)
         bs = batch["fixed"].shape[0]
-        for k, v in parts.items():
-            self.log(f"train/{k}", v.detach(), prog_bar=(k == "loss"), batch_size=bs, on_step=True, on_epoch=True)
+        for k, v in parts.items():  # train/<k>_step: this process's; train/<k>_epoch: the mean over every process
+            v = v.detach()          # (synchronised once, at the epoch's end: under DDP rank 0 logged its own)
+            self.log(f"train/{k}_step", v, prog_bar=(k == "loss"), batch_size=bs, on_step=True, on_epoch=False)
+            self.log(f"train/{k}_epoch", v, batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
         return parts["loss"]
 
     @property

@@ -188,6 +188,19 @@ def test_a_moved_run_folder_resumes_with_its_best_checkpoint_record(tmp_path):
     assert all(str(tmp_path / "moved") in p for p in state["best_k_models"])
 
 
+def test_a_resumed_run_logs_the_best_validation_dice_of_the_whole_run(tmp_path):
+    """val/dice_best (CSV, W&B, the epoch line) continues from the checkpoint: it counted the epochs
+    after a resume only."""
+    _train(tmp_path, "a", ["trainer.max_epochs=2", "test=false", "model.optimizer.lr=0.01"])
+    _train(tmp_path, "a", ["trainer.max_epochs=3", "test=false", "model.optimizer.lr=0.01", "ckpt_path=last"])
+    rows = [r for f in sorted((tmp_path / "a").rglob("metrics.csv")) for r in csv.DictReader(open(f))
+            if r.get("val/dice")]
+    dice = {int(r["epoch"]): float(r["val/dice"]) for r in rows}
+    best = {int(r["epoch"]): float(r["val/dice_best"]) for r in rows if r.get("val/dice_best")}
+    assert sorted(dice) == [0, 1, 2]
+    assert best[2] == pytest.approx(max(dice.values())), (dice, best)
+
+
 def test_a_run_resumed_into_another_folder_keeps_its_best_checkpoint_record(tmp_path):
     """``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` writes a new output folder: Lightning
     would drop the record naming the old folder and pick "best" among the epochs after the resume.
