@@ -187,12 +187,14 @@ def refuse_voxel_order(trained: str | None, given: str | None, path: str | os.Pa
                           f"voxels, not world space; {remedy}")
 
 
-# settings that may differ between a checkpoint and the run that resumes or tests it: how results are
-# scored and logged (model), and where data lives or how it is loaded, and the test set (data); the
-# training and validation files themselves are compared by name and size (_check_same_training_inputs)
-RESUMABLE_MODEL_KEYS = ("label_interp", "hd95", "vis_every_n_epochs", "verbose")
-# and, when only testing, how it was optimised (the loss stays: it decides the paradigm reported)
-TESTABLE_MODEL_KEYS = (*RESUMABLE_MODEL_KEYS, "optimizer", "scheduler")
+# settings that may differ between a checkpoint and the run that resumes or tests it: what is logged
+# (model), and where data lives or how it is loaded, and the test set (data); the training and
+# validation files themselves are compared by name and size (_check_same_training_inputs)
+RESUMABLE_MODEL_KEYS = ("hd95", "vis_every_n_epochs", "verbose")
+# and, when only testing, how it was optimised (the loss stays: it decides the paradigm reported) and
+# how labels are warped for scoring (a resumed training keeps it: val/dice picks the best epoch, and
+# epochs scored nearest and linear would compete)
+TESTABLE_MODEL_KEYS = (*RESUMABLE_MODEL_KEYS, "label_interp", "optimizer", "scheduler")
 RESUMABLE_DATA_KEYS = ("num_workers", "cache_dir", "root", "n_test", "test_pairs", "test_csv")
 
 

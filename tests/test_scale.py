@@ -121,6 +121,7 @@ def test_a_checkpoint_is_not_resumed_or_tested_under_other_settings(tmp_path, ca
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     for extra, setting in ((["model.loss.reg_weight=5"], "model.loss.reg_weight"),
                            (["data.deformation_scale=4"], "data.deformation_scale"),
+                           (["model.label_interp=linear"], "model.label_interp"),  # val/dice picks the best
                            (["train=false", "model.field=velocity"], "model.field")):
         capsys.readouterr()
         with pytest.raises(SystemExit):
