@@ -302,12 +302,9 @@ def check_label_grid(label: Grid, image: Grid, label_name: str, image_name: str)
     if label.unplaced and image.unplaced and label.unplaced != image.unplaced:
         # both Analyze (or both unplaced NIfTI): every reader guesses the same affine for both, but
         # their headers say they were stored differently (e.g. orient code 0 vs 3: one flipped)
-        def stored(reason: str) -> str:
-            return reason.split(", which", 1)[0].replace("it has ", "", 1)
-
-        raise DataError(f"{label_name} is not stored as its image {image_name}: {stored(label.unplaced)} vs "
-                        f"{stored(image.unplaced)}; readers ignore these fields, so one of the two would be read "
-                        "flipped against the other: store both as NIfTI with their true orientation")
+        raise DataError(f"{label_name} is not stored as its image {image_name} (the label map: {label.unplaced}; "
+                        f"the image: {image.unplaced}); readers ignore the fields that differ, so one of the two "
+                        "would be read flipped against the other: store both as NIfTI with their true orientation")
     diff = grid_mismatch(image.affine, label.affine, image.spacing, label.spacing)
     if diff:
         raise DataError(f"{label_name} is not on the grid of its image {image_name} in world space ({diff}); "

@@ -212,12 +212,13 @@ class PairsCSVDataset(Dataset):
                 except DataError as err:
                     raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
             if self.resample:  # the moving image must overlap the fixed grid, its label map keep the scored labels
-                for col in ("moving", "moving_label") if self.has_labels else ("moving",):
+                checks = {"moving": lambda: self._moving_image(row)}
+                if self.has_labels:
+                    checks["moving_label"] = lambda: self._moving_label(
+                        row, load_volume(row["fixed_label"], kind="label").array)
+                for col, check in checks.items():
                     try:
-                        if col == "moving":
-                            self._moving_image(row)
-                        else:
-                            self._moving_label(row, load_volume(row["fixed_label"], kind="label").array)
+                        check()
                     except DataError as err:
                         raise DataError(f"{self._where(row)}, column '{col}': {err}") from err
         self._max_label = max_label if self.has_labels else None
